@@ -1,0 +1,533 @@
+#!/usr/bin/env bash
+# Local service stack for development, tests and CI: no Docker, no systemd.
+#
+#   scripts/stack.sh up            install what is missing, start all, wait until ready
+#   scripts/stack.sh down          stop what this script started (by pid file)
+#   scripts/stack.sh status        up/down per service (exit 0 only if all up)
+#   scripts/stack.sh env           export lines for the services
+#   scripts/stack.sh start <svc>   start one service and wait until ready
+#   scripts/stack.sh stop <svc>    stop one service (data kept)
+#
+# svc: kafka neo4j redis squid-0 squid-1 squid-2 prometheus
+#
+# Everything downloaded or written lives under $ROOT/.stack (git-ignored):
+#   lib/  jars (Kafka, Neo4j, the compiled Neo4j launcher)
+#   conf/ generated configs       data/<svc>  state, kept across restarts
+#   logs/<svc>.log                run/<svc>.pid  pid of the process we started
+# All services listen on loopback only.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SCRIPTS=$ROOT/scripts
+STACK=$ROOT/.stack
+LIB=$STACK/lib
+CONF=$STACK/conf
+DATA=$STACK/data
+LOGS=$STACK/logs
+RUN=$STACK/run
+
+NEO4J_PASSWORD=${NEO4J_PASSWORD:-bookworm-local}
+JAVA_HOME=${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}
+JAVA=$JAVA_HOME/bin/java
+JAVAC=$JAVA_HOME/bin/javac
+[[ -x $JAVA ]] || JAVA=java
+[[ -x $JAVAC ]] || JAVAC=javac
+
+SERVICES=(kafka neo4j redis squid-0 squid-1 squid-2 prometheus)
+# Startup deadlines (seconds). JVM services get more: first start creates stores.
+START_TIMEOUT=${STACK_START_TIMEOUT:-180}
+STOP_TIMEOUT=${STACK_STOP_TIMEOUT:-60}
+
+say() { printf '[stack] %s\n' "$*"; }
+die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+port_of() {
+  case $1 in
+    kafka) echo 9092 ;; neo4j) echo 7687 ;; redis) echo 6379 ;;
+    squid-0) echo 3128 ;; squid-1) echo 3129 ;; squid-2) echo 3130 ;;
+    prometheus) echo 9090 ;; *) die "unknown service: $1" ;;
+  esac
+}
+
+port_open() { timeout 2 bash -c "</dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+# Prints the pid of <svc> if it is running and was started by us. "Ours" is
+# decided by the process's working directory (we start every service inside
+# .stack/data/<svc>): survives pid reuse, and works for redis, which rewrites
+# its command line.
+our_pid() {
+  local f=$RUN/$1.pid pid cwd
+  [[ -f $f ]] || return 1
+  pid=$(<"$f")
+  [[ $pid =~ ^[0-9]+$ && -d /proc/$pid ]] || return 1
+  cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || return 1
+  [[ $cwd == "$STACK"/* ]] || return 1
+  echo "$pid"
+}
+
+# launch <svc> <cmd...>: start in the background in its own session (so it
+# survives the calling shell and gets no terminal signals), cwd .stack/data/<svc>,
+# stdout+stderr appended to .stack/logs/<svc>.log, pid in .stack/run/<svc>.pid.
+launch() {
+  local svc=$1; shift
+  local log=$LOGS/$svc.log
+  mkdir -p "$DATA/$svc"
+  touch "$log"
+  # Readiness checks only look at what this start appends to the log.
+  stat -c %s "$log" > "$RUN/$svc.logoff"
+  printf '===== %s stack.sh starting %s\n' "$(date -Is)" "$svc" >> "$log"
+  # `exec setsid` keeps $! == the service's pid: a background subshell is not a
+  # process-group leader, so setsid(1) calls setsid() and execs without forking.
+  ( cd "$DATA/$svc" && exec setsid nohup "$@" >>"$log" 2>&1 </dev/null ) &
+  echo $! > "$RUN/$svc.pid"
+}
+
+new_log() { tail -c +"$(( $(cat "$RUN/$1.logoff" 2>/dev/null || echo 0) + 1 ))" "$LOGS/$1.log" 2>/dev/null; }
+
+# wait_ready <svc>: poll the service's readiness check until the deadline.
+wait_ready() {
+  local svc=$1 deadline=$((SECONDS + START_TIMEOUT)) pid
+  while :; do
+    if ! pid=$(our_pid "$svc"); then
+      say "$svc exited during startup; last log lines ($LOGS/$svc.log):" >&2
+      tail -n 40 "$LOGS/$svc.log" >&2 || true
+      return 1
+    fi
+    if "ready_${svc%-*}" "$svc" "$pid"; then
+      say "$svc ready on 127.0.0.1:$(port_of "$svc") (pid $pid, log $LOGS/$svc.log)"
+      return 0
+    fi
+    if ((SECONDS >= deadline)); then
+      say "$svc not ready after ${START_TIMEOUT}s; last log lines ($LOGS/$svc.log):" >&2
+      tail -n 40 "$LOGS/$svc.log" >&2 || true
+      return 1
+    fi
+    sleep 0.5 # poll interval, not a fixed wait
+  done
+}
+
+# --------------------------------------------------------------------------
+# installation (only what is missing)
+# --------------------------------------------------------------------------
+
+ensure_packages() {
+  local pkgs=()
+  command -v curl >/dev/null || pkgs+=(curl)
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || pkgs+=(redis-server redis-tools)
+  command -v squid >/dev/null || [[ -x /usr/sbin/squid ]] || pkgs+=(squid)
+  command -v prometheus >/dev/null || pkgs+=(prometheus)
+  ((${#pkgs[@]})) || return 0
+
+  say "installing Debian packages: ${pkgs[*]}"
+  # Debian's maintainer scripts start the packaged daemons (squid :3128,
+  # redis :6379, prometheus :9090) right after install, which would take our
+  # ports. A policy-rc.d that exits 101 tells invoke-rc.d/deb-systemd-invoke
+  # "not allowed"; it is removed again if we created it.
+  local policy=/usr/sbin/policy-rc.d created=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\n# temporary, written by stack.sh\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    created=1
+  fi
+  local rc=0
+  {
+    apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+  } >"$LOGS/apt.log" 2>&1 || rc=$?
+  ((created)) && rm -f "$policy"
+  if ((rc)); then tail -n 30 "$LOGS/apt.log" >&2; die "apt-get failed (log $LOGS/apt.log)"; fi
+  export PATH=$PATH:/usr/sbin:/sbin
+}
+
+# mvn_libs <name>: copy the dependencies of scripts/<name>/pom.xml into
+# .stack/lib/<name>; skipped while the pom is unchanged since the last copy.
+mvn_libs() {
+  local name=$1 pom=$SCRIPTS/$1/pom.xml out=$LIB/$1 sum
+  sum=$(sha256sum "$pom" | cut -d' ' -f1)
+  [[ -f $out/.pom.sha256 && $(<"$out/.pom.sha256") == "$sum" ]] && return 0
+  say "fetching $name jars from Maven Central into $out"
+  rm -rf "$out"
+  mkdir -p "$out"
+  mvn -q -B -f "$pom" dependency:copy-dependencies \
+    -DoutputDirectory="$out" -DincludeScope=runtime >"$LOGS/mvn-$name.log" 2>&1 ||
+    { tail -n 30 "$LOGS/mvn-$name.log" >&2; die "maven failed (log $LOGS/mvn-$name.log)"; }
+  echo "$sum" > "$out/.pom.sha256"
+}
+
+ensure_neo4j_launcher() {
+  local src=$SCRIPTS/neo4j/Launcher.java out=$LIB/neo4j-launcher
+  if [[ -f $out/Launcher.class && $out/Launcher.class -nt $src && $out/Launcher.class -nt $LIB/neo4j/.pom.sha256 ]]; then
+    return 0
+  fi
+  say "compiling the Neo4j launcher"
+  rm -rf "$out"
+  mkdir -p "$out"
+  "$JAVAC" -nowarn -d "$out" -cp "$LIB/neo4j/*" "$src" || die "javac failed for $src"
+}
+
+needs() {
+  case $1 in
+    kafka) mvn_libs kafka ;;
+    neo4j) mvn_libs neo4j; ensure_neo4j_launcher ;;
+  esac
+}
+
+# --------------------------------------------------------------------------
+# kafka: KRaft combined broker+controller, from the Maven Central jars
+# --------------------------------------------------------------------------
+
+launch_kafka() {
+  local conf=$CONF/kafka data=$DATA/kafka
+  mkdir -p "$conf" "$data"
+  cat > "$conf/server.properties" <<EOF
+# generated by scripts/stack.sh
+# single node running both roles (no ZooKeeper in Kafka 4)
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:9093
+listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093
+advertised.listeners=PLAINTEXT://127.0.0.1:9092
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$data/log
+# topics are created explicitly by the code/tests, never by a typo
+auto.create.topics.enable=false
+num.partitions=1
+# one broker: internal topics cannot have more than one replica
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# consumers in tests join a group at once instead of after 3 s
+group.initial.rebalance.delay.ms=0
+EOF
+  cat > "$conf/log4j2.properties" <<'EOF'
+# generated by scripts/stack.sh: stdout goes to .stack/logs/kafka.log.
+# Root at WARN keeps the client/config dumps out; kafka.* at INFO keeps the
+# startup/shutdown milestones ("Kafka Server started") readiness looks for.
+status = warn
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.out.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+EOF
+  # Format the storage once; the cluster id is kept with the data.
+  if [[ ! -f $data/log/meta.properties ]]; then
+    [[ -s $data/cluster.id ]] ||
+      "$JAVA" -cp "$LIB/kafka/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1 > "$data/cluster.id"
+    say "formatting Kafka storage (cluster id $(<"$data/cluster.id"))"
+    "$JAVA" -Dlog4j2.configurationFile="$conf/log4j2.properties" -cp "$LIB/kafka/*" kafka.tools.StorageTool \
+      format -t "$(<"$data/cluster.id")" -c "$conf/server.properties" >>"$LOGS/kafka.log" 2>&1 ||
+      { tail -n 20 "$LOGS/kafka.log" >&2; die "kafka storage format failed"; }
+  fi
+  launch kafka "$JAVA" -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$conf/log4j2.properties" \
+    -cp "$LIB/kafka/*" kafka.Kafka "$conf/server.properties"
+}
+
+# Ready = port open, the broker logged "Kafka Server started" in this run, and
+# a real metadata round trip (TopicCommand --list) succeeds.
+ready_kafka() {
+  port_open 9092 || return 1
+  new_log kafka | grep -q 'Kafka Server started' || return 1
+  timeout 60 "$JAVA" -Xmx256m -cp "$LIB/kafka/*" org.apache.kafka.tools.TopicCommand \
+    --bootstrap-server 127.0.0.1:9092 --list >/dev/null 2>&1
+}
+
+# --------------------------------------------------------------------------
+# neo4j: embedded Community 5.26 + Bolt via scripts/neo4j/Launcher.java
+# --------------------------------------------------------------------------
+
+launch_neo4j() {
+  mkdir -p "$DATA/neo4j/home"
+  # --add-opens/netty flag: what Neo4j's own start script passes on Java 17,
+  # otherwise the page cache and netty fall back to slower paths with warnings.
+  launch neo4j env NEO4J_PASSWORD="$NEO4J_PASSWORD" NEO4J_PAGECACHE=512m \
+    NEO4J_BOLT_HOST=127.0.0.1 NEO4J_BOLT_PORT=7687 \
+    "$JAVA" -Xms1g -Xmx2g -XX:+UseG1GC -XX:-OmitStackTraceInFastThrow \
+    -Djdk.nio.maxCachedBufferSize=1024 -Dio.netty.tryReflectionSetAccessible=true \
+    --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED \
+    --add-opens=java.base/sun.nio.ch=ALL-UNNAMED --add-opens=java.base/java.lang=ALL-UNNAMED \
+    -cp "$LIB/neo4j/*:$LIB/neo4j-launcher" Launcher "$DATA/neo4j/home"
+}
+
+# Ready = the launcher said READY (printed only after the password is set) and
+# Bolt accepts connections.
+ready_neo4j() {
+  new_log neo4j | grep -q "NEO4J READY pid=$2" && port_open 7687
+}
+
+# --------------------------------------------------------------------------
+# redis (Debian package), own config
+# --------------------------------------------------------------------------
+
+launch_redis() {
+  mkdir -p "$CONF/redis" "$DATA/redis"
+  cat > "$CONF/redis/redis.conf" <<EOF
+# generated by scripts/stack.sh
+bind 127.0.0.1
+port 6379
+# we background it ourselves and keep the pid file
+daemonize no
+supervised no
+# log to stdout = .stack/logs/redis.log
+logfile ""
+dir $DATA/redis
+# durability across stop/start: AOF, no RDB snapshots
+appendonly yes
+appendfsync everysec
+save ""
+EOF
+  launch redis redis-server "$CONF/redis/redis.conf"
+}
+
+ready_redis() { [[ $(timeout 2 redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null) == PONG ]]; }
+
+# --------------------------------------------------------------------------
+# squid-N (Debian package): three forward proxies, each with its own source IP
+# --------------------------------------------------------------------------
+
+squid_bin() { command -v squid || echo /usr/sbin/squid; }
+
+launch_squid() {
+  local svc=$1 n=${1#squid-} port conf data
+  port=$(port_of "$svc")
+  conf=$CONF/$svc/squid.conf
+  data=$DATA/$svc
+  mkdir -p "$CONF/$svc" "$data"
+  touch "$LOGS/$svc.log" "$LOGS/$svc-access.log"
+  # squid drops root for the "proxy" user: everything it writes must be its.
+  chown proxy:proxy "$data" "$LOGS/$svc.log" "$LOGS/$svc-access.log"
+  runuser -u proxy -- test -w "$data" ||
+    die "user proxy cannot write $data (a parent directory is not traversable?)"
+  cat > "$conf" <<EOF
+# generated by scripts/stack.sh
+http_port 127.0.0.1:$port
+visible_hostname $svc.stack.local
+cache_effective_user proxy
+cache_effective_group proxy
+
+acl stack_clients src 127.0.0.0/8 ::1
+acl stack_loopback dst 127.0.0.0/8
+acl SSL_ports port 443
+acl CONNECT method CONNECT
+# No Safe_ports list on purpose: plain HTTP to any port (the tests' simulator
+# listens on random high ports); tunnels (CONNECT) only to 443 for live crawls.
+http_access deny CONNECT !SSL_ports
+http_access allow stack_clients
+http_access deny all
+
+# Each proxy connects out from its own address so the simulator can tell the
+# proxies apart by client IP. Only for loopback destinations: a 127.x source
+# cannot reach a real host, so live crawls keep the default source address.
+tcp_outgoing_address 127.0.0.1$((n + 1)) stack_loopback
+
+# a pass-through proxy: no cache, no disk, no identifying headers
+cache deny all
+cache_mem 8 MB
+via off
+forwarded_for delete
+netdb_filename none
+
+pid_filename $RUN/$svc.squid.pid
+access_log stdio:$LOGS/$svc-access.log squid
+cache_log $LOGS/$svc.log
+cache_store_log none
+logfile_rotate 0
+coredump_dir $data
+# stop within a second instead of waiting 30 s for clients to finish
+shutdown_lifetime 1 seconds
+EOF
+  "$(squid_bin)" -k parse -f "$conf" >/dev/null 2>"$RUN/$svc.parse" ||
+    { cat "$RUN/$svc.parse" >&2; die "$svc: bad squid config $conf"; }
+  # -N: no daemon, a single process, so the pid we record is the one to stop.
+  launch "$svc" "$(squid_bin)" -N -f "$conf"
+}
+
+# Ready = port open and squid's own control channel answers (-k check signals
+# the pid in its pid_filename).
+ready_squid() {
+  port_open "$(port_of "$1")" && "$(squid_bin)" -k check -f "$CONF/$1/squid.conf" >/dev/null 2>&1
+}
+
+# --------------------------------------------------------------------------
+# prometheus (Debian package)
+# --------------------------------------------------------------------------
+
+launch_prometheus() {
+  mkdir -p "$CONF/prometheus" "$DATA/prometheus" "$STACK/prometheus/targets"
+  cat > "$CONF/prometheus/prometheus.yml" <<EOF
+# generated by scripts/stack.sh
+global:
+  scrape_interval: 5s        # short, so tests see fresh samples quickly
+  evaluation_interval: 5s
+scrape_configs:
+  - job_name: worker
+    static_configs: [{targets: ['127.0.0.1:9101']}]
+  - job_name: graph-writer
+    static_configs: [{targets: ['127.0.0.1:9102']}]
+  - job_name: api
+    static_configs: [{targets: ['127.0.0.1:8080']}]
+  # tests register extra targets by dropping JSON files here
+  # ([{"targets": ["127.0.0.1:PORT"], "labels": {...}}]); re-read every 5 s
+  - job_name: bookworm
+    file_sd_configs:
+      - files: ['$STACK/prometheus/targets/*.json']
+        refresh_interval: 5s
+EOF
+  # --web.enable-lifecycle: tests may POST /-/reload after editing the config
+  launch prometheus prometheus \
+    --config.file="$CONF/prometheus/prometheus.yml" \
+    --storage.tsdb.path="$DATA/prometheus" \
+    --storage.tsdb.retention.time=7d \
+    --web.listen-address=127.0.0.1:9090 \
+    --web.enable-lifecycle
+}
+
+ready_prometheus() { curl -sf -o /dev/null --max-time 2 http://127.0.0.1:9090/-/ready; }
+
+# --------------------------------------------------------------------------
+# start / stop / status
+# --------------------------------------------------------------------------
+
+# running <svc>: true (and says so) if our instance is already running.
+running() {
+  local pid
+  pid=$(our_pid "$1") || return 1
+  say "$1 already running (pid $pid)"
+}
+
+# begin <svc>: launch (not running yet); refuses if a foreign process holds the port.
+begin() {
+  local svc=$1 port
+  port=$(port_of "$svc")
+  rm -f "$RUN/$svc.pid"
+  if port_open "$port"; then
+    die "$svc: 127.0.0.1:$port is taken by a process this script did not start"
+  fi
+  needs "$svc"
+  case $svc in
+    squid-*) launch_squid "$svc" ;;
+    *) "launch_$svc" ;;
+  esac
+}
+
+# stop_svc <svc> [no-signal]: SIGTERM our process, wait for it to exit
+# (SIGKILL after STOP_TIMEOUT), remove the pid file.
+stop_svc() {
+  local svc=$1 pid deadline t0=$SECONDS
+  if ! pid=$(our_pid "$svc"); then
+    rm -f "$RUN/$svc.pid"
+    say "$svc not running"
+    return 0
+  fi
+  [[ ${2:-} == no-signal ]] || kill -TERM "$pid" 2>/dev/null || true
+  deadline=$((SECONDS + STOP_TIMEOUT))
+  while [[ -d /proc/$pid ]] && ((SECONDS < deadline)); do sleep 0.2; done
+  if [[ -d /proc/$pid ]]; then
+    say "$svc (pid $pid) did not stop in ${STOP_TIMEOUT}s, killing"
+    kill -KILL "$pid" 2>/dev/null || true
+    while [[ -d /proc/$pid ]]; do sleep 0.1; done
+  fi
+  rm -f "$RUN/$svc.pid"
+  say "$svc stopped (pid $pid, $((SECONDS - t0))s)"
+}
+
+check_svc() {
+  case " ${SERVICES[*]} " in *" $1 "*) ;; *) die "unknown service '$1' (one of: ${SERVICES[*]})" ;; esac
+}
+
+prepare() {
+  mkdir -p "$LIB" "$CONF" "$DATA" "$LOGS" "$RUN"
+  ensure_packages
+  export PATH=$PATH:/usr/sbin:/sbin
+}
+
+cmd_up() {
+  prepare
+  local svc started=() failed=0
+  # Fetch jars first so a download failure does not leave half a stack.
+  for svc in "${SERVICES[@]}"; do our_pid "$svc" >/dev/null || needs "$svc"; done
+  # Launch everything, then wait: the JVMs start in parallel.
+  for svc in "${SERVICES[@]}"; do
+    running "$svc" && continue
+    begin "$svc"
+    started+=("$svc")
+  done
+  for svc in "${started[@]}"; do wait_ready "$svc" || failed=1; done
+  ((failed == 0)) || die "some services failed to start (logs in $LOGS)"
+  say "all services up; logs in $LOGS/<svc>.log"
+}
+
+cmd_down() {
+  local svc pid
+  # Send TERM to all first so the slow JVM shutdowns overlap.
+  for svc in "${SERVICES[@]}"; do
+    pid=$(our_pid "$svc") && kill -TERM "$pid" 2>/dev/null || true
+  done
+  for svc in "${SERVICES[@]}"; do stop_svc "$svc" no-signal; done
+}
+
+cmd_status() {
+  local svc pid all=0
+  for svc in "${SERVICES[@]}"; do
+    if pid=$(our_pid "$svc") && port_open "$(port_of "$svc")"; then
+      printf '%-11s up    pid %-7s 127.0.0.1:%-5s log %s\n' "$svc" "$pid" "$(port_of "$svc")" "$LOGS/$svc.log"
+    else
+      printf '%-11s down\n' "$svc"
+      all=1
+    fi
+  done
+  return $all
+}
+
+cmd_env() {
+  cat <<EOF
+export KAFKA_BROKERS=127.0.0.1:9092
+export NEO4J_URI=bolt://127.0.0.1:7687
+export NEO4J_USER=neo4j
+export NEO4J_PASSWORD=$NEO4J_PASSWORD
+export REDIS_URL=redis://127.0.0.1:6379
+export PROXY_POOL=http://127.0.0.1:3128,http://127.0.0.1:3129,http://127.0.0.1:3130
+EOF
+}
+
+usage() {
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+main() {
+  local cmd=${1:-}
+  case $cmd in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    start)
+      [[ $# -eq 2 ]] || usage
+      check_svc "$2"
+      prepare
+      running "$2" || { begin "$2"; wait_ready "$2"; }
+      ;;
+    stop)
+      [[ $# -eq 2 ]] || usage
+      check_svc "$2"
+      stop_svc "$2"
+      ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"

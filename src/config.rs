@@ -1,0 +1,221 @@
+//! Every setting, as a `clap` flag with an environment variable of the same name.
+//!
+//! The settings shared by several binaries (Kafka, Redis, Neo4j, logging, crawl limits) are
+//! defined here once and flattened into each binary's command line, so a name and its default
+//! can never drift between the worker, the graph writer and the operator tool. Parsing happens
+//! in clap's value parsers: an invalid value stops the process at start-up with clap's usage
+//! error (exit code 2) naming the variable, never a silent fallback to a default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Parses a humantime duration (`90s`, `5m`, `100ms`) for clap.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("expected a duration like 90s or 5m: {e}"))
+}
+
+/// Parses a count that must be at least one: a zero limit would silently stop all work.
+pub fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
+/// Kafka connection and topic names, shared by every binary.
+#[derive(Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Bootstrap servers, comma-separated.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Topic of crawl jobs, keyed by the Open Library key.
+    #[arg(
+        long,
+        env = "KAFKA_FRONTIER_TOPIC",
+        default_value = "relentless.crawl.frontier"
+    )]
+    pub kafka_frontier_topic: String,
+
+    /// Topic of fetched nodes, keyed by the Open Library key.
+    #[arg(
+        long,
+        env = "KAFKA_RESULTS_TOPIC",
+        default_value = "relentless.crawl.results"
+    )]
+    pub kafka_results_topic: String,
+
+    /// Topic of relationships, keyed by their `from` key.
+    #[arg(
+        long,
+        env = "KAFKA_EDGES_TOPIC",
+        default_value = "relentless.graph.edges"
+    )]
+    pub kafka_edges_topic: String,
+
+    /// Topic of jobs that could not be crawled, with the reason.
+    #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = "relentless.crawl.dlq")]
+    pub kafka_dlq_topic: String,
+
+    /// Topic of graph rows that Neo4j refused on their own, with the reason.
+    #[arg(
+        long,
+        env = "KAFKA_GRAPH_DLQ_TOPIC",
+        default_value = "relentless.graph.dlq"
+    )]
+    pub kafka_graph_dlq_topic: String,
+}
+
+impl KafkaArgs {
+    /// All topics the system uses, in the order `bookworm topics create` makes them.
+    pub fn all_topics(&self) -> [&str; 5] {
+        [
+            &self.kafka_frontier_topic,
+            &self.kafka_results_topic,
+            &self.kafka_edges_topic,
+            &self.kafka_dlq_topic,
+            &self.kafka_graph_dlq_topic,
+        ]
+    }
+}
+
+/// Redis, which holds per-crawl dedupe state, status counters and the cluster rate limit.
+#[derive(Args, Debug, Clone)]
+pub struct RedisArgs {
+    /// Redis connection URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+}
+
+/// Neo4j, the graph store.
+#[derive(Args, Clone)]
+pub struct Neo4jArgs {
+    /// Bolt URI of the graph store.
+    #[arg(long, env = "NEO4J_URI", default_value = "bolt://127.0.0.1:7687")]
+    pub neo4j_uri: String,
+
+    /// Neo4j user.
+    #[arg(long, env = "NEO4J_USER", default_value = "neo4j")]
+    pub neo4j_user: String,
+
+    /// Neo4j password; its value is never printed, not even by --help.
+    #[arg(
+        long,
+        env = "NEO4J_PASSWORD",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub neo4j_password: String,
+
+    /// Connections in the driver's pool: one per concurrent transaction is enough, more only
+    /// adds lock contention inside Neo4j.
+    #[arg(long, env = "NEO4J_MAX_CONNECTIONS", default_value = "8", value_parser = parse_positive)]
+    pub neo4j_max_connections: usize,
+
+    /// Bound on every call to Neo4j, so a half-open connection cannot hang the writer.
+    #[arg(long, env = "NEO4J_QUERY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub neo4j_query_timeout: Duration,
+}
+
+/// Hand-written so the password can never reach a log line through `{:?}`.
+impl std::fmt::Debug for Neo4jArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Neo4jArgs")
+            .field("neo4j_uri", &self.neo4j_uri)
+            .field("neo4j_user", &self.neo4j_user)
+            .field("neo4j_password", &"<redacted>")
+            .field("neo4j_max_connections", &self.neo4j_max_connections)
+            .field("neo4j_query_timeout", &self.neo4j_query_timeout)
+            .finish()
+    }
+}
+
+/// How log lines are written.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Logging, shared by every binary. The level comes from `RUST_LOG` (default `info`).
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Limits of a crawl. The API stamps them on every crawl it creates; a crawl may set its own
+/// depth and node budget, the per-node fan-out limits are the worker's.
+#[derive(Args, Debug, Clone)]
+pub struct CrawlArgs {
+    /// Default crawl depth (a crawl may set its own).
+    #[arg(long, env = "MAX_DEPTH", default_value = "3")]
+    pub max_depth: u32,
+
+    /// Default per-crawl budget of fetched nodes.
+    #[arg(long, env = "MAX_NODES", default_value = "100000", value_parser = parse_positive)]
+    pub max_nodes: usize,
+
+    /// Works enqueued from a free-text seed's search.
+    #[arg(long, env = "MAX_SEARCH_RESULTS", default_value = "20")]
+    pub max_search_results: usize,
+
+    /// Subjects followed from one work or edition.
+    #[arg(long, env = "MAX_SUBJECTS_PER_NODE", default_value = "10")]
+    pub max_subjects_per_node: usize,
+
+    /// Works followed from one author.
+    #[arg(long, env = "MAX_WORKS_PER_AUTHOR", default_value = "50")]
+    pub max_works_per_author: usize,
+
+    /// Works followed from one subject.
+    #[arg(long, env = "MAX_WORKS_PER_SUBJECT", default_value = "50")]
+    pub max_works_per_subject: usize,
+
+    /// Whether works expand to their editions.
+    #[arg(long, env = "CRAWL_EDITIONS", default_value = "false", action = clap::ArgAction::Set)]
+    pub crawl_editions: bool,
+
+    /// Editions followed from one work when `CRAWL_EDITIONS` is on.
+    #[arg(long, env = "MAX_EDITIONS_PER_WORK", default_value = "20")]
+    pub max_editions_per_work: usize,
+}
+
+/// Where `/metrics`, `/healthz` and `/readyz` are served. The default differs per binary, so
+/// each binary declares its own flag and passes the address here.
+pub type MetricsAddr = SocketAddr;
+
+/// Settings of the consumer loop that the worker and the graph writer share.
+#[derive(Args, Debug, Clone)]
+pub struct ConsumerArgs {
+    /// Bound on publishing a job's outputs; past it the job is abandoned and dead-lettered
+    /// (or redelivered), so one blocked publish can never freeze a partition.
+    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// How often complete offsets are committed. Short enough that a restart redelivers
+    /// little; long enough not to load the group coordinator.
+    #[arg(long, env = "COMMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub commit_interval: Duration,
+
+    /// How long in-flight jobs may finish on shutdown or partition revoke before they are
+    /// dropped for redelivery. Keep it under the pod's termination grace period.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Kafka's `max.poll.interval.ms`; `/healthz` fails once the loop has not polled for half
+    /// of it, so a wedged consumer is restarted before the group evicts it.
+    #[arg(long, env = "MAX_POLL_INTERVAL", default_value = "300s", value_parser = parse_duration)]
+    pub max_poll_interval: Duration,
+
+    /// Kafka's `session.timeout.ms`: how soon the group notices a dead consumer.
+    #[arg(long, env = "SESSION_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
+    pub session_timeout: Duration,
+}

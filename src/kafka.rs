@@ -1,0 +1,146 @@
+//! Kafka clients configured the one way this system uses them, and topic creation.
+//!
+//! Every setting that matters for delivery is set here, with its reason, so the worker, the
+//! graph writer and the operator tool cannot drift apart.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::{ConsumerArgs, KafkaArgs};
+
+/// Errors from Kafka set-up and administration.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// A client could not be created (bad configuration).
+    #[error("cannot create a Kafka client: {0}")]
+    Client(#[source] KafkaError),
+    /// A request to the cluster failed as a whole (unreachable, timed out).
+    #[error("Kafka request failed: {0}")]
+    Request(#[source] KafkaError),
+    /// The cluster refused to create a topic.
+    #[error("cannot create topic {topic}: {code}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// The broker's error code.
+        code: RDKafkaErrorCode,
+    },
+}
+
+/// The base configuration of every client.
+fn base(kafka: &KafkaArgs) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.kafka_brokers);
+    config
+}
+
+/// A producer that loses nothing it acknowledged.
+///
+/// `publish_timeout` bounds how long one record may wait for its acknowledgement inside
+/// librdkafka; the publisher bounds the whole publish phase by the same value, so a record is
+/// never still queued after its job was abandoned.
+pub fn producer(
+    kafka: &KafkaArgs,
+    publish_timeout: Duration,
+) -> Result<FutureProducer, KafkaSetupError> {
+    base(kafka)
+        // Every in-sync replica must have the record before it counts as published: acks=0
+        // lost data in the Go predecessor.
+        .set("acks", "all")
+        // No duplicates or reordering from the producer's own retries.
+        .set("enable.idempotence", "true")
+        .set(
+            "message.timeout.ms",
+            publish_timeout.as_millis().max(1).to_string(),
+        )
+        // A few milliseconds of batching multiplies throughput at no visible latency cost.
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()
+        .map_err(KafkaSetupError::Client)
+}
+
+/// The configuration of a consumer in `group_id` whose offsets the consumer loop commits.
+pub fn consumer_config(kafka: &KafkaArgs, consumer: &ConsumerArgs, group_id: &str) -> ClientConfig {
+    let mut config = base(kafka);
+    config
+        .set("group.id", group_id)
+        // Offsets are committed by the commit tracker only after a message's outputs are
+        // acknowledged; librdkafka must neither commit nor store offsets on its own.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Incremental rebalances: a worker joining or leaving moves only the partitions that
+        // change owner, the others keep running.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // A new group starts at the beginning of the frontier: nothing enqueued is skipped.
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            consumer.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "max.poll.interval.ms",
+            consumer.max_poll_interval.as_millis().to_string(),
+        )
+        // librdkafka prefetches up to 100,000 messages per partition by default: with a
+        // thousand partitions that is gigabytes. Keep the prefetch small and bounded overall.
+        .set("queued.min.messages", "1000")
+        .set("queued.max.messages.kbytes", "16384")
+        // Partition EOF events are noise for a service that runs forever.
+        .set("enable.partition.eof", "false");
+    config
+}
+
+/// Partitions and replication for `bookworm topics create`.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicLayout {
+    /// Partitions per topic: the ceiling on consumers that can share the work.
+    pub partitions: i32,
+    /// Copies of each partition.
+    pub replication: i32,
+}
+
+/// Creates every topic of the system; topics that already exist are left as they are, so the
+/// command can run on every deploy. Returns the topics it created.
+pub async fn create_topics(
+    kafka: &KafkaArgs,
+    layout: TopicLayout,
+) -> Result<Vec<String>, KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> =
+        base(kafka).create().map_err(KafkaSetupError::Client)?;
+    // With replication 3 a record must reach two replicas before acks=all succeeds; with one
+    // replica (a laptop) there is nothing else to require.
+    let min_isr = (layout.replication - 1).clamp(1, 2).to_string();
+    let topics: Vec<NewTopic> = kafka
+        .all_topics()
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                layout.partitions,
+                TopicReplication::Fixed(layout.replication),
+            )
+            .set("min.insync.replicas", &min_isr)
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(topics.iter(), &options)
+        .await
+        .map_err(KafkaSetupError::Request)?;
+    let mut created = Vec::new();
+    for result in results {
+        match result {
+            Ok(topic) => created.push(topic),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaSetupError::Topic { topic, code }),
+        }
+    }
+    Ok(created)
+}

@@ -1,0 +1,253 @@
+//! The messages on the topics: crawl jobs, nodes, edges and failures.
+//!
+//! JSON, UTF-8, every message with `"v": 1` so a later format can live beside this one.
+//! Labels and relationship types are closed enums: the graph writer builds Cypher from them,
+//! so they must never come from message text.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The message format version written into every message.
+pub const VERSION: u8 = 1;
+
+fn version() -> u8 {
+    VERSION
+}
+
+/// Errors from reading a message off a topic.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// The payload is not the expected JSON shape; the message goes to a DLQ with this text.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The payload is JSON of a version this build does not understand.
+    #[error("unsupported message version {0}")]
+    Version(u8),
+    /// The message has no payload at all.
+    #[error("empty message")]
+    Empty,
+}
+
+/// Parses a payload and checks its version: the one way every consumer reads a message.
+pub fn decode<T: for<'de> Deserialize<'de> + Versioned>(
+    payload: Option<&[u8]>,
+) -> Result<T, MessageError> {
+    let payload = payload.ok_or(MessageError::Empty)?;
+    let message: T = serde_json::from_slice(payload)?;
+    match message.version() {
+        VERSION => Ok(message),
+        other => Err(MessageError::Version(other)),
+    }
+}
+
+/// A message that carries the format version.
+pub trait Versioned {
+    /// The `v` field.
+    fn version(&self) -> u8;
+}
+
+macro_rules! versioned {
+    ($($t:ty),*) => {$(impl Versioned for $t { fn version(&self) -> u8 { self.v } })*};
+}
+
+/// One key to crawl, on the frontier topic (keyed by `key`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrawlJob {
+    /// Format version.
+    #[serde(default = "version")]
+    pub v: u8,
+    /// The crawl this job belongs to.
+    pub crawl_id: String,
+    /// `/works/OL…W`, `/authors/OL…A`, `/books/OL…M`, `/subjects/<name>` or `search:<text>`.
+    pub key: String,
+    /// Distance from the seed.
+    pub depth: u32,
+    /// The seed this job descends from.
+    pub seed: String,
+    /// The key whose expansion produced this job (`None` for a seed).
+    pub parent: Option<String>,
+    /// When the job was published.
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// Graph node labels: a fixed list, never taken from message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Label {
+    /// A work (`/works/OL…W`).
+    Work,
+    /// An author (`/authors/OL…A`).
+    Author,
+    /// An edition (`/books/OL…M`).
+    Edition,
+    /// A subject (`/subjects/<name>`).
+    Subject,
+}
+
+impl Label {
+    /// All labels, in the order migrations and statistics list them.
+    pub const ALL: [Label; 4] = [Label::Work, Label::Author, Label::Edition, Label::Subject];
+
+    /// The label's name as Neo4j and the API show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Label::Work => "Work",
+            Label::Author => "Author",
+            Label::Edition => "Edition",
+            Label::Subject => "Subject",
+        }
+    }
+
+    /// The label an Open Library key names, from its path prefix.
+    pub fn of_key(key: &str) -> Option<Label> {
+        if key.starts_with("/works/") {
+            Some(Label::Work)
+        } else if key.starts_with("/authors/") {
+            Some(Label::Author)
+        } else if key.starts_with("/books/") {
+            Some(Label::Edition)
+        } else if key.starts_with("/subjects/") {
+            Some(Label::Subject)
+        } else {
+            None
+        }
+    }
+}
+
+/// Relationship types: a fixed list, never taken from message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+pub enum Rel {
+    /// Work or Edition → Author.
+    WRITTEN_BY,
+    /// Edition → Work.
+    EDITION_OF,
+    /// Work or Edition → Subject.
+    ABOUT,
+}
+
+impl Rel {
+    /// All relationship types.
+    pub const ALL: [Rel; 3] = [Rel::WRITTEN_BY, Rel::EDITION_OF, Rel::ABOUT];
+
+    /// The type's name as Neo4j shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rel::WRITTEN_BY => "WRITTEN_BY",
+            Rel::EDITION_OF => "EDITION_OF",
+            Rel::ABOUT => "ABOUT",
+        }
+    }
+}
+
+/// A fetched entity, on the results topic (keyed by `key`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Format version.
+    #[serde(default = "version")]
+    pub v: u8,
+    /// The crawl that fetched it.
+    pub crawl_id: String,
+    /// Its Open Library key.
+    pub key: String,
+    /// Its label.
+    pub label: Label,
+    /// Flat map of scalar and list values (the contract's graph table lists which).
+    pub props: BTreeMap<String, serde_json::Value>,
+    /// When it was fetched.
+    pub fetched_at: DateTime<Utc>,
+}
+
+/// A relationship, on the edges topic (keyed by `from`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Edge {
+    /// Format version.
+    #[serde(default = "version")]
+    pub v: u8,
+    /// The crawl that found it.
+    pub crawl_id: String,
+    /// Key of the start node.
+    pub from: String,
+    /// Key of the end node.
+    pub to: String,
+    /// Relationship type. Kept as text on the wire so the graph writer can dead-letter an
+    /// unknown type instead of failing to parse the whole message.
+    pub rel: String,
+    /// When it was found.
+    pub discovered_at: DateTime<Utc>,
+}
+
+/// Why a job could not be crawled: the DLQ's `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// Open Library answered 4xx (other than 429).
+    Http4xx,
+    /// Open Library kept answering 5xx.
+    Http5xx,
+    /// The job ran past `JOB_TIMEOUT`.
+    Timeout,
+    /// Open Library kept answering 429.
+    RateLimited,
+    /// The answer did not parse.
+    Parse,
+    /// robots.txt disallows the path.
+    Robots,
+    /// The job itself is malformed or names another origin.
+    InvalidJob,
+    /// Publishing the job's outputs ran past `PUBLISH_TIMEOUT`.
+    Publish,
+}
+
+impl FailureReason {
+    /// All reasons, for metrics and status counters.
+    pub const ALL: [FailureReason; 8] = [
+        FailureReason::Http4xx,
+        FailureReason::Http5xx,
+        FailureReason::Timeout,
+        FailureReason::RateLimited,
+        FailureReason::Parse,
+        FailureReason::Robots,
+        FailureReason::InvalidJob,
+        FailureReason::Publish,
+    ];
+
+    /// The reason as the DLQ, metrics and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Http4xx => "http_4xx",
+            FailureReason::Http5xx => "http_5xx",
+            FailureReason::Timeout => "timeout",
+            FailureReason::RateLimited => "rate_limited",
+            FailureReason::Parse => "parse",
+            FailureReason::Robots => "robots",
+            FailureReason::InvalidJob => "invalid_job",
+            FailureReason::Publish => "publish",
+        }
+    }
+}
+
+/// A job that could not be crawled, on the DLQ topic (keyed by the job's key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Format version.
+    #[serde(default = "version")]
+    pub v: u8,
+    /// The crawl of the job (empty when the payload did not parse).
+    pub crawl_id: String,
+    /// The original job, or the raw payload as a string if it did not parse.
+    pub job: serde_json::Value,
+    /// Why it failed.
+    pub reason: FailureReason,
+    /// Human-readable detail (status code, parse error…).
+    pub detail: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+    /// When it was dead-lettered.
+    pub failed_at: DateTime<Utc>,
+    /// The worker that gave up (host name).
+    pub worker: String,
+}
+
+versioned!(CrawlJob, Node, Edge, Failure);

@@ -1,0 +1,319 @@
+//! Every Prometheus metric the binaries export, defined and registered in one place.
+//!
+//! The names are a contract (the Grafana dashboard and the alerts use them), so call sites
+//! never build a name: they take a field of one of these structs. Each struct registers into
+//! a [`Registry`] it is given, which lets tests build as many independent sets as they like.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Errors from defining metrics: only a duplicate or malformed name, i.e. a programming error.
+pub type MetricsError = prometheus::Error;
+
+fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
+    let metric = IntCounter::new(name, help)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, MetricsError> {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
+    let metric = IntGauge::new(name, help)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, MetricsError> {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> Result<Histogram, MetricsError> {
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+/// Buckets for latencies from a millisecond (a local commit) to two minutes (a slow fetch
+/// through a throttled proxy).
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        120.0,
+    ]
+}
+
+/// The consumer loop's metrics. The worker and the graph writer run the same loop, so the
+/// names take the service's namespace (`relentless_worker`, `relentless_graph_writer`).
+#[derive(Clone)]
+pub struct ConsumerMetrics {
+    /// Jobs running now, across all partitions.
+    pub in_flight: IntGauge,
+    /// Completions per partition that wait for a lower offset before they can be committed.
+    pub commit_pending: IntGaugeVec,
+    /// Commit attempts that failed (each is retried).
+    pub commit_errors: IntCounter,
+    /// Time one successful commit took, retries included.
+    pub commit_latency: Histogram,
+    /// Jobs abandoned because publishing their outputs ran past `PUBLISH_TIMEOUT`.
+    pub publish_timeouts: IntCounter,
+    /// Age of the oldest job in flight: a stuck partition shows here first.
+    pub oldest_in_flight_seconds: IntGauge,
+    /// High watermark minus the consumer's position, refreshed off the loop so a wedged loop
+    /// cannot freeze it at a healthy-looking value.
+    pub consumer_lag: IntGaugeVec,
+    /// Seconds since the loop last polled Kafka; set at scrape time by the health server.
+    pub last_poll_age_seconds: IntGauge,
+}
+
+impl ConsumerMetrics {
+    /// Registers the loop's metrics under `namespace` (for example `relentless_worker`).
+    pub fn register(registry: &Registry, namespace: &str) -> Result<Self, MetricsError> {
+        let name = |suffix: &str| format!("{namespace}_{suffix}");
+        Ok(Self {
+            in_flight: gauge(registry, &name("in_flight"), "Jobs running now.")?,
+            commit_pending: gauge_vec(
+                registry,
+                &name("commit_pending_total"),
+                "Completions waiting for a lower offset before they can be committed.",
+                &["partition"],
+            )?,
+            commit_errors: counter(
+                registry,
+                &name("commit_errors_total"),
+                "Offset commits that failed and were retried.",
+            )?,
+            commit_latency: histogram(
+                registry,
+                &name("commit_latency_seconds"),
+                "Time one successful offset commit took, retries included.",
+                latency_buckets(),
+            )?,
+            publish_timeouts: counter(
+                registry,
+                &name("publish_timeouts_total"),
+                "Jobs abandoned because publishing their outputs ran past PUBLISH_TIMEOUT.",
+            )?,
+            oldest_in_flight_seconds: gauge(
+                registry,
+                &name("oldest_in_flight_seconds"),
+                "Age of the oldest job in flight.",
+            )?,
+            consumer_lag: gauge_vec(
+                registry,
+                &name("consumer_lag"),
+                "High watermark minus the consumer position.",
+                &["topic", "partition"],
+            )?,
+            last_poll_age_seconds: gauge(
+                registry,
+                &name("last_poll_age_seconds"),
+                "Seconds since the consumer loop last polled Kafka.",
+            )?,
+        })
+    }
+}
+
+/// What the worker counts about jobs and Open Library traffic.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    /// Crawl jobs received from the frontier.
+    pub jobs_received: IntCounter,
+    /// Jobs whose node (or search expansion) was published.
+    pub jobs_success: IntCounter,
+    /// Jobs that ended in the DLQ, by reason.
+    pub jobs_failed: IntCounterVec,
+    /// Jobs dropped on purpose: already crawled at this depth, over budget, or cancelled.
+    pub jobs_skipped: IntCounter,
+    /// Time of one Open Library fetch, retries and rate-limit waits included.
+    pub fetch_latency: Histogram,
+    /// 429 and 503 answers, by egress.
+    pub rate_limit_hits: IntCounterVec,
+    /// Requests sent, by egress and HTTP status (`error` when no answer came).
+    pub egress_requests: IntCounterVec,
+    /// 1 while an egress is blocked by backoff or marked down.
+    pub egress_blocked: IntGaugeVec,
+}
+
+impl WorkerMetrics {
+    /// Registers the worker's metrics.
+    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        Ok(Self {
+            jobs_received: counter(
+                registry,
+                "relentless_worker_jobs_received_total",
+                "Crawl jobs received from the frontier.",
+            )?,
+            jobs_success: counter(
+                registry,
+                "relentless_worker_jobs_success_total",
+                "Jobs whose outputs were published.",
+            )?,
+            jobs_failed: counter_vec(
+                registry,
+                "relentless_worker_jobs_failed_total",
+                "Jobs sent to the DLQ, by reason.",
+                &["reason"],
+            )?,
+            jobs_skipped: counter(
+                registry,
+                "relentless_worker_jobs_skipped_total",
+                "Jobs dropped as duplicate, over budget or cancelled.",
+            )?,
+            fetch_latency: histogram(
+                registry,
+                "relentless_worker_fetch_latency_seconds",
+                "Open Library fetch time, retries and rate-limit waits included.",
+                latency_buckets(),
+            )?,
+            rate_limit_hits: counter_vec(
+                registry,
+                "relentless_worker_rate_limit_hits_total",
+                "429 and 503 answers, by egress.",
+                &["egress"],
+            )?,
+            egress_requests: counter_vec(
+                registry,
+                "relentless_worker_egress_requests_total",
+                "Requests sent, by egress and HTTP status.",
+                &["egress", "status"],
+            )?,
+            egress_blocked: gauge_vec(
+                registry,
+                "relentless_worker_egress_blocked",
+                "1 while an egress is blocked by backoff or marked down.",
+                &["egress"],
+            )?,
+        })
+    }
+}
+
+/// What the graph writer counts about rows and Neo4j.
+#[derive(Clone)]
+pub struct GraphWriterMetrics {
+    /// Node messages received.
+    pub results_received: IntCounter,
+    /// Node rows committed in Neo4j.
+    pub results_written: IntCounter,
+    /// Node rows sent to the graph DLQ.
+    pub results_failed: IntCounter,
+    /// Edge messages received.
+    pub edges_received: IntCounter,
+    /// Relationship rows committed in Neo4j.
+    pub edges_written: IntCounter,
+    /// Relationship rows sent to the graph DLQ.
+    pub edges_failed: IntCounter,
+    /// Rows per Neo4j transaction.
+    pub batch_rows: Histogram,
+    /// Time of one batch transaction.
+    pub neo4j_write_seconds: Histogram,
+    /// 1 while Neo4j answers, 0 while the writer waits for it.
+    pub neo4j_up: IntGauge,
+}
+
+impl GraphWriterMetrics {
+    /// Registers the graph writer's metrics.
+    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        Ok(Self {
+            results_received: counter(
+                registry,
+                "relentless_graph_writer_results_received_total",
+                "Node messages received.",
+            )?,
+            results_written: counter(
+                registry,
+                "relentless_graph_writer_results_written_total",
+                "Node rows committed in Neo4j.",
+            )?,
+            results_failed: counter(
+                registry,
+                "relentless_graph_writer_results_failed_total",
+                "Node rows sent to the graph DLQ.",
+            )?,
+            edges_received: counter(
+                registry,
+                "relentless_graph_writer_edges_received_total",
+                "Edge messages received.",
+            )?,
+            edges_written: counter(
+                registry,
+                "relentless_graph_writer_edges_written_total",
+                "Relationship rows committed in Neo4j.",
+            )?,
+            edges_failed: counter(
+                registry,
+                "relentless_graph_writer_edges_failed_total",
+                "Relationship rows sent to the graph DLQ.",
+            )?,
+            batch_rows: histogram(
+                registry,
+                "relentless_graph_writer_batch_rows",
+                "Rows per Neo4j transaction.",
+                vec![
+                    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+                ],
+            )?,
+            neo4j_write_seconds: histogram(
+                registry,
+                "relentless_graph_writer_neo4j_write_seconds",
+                "Time of one batch transaction.",
+                latency_buckets(),
+            )?,
+            neo4j_up: gauge(
+                registry,
+                "relentless_graph_writer_neo4j_up",
+                "1 while Neo4j answers, 0 while the writer waits for it.",
+            )?,
+        })
+    }
+}
+
+/// What the HTTP API counts.
+#[derive(Clone)]
+pub struct ApiMetrics {
+    /// Requests answered, by route template and status code.
+    pub requests: IntCounterVec,
+    /// Crawls created.
+    pub crawls_created: IntCounter,
+}
+
+impl ApiMetrics {
+    /// Registers the API's metrics.
+    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        Ok(Self {
+            requests: counter_vec(
+                registry,
+                "relentless_api_requests_total",
+                "Requests answered, by route and status.",
+                &["route", "status"],
+            )?,
+            crawls_created: counter(
+                registry,
+                "relentless_api_crawls_created_total",
+                "Crawls created.",
+            )?,
+        })
+    }
+}

@@ -1,0 +1,23 @@
+//! Logging set-up shared by every binary.
+//!
+//! Levels come from `RUST_LOG` (default `info`). At `info` the services log lifecycle events
+//! only (start, assignment changes, dependency up/down, shutdown); per-job outcomes are at
+//! `debug`, and nothing is logged per loop tick, so a worker with thousands of partitions
+//! stays quiet.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. Safe to call twice (the second call does nothing), which
+/// tests that start several services in one process rely on.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
