@@ -15,6 +15,7 @@
 //! - [`config`]: every setting as a flag and an environment variable.
 //! - [`message`]: the JSON messages on the topics.
 //! - [`kafka`]: clients configured for at-least-once delivery; topic creation.
+//! - [`store`]: per-crawl dedupe, progress counters and state in Redis.
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
 
 pub mod config;
@@ -22,4 +23,5 @@ pub mod health;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
+pub mod store;
 pub mod telemetry;

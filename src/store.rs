@@ -1,0 +1,576 @@
+//! Per-crawl state in Redis: who claimed which key at what depth, what is still in flight,
+//! and the status counters an operator watches.
+//!
+//! The rules (DESIGN.md, "Crawl rules") that this module makes true:
+//! - A key is claimed once per crawl when it is first enqueued, with its depth. Reaching it
+//!   again by a shorter path lowers the depth and re-enqueues it, so the set crawled is the
+//!   keys whose shortest distance from a seed is within the max depth, however jobs
+//!   interleave.
+//! - Dedupe is not a gate before processing: a claimed key stays *pending* until its outcome
+//!   (a published node, or a DLQ record) is acknowledged and [`CrawlStore::finish`] is
+//!   called. A job that crashed or timed out is therefore redelivered and run again, never
+//!   lost to its own claim (the Go predecessor's lesson).
+//! - Counters are idempotent: nodes, edges and failures are counted once per key (or edge)
+//!   however often a job is redelivered, so the final counters equal the graph's counts.
+//! - The crawl is `done` when nothing is pending.
+//!
+//! Every operation is one Lua script, so a decision and its bookkeeping are atomic across all
+//! workers. All keys of a crawl share a hash tag (`{crawl id}`) so the scripts also work on a
+//! Redis Cluster.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+
+use crate::message::{FailureReason, Label};
+
+/// Errors from the crawl store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis is unreachable or refused the command: retry later, the work is not lost.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Stored state that this build cannot read (hand-edited, or from an incompatible build).
+    #[error("corrupt crawl state for {crawl_id}: {detail}")]
+    Corrupt {
+        /// The crawl.
+        crawl_id: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// The life of a crawl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrawlState {
+    /// Jobs are pending.
+    Running,
+    /// Nothing is pending any more.
+    Done,
+    /// Cancelled by an operator; remaining jobs are dropped and counted as skipped.
+    Cancelled,
+}
+
+impl CrawlState {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "running" => Some(Self::Running),
+            "done" => Some(Self::Done),
+            "cancelled" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// What a crawl was asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrawlSpec {
+    /// The crawl's id.
+    pub crawl_id: String,
+    /// Seed keys as jobs see them (`/works/…`, `search:<text>`…).
+    pub seeds: Vec<String>,
+    /// Depth limit.
+    pub max_depth: u32,
+    /// Budget of claimed keys.
+    pub max_nodes: usize,
+}
+
+/// A crawl's status, as `GET /crawls/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrawlStatus {
+    /// The crawl's id.
+    pub crawl_id: String,
+    /// `running`, `done` or `cancelled`.
+    pub state: CrawlState,
+    /// Seed keys.
+    pub seeds: Vec<String>,
+    /// Depth limit.
+    pub max_depth: u32,
+    /// Budget of claimed keys.
+    pub max_nodes: usize,
+    /// Progress counters.
+    pub counters: Counters,
+    /// When the crawl was created.
+    pub created_at: DateTime<Utc>,
+    /// When its state last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Progress counters of a crawl.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Jobs enqueued (seeds, children, and re-enqueues by a shorter path).
+    pub enqueued: u64,
+    /// Distinct keys whose node was published.
+    pub fetched: u64,
+    /// Claimed keys whose outcome is not recorded yet.
+    pub in_flight: u64,
+    /// Jobs dropped because their key was already crawled at the same or a shorter depth.
+    pub duplicates: u64,
+    /// Jobs dropped because the crawl was cancelled or its node budget was spent.
+    pub skipped: u64,
+    /// Distinct nodes published, by label.
+    pub nodes: BTreeMap<String, u64>,
+    /// Distinct relationships published.
+    pub edges: u64,
+    /// Keys that ended in the DLQ, by reason.
+    pub failed: BTreeMap<String, u64>,
+}
+
+/// What a worker should do with a job it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// Crawl it, within these limits.
+    Run {
+        /// The crawl's depth limit.
+        max_depth: u32,
+        /// The crawl's node budget.
+        max_nodes: usize,
+    },
+    /// Drop it: the key was already crawled at this depth, or a shorter path claimed it.
+    Duplicate,
+    /// Drop it: the crawl was cancelled.
+    Cancelled,
+    /// Drop it: no such crawl (expired, or never created through the API).
+    UnknownCrawl,
+}
+
+/// How a job ended, once its outputs were acknowledged by Kafka.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// A node was published (for a redirect, the target's key), with its relationships.
+    Node {
+        /// The node's key.
+        key: String,
+        /// The node's label.
+        label: Label,
+        /// Its relationships as `from|REL|to`.
+        edges: Vec<String>,
+    },
+    /// The job produced no node on purpose (a free-text search).
+    NoNode,
+    /// The job ended in the DLQ.
+    Failed(FailureReason),
+}
+
+/// A child discovered by expansion, to be claimed before its job is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    /// The child's key.
+    pub key: String,
+    /// Its depth (parent's depth + 1).
+    pub depth: u32,
+}
+
+/// The Redis keys of one crawl. The `{id}` hash tag keeps them in one cluster slot.
+struct CrawlKeys {
+    meta: String,
+    claims: String,
+    pending: String,
+    counters: String,
+    nodes: String,
+    edges: String,
+    failures: String,
+}
+
+impl CrawlKeys {
+    fn new(crawl_id: &str) -> Self {
+        let base = format!("bookworm:crawl:{{{crawl_id}}}");
+        Self {
+            meta: format!("{base}:meta"),
+            claims: format!("{base}:claims"),
+            pending: format!("{base}:pending"),
+            counters: format!("{base}:counters"),
+            nodes: format!("{base}:nodes"),
+            edges: format!("{base}:edges"),
+            failures: format!("{base}:failures"),
+        }
+    }
+
+    fn all(&self) -> [&str; 7] {
+        [
+            &self.meta,
+            &self.claims,
+            &self.pending,
+            &self.counters,
+            &self.nodes,
+            &self.edges,
+            &self.failures,
+        ]
+    }
+}
+
+/// Claims are stored as `depth|claimer`: the claimer (the parent job) may re-enqueue its own
+/// pending children when it is redelivered, while siblings reaching the same pending key do
+/// not enqueue it again (that would fetch one key once per sibling).
+const BEGIN: &str = r#"
+local meta, claims, pending, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local key, depth = ARGV[1], tonumber(ARGV[2])
+local state = redis.call('HGET', meta, 'state')
+if not state then return {'unknown'} end
+if state == 'cancelled' then
+  if redis.call('SREM', pending, key) == 1 then redis.call('HINCRBY', counters, 'skipped', 1) end
+  return {'cancelled'}
+end
+local claim = redis.call('HGET', claims, key)
+if not claim then
+  -- A job nobody claimed (a replayed DLQ record): claim it for itself.
+  redis.call('HSET', claims, key, depth .. '|replay')
+  redis.call('SADD', pending, key)
+  if state == 'done' then redis.call('HSET', meta, 'state', 'running') end
+elseif tonumber(string.match(claim, '^(%d+)')) < depth
+    or redis.call('SISMEMBER', pending, key) == 0 then
+  redis.call('HINCRBY', counters, 'duplicates', 1)
+  return {'duplicate'}
+end
+return {'run', redis.call('HGET', meta, 'max_depth'), redis.call('HGET', meta, 'max_nodes')}
+"#;
+
+const CLAIM: &str = r#"
+local meta, claims, pending, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local max_nodes, claimer = tonumber(ARGV[1]), ARGV[2]
+local state = redis.call('HGET', meta, 'state')
+local out = {}
+for i = 3, #ARGV, 2 do
+  local key, depth = ARGV[i], tonumber(ARGV[i + 1])
+  local claim = redis.call('HGET', claims, key)
+  local enqueue = 0
+  if state ~= 'running' then
+    enqueue = 0
+  elseif not claim then
+    if redis.call('HLEN', claims) < max_nodes then
+      enqueue = 1
+    else
+      redis.call('HINCRBY', counters, 'skipped', 1)
+    end
+  else
+    local claimed_depth, claimed_by = string.match(claim, '^(%d+)|(.*)$')
+    if tonumber(claimed_depth) > depth then
+      enqueue = 1
+    elseif tonumber(claimed_depth) == depth and claimed_by == claimer
+        and redis.call('SISMEMBER', pending, key) == 1 then
+      enqueue = 1
+    end
+  end
+  if enqueue == 1 then
+    redis.call('HSET', claims, key, depth .. '|' .. claimer)
+    redis.call('SADD', pending, key)
+    redis.call('HINCRBY', counters, 'enqueued', 1)
+  end
+  out[#out + 1] = enqueue
+end
+return out
+"#;
+
+const FINISH: &str = r#"
+local meta, claims, pending, counters, nodes, edges, failures =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local key, depth, outcome, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local claim = redis.call('HGET', claims, key)
+-- A shorter path may have re-claimed the key meanwhile: its own job clears it.
+if not claim or tonumber(string.match(claim, '^(%d+)')) >= depth then
+  redis.call('SREM', pending, key)
+end
+if outcome == 'node' then
+  local node_key, label = ARGV[5], ARGV[6]
+  if redis.call('HSETNX', nodes, node_key, label) == 1 then
+    redis.call('HINCRBY', counters, 'nodes:' .. label, 1)
+    redis.call('HINCRBY', counters, 'fetched', 1)
+  end
+  for i = 7, #ARGV do
+    if redis.call('SADD', edges, ARGV[i]) == 1 then redis.call('HINCRBY', counters, 'edges', 1) end
+  end
+elseif outcome == 'failed' then
+  local reason = ARGV[5]
+  if redis.call('HSETNX', failures, key, reason) == 1 then
+    redis.call('HINCRBY', counters, 'failed:' .. reason, 1)
+  end
+end
+redis.call('HSET', meta, 'updated_at', now)
+if redis.call('SCARD', pending) == 0 and redis.call('HGET', meta, 'state') == 'running' then
+  redis.call('HSET', meta, 'state', 'done')
+end
+return 1
+"#;
+
+const CANCEL: &str = r#"
+local meta = KEYS[1]
+local state = redis.call('HGET', meta, 'state')
+if not state then return 0 end
+if state == 'running' then
+  redis.call('HSET', meta, 'state', 'cancelled', 'updated_at', ARGV[1])
+end
+return 1
+"#;
+
+/// The crawl state of every crawl, in Redis.
+#[derive(Clone)]
+pub struct CrawlStore {
+    conn: ConnectionManager,
+    begin: Script,
+    claim: Script,
+    finish: Script,
+    cancel: Script,
+}
+
+impl CrawlStore {
+    /// Connects to Redis. The connection manager reconnects by itself after Redis restarts.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new(client).await?;
+        Ok(Self {
+            conn,
+            begin: Script::new(BEGIN),
+            claim: Script::new(CLAIM),
+            finish: Script::new(FINISH),
+            cancel: Script::new(CANCEL),
+        })
+    }
+
+    /// Whether Redis answers, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Records a new crawl with its seeds claimed at depth 0 and pending. Call before the
+    /// seed jobs are published, and [`CrawlStore::forget`] if publishing them fails, so a
+    /// status never exists without its seeds in the frontier.
+    pub async fn create(&self, spec: &CrawlSpec) -> Result<(), StoreError> {
+        let keys = CrawlKeys::new(&spec.crawl_id);
+        let now = Utc::now().to_rfc3339();
+        let seeds = serde_json::to_string(&spec.seeds).map_err(|e| StoreError::Corrupt {
+            crawl_id: spec.crawl_id.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                &keys.meta,
+                &[
+                    ("state", "running"),
+                    ("seeds", seeds.as_str()),
+                    ("max_depth", &spec.max_depth.to_string()),
+                    ("max_nodes", &spec.max_nodes.to_string()),
+                    ("created_at", &now),
+                    ("updated_at", &now),
+                ],
+            )
+            .ignore();
+        for seed in &spec.seeds {
+            pipe.hset(&keys.claims, seed, "0|seed").ignore();
+            pipe.sadd(&keys.pending, seed).ignore();
+        }
+        pipe.hincr(&keys.counters, "enqueued", spec.seeds.len())
+            .ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Removes every trace of a crawl (used when its seeds could not be enqueued).
+    pub async fn forget(&self, crawl_id: &str) -> Result<(), StoreError> {
+        let keys = CrawlKeys::new(crawl_id);
+        let mut conn = self.conn.clone();
+        conn.del::<_, ()>(&keys.all()[..]).await?;
+        Ok(())
+    }
+
+    /// Decides whether a received job should run.
+    pub async fn begin(&self, crawl_id: &str, key: &str, depth: u32) -> Result<Begin, StoreError> {
+        let keys = CrawlKeys::new(crawl_id);
+        let mut conn = self.conn.clone();
+        let reply: Vec<Option<String>> = self
+            .begin
+            .key(&keys.meta)
+            .key(&keys.claims)
+            .key(&keys.pending)
+            .key(&keys.counters)
+            .arg(key)
+            .arg(depth)
+            .invoke_async(&mut conn)
+            .await?;
+        let corrupt = |detail: &str| StoreError::Corrupt {
+            crawl_id: crawl_id.to_owned(),
+            detail: detail.to_owned(),
+        };
+        match reply.first().and_then(|s| s.as_deref()) {
+            Some("run") => {
+                let number = |i: usize| -> Result<u64, StoreError> {
+                    reply
+                        .get(i)
+                        .and_then(|v| v.as_deref())
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| corrupt("limits are not numbers"))
+                };
+                Ok(Begin::Run {
+                    max_depth: number(1)? as u32,
+                    max_nodes: number(2)? as usize,
+                })
+            }
+            Some("duplicate") => Ok(Begin::Duplicate),
+            Some("cancelled") => Ok(Begin::Cancelled),
+            Some("unknown") => Ok(Begin::UnknownCrawl),
+            _ => Err(corrupt("unexpected reply from the begin script")),
+        }
+    }
+
+    /// Claims children found by a job (`claimer` names that job, e.g. `depth|key`) and
+    /// returns, per child, whether its job must be published: new keys within the budget,
+    /// keys reached by a shorter path, and this claimer's own still-pending children (its
+    /// redelivery re-enqueues them, since the first run may have died before publishing).
+    pub async fn claim(
+        &self,
+        crawl_id: &str,
+        claimer: &str,
+        max_nodes: usize,
+        children: &[Child],
+    ) -> Result<Vec<bool>, StoreError> {
+        if children.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = CrawlKeys::new(crawl_id);
+        let mut invocation = self.claim.prepare_invoke();
+        invocation
+            .key(&keys.meta)
+            .key(&keys.claims)
+            .key(&keys.pending)
+            .key(&keys.counters)
+            .arg(max_nodes)
+            .arg(claimer);
+        for child in children {
+            invocation.arg(&child.key).arg(child.depth);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        Ok(reply.into_iter().map(|v| v == 1).collect())
+    }
+
+    /// Records a job's outcome once Kafka acknowledged its outputs; marks the crawl done
+    /// when nothing is pending any more. Idempotent: a redelivered job counts nothing twice.
+    pub async fn finish(
+        &self,
+        crawl_id: &str,
+        key: &str,
+        depth: u32,
+        outcome: &Finish,
+    ) -> Result<(), StoreError> {
+        let keys = CrawlKeys::new(crawl_id);
+        let mut invocation = self.finish.prepare_invoke();
+        for k in keys.all() {
+            invocation.key(k);
+        }
+        invocation.arg(key).arg(depth);
+        match outcome {
+            Finish::Node { key, label, edges } => {
+                invocation
+                    .arg("node")
+                    .arg(Utc::now().to_rfc3339())
+                    .arg(key)
+                    .arg(label.as_str());
+                for edge in edges {
+                    invocation.arg(edge);
+                }
+            }
+            Finish::NoNode => {
+                invocation.arg("none").arg(Utc::now().to_rfc3339());
+            }
+            Finish::Failed(reason) => {
+                invocation
+                    .arg("failed")
+                    .arg(Utc::now().to_rfc3339())
+                    .arg(reason.as_str());
+            }
+        }
+        let mut conn = self.conn.clone();
+        invocation.invoke_async::<i64>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Cancels a running crawl. Returns false if the crawl is unknown.
+    pub async fn cancel(&self, crawl_id: &str) -> Result<bool, StoreError> {
+        let keys = CrawlKeys::new(crawl_id);
+        let mut conn = self.conn.clone();
+        let found: i64 = self
+            .cancel
+            .key(&keys.meta)
+            .arg(Utc::now().to_rfc3339())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(found == 1)
+    }
+
+    /// The crawl's status, or `None` if it is unknown.
+    pub async fn status(&self, crawl_id: &str) -> Result<Option<CrawlStatus>, StoreError> {
+        let keys = CrawlKeys::new(crawl_id);
+        let mut conn = self.conn.clone();
+        let (meta, counters, in_flight): (BTreeMap<String, String>, BTreeMap<String, u64>, u64) =
+            redis::pipe()
+                .hgetall(&keys.meta)
+                .hgetall(&keys.counters)
+                .scard(&keys.pending)
+                .query_async(&mut conn)
+                .await?;
+        if meta.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = |detail: String| StoreError::Corrupt {
+            crawl_id: crawl_id.to_owned(),
+            detail,
+        };
+        let field = |name: &str| {
+            meta.get(name)
+                .ok_or_else(|| corrupt(format!("missing {name}")))
+        };
+        let time = |name: &str| -> Result<DateTime<Utc>, StoreError> {
+            DateTime::parse_from_rfc3339(field(name)?)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| corrupt(format!("{name}: {e}")))
+        };
+        let state = CrawlState::parse(field("state")?)
+            .ok_or_else(|| corrupt("unknown state".to_owned()))?;
+        let seeds: Vec<String> =
+            serde_json::from_str(field("seeds")?).map_err(|e| corrupt(format!("seeds: {e}")))?;
+        let mut status_counters = Counters {
+            in_flight,
+            ..Counters::default()
+        };
+        for (name, value) in counters {
+            match name.split_once(':') {
+                Some(("nodes", label)) => {
+                    status_counters.nodes.insert(label.to_owned(), value);
+                }
+                Some(("failed", reason)) => {
+                    status_counters.failed.insert(reason.to_owned(), value);
+                }
+                _ => match name.as_str() {
+                    "enqueued" => status_counters.enqueued = value,
+                    "fetched" => status_counters.fetched = value,
+                    "duplicates" => status_counters.duplicates = value,
+                    "skipped" => status_counters.skipped = value,
+                    "edges" => status_counters.edges = value,
+                    _ => {}
+                },
+            }
+        }
+        Ok(Some(CrawlStatus {
+            crawl_id: crawl_id.to_owned(),
+            state,
+            seeds,
+            max_depth: field("max_depth")?
+                .parse()
+                .map_err(|e| corrupt(format!("max_depth: {e}")))?,
+            max_nodes: field("max_nodes")?
+                .parse()
+                .map_err(|e| corrupt(format!("max_nodes: {e}")))?,
+            counters: status_counters,
+            created_at: time("created_at")?,
+            updated_at: time("updated_at")?,
+        }))
+    }
+}

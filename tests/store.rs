@@ -1,0 +1,242 @@
+//! The crawl store against the real Redis: dedupe by shortest path, redelivery-safe
+//! counters, and the end of a crawl.
+
+mod common;
+
+use bookworm::message::{FailureReason, Label};
+use bookworm::store::{Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish};
+use common::{stack_env, unique};
+
+async fn store_with_crawl(seeds: &[&str], max_nodes: usize) -> (CrawlStore, String) {
+    let store = CrawlStore::connect(&stack_env("REDIS_URL"))
+        .await
+        .expect("redis reachable");
+    let crawl_id = unique("crawl");
+    let spec = CrawlSpec {
+        crawl_id: crawl_id.clone(),
+        seeds: seeds.iter().map(|s| s.to_string()).collect(),
+        max_depth: 2,
+        max_nodes,
+    };
+    store.create(&spec).await.expect("crawl created");
+    (store, crawl_id)
+}
+
+fn child(key: &str, depth: u32) -> Child {
+    Child {
+        key: key.to_owned(),
+        depth,
+    }
+}
+
+fn node(key: &str, label: Label, edges: &[&str]) -> Finish {
+    Finish::Node {
+        key: key.to_owned(),
+        label,
+        edges: edges.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+/// A seed runs, its children are claimed once, and the crawl is done exactly when the
+/// last pending key finishes.
+#[tokio::test]
+async fn a_crawl_is_done_when_its_last_pending_key_finishes() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    assert_eq!(
+        store.begin(&id, "/works/OL1W", 0).await.unwrap(),
+        Begin::Run {
+            max_depth: 2,
+            max_nodes: 100
+        }
+    );
+    let enqueue = store
+        .claim(
+            &id,
+            "0|/works/OL1W",
+            100,
+            &[child("/authors/OL1A", 1), child("/subjects/x", 1)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(enqueue, vec![true, true]);
+    let edges = [
+        "/works/OL1W|WRITTEN_BY|/authors/OL1A",
+        "/works/OL1W|ABOUT|/subjects/x",
+    ];
+    store
+        .finish(
+            &id,
+            "/works/OL1W",
+            0,
+            &node("/works/OL1W", Label::Work, &edges),
+        )
+        .await
+        .unwrap();
+
+    let status = store.status(&id).await.unwrap().expect("status exists");
+    assert_eq!(status.state, CrawlState::Running);
+    assert_eq!(status.counters.in_flight, 2);
+    assert_eq!(status.counters.enqueued, 3);
+
+    store
+        .finish(
+            &id,
+            "/authors/OL1A",
+            1,
+            &node("/authors/OL1A", Label::Author, &[]),
+        )
+        .await
+        .unwrap();
+    store
+        .finish(
+            &id,
+            "/subjects/x",
+            1,
+            &Finish::Failed(FailureReason::Http5xx),
+        )
+        .await
+        .unwrap();
+    let status = store.status(&id).await.unwrap().expect("status exists");
+    assert_eq!(status.state, CrawlState::Done);
+    assert_eq!(status.counters.in_flight, 0);
+    assert_eq!(status.counters.fetched, 2);
+    assert_eq!(status.counters.edges, 2);
+    assert_eq!(status.counters.nodes.get("Work"), Some(&1));
+    assert_eq!(status.counters.failed.get("http_5xx"), Some(&1));
+}
+
+/// A key reached again by a shorter path is re-enqueued at the shorter depth, and the
+/// deeper job that arrives later is dropped as a duplicate.
+#[tokio::test]
+async fn a_shorter_path_reclaims_a_key_and_the_deeper_job_is_dropped() {
+    let (store, id) = store_with_crawl(&["/works/OL1W", "/works/OL2W"], 100).await;
+    assert_eq!(
+        store
+            .claim(&id, "1|/authors/OL9A", 100, &[child("/works/OL5W", 2)])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store
+            .claim(&id, "0|/works/OL2W", 100, &[child("/works/OL5W", 1)])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store.begin(&id, "/works/OL5W", 2).await.unwrap(),
+        Begin::Duplicate
+    );
+    assert!(matches!(
+        store.begin(&id, "/works/OL5W", 1).await.unwrap(),
+        Begin::Run { .. }
+    ));
+    assert_eq!(
+        store
+            .claim(&id, "0|/works/OL1W", 100, &[child("/works/OL5W", 3)])
+            .await
+            .unwrap(),
+        vec![false]
+    );
+}
+
+/// Siblings reaching a pending key do not enqueue it again, but its own claimer does when it
+/// is redelivered (its first run may have died before publishing the child's job).
+#[tokio::test]
+async fn only_the_claimer_reenqueues_a_pending_child() {
+    let (store, id) = store_with_crawl(&["/works/OL1W", "/works/OL2W"], 100).await;
+    let author = [child("/authors/OL1A", 1)];
+    assert_eq!(
+        store
+            .claim(&id, "0|/works/OL1W", 100, &author)
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store
+            .claim(&id, "0|/works/OL2W", 100, &author)
+            .await
+            .unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        store
+            .claim(&id, "0|/works/OL1W", 100, &author)
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    store
+        .finish(
+            &id,
+            "/authors/OL1A",
+            1,
+            &node("/authors/OL1A", Label::Author, &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim(&id, "0|/works/OL1W", 100, &author)
+            .await
+            .unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        store.begin(&id, "/authors/OL1A", 1).await.unwrap(),
+        Begin::Duplicate
+    );
+}
+
+/// A redelivered job finishing twice counts its node, edges and failure once.
+#[tokio::test]
+async fn redelivered_outcomes_are_counted_once() {
+    let (store, id) = store_with_crawl(&["/works/OL1W", "/works/OL2W"], 100).await;
+    let outcome = node(
+        "/works/OL1W",
+        Label::Work,
+        &["/works/OL1W|ABOUT|/subjects/a"],
+    );
+    for _ in 0..3 {
+        store.finish(&id, "/works/OL1W", 0, &outcome).await.unwrap();
+        store
+            .finish(&id, "/works/OL2W", 0, &Finish::Failed(FailureReason::Parse))
+            .await
+            .unwrap();
+    }
+    let counters = store.status(&id).await.unwrap().expect("status").counters;
+    assert_eq!((counters.fetched, counters.edges), (1, 1));
+    assert_eq!(counters.failed.get("parse"), Some(&1));
+}
+
+/// The node budget stops new claims; a cancelled crawl drops its jobs as skipped.
+#[tokio::test]
+async fn budget_and_cancel_stop_new_work() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 2).await;
+    let children = [child("/authors/OL1A", 1), child("/authors/OL2A", 1)];
+    assert_eq!(
+        store
+            .claim(&id, "0|/works/OL1W", 2, &children)
+            .await
+            .unwrap(),
+        vec![true, false]
+    );
+    assert!(store.cancel(&id).await.unwrap());
+    assert_eq!(
+        store.begin(&id, "/authors/OL1A", 1).await.unwrap(),
+        Begin::Cancelled
+    );
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(status.state, CrawlState::Cancelled);
+    assert_eq!(status.counters.skipped, 2);
+    assert!(!store.cancel("no-such-crawl").await.unwrap());
+    assert_eq!(
+        store
+            .begin("no-such-crawl", "/works/OL1W", 0)
+            .await
+            .unwrap(),
+        Begin::UnknownCrawl
+    );
+}
