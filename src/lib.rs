@@ -16,12 +16,15 @@
 //! - [`message`]: the JSON messages on the topics.
 //! - [`kafka`]: clients configured for at-least-once delivery; topic creation.
 //! - [`store`]: per-crawl dedupe, progress counters and state in Redis.
+//! - [`api`]: the HTTP API that creates, watches and cancels crawls.
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
 
+pub mod api;
 pub mod config;
 pub mod health;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -3,9 +3,13 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bookworm::config::{KafkaArgs, LogArgs};
-use bookworm::kafka::{TopicLayout, create_topics};
-use bookworm::telemetry;
+use bookworm::api::{self, ApiArgs, ApiState};
+use bookworm::config::{CrawlArgs, KafkaArgs, LogArgs, RedisArgs};
+use bookworm::health::{HealthState, Liveness, Readiness};
+use bookworm::kafka::{TopicLayout, create_topics, producer};
+use bookworm::metrics::ApiMetrics;
+use bookworm::store::CrawlStore;
+use bookworm::{shutdown, telemetry};
 use clap::{Parser, Subcommand};
 
 /// Operate a Relentless Bookworm deployment.
@@ -20,6 +24,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the HTTP API: create, watch and cancel crawls.
+    Serve {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        crawl: CrawlArgs,
+    },
     /// Manage the Kafka topics.
     Topics {
         #[command(subcommand)]
@@ -57,6 +72,12 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Serve {
+            api,
+            kafka,
+            redis,
+            crawl,
+        } => serve(api, kafka, redis, crawl).await,
         Command::Topics {
             command:
                 TopicsCommand::Create {
@@ -85,4 +106,48 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn serve(
+    args: ApiArgs,
+    kafka: KafkaArgs,
+    redis: RedisArgs,
+    crawl: CrawlArgs,
+) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    let metrics = ApiMetrics::register(&registry)?;
+    let store = CrawlStore::connect(&redis.redis_url)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", redis.redis_url))?;
+    let producer = producer(&kafka, std::time::Duration::from_secs(30))
+        .context("creating the Kafka producer")?;
+    let readiness = Readiness::with_conditions(&["redis"]);
+    let health = HealthState {
+        registry,
+        liveness: Liveness::always(),
+        readiness: readiness.clone(),
+    };
+    let state = ApiState::new(
+        store.clone(),
+        producer,
+        &kafka,
+        crawl,
+        args.openlibrary_base_url.clone(),
+        metrics,
+    );
+    let listener = api::bind(args.api_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "API listening");
+    let token = shutdown::on_signal();
+    tokio::spawn(async move {
+        // Readiness follows Redis: without it the API can neither create nor show crawls.
+        loop {
+            readiness.set("redis", store.ping().await.is_ok());
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = token.cancelled() => break,
+            }
+        }
+    });
+    api::serve(listener, state, health, shutdown::on_signal()).await?;
+    Ok(())
 }

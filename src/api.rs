@@ -1,0 +1,602 @@
+//! The HTTP API of `bookworm serve`: create, watch and cancel crawls.
+//!
+//! A crawl is created in an order that never leaves a status without its seeds enqueued:
+//! the status (with its seeds claimed and pending) is written to Redis first, then the seed
+//! jobs are published with `acks=all`; if publishing fails, the status is removed again and
+//! the client gets a 503 to retry. Every bad request answers 4xx with a JSON error, and
+//! nothing is enqueued unless every seed is valid.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::Utc;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::config::{CrawlArgs, KafkaArgs};
+use crate::health::{self, HealthState};
+use crate::message::{CrawlJob, VERSION};
+use crate::metrics::ApiMetrics;
+use crate::store::{CrawlSpec, CrawlStore};
+
+/// The most seeds one crawl may start from.
+pub const MAX_SEEDS: usize = 100;
+/// The deepest crawl the API accepts: at Open Library's fan-out, depth 6 already reaches
+/// most of the catalogue.
+pub const MAX_DEPTH_LIMIT: u32 = 10;
+/// Request bodies above this are refused before parsing (a hundred seeds fit easily).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Free-text seeds are 3 to 200 characters: Open Library's search refuses fewer than 3.
+const TEXT_SEED_CHARS: std::ops::RangeInclusive<usize> = 3..=200;
+
+/// Settings of `bookworm serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Address of the HTTP API (also serves /metrics, /healthz, /readyz).
+    #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8080")]
+    pub api_addr: SocketAddr,
+
+    /// The Open Library origin seeds may name in URLs.
+    #[arg(
+        long,
+        env = "OPENLIBRARY_BASE_URL",
+        default_value = "https://openlibrary.org"
+    )]
+    pub openlibrary_base_url: Url,
+}
+
+/// Errors from starting or running the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("API server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    store: CrawlStore,
+    producer: FutureProducer,
+    frontier_topic: String,
+    defaults: CrawlArgs,
+    origin: Url,
+    metrics: ApiMetrics,
+    publish_timeout: Duration,
+}
+
+impl ApiState {
+    /// Builds the state from its parts.
+    pub fn new(
+        store: CrawlStore,
+        producer: FutureProducer,
+        kafka: &KafkaArgs,
+        defaults: CrawlArgs,
+        origin: Url,
+        metrics: ApiMetrics,
+    ) -> Self {
+        Self {
+            store,
+            producer,
+            frontier_topic: kafka.kafka_frontier_topic.clone(),
+            defaults,
+            origin,
+            metrics,
+            // A client waits for its 201; half a minute is the most it should wait for Kafka.
+            publish_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A request error, answered as `{"error": …}` (plus the bad seed when there is one).
+#[derive(Debug)]
+struct Problem {
+    status: StatusCode,
+    message: String,
+    seed: Option<String>,
+}
+
+impl Problem {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            seed: None,
+        }
+    }
+
+    fn bad_seed(seed: &Value, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            seed: Some(match seed {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+        }
+    }
+
+    fn not_found(crawl_id: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no crawl with id {crawl_id}"),
+            seed: None,
+        }
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            seed: None,
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(seed) = self.seed {
+            body["seed"] = Value::String(seed);
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// Turns a seed from a request into the key its job crawls, or says why it is not one.
+///
+/// Accepted: a key (`/works/OL1W`, `/authors/OL1A`, `/books/OL1M`), a bare id (`OL1W`), an
+/// Open Library URL of one on the configured origin (`https://openlibrary.org/works/OL1W/Title`,
+/// with or without `.json`), or free text of 3 to 200 characters, which becomes
+/// `search:<text>`. Anything that looks like a URL must be on the origin.
+pub fn seed_key(seed: &str, origin: &Url) -> Result<String, String> {
+    let trimmed = seed.trim();
+    if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
+        let url = Url::parse(trimmed).map_err(|e| format!("not a valid URL: {e}"))?;
+        let other_port = url
+            .port()
+            .is_some_and(|p| Some(p) != origin.port_or_known_default());
+        if url.host_str() != origin.host_str() || other_port {
+            return Err(format!(
+                "URL is not on {}",
+                origin.origin().ascii_serialization()
+            ));
+        }
+        return entity_key(url.path())
+            .ok_or_else(|| "URL names no work, author or edition".to_owned());
+    }
+    if trimmed.starts_with('/') {
+        return entity_key(trimmed).ok_or_else(|| "not a work, author or edition key".to_owned());
+    }
+    if let Some(key) = bare_id_key(trimmed) {
+        return Ok(key);
+    }
+    let chars = trimmed.chars().count();
+    if !TEXT_SEED_CHARS.contains(&chars) {
+        return Err(format!(
+            "free text must be {} to {} characters",
+            TEXT_SEED_CHARS.start(),
+            TEXT_SEED_CHARS.end()
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err("free text must not contain control characters".to_owned());
+    }
+    Ok(format!("search:{trimmed}"))
+}
+
+/// `/works/OL1W/Some_Title.json` → `/works/OL1W`.
+fn entity_key(path: &str) -> Option<String> {
+    let mut parts = path.trim_start_matches('/').split('/');
+    let (kind, id) = (parts.next()?, parts.next()?);
+    let id = id.strip_suffix(".json").unwrap_or(id);
+    let suffix = match kind {
+        "works" => 'W',
+        "authors" => 'A',
+        "books" => 'M',
+        _ => return None,
+    };
+    let digits = id.strip_prefix("OL")?.strip_suffix(suffix)?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| format!("/{kind}/{id}"))
+}
+
+/// `OL1W` → `/works/OL1W`.
+fn bare_id_key(id: &str) -> Option<String> {
+    let kind = match id.chars().last()? {
+        'W' => "works",
+        'A' => "authors",
+        'M' => "books",
+        _ => return None,
+    };
+    entity_key(&format!("/{kind}/{id}"))
+}
+
+/// The JSON body of `POST /crawls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateCrawl {
+    seeds: Vec<Value>,
+    #[serde(default)]
+    max_depth: Option<Value>,
+    #[serde(default)]
+    max_nodes: Option<Value>,
+}
+
+fn validate(body: &[u8], state: &ApiState) -> Result<CrawlSpec, Problem> {
+    let request: CreateCrawl = serde_json::from_slice(body)
+        .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))?;
+    if request.seeds.is_empty() {
+        return Err(Problem::bad_request("seeds must not be empty"));
+    }
+    if request.seeds.len() > MAX_SEEDS {
+        return Err(Problem::bad_request(format!(
+            "at most {MAX_SEEDS} seeds per crawl"
+        )));
+    }
+    let mut keys = Vec::with_capacity(request.seeds.len());
+    for seed in &request.seeds {
+        let text = seed
+            .as_str()
+            .ok_or_else(|| Problem::bad_seed(seed, "a seed must be a string"))?;
+        let key = seed_key(text, &state.origin).map_err(|why| Problem::bad_seed(seed, why))?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let max_depth = match request.max_depth {
+        None | Some(Value::Null) => state.defaults.max_depth,
+        Some(value) => value
+            .as_u64()
+            .filter(|d| *d <= u64::from(MAX_DEPTH_LIMIT))
+            .ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "max_depth must be an integer from 0 to {MAX_DEPTH_LIMIT}"
+                ))
+            })? as u32,
+    };
+    let max_nodes = match request.max_nodes {
+        None | Some(Value::Null) => state.defaults.max_nodes,
+        Some(value) => value
+            .as_u64()
+            .filter(|n| (1..=10_000_000).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_request("max_nodes must be an integer from 1 to 10000000")
+            })? as usize,
+    };
+    Ok(CrawlSpec {
+        crawl_id: uuid::Uuid::now_v7().to_string(),
+        seeds: keys,
+        max_depth,
+        max_nodes,
+    })
+}
+
+async fn create_crawl(
+    State(state): State<Arc<ApiState>>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let spec = validate(&body, &state)?;
+    state
+        .store
+        .create(&spec)
+        .await
+        .map_err(|e| Problem::unavailable(format!("crawl store unavailable: {e}")))?;
+    if let Err(e) = enqueue_seeds(&state, &spec).await {
+        // Never leave a status whose seeds are not in the frontier.
+        if let Err(forget) = state.store.forget(&spec.crawl_id).await {
+            tracing::error!(crawl_id = %spec.crawl_id, error = %forget, "could not remove the status of a crawl whose seeds failed to enqueue");
+        }
+        return Err(Problem::unavailable(format!(
+            "could not enqueue seeds: {e}"
+        )));
+    }
+    state.metrics.crawls_created.inc();
+    tracing::info!(crawl_id = %spec.crawl_id, seeds = spec.seeds.len(), max_depth = spec.max_depth, "crawl created");
+    let status = state
+        .store
+        .status(&spec.crawl_id)
+        .await
+        .map_err(|e| Problem::unavailable(format!("crawl store unavailable: {e}")))?
+        .ok_or_else(|| Problem::unavailable("crawl status vanished"))?;
+    Ok((StatusCode::CREATED, axum::Json(status)).into_response())
+}
+
+async fn enqueue_seeds(state: &ApiState, spec: &CrawlSpec) -> Result<(), String> {
+    let now = Utc::now();
+    let sends = spec.seeds.iter().map(|seed| {
+        let job = CrawlJob {
+            v: VERSION,
+            crawl_id: spec.crawl_id.clone(),
+            key: seed.clone(),
+            depth: 0,
+            seed: seed.clone(),
+            parent: None,
+            enqueued_at: now,
+        };
+        let producer = state.producer.clone();
+        let topic = state.frontier_topic.clone();
+        let timeout = state.publish_timeout;
+        async move {
+            let payload = serde_json::to_vec(&job).map_err(|e| e.to_string())?;
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&job.key).payload(&payload),
+                    timeout,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e.to_string())
+        }
+    });
+    futures::future::try_join_all(sends).await.map(|_| ())
+}
+
+async fn get_crawl(
+    State(state): State<Arc<ApiState>>,
+    Path(crawl_id): Path<String>,
+) -> Result<Response, Problem> {
+    match state.store.status(&crawl_id).await {
+        Ok(Some(status)) => Ok(axum::Json(status).into_response()),
+        Ok(None) => Err(Problem::not_found(&crawl_id)),
+        Err(e) => Err(Problem::unavailable(format!(
+            "crawl store unavailable: {e}"
+        ))),
+    }
+}
+
+async fn cancel_crawl(
+    State(state): State<Arc<ApiState>>,
+    Path(crawl_id): Path<String>,
+) -> Result<Response, Problem> {
+    let found = state
+        .store
+        .cancel(&crawl_id)
+        .await
+        .map_err(|e| Problem::unavailable(format!("crawl store unavailable: {e}")))?;
+    if !found {
+        return Err(Problem::not_found(&crawl_id));
+    }
+    tracing::info!(%crawl_id, "crawl cancelled");
+    get_crawl(State(state), Path(crawl_id)).await
+}
+
+async fn openapi() -> impl IntoResponse {
+    axum::Json(openapi_document())
+}
+
+async fn fallback() -> Problem {
+    Problem {
+        status: StatusCode::NOT_FOUND,
+        message: "no such route".to_owned(),
+        seed: None,
+    }
+}
+
+/// Counts every answer by route template (never by raw path, which would explode the label
+/// set) and status.
+async fn count_requests(
+    State(metrics): State<ApiMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics
+        .requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    tracing::debug!(%route, status = %response.status(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    response
+}
+
+/// The API's routes, with the health routes merged in.
+pub fn router(state: ApiState, health: HealthState) -> Router {
+    let metrics = state.metrics.clone();
+    let api = Router::new()
+        .route("/crawls", axum::routing::post(create_crawl))
+        .route("/crawls/{id}", get(get_crawl).delete(cancel_crawl))
+        .route("/openapi.json", get(openapi))
+        .with_state(Arc::new(state));
+    api.merge(health::router(health))
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(metrics, count_requests))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    health: HealthState,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    axum::serve(listener, router(state, health))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(ApiError::Serve)
+}
+
+/// Binds the API's address.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ApiError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind { addr, source })
+}
+
+/// The OpenAPI 3 description of the API, served at `/openapi.json`.
+pub fn openapi_document() -> Value {
+    let error = json!({
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}, "seed": {"type": "string"}}
+    });
+    let error_response = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let status_response = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CrawlStatus"}}}});
+    let id_parameter =
+        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let counts =
+        json!({"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}});
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Relentless Bookworm API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Create, watch and cancel crawls of the Open Library graph."
+        },
+        "paths": {
+            "/crawls": {
+                "post": {
+                    "operationId": "createCrawl",
+                    "summary": "Start a crawl from up to 100 seeds",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateCrawl"}}}},
+                    "responses": {
+                        "201": status_response("The crawl was created and its seeds enqueued."),
+                        "400": error_response("The body or a seed is invalid; nothing was enqueued."),
+                        "413": {"description": "The body is larger than 64 KiB."},
+                        "503": error_response("Redis or Kafka is unavailable; nothing was enqueued.")
+                    }
+                }
+            },
+            "/crawls/{id}": {
+                "parameters": id_parameter,
+                "get": {
+                    "operationId": "getCrawl",
+                    "summary": "A crawl's state and counters",
+                    "responses": {
+                        "200": status_response("The crawl's status."),
+                        "404": error_response("No crawl has this id."),
+                        "503": error_response("Redis is unavailable.")
+                    }
+                },
+                "delete": {
+                    "operationId": "cancelCrawl",
+                    "summary": "Cancel a crawl: workers drop its remaining jobs",
+                    "responses": {
+                        "200": status_response("The crawl's status after cancelling."),
+                        "404": error_response("No crawl has this id."),
+                        "503": error_response("Redis is unavailable.")
+                    }
+                }
+            },
+            "/healthz": {"get": {"operationId": "healthz", "summary": "Process liveness", "responses": {"200": {"description": "Alive."}, "503": {"description": "Wedged."}}}},
+            "/readyz": {"get": {"operationId": "readyz", "summary": "Dependencies reachable", "responses": {"200": {"description": "Ready."}, "503": {"description": "A dependency is down."}}}},
+            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
+        },
+        "components": {
+            "schemas": {
+                "Error": error,
+                "CreateCrawl": {
+                    "type": "object",
+                    "required": ["seeds"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "seeds": {
+                            "type": "array", "minItems": 1, "maxItems": MAX_SEEDS,
+                            "items": {"type": "string", "description": "An Open Library work, author or edition key or URL, or free text of 3 to 200 characters."}
+                        },
+                        "max_depth": {"type": "integer", "minimum": 0, "maximum": MAX_DEPTH_LIMIT},
+                        "max_nodes": {"type": "integer", "minimum": 1, "maximum": 10_000_000}
+                    }
+                },
+                "CrawlStatus": {
+                    "type": "object",
+                    "required": ["crawl_id", "state", "seeds", "max_depth", "max_nodes", "counters", "created_at", "updated_at"],
+                    "properties": {
+                        "crawl_id": {"type": "string"},
+                        "state": {"type": "string", "enum": ["running", "done", "cancelled"]},
+                        "seeds": {"type": "array", "items": {"type": "string"}},
+                        "max_depth": {"type": "integer", "minimum": 0},
+                        "max_nodes": {"type": "integer", "minimum": 1},
+                        "counters": {
+                            "type": "object",
+                            "required": ["enqueued", "fetched", "in_flight", "duplicates", "nodes", "edges", "failed"],
+                            "properties": {
+                                "enqueued": {"type": "integer", "minimum": 0},
+                                "fetched": {"type": "integer", "minimum": 0},
+                                "in_flight": {"type": "integer", "minimum": 0},
+                                "duplicates": {"type": "integer", "minimum": 0},
+                                "skipped": {"type": "integer", "minimum": 0},
+                                "nodes": counts,
+                                "edges": {"type": "integer", "minimum": 0},
+                                "failed": counts
+                            }
+                        },
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "updated_at": {"type": "string", "format": "date-time"}
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> Url {
+        Url::parse("https://openlibrary.org").expect("valid origin")
+    }
+
+    #[test]
+    fn seeds_become_keys() {
+        let cases = [
+            ("/works/OL45804W", "/works/OL45804W"),
+            ("OL34184A", "/authors/OL34184A"),
+            (
+                "https://openlibrary.org/books/OL7353617M/Fantastic_Mr._Fox",
+                "/books/OL7353617M",
+            ),
+            (
+                "https://openlibrary.org/works/OL45804W.json",
+                "/works/OL45804W",
+            ),
+            ("the time war", "search:the time war"),
+        ];
+        for (seed, key) in cases {
+            assert_eq!(seed_key(seed, &origin()).as_deref(), Ok(key), "{seed}");
+        }
+    }
+
+    #[test]
+    fn bad_seeds_are_refused_with_a_reason() {
+        for seed in [
+            "https://example.com/works/OL1W",
+            "http://openlibrary.org:8080/works/OL1W",
+            "/subjects/love",
+            "/works/OLxW",
+            "ab",
+            &"x".repeat(201),
+        ] {
+            assert!(
+                seed_key(seed, &origin()).is_err(),
+                "{seed} should be refused"
+            );
+        }
+    }
+}
