@@ -19,6 +19,8 @@ eval "$(bash scripts/stack.sh env)"
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+cargo build --bins
+bash scripts/api-fuzz.sh
 # Two test threads: the machine has two cores, and the end-to-end tests run several
 # processes each.
 cargo test --all-targets -- --test-threads=2
