@@ -14,6 +14,7 @@
 //! Layout, in data-flow order:
 //! - [`config`]: every setting as a flag and an environment variable.
 //! - [`message`]: the JSON messages on the topics.
+//! - [`openlibrary`]: Open Library's JSON shapes parsed into node properties and links.
 //! - [`kafka`]: clients configured for at-least-once delivery; topic creation.
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
 
@@ -22,4 +23,5 @@ pub mod health;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
+pub mod openlibrary;
 pub mod telemetry;
