@@ -14,6 +14,7 @@
 //! Layout, in data-flow order:
 //! - [`config`]: every setting as a flag and an environment variable.
 //! - [`message`]: the JSON messages on the topics.
+//! - [`openlibrary`]: Open Library's JSON shapes parsed into node properties and links.
 //! - [`kafka`]: clients configured for at-least-once delivery; topic creation.
 //! - [`store`]: per-crawl dedupe, progress counters and state in Redis.
 //! - [`api`]: the HTTP API that creates, watches and cancels crawls.
@@ -25,6 +26,7 @@ pub mod health;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
+pub mod openlibrary;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
