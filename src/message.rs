@@ -213,6 +213,11 @@ impl FailureReason {
         FailureReason::Publish,
     ];
 
+    /// Reads a reason as [`FailureReason::as_str`] spells it.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
     /// The reason as the DLQ, metrics and the API spell it.
     pub fn as_str(self) -> &'static str {
         match self {
