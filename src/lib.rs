@@ -15,11 +15,16 @@
 //! - [`config`]: every setting as a flag and an environment variable.
 //! - [`message`]: the JSON messages on the topics.
 //! - [`kafka`]: clients configured for at-least-once delivery; topic creation.
+//! - [`fetch`], [`egress`], [`robots`]: the polite Open Library client, its egress pool and
+//!   rate limits, and robots.txt.
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
 
 pub mod config;
+pub mod egress;
+pub mod fetch;
 pub mod health;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
+pub mod robots;
 pub mod telemetry;
