@@ -365,3 +365,51 @@ pub fn parse_ratio(text: &str) -> Result<f64, String> {
         Err(e) => Err(format!("expected a number like 0.2: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        egress: EgressArgs,
+    }
+
+    /// Bad politeness settings stop the process at start-up with exit code 2, naming the flag.
+    #[test]
+    fn bad_egress_settings_exit_with_code_2() {
+        for bad in [
+            ["x", "--user-agent", "MyBot/1.0"],
+            ["x", "--proxy-pool", "proxy-0:3128"],
+            ["x", "--egress-rate-per-minute", "0"],
+            [
+                "x",
+                "--openlibrary-base-url",
+                "https://openlibrary.org/works",
+            ],
+            ["x", "--retry-budget-ratio", "1.5"],
+        ] {
+            let error = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+            assert!(error.to_string().contains(bad[1]), "{error}");
+        }
+    }
+
+    /// The defaults are the contract's: 150/min, burst 10, cluster scope, robots obeyed,
+    /// and a User-Agent with a contact.
+    #[test]
+    fn defaults_follow_the_contract() {
+        let cli = Cli::try_parse_from(["x", "--proxy-pool", ""]).unwrap();
+        let e = cli.egress;
+        assert_eq!(e.openlibrary_base_url.as_str(), "https://openlibrary.org/");
+        assert_eq!((e.egress_rate_per_minute, e.egress_burst), (150, 10));
+        assert_eq!(e.egress_limit_scope, LimitScope::Cluster);
+        assert!(e.respect_robots_txt);
+        assert!(e.user_agent.starts_with("RelentlessBookworm/"));
+        assert_eq!(e.proxy_pool.0, vec![crate::egress::EgressSpec::Direct]);
+        assert_eq!(e.user_agent_rate_per_minute, None);
+    }
+}
