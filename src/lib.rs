@@ -18,15 +18,20 @@
 //! - [`kafka`]: clients configured for at-least-once delivery; topic creation.
 //! - [`store`]: per-crawl dedupe, progress counters and state in Redis.
 //! - [`api`]: the HTTP API that creates, watches and cancels crawls.
+//! - [`fetch`], [`egress`], [`robots`]: the polite Open Library client, its egress pool and
+//!   rate limits, and robots.txt.
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
 
 pub mod api;
 pub mod config;
+pub mod egress;
+pub mod fetch;
 pub mod health;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
 pub mod openlibrary;
+pub mod robots;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

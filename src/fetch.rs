@@ -1,0 +1,809 @@
+//! The Open Library HTTP client: the one way the worker fetches anything.
+//!
+//! [`OpenLibraryClient::get`] enforces the politeness rules of the contract in one place:
+//! only `OPENLIBRARY_BASE_URL`'s origin is fetched (redirects are followed by hand and each
+//! hop is checked), robots.txt is obeyed before anything is sent, every attempt takes a cell
+//! of an egress's rate limit, bodies are capped, and failures are retried with backoff —
+//! but never at the expense of healthy requests: a request waiting to retry holds no
+//! connection and no rate-limit cell, and a retry budget caps the share of traffic that
+//! retries may take. Every final failure names its DLQ reason ([`FetchError::reason`]).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use rand::Rng;
+use redis::aio::ConnectionManager;
+use reqwest::StatusCode;
+use url::Url;
+
+use crate::config::EgressArgs;
+use crate::egress::limiter::Rate;
+use crate::egress::{EgressError, EgressPool, EgressSlot, PoolSettings};
+use crate::message::FailureReason;
+use crate::metrics::WorkerMetrics;
+use crate::robots::{MAX_ROBOTS_BYTES, Robots, RobotsAnswer, RobotsCache};
+
+/// The default `USER_AGENT`: the product token, version, project URL and a contact.
+pub const DEFAULT_USER_AGENT: &str = concat!(
+    "RelentlessBookworm/",
+    env!("CARGO_PKG_VERSION"),
+    " (+https://github.com/relentless-bookworm/relentless-bookworm; crawler@relentless-bookworm.org)"
+);
+
+/// Redirect hops followed before a fetch is refused (the contract's hop limit).
+pub const MAX_REDIRECTS: u32 = 5;
+
+/// Parses `OPENLIBRARY_BASE_URL` for clap: an http(s) URL of an origin (nothing after `/`).
+pub fn parse_origin(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{text:?}: expected http(s)://host[:port]"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{text:?}: expected an origin only, without a path"));
+    }
+    Ok(url)
+}
+
+/// Parses `USER_AGENT` for clap: printable ASCII, naming a contact (an email address or an
+/// http(s) URL), as Open Library asks of crawlers.
+pub fn parse_user_agent(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err("must be non-empty printable ASCII".to_owned());
+    }
+    let has_url = text.contains("http://") || text.contains("https://");
+    let has_email = text
+        .split(|c: char| c.is_whitespace() || "();<>,".contains(c))
+        .any(|word| {
+            let word = word.strip_prefix("mailto:").unwrap_or(word);
+            word.split_once('@').is_some_and(|(user, domain)| {
+                !user.is_empty() && domain.contains('.') && !domain.ends_with('.')
+            })
+        });
+    if has_url || has_email {
+        Ok(text.to_owned())
+    } else {
+        Err(
+            "must name a contact (an email address or an http(s) URL), e.g. \
+             \"RelentlessBookworm/0.1 (+https://example.org/bot; ops@example.org)\""
+                .to_owned(),
+        )
+    }
+}
+
+/// A successful fetch: the final answer after redirects, a 2xx or a 404.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// HTTP status of the final answer (2xx, or 404 for a missing record).
+    pub status: u16,
+    /// The body, at most `MAX_BODY_BYTES`.
+    pub body: Bytes,
+    /// The URL that answered, after redirects.
+    pub final_url: Url,
+    /// The egress that carried the final attempt.
+    pub egress: String,
+    /// Attempts made in all, over all hops (robots.txt not counted).
+    pub attempts: u32,
+}
+
+/// Why a fetch failed. Each variant says what the caller does: all are final for this job
+/// (dead-letter with [`FetchError::reason`]), except that [`FetchError::Limiter`] and
+/// [`FetchError::RobotsUnavailable`] may succeed on a later redelivery.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The job names a URL that cannot be parsed.
+    #[error("invalid URL {input:?}: {detail}")]
+    InvalidUrl {
+        /// What the job gave.
+        input: String,
+        /// Why it does not parse.
+        detail: String,
+    },
+    /// The job names another origin than `OPENLIBRARY_BASE_URL`'s; nothing was fetched.
+    #[error("refused {url}: not on the configured origin")]
+    ForeignOrigin {
+        /// The refused URL.
+        url: String,
+    },
+    /// Open Library redirected off its origin; the target was not fetched.
+    #[error("refused redirect from {from} to {to}: not on the configured origin")]
+    ForeignRedirect {
+        /// The URL that redirected.
+        from: String,
+        /// Where it pointed.
+        to: String,
+    },
+    /// More than [`MAX_REDIRECTS`] hops, or a redirect without a usable Location.
+    #[error("bad redirect at {url}: {detail}")]
+    BadRedirect {
+        /// The URL that redirected.
+        url: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// robots.txt disallows the path; nothing was fetched.
+    #[error("robots.txt disallows {path}")]
+    Robots {
+        /// The disallowed path.
+        path: String,
+    },
+    /// robots.txt could not be fetched (5xx or unreachable), so everything is disallowed for
+    /// now; nothing was fetched. Worth trying again later.
+    #[error("robots.txt unavailable; disallowing {path} for now")]
+    RobotsUnavailable {
+        /// The path not fetched.
+        path: String,
+    },
+    /// A 4xx other than 404 and 429: the request itself is wrong; not retried.
+    #[error("HTTP {status} from {url}")]
+    Client {
+        /// The status.
+        status: u16,
+        /// The URL.
+        url: String,
+    },
+    /// 5xx on every attempt (or the retry budget was empty).
+    #[error("HTTP {status} from {url} after {attempts} attempts")]
+    Server {
+        /// The last status.
+        status: u16,
+        /// The URL.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// 429 (or 503 with Retry-After) on every attempt, across egresses.
+    #[error("rate limited ({status}) at {url} after {attempts} attempts")]
+    RateLimited {
+        /// The last status.
+        status: u16,
+        /// The URL.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// No answer in time (or no connection) on every attempt.
+    #[error("no answer from {url} after {attempts} attempts: {detail}")]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last transport error.
+        detail: String,
+    },
+    /// The body exceeded `MAX_BODY_BYTES`; reading stopped there.
+    #[error("body of {url} exceeds {limit} bytes")]
+    BodyTooLarge {
+        /// The URL.
+        url: String,
+        /// The cap.
+        limit: usize,
+    },
+    /// The shared rate limiter (Redis) could not be asked; nothing was sent.
+    #[error(transparent)]
+    Limiter(#[from] EgressError),
+}
+
+impl FetchError {
+    /// The DLQ reason for this failure.
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            FetchError::InvalidUrl { .. }
+            | FetchError::ForeignOrigin { .. }
+            | FetchError::ForeignRedirect { .. }
+            | FetchError::BadRedirect { .. } => FailureReason::InvalidJob,
+            FetchError::Robots { .. } => FailureReason::Robots,
+            FetchError::RobotsUnavailable { .. } | FetchError::Server { .. } => {
+                FailureReason::Http5xx
+            }
+            FetchError::Client { .. } => FailureReason::Http4xx,
+            FetchError::RateLimited { .. } => FailureReason::RateLimited,
+            FetchError::Timeout { .. } | FetchError::Limiter(_) => FailureReason::Timeout,
+            // The answer cannot be used as a record: the closest DLQ reason.
+            FetchError::BodyTooLarge { .. } => FailureReason::Parse,
+        }
+    }
+}
+
+/// The client's settings beyond the pool's.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    /// The only origin fetched.
+    pub origin: Url,
+    /// Obey robots.txt.
+    pub respect_robots: bool,
+    /// How long a robots.txt is trusted.
+    pub robots_refresh: Duration,
+    /// Body cap.
+    pub max_body_bytes: usize,
+    /// Retries per request (per redirect hop).
+    pub retries: u32,
+    /// First retry backoff; doubles per retry with full jitter.
+    pub backoff_base: Duration,
+    /// Largest retry backoff.
+    pub backoff_max: Duration,
+    /// Retry budget: share of first attempts.
+    pub budget_ratio: f64,
+    /// Retry budget: retries always allowed per window.
+    pub budget_min: u32,
+    /// Retry budget: the window.
+    pub budget_window: Duration,
+}
+
+impl FetchSettings {
+    /// The settings `EgressArgs` describes.
+    pub fn from_args(args: &EgressArgs) -> Self {
+        Self {
+            origin: args.openlibrary_base_url.clone(),
+            respect_robots: args.respect_robots_txt,
+            robots_refresh: args.robots_refresh,
+            max_body_bytes: args.max_body_bytes,
+            retries: args.fetch_retries,
+            backoff_base: args.retry_backoff_base,
+            backoff_max: args.retry_backoff_max,
+            budget_ratio: args.retry_budget_ratio,
+            budget_min: args.retry_budget_min,
+            budget_window: args.retry_budget_window,
+        }
+    }
+}
+
+/// Caps retries at `ratio` of first attempts plus `min`, over a sliding window (kept as ten
+/// buckets), per process. When it is empty a retryable failure fails at once.
+#[derive(Debug)]
+pub struct RetryBudget {
+    ratio: f64,
+    min: u32,
+    bucket: Duration,
+    /// (bucket number, first attempts, retries), oldest first.
+    buckets: Mutex<VecDeque<(u64, u64, u64)>>,
+    epoch: Instant,
+}
+
+impl RetryBudget {
+    /// A budget of `ratio · requests + min` retries per `window`.
+    pub fn new(ratio: f64, min: u32, window: Duration) -> Self {
+        Self {
+            ratio,
+            min,
+            bucket: (window / 10).max(Duration::from_millis(10)),
+            buckets: Mutex::new(VecDeque::new()),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn with_current<T>(&self, f: impl FnOnce(&mut VecDeque<(u64, u64, u64)>) -> T) -> T {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos() / self.bucket.as_nanos().max(1))
+            .unwrap_or(u64::MAX);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        while buckets.front().is_some_and(|&(n, _, _)| n + 10 <= now) {
+            buckets.pop_front();
+        }
+        if buckets.back().is_none_or(|&(n, _, _)| n != now) {
+            buckets.push_back((now, 0, 0));
+        }
+        f(&mut buckets)
+    }
+
+    /// Counts a first attempt.
+    pub fn record_request(&self) {
+        self.with_current(|b| {
+            if let Some(last) = b.back_mut() {
+                last.1 += 1;
+            }
+        });
+    }
+
+    /// Takes one retry from the budget if it has one.
+    pub fn try_retry(&self) -> bool {
+        self.with_current(|b| {
+            let (firsts, retries) = b
+                .iter()
+                .fold((0, 0), |(f, r), &(_, bf, br)| (f + bf, r + br));
+            let allowed = self.ratio * firsts as f64 + f64::from(self.min);
+            if (retries + 1) as f64 <= allowed {
+                if let Some(last) = b.back_mut() {
+                    last.2 += 1;
+                }
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// (first attempts, retries) in the current window, for tests and reports.
+    pub fn counts(&self) -> (u64, u64) {
+        self.with_current(|b| {
+            b.iter()
+                .fold((0, 0), |(f, r), &(_, bf, br)| (f + bf, r + br))
+        })
+    }
+}
+
+struct Inner {
+    pool: EgressPool,
+    settings: FetchSettings,
+    budget: RetryBudget,
+    robots: tokio::sync::Mutex<RobotsCache>,
+    metrics: WorkerMetrics,
+}
+
+/// The Open Library client. Cheap to clone; clones share the pool, robots.txt and budget.
+#[derive(Clone)]
+pub struct OpenLibraryClient {
+    inner: Arc<Inner>,
+}
+
+/// One answer read in full (up to the cap).
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    location: Option<String>,
+    body: Bytes,
+}
+
+/// Why one attempt got no usable answer.
+enum AttemptError {
+    /// Could not connect (the proxy, or for direct the origin): the egress is marked down.
+    Connect(String),
+    /// Timed out or the connection broke mid-answer.
+    Transport(String),
+    /// Body over the cap.
+    TooLarge,
+}
+
+impl OpenLibraryClient {
+    /// Builds the client from the worker's configuration. `redis` is needed with
+    /// `EGRESS_LIMIT_SCOPE=cluster`; `metrics` are the worker's.
+    pub fn from_args(
+        args: &EgressArgs,
+        redis: Option<ConnectionManager>,
+        metrics: WorkerMetrics,
+    ) -> Result<Self, EgressError> {
+        let pool = EgressPool::new(PoolSettings::from_args(args), redis, metrics.clone())?;
+        Ok(Self::new(pool, FetchSettings::from_args(args), metrics))
+    }
+
+    /// Builds the client on a pool (tests build both from their own settings).
+    pub fn new(pool: EgressPool, settings: FetchSettings, metrics: WorkerMetrics) -> Self {
+        let budget = RetryBudget::new(
+            settings.budget_ratio,
+            settings.budget_min,
+            settings.budget_window,
+        );
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                settings,
+                budget,
+                robots: tokio::sync::Mutex::new(RobotsCache::default()),
+                metrics,
+            }),
+        }
+    }
+
+    /// The egress pool (for labels and health).
+    pub fn pool(&self) -> &EgressPool {
+        &self.inner.pool
+    }
+
+    /// The retry budget (for tests and reports).
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.inner.budget
+    }
+
+    /// Fetches `path_and_query` (`/works/OL1W.json`, or a full URL on the configured origin)
+    /// politely: origin and robots checked per hop, redirects followed up to
+    /// [`MAX_REDIRECTS`], retries within the budget. A 2xx or 404 is `Ok`.
+    pub async fn get(&self, path_and_query: &str) -> Result<Fetched, FetchError> {
+        let started = Instant::now();
+        let result = self.get_inner(path_and_query).await;
+        self.inner
+            .metrics
+            .fetch_latency
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn get_inner(&self, input: &str) -> Result<Fetched, FetchError> {
+        let origin = &self.inner.settings.origin;
+        let mut url = origin.join(input).map_err(|e| FetchError::InvalidUrl {
+            input: input.to_owned(),
+            detail: e.to_string(),
+        })?;
+        if !same_origin(origin, &url) {
+            return Err(FetchError::ForeignOrigin {
+                url: url.to_string(),
+            });
+        }
+        let mut attempts = 0;
+        for _hop in 0..=MAX_REDIRECTS {
+            url.set_fragment(None);
+            if self.inner.settings.respect_robots {
+                self.check_robots(&url).await?;
+            }
+            let (answer, egress) = self.fetch_with_retries(&url, &mut attempts).await?;
+            let status = answer.status;
+            if status.is_redirection() {
+                let Some(location) = answer.location else {
+                    return Err(FetchError::BadRedirect {
+                        url: url.to_string(),
+                        detail: format!("{status} without Location"),
+                    });
+                };
+                let next = url.join(&location).map_err(|e| FetchError::BadRedirect {
+                    url: url.to_string(),
+                    detail: format!("Location {location:?}: {e}"),
+                })?;
+                if !same_origin(origin, &next) {
+                    return Err(FetchError::ForeignRedirect {
+                        from: url.to_string(),
+                        to: next.to_string(),
+                    });
+                }
+                url = next;
+                continue;
+            }
+            if status.is_success() || status == StatusCode::NOT_FOUND {
+                return Ok(Fetched {
+                    status: status.as_u16(),
+                    body: answer.body,
+                    final_url: url,
+                    egress,
+                    attempts,
+                });
+            }
+            return Err(FetchError::Client {
+                status: status.as_u16(),
+                url: url.to_string(),
+            });
+        }
+        Err(FetchError::BadRedirect {
+            url: url.to_string(),
+            detail: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+
+    /// Refuses `url` if robots.txt disallows it, fetching robots.txt first when the cached
+    /// copy is missing or stale (one fetch at a time; others wait for its answer).
+    async fn check_robots(&self, url: &Url) -> Result<(), FetchError> {
+        let path = path_and_query(url);
+        let robots = self.robots().await;
+        if robots.is_allowed(&path) {
+            Ok(())
+        } else if robots.is_unavailable() {
+            Err(FetchError::RobotsUnavailable { path })
+        } else {
+            Err(FetchError::Robots { path })
+        }
+    }
+
+    /// The robots.txt rules in force now.
+    pub async fn robots(&self) -> Arc<Robots> {
+        let mut cache = self.inner.robots.lock().await;
+        if let Some(robots) = cache.fresh(Instant::now()) {
+            return robots;
+        }
+        let answer = self.fetch_robots().await;
+        let robots = cache.store(answer, Instant::now(), self.inner.settings.robots_refresh);
+        let pool = &self.inner.pool;
+        let overall = match (robots.crawl_delay(), pool.configured_overall_rate()) {
+            (None, configured) => configured,
+            (Some(delay), configured) => {
+                let by_delay = Rate {
+                    interval: delay,
+                    burst: 1,
+                };
+                Some(match configured {
+                    Some(c) if c.interval >= delay => c,
+                    _ => by_delay,
+                })
+            }
+        };
+        pool.set_overall_rate(overall);
+        robots
+    }
+
+    async fn fetch_robots(&self) -> RobotsAnswer {
+        let mut url = self.inner.settings.origin.clone();
+        url.set_path("/robots.txt");
+        let mut attempts = 0;
+        for _hop in 0..=MAX_REDIRECTS {
+            let answer = match self.fetch_with_retries(&url, &mut attempts).await {
+                Ok((answer, _)) => answer,
+                Err(error) => {
+                    tracing::warn!(%error, "robots.txt unavailable; disallowing all for now");
+                    return RobotsAnswer::Unreachable;
+                }
+            };
+            let status = answer.status;
+            if status.is_redirection()
+                && let Some(next) = answer.location.and_then(|l| url.join(&l).ok())
+                && same_origin(&self.inner.settings.origin, &next)
+            {
+                url = next;
+                continue;
+            }
+            return if status.is_success() {
+                let body = &answer.body[..answer.body.len().min(MAX_ROBOTS_BYTES)];
+                RobotsAnswer::Body(String::from_utf8_lossy(body).into_owned())
+            } else if status.is_client_error() || status.is_redirection() {
+                RobotsAnswer::Missing
+            } else {
+                RobotsAnswer::Unreachable
+            };
+        }
+        RobotsAnswer::Missing
+    }
+
+    /// Sends `url` until it gets an answer worth returning: retries timeouts, connection
+    /// errors and 5xx with backoff, moves off an egress that answers 429. Sleeps hold
+    /// nothing; each attempt takes a fresh rate-limit cell; each retry needs the budget.
+    async fn fetch_with_retries(
+        &self,
+        url: &Url,
+        attempts: &mut u32,
+    ) -> Result<(Answer, String), FetchError> {
+        let inner = &self.inner;
+        let settings = &inner.settings;
+        inner.budget.record_request();
+        let mut retry = 0u32;
+        loop {
+            let slot = inner.pool.acquire().await?;
+            *attempts += 1;
+            let outcome = self.attempt(&slot, url).await;
+            let (error, backoff_needed) = match outcome {
+                Ok(answer) => {
+                    inner.pool.record_status(&slot, answer.status.as_u16());
+                    let status = answer.status;
+                    let throttled = status == StatusCode::TOO_MANY_REQUESTS
+                        || (status == StatusCode::SERVICE_UNAVAILABLE
+                            && answer.retry_after.is_some());
+                    if throttled {
+                        // This egress is over its limit at the server: block it, go elsewhere
+                        // at once (the block itself is the wait).
+                        inner.pool.block(&slot, answer.retry_after).await;
+                        let error = FetchError::RateLimited {
+                            status: status.as_u16(),
+                            url: url.to_string(),
+                            attempts: *attempts,
+                        };
+                        (error, false)
+                    } else if status.is_server_error() {
+                        // A 503 without Retry-After is the answer for this request, not a
+                        // verdict on the egress: keys that always fail must not block egresses.
+                        let error = FetchError::Server {
+                            status: status.as_u16(),
+                            url: url.to_string(),
+                            attempts: *attempts,
+                        };
+                        (error, true)
+                    } else {
+                        inner.pool.record_success(&slot);
+                        return Ok((answer, slot.label().to_owned()));
+                    }
+                }
+                Err(AttemptError::TooLarge) => {
+                    inner.pool.record_status(&slot, 200);
+                    return Err(FetchError::BodyTooLarge {
+                        url: url.to_string(),
+                        limit: settings.max_body_bytes,
+                    });
+                }
+                Err(AttemptError::Connect(detail)) => {
+                    inner.pool.record_error(&slot);
+                    inner.pool.mark_down(&slot);
+                    let error = FetchError::Timeout {
+                        url: url.to_string(),
+                        attempts: *attempts,
+                        detail,
+                    };
+                    (error, false)
+                }
+                Err(AttemptError::Transport(detail)) => {
+                    inner.pool.record_error(&slot);
+                    let error = FetchError::Timeout {
+                        url: url.to_string(),
+                        attempts: *attempts,
+                        detail,
+                    };
+                    (error, true)
+                }
+            };
+            drop(slot);
+            if retry >= settings.retries {
+                return Err(error);
+            }
+            if !inner.budget.try_retry() {
+                tracing::debug!(%url, "retry budget empty; failing at once");
+                return Err(error);
+            }
+            if backoff_needed {
+                let cap =
+                    crate::egress::backoff(settings.backoff_base, settings.backoff_max, retry);
+                let jittered = cap.mul_f64(rand::rng().random_range(0.0..=1.0));
+                tokio::time::sleep(jittered).await;
+            }
+            retry += 1;
+        }
+    }
+
+    /// One attempt through `slot`: send, then read the body up to the cap.
+    async fn attempt(&self, slot: &EgressSlot, url: &Url) -> Result<Answer, AttemptError> {
+        let limit = self.inner.settings.max_body_bytes;
+        let mut response = slot
+            .client()
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = response.status();
+        let headers = response.headers();
+        let retry_after = headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let location = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if response
+            .content_length()
+            .is_some_and(|length| length > limit as u64)
+        {
+            return Err(AttemptError::TooLarge);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            if body.len() + chunk.len() > limit {
+                return Err(AttemptError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Answer {
+            status,
+            retry_after,
+            location,
+            body: Bytes::from(body),
+        })
+    }
+}
+
+fn classify(error: reqwest::Error) -> AttemptError {
+    if error.is_connect() {
+        AttemptError::Connect(error_chain(&error))
+    } else {
+        AttemptError::Transport(error_chain(&error))
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether `url` has the same scheme, host and port as `origin`.
+fn same_origin(origin: &Url, url: &Url) -> bool {
+    url.origin() == origin.origin()
+}
+
+fn path_and_query(url: &Url) -> String {
+    match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    }
+}
+
+/// Parses a Retry-After value: delay seconds, or an HTTP date (a past date means now).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A User-Agent must name a contact; the default does.
+    #[test]
+    fn user_agent_needs_a_contact() {
+        assert!(parse_user_agent(DEFAULT_USER_AGENT).is_ok());
+        assert!(parse_user_agent("MyBot/1.0 (ops@example.org)").is_ok());
+        assert!(parse_user_agent("MyBot/1.0 (+https://example.org/bot)").is_ok());
+        assert!(parse_user_agent("MyBot/1.0 (mailto:ops@example.org)").is_ok());
+        assert!(parse_user_agent("MyBot/1.0").is_err());
+        assert!(parse_user_agent("MyBot/1.0 (me@localhost)").is_err());
+        assert!(parse_user_agent("").is_err());
+        assert!(parse_user_agent("Bot\n(ops@example.org)").is_err());
+    }
+
+    /// The base URL must be a bare http(s) origin.
+    #[test]
+    fn base_url_must_be_an_origin() {
+        assert!(parse_origin("https://openlibrary.org").is_ok());
+        assert!(parse_origin("http://127.0.0.1:8080/").is_ok());
+        assert!(parse_origin("https://openlibrary.org/works").is_err());
+        assert!(parse_origin("ftp://openlibrary.org").is_err());
+    }
+
+    /// Retry-After in seconds and as an HTTP date.
+    #[test]
+    fn parses_retry_after() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    /// The budget allows `min` retries with no traffic, then `ratio` of first attempts.
+    #[test]
+    fn retry_budget_caps_retries_at_a_share_of_requests() {
+        let budget = RetryBudget::new(0.2, 2, Duration::from_secs(60));
+        assert!(budget.try_retry());
+        assert!(budget.try_retry());
+        assert!(!budget.try_retry(), "min spent");
+        for _ in 0..10 {
+            budget.record_request();
+        }
+        assert!(budget.try_retry());
+        assert!(budget.try_retry());
+        assert!(!budget.try_retry(), "2 + 20% of 10 spent");
+    }
+
+    /// Each failure names its DLQ reason.
+    #[test]
+    fn errors_map_to_dlq_reasons() {
+        let url = "http://x/".to_owned();
+        assert_eq!(
+            FetchError::ForeignOrigin { url: url.clone() }.reason(),
+            FailureReason::InvalidJob
+        );
+        assert_eq!(
+            FetchError::Robots { path: url.clone() }.reason(),
+            FailureReason::Robots
+        );
+        assert_eq!(
+            FetchError::RateLimited {
+                status: 429,
+                url: url.clone(),
+                attempts: 4
+            }
+            .reason(),
+            FailureReason::RateLimited
+        );
+        assert_eq!(
+            FetchError::Server {
+                status: 503,
+                url: url.clone(),
+                attempts: 4
+            }
+            .reason(),
+            FailureReason::Http5xx
+        );
+        assert_eq!(
+            FetchError::Client { status: 403, url }.reason(),
+            FailureReason::Http4xx
+        );
+    }
+}
