@@ -16,12 +16,16 @@
 //! - [`message`]: the JSON messages on the topics.
 //! - [`openlibrary`]: Open Library's JSON shapes parsed into node properties and links.
 //! - [`kafka`]: clients configured for at-least-once delivery; topic creation.
+//! - [`crawl_limits`]: how far and wide a crawl expands (shared by crawl and simulator).
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
+//! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
 
 pub mod config;
+pub mod crawl_limits;
 pub mod health;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
 pub mod openlibrary;
+pub mod sim;
 pub mod telemetry;

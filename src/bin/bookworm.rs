@@ -25,6 +25,8 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Serve a simulated Open Library (tests, benchmarks, the offline demo).
+    Sim(bookworm::sim::SimArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,6 +59,19 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Sim(args) => {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                // Ctrl-C stops the simulator; if the handler cannot be installed it runs until killed.
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    trigger.cancel();
+                }
+            });
+            bookworm::sim::serve(args, shutdown)
+                .await
+                .context("running the simulator")
+        }
         Command::Topics {
             command:
                 TopicsCommand::Create {
