@@ -192,15 +192,15 @@ impl Faults {
         (u < edge).then_some(Injected::Reset)
     }
 
-    /// The latency to add to the `attempt`-th request of `path`.
-    pub fn latency(&self, path: &str, attempt: u64) -> Duration {
+    /// The latency to add to the `attempt`-th request of `path`, and whether it is a spike.
+    pub fn latency(&self, path: &str, attempt: u64) -> (Duration, bool) {
         let seed = self.fault_seed.to_le_bytes();
         let n = attempt.to_le_bytes();
         if self.spike_rate > 0.0 && draw(&[&seed, b"spike", path.as_bytes(), &n]) < self.spike_rate
         {
-            self.latency + self.spike_latency
+            (self.latency + self.spike_latency, true)
         } else {
-            self.latency
+            (self.latency, false)
         }
     }
 }

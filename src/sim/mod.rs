@@ -187,7 +187,7 @@ impl SimState {
 
     /// What was counted so far.
     pub fn stats(&self) -> Stats {
-        lock(&self.stats).snapshot()
+        lock(&self.stats).clone()
     }
 
     /// Forgets counts, attempt numbers and limiter buckets.
@@ -463,7 +463,10 @@ async fn open_library(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let path = uri.path().to_owned();
+    // Keys are matched decoded (a subject may be non-ASCII); undecodable bytes stay as sent.
+    let path = percent_encoding::percent_decode_str(uri.path())
+        .decode_utf8()
+        .map_or_else(|_| uri.path().to_owned(), |p| p.into_owned());
     let route = Route::parse(&path);
     let ip = peer.ip().to_string();
     let user_agent = headers
@@ -511,7 +514,10 @@ async fn open_library(
         *n - 1
     };
     let faults = state.faults();
-    let latency = faults.latency(&path, attempt);
+    let (latency, spike) = faults.latency(&path, attempt);
+    if spike {
+        lock(&state.stats).spiked();
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }

@@ -32,9 +32,10 @@ pub struct IpStats {
     pub max_requests_in_any_60s: u64,
     /// Per Unix minute.
     pub minutes: BTreeMap<u64, MinuteStats>,
-    /// Arrival times (milliseconds since the epoch), for the sliding window.
+    /// Arrival times (milliseconds since the epoch) of the last 60 seconds, for the
+    /// sliding window; older ones are dropped so memory stays bounded in long runs.
     #[serde(skip)]
-    arrivals: Vec<u64>,
+    window: std::collections::VecDeque<u64>,
 }
 
 /// One injected fault.
@@ -65,6 +66,8 @@ pub struct Stats {
     pub per_kind: BTreeMap<String, u64>,
     /// Per User-Agent.
     pub per_user_agent: BTreeMap<String, u64>,
+    /// Requests that got the latency spike.
+    pub latency_spikes: u64,
     /// Injected faults by key (or by path for requests that name no key).
     pub injected: BTreeMap<String, Vec<InjectedRecord>>,
 }
@@ -88,7 +91,17 @@ impl Stats {
             .or_default() += 1;
         let per_ip = self.per_ip.entry(ip.to_owned()).or_default();
         per_ip.requests += 1;
-        per_ip.arrivals.push(now);
+        while per_ip
+            .window
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) >= 60_000)
+        {
+            per_ip.window.pop_front();
+        }
+        per_ip.window.push_back(now);
+        per_ip.max_requests_in_any_60s = per_ip
+            .max_requests_in_any_60s
+            .max(per_ip.window.len() as u64);
         per_ip.minutes.entry(now / 60_000).or_default().requests += 1;
     }
 
@@ -118,21 +131,8 @@ impl Stats {
             .push(record);
     }
 
-    /// A copy with the sliding-window maxima filled in.
-    pub fn snapshot(&self) -> Stats {
-        let mut copy = self.clone();
-        for ip in copy.per_ip.values_mut() {
-            let times = &ip.arrivals;
-            let mut start = 0;
-            let mut best = 0;
-            for (end, t) in times.iter().enumerate() {
-                while t.saturating_sub(times[start]) >= 60_000 {
-                    start += 1;
-                }
-                best = best.max(end - start + 1);
-            }
-            ip.max_requests_in_any_60s = best as u64;
-        }
-        copy
+    /// Counts a latency spike.
+    pub fn spiked(&mut self) {
+        self.latency_spikes += 1;
     }
 }
