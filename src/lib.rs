@@ -20,10 +20,13 @@
 //! - [`api`]: the HTTP API that creates, watches and cancels crawls.
 //! - [`fetch`], [`egress`], [`robots`]: the polite Open Library client, its egress pool and
 //!   rate limits, and robots.txt.
+//! - [`crawl_limits`]: how far and wide a crawl expands (shared by crawl and simulator).
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
+//! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
 
 pub mod api;
 pub mod config;
+pub mod crawl_limits;
 pub mod egress;
 pub mod fetch;
 pub mod health;
@@ -33,5 +36,6 @@ pub mod metrics;
 pub mod openlibrary;
 pub mod robots;
 pub mod shutdown;
+pub mod sim;
 pub mod store;
 pub mod telemetry;

@@ -110,10 +110,12 @@ impl Links {
 }
 
 impl Entity {
-    /// The relationships this record starts, in the contract's direction (from this record),
-    /// with subjects capped at `max_subjects`: work → authors (`WRITTEN_BY`), subjects
-    /// (`ABOUT`); edition → works (`EDITION_OF`), authors (`WRITTEN_BY`), subjects (`ABOUT`).
-    /// Duplicate targets of one relationship are listed once.
+    /// The relationships this record starts and the crawl follows, in the contract's
+    /// direction (from this record): work → authors (`WRITTEN_BY`) and its first
+    /// `max_subjects` subject keys (`ABOUT`); edition → works (`EDITION_OF`) and authors
+    /// (`WRITTEN_BY`). An edition's subjects stay in [`Links::subjects`] but are not followed:
+    /// the contract's crawl rules expand an edition to its works and authors only. Duplicate
+    /// targets of one relationship are listed once.
     pub fn outgoing(&self, max_subjects: usize) -> Vec<(Rel, String)> {
         let mut out: Vec<(Rel, String)> = Vec::new();
         let mut push = |rel: Rel, to: &str| {
@@ -123,25 +125,22 @@ impl Entity {
         };
         match self.label {
             Label::Work => {
-                self.links
-                    .authors
-                    .iter()
-                    .for_each(|a| push(Rel::WRITTEN_BY, a));
+                for a in &self.links.authors {
+                    push(Rel::WRITTEN_BY, a);
+                }
+                for s in self.links.subject_keys().into_iter().take(max_subjects) {
+                    push(Rel::ABOUT, &s);
+                }
             }
             Label::Edition => {
-                self.links
-                    .works
-                    .iter()
-                    .for_each(|w| push(Rel::EDITION_OF, w));
-                self.links
-                    .authors
-                    .iter()
-                    .for_each(|a| push(Rel::WRITTEN_BY, a));
+                for w in &self.links.works {
+                    push(Rel::EDITION_OF, w);
+                }
+                for a in &self.links.authors {
+                    push(Rel::WRITTEN_BY, a);
+                }
             }
-            Label::Author | Label::Subject => return out,
-        }
-        for s in self.links.subject_keys().into_iter().take(max_subjects) {
-            push(Rel::ABOUT, &s);
+            Label::Author | Label::Subject => {}
         }
         out
     }

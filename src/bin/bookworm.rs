@@ -40,6 +40,8 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Serve a simulated Open Library (tests, benchmarks, the offline demo).
+    Sim(bookworm::sim::SimArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,6 +80,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             redis,
             crawl,
         } => serve(api, kafka, redis, crawl).await,
+        Command::Sim(args) => bookworm::sim::serve(args, shutdown::on_signal())
+            .await
+            .context("running the simulator"),
         Command::Topics {
             command:
                 TopicsCommand::Create {

@@ -1,0 +1,61 @@
+//! The per-crawl expansion limits of the contract's "Crawl rules", as one plain value.
+//!
+//! The crawl expansion (worker) and the simulator's truth computation
+//! ([`crate::sim::Catalogue::reachable`]) both take this struct, so the graph a crawl builds
+//! and the graph a test expects are computed under the same limits. It is built from the
+//! command line ([`CrawlArgs`]) or, in the simulator's `/_sim/reachable`, from a query string
+//! whose missing fields take the contract's defaults.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::CrawlArgs;
+
+/// How far and how wide a crawl expands from its seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CrawlLimits {
+    /// Deepest depth at which keys are fetched (seeds are depth 0); children of nodes at
+    /// this depth are written as edges (stubs) but not fetched. `MAX_DEPTH`, default 3.
+    pub max_depth: u32,
+    /// Works enqueued from a free-text seed's search. `MAX_SEARCH_RESULTS`, default 20.
+    pub max_search_results: usize,
+    /// Distinct subject keys followed from one work. `MAX_SUBJECTS_PER_NODE`, default 10.
+    pub max_subjects_per_node: usize,
+    /// Works followed from one author's `works.json`. `MAX_WORKS_PER_AUTHOR`, default 50.
+    pub max_works_per_author: usize,
+    /// Works followed from one subject's page. `MAX_WORKS_PER_SUBJECT`, default 50.
+    pub max_works_per_subject: usize,
+    /// Whether works expand to their editions. `CRAWL_EDITIONS`, default false.
+    pub crawl_editions: bool,
+    /// Editions followed from one work. `MAX_EDITIONS_PER_WORK`, default 20.
+    pub max_editions_per_work: usize,
+}
+
+impl Default for CrawlLimits {
+    /// The contract's defaults.
+    fn default() -> Self {
+        CrawlLimits {
+            max_depth: 3,
+            max_search_results: 20,
+            max_subjects_per_node: 10,
+            max_works_per_author: 50,
+            max_works_per_subject: 50,
+            crawl_editions: false,
+            max_editions_per_work: 20,
+        }
+    }
+}
+
+impl From<&CrawlArgs> for CrawlLimits {
+    fn from(args: &CrawlArgs) -> Self {
+        CrawlLimits {
+            max_depth: args.max_depth,
+            max_search_results: args.max_search_results,
+            max_subjects_per_node: args.max_subjects_per_node,
+            max_works_per_author: args.max_works_per_author,
+            max_works_per_subject: args.max_works_per_subject,
+            crawl_editions: args.crawl_editions,
+            max_editions_per_work: args.max_editions_per_work,
+        }
+    }
+}

@@ -1,0 +1,1111 @@
+//! The simulator's synthetic catalogue: generated once from a seed and sizes, rendered in
+//! Open Library's real JSON shapes, and able to say exactly what a crawl must find.
+//!
+//! The truth ([`Catalogue::reachable`]) is computed by crawling the catalogue's own rendered
+//! responses through the project's parser ([`crate::openlibrary`]) under the contract's crawl
+//! rules, so what the simulator serves and what it calls the truth cannot drift apart.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::crawl_limits::CrawlLimits;
+use crate::message::{FailureReason, Label, Rel};
+use crate::openlibrary::{
+    Record, parse_page, parse_record, parse_search, parse_subject, subject_key,
+};
+
+/// How big a catalogue to generate, and from which seed. Same spec, same catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CatalogueSpec {
+    /// Seed of the generator.
+    pub seed: u64,
+    /// Live works.
+    pub works: usize,
+    /// Live authors.
+    pub authors: usize,
+    /// Distinct subjects.
+    pub subjects: usize,
+    /// Most editions of one work (each work gets 1..=this; 0 for none).
+    pub max_editions_per_work: usize,
+    /// Work keys that answer `/type/redirect` (every fourth one chains through another
+    /// redirect, a 2-hop chain).
+    pub redirects: usize,
+    /// Work keys that answer `/type/delete`.
+    pub deletes: usize,
+    /// Author keys named by works that answer 404.
+    pub missing_authors: usize,
+}
+
+impl CatalogueSpec {
+    /// A spec with the given sizes and the default shares of redirects (1 in 50 works),
+    /// deletes (1 in 100) and missing authors (1 in 100 authors), at least one of each.
+    pub fn new(seed: u64, works: usize, authors: usize, subjects: usize) -> Self {
+        CatalogueSpec {
+            seed,
+            works,
+            authors,
+            subjects,
+            max_editions_per_work: 3,
+            redirects: (works / 50).max(1),
+            deletes: (works / 100).max(1),
+            missing_authors: (authors / 100).max(1),
+        }
+    }
+}
+
+/// A text field and which of Open Library's two forms it is served in.
+#[derive(Debug, Clone)]
+struct Text {
+    value: String,
+    typed: bool,
+}
+
+impl Text {
+    fn json(&self) -> Value {
+        if self.typed {
+            json!({"type": "/type/text", "value": self.value})
+        } else {
+            json!(self.value)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Work {
+    key: String,
+    title: String,
+    subtitle: Option<String>,
+    first_publish_date: String,
+    description: Option<Text>,
+    covers: Vec<i64>,
+    authors: Vec<String>,
+    subjects: Vec<String>,
+    editions: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct Author {
+    key: String,
+    name: String,
+    birth_date: String,
+    death_date: Option<String>,
+    bio: Option<Text>,
+    /// Work keys in the order `works.json` lists them (including stale redirect/delete keys).
+    works: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Edition {
+    key: String,
+    work: String,
+    title: String,
+    publish_date: String,
+    publishers: Vec<String>,
+    isbn_10: String,
+    isbn_13: String,
+    number_of_pages: i64,
+    authors: Vec<String>,
+    subjects: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Subject {
+    name: String,
+    /// Work keys in the order the subject page lists them.
+    works: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    Work(usize),
+    Author(usize),
+    Edition(usize),
+    Redirect(String),
+    Deleted,
+}
+
+/// A deterministic synthetic Open Library.
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    spec: CatalogueSpec,
+    works: Vec<Work>,
+    authors: Vec<Author>,
+    editions: Vec<Edition>,
+    subjects: Vec<Subject>,
+    subject_index: HashMap<String, usize>,
+    records: HashMap<String, Entry>,
+}
+
+const ADJECTIVES: &[&str] = &[
+    "Silent",
+    "Crimson",
+    "Hidden",
+    "Last",
+    "Golden",
+    "Broken",
+    "Distant",
+    "Secret",
+    "Burning",
+    "Winter",
+    "Lost",
+    "Iron",
+    "Quiet",
+    "Wandering",
+    "Glass",
+    "Midnight",
+    "Northern",
+    "Paper",
+];
+const NOUNS: &[&str] = &[
+    "River",
+    "Garden",
+    "Kingdom",
+    "Lighthouse",
+    "Orchard",
+    "Harbour",
+    "Clock",
+    "Library",
+    "Forest",
+    "Mountain",
+    "Voyage",
+    "Letter",
+    "Mirror",
+    "Station",
+    "Island",
+    "Bridge",
+    "Tower",
+];
+const PLACES: &[&str] = &[
+    "Avalon",
+    "the North",
+    "Samarkand",
+    "the Sea",
+    "Lisbon",
+    "the Valley",
+    "Prague",
+    "Dawn",
+];
+const FIRST: &[&str] = &[
+    "Ada", "Bruno", "Clara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kiri",
+    "Lars", "Mira", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Sven", "Tala",
+];
+const LAST: &[&str] = &[
+    "Almeida",
+    "Brandt",
+    "Castellanos",
+    "Dahl",
+    "Eriksen",
+    "Fontaine",
+    "Gallo",
+    "Hale",
+    "Ivanova",
+    "Jensen",
+    "Kowalski",
+    "Lindqvist",
+    "Moreau",
+    "Novak",
+    "Okafor",
+    "Petrov",
+];
+const TOPICS: &[&str] = &[
+    "Fantasy",
+    "Science Fiction",
+    "Mystery",
+    "History",
+    "Poetry",
+    "Romance",
+    "Biography",
+    "Travel",
+    "Philosophy",
+    "Adventure",
+    "Horror",
+    "Humor",
+    "Cooking",
+    "Music",
+    "Art",
+    "Mathematics",
+    "Astronomy",
+    "Botany",
+    "Sea Stories",
+    "Time Travel",
+    "Dragons",
+    "Detectives",
+    "Architecture",
+    "Folklore",
+    "War",
+    "Friendship",
+    "Childhood",
+    "Trains",
+    "Cats",
+    "Islands",
+];
+const QUALIFIERS: &[&str] = &[
+    "Fiction",
+    "Juvenile Literature",
+    "History",
+    "Criticism",
+    "Anthologies",
+    "Drama",
+];
+const PUBLISHERS: &[&str] = &[
+    "Harper Trophy",
+    "Puffin",
+    "Penguin",
+    "Gollancz",
+    "Minotauro",
+];
+
+/// Picks an index in `0..n` skewed towards small indices, so a few authors and subjects
+/// carry many works (the long tail of a real catalogue).
+fn skewed(rng: &mut StdRng, n: usize) -> usize {
+    let u: f64 = rng.random();
+    ((u * u * n as f64) as usize).min(n.saturating_sub(1))
+}
+
+fn pick<'a>(rng: &mut StdRng, list: &[&'a str]) -> &'a str {
+    list[rng.random_range(0..list.len())]
+}
+
+fn isbn(n: usize, len: usize) -> String {
+    let digits = format!("{:013}", 9_780_000_000_000u64 + n as u64 * 7919);
+    digits[digits.len() - len..].to_owned()
+}
+
+impl Catalogue {
+    /// Generates the catalogue for `spec`: same spec, same catalogue, byte for byte.
+    pub fn generate(spec: &CatalogueSpec) -> Catalogue {
+        let mut rng = StdRng::seed_from_u64(spec.seed);
+        let mut records = HashMap::new();
+
+        let mut authors: Vec<Author> = (0..spec.authors)
+            .map(|i| {
+                let key = format!("/authors/OL{}A", i + 1);
+                records.insert(key.clone(), Entry::Author(i));
+                let born = 1800 + rng.random_range(0..200);
+                Author {
+                    key,
+                    name: format!("{} {}", pick(&mut rng, FIRST), pick(&mut rng, LAST)),
+                    birth_date: born.to_string(),
+                    death_date: rng
+                        .random_bool(0.5)
+                        .then(|| (born + rng.random_range(30..90)).to_string()),
+                    bio: match rng.random_range(0..3) {
+                        0 => None,
+                        k => Some(Text {
+                            value: format!("Author number {} of the simulated catalogue.", i + 1),
+                            typed: k == 1,
+                        }),
+                    },
+                    works: Vec::new(),
+                }
+            })
+            .collect();
+
+        let mut subjects = Vec::new();
+        let mut subject_index = HashMap::new();
+        let mut i = 0;
+        while subjects.len() < spec.subjects {
+            let topic = TOPICS[i % TOPICS.len()];
+            let round = i / TOPICS.len();
+            let name = match round {
+                0 => topic.to_owned(),
+                r if r <= QUALIFIERS.len() => format!("{topic} {}", QUALIFIERS[r - 1]),
+                r => format!("{topic} {r}"),
+            };
+            i += 1;
+            let Some(key) = subject_key(&name) else {
+                continue;
+            };
+            if subject_index.contains_key(&key) {
+                continue;
+            }
+            subject_index.insert(key, subjects.len());
+            subjects.push(Subject {
+                name,
+                works: Vec::new(),
+            });
+        }
+
+        let mut works = Vec::with_capacity(spec.works);
+        let mut editions = Vec::new();
+        for w in 0..spec.works {
+            let key = format!("/works/OL{}W", w + 1);
+            records.insert(key.clone(), Entry::Work(w));
+            let title = match rng.random_range(0..3) {
+                0 => format!(
+                    "The {} {}",
+                    pick(&mut rng, ADJECTIVES),
+                    pick(&mut rng, NOUNS)
+                ),
+                1 => format!("{} of {}", pick(&mut rng, NOUNS), pick(&mut rng, PLACES)),
+                _ => format!(
+                    "{} {} of {}",
+                    pick(&mut rng, ADJECTIVES),
+                    pick(&mut rng, NOUNS),
+                    pick(&mut rng, PLACES)
+                ),
+            };
+            let n_authors = match rng.random_range(0..10) {
+                0..6 => 1,
+                6..9 => 2,
+                _ => 3,
+            }
+            .min(spec.authors);
+            let mut work_authors: Vec<String> = Vec::new();
+            while work_authors.len() < n_authors {
+                let a = skewed(&mut rng, spec.authors);
+                let k = authors[a].key.clone();
+                if !work_authors.contains(&k) {
+                    work_authors.push(k);
+                }
+            }
+            let n_subjects = rng.random_range(2..=6).min(subjects.len());
+            let mut work_subjects: Vec<String> = Vec::new();
+            while work_subjects.len() < n_subjects {
+                let s = subjects[skewed(&mut rng, subjects.len())].name.clone();
+                if !work_subjects.contains(&s) {
+                    work_subjects.push(s);
+                }
+            }
+            // Real records repeat a subject in another case now and then; it is one subject.
+            if let Some(first) = work_subjects.first().cloned()
+                && rng.random_bool(0.05)
+            {
+                work_subjects.push(first.to_lowercase());
+            }
+            for a in &work_authors {
+                if let Some(Entry::Author(i)) = records.get(a) {
+                    authors[*i].works.push(key.clone());
+                }
+            }
+            let mut listed = BTreeSet::new();
+            for s in &work_subjects {
+                if let Some(k) = subject_key(s)
+                    && listed.insert(k.clone())
+                    && let Some(&i) = subject_index.get(&k)
+                {
+                    subjects[i].works.push(key.clone());
+                }
+            }
+            let n_editions = if spec.max_editions_per_work == 0 {
+                0
+            } else {
+                rng.random_range(1..=spec.max_editions_per_work)
+            };
+            let year = 1850 + rng.random_range(0..170);
+            let mut work_editions = Vec::new();
+            for e in 0..n_editions {
+                let n = editions.len();
+                let ekey = format!("/books/OL{}M", n + 1);
+                records.insert(ekey.clone(), Entry::Edition(n));
+                editions.push(Edition {
+                    key: ekey,
+                    work: key.clone(),
+                    title: title.clone(),
+                    publish_date: (year + e as i32 * 7).to_string(),
+                    publishers: vec![pick(&mut rng, PUBLISHERS).to_owned()],
+                    isbn_10: isbn(n, 10),
+                    isbn_13: isbn(n, 13),
+                    number_of_pages: rng.random_range(90..900),
+                    authors: work_authors[..1].to_vec(),
+                    subjects: work_subjects.iter().take(1).cloned().collect(),
+                });
+                work_editions.push(n);
+            }
+            works.push(Work {
+                key,
+                title,
+                subtitle: rng.random_bool(0.2).then(|| "A Novel".to_owned()),
+                first_publish_date: year.to_string(),
+                description: match rng.random_range(0..5) {
+                    0 => None,
+                    1 | 2 => Some(Text {
+                        value: format!("Simulated work {}.", w + 1),
+                        typed: true,
+                    }),
+                    _ => Some(Text {
+                        value: format!("Simulated work {}, plainly described.", w + 1),
+                        typed: false,
+                    }),
+                },
+                covers: (0..rng.random_range(0..3))
+                    .map(|c| 1_000_000 + (w * 3 + c) as i64)
+                    .collect(),
+                authors: work_authors,
+                subjects: work_subjects,
+                editions: work_editions,
+            });
+        }
+
+        let mut catalogue = Catalogue {
+            spec: spec.clone(),
+            works,
+            authors,
+            editions,
+            subjects,
+            subject_index,
+            records,
+        };
+        if !catalogue.works.is_empty() {
+            catalogue.add_redirects(&mut rng);
+            catalogue.add_deletes(&mut rng);
+            catalogue.add_missing_authors(&mut rng);
+        }
+        catalogue
+    }
+
+    /// Lists a stale key right after `live` in the works lists of `live`'s first author and
+    /// first subject, where a crawl expanding them will meet it.
+    fn list_beside(&mut self, live: usize, stale: &str) {
+        let live_key = self.works[live].key.clone();
+        let first_author = self.works[live].authors.first().cloned();
+        if let Some(Entry::Author(a)) = first_author.and_then(|k| self.records.get(&k).cloned()) {
+            let list = &mut self.authors[a].works;
+            let at = list
+                .iter()
+                .position(|k| *k == live_key)
+                .map_or(list.len(), |p| p + 1);
+            list.insert(at, stale.to_owned());
+        }
+        let first_subject = self.works[live]
+            .subjects
+            .first()
+            .and_then(|s| subject_key(s));
+        if let Some(&s) = first_subject.and_then(|k| self.subject_index.get(&k)) {
+            let list = &mut self.subjects[s].works;
+            let at = list
+                .iter()
+                .position(|k| *k == live_key)
+                .map_or(list.len(), |p| p + 1);
+            list.insert(at, stale.to_owned());
+        }
+    }
+
+    fn add_redirects(&mut self, rng: &mut StdRng) {
+        let base = self.works.len();
+        let mut targets: Vec<usize> = Vec::new();
+        for i in 0..self.spec.redirects {
+            let key = format!("/works/OL{}W", base + i + 1);
+            let (location, live) = if i % 4 == 3 {
+                (format!("/works/OL{}W", base + i), targets[i - 1])
+            } else {
+                let live = rng.random_range(0..self.works.len());
+                (self.works[live].key.clone(), live)
+            };
+            targets.push(live);
+            self.records.insert(key.clone(), Entry::Redirect(location));
+            self.list_beside(live, &key);
+            // An edition of the merged work still names the old key, as real editions do.
+            if i % 2 == 0
+                && let Some(&e) = self.works[live].editions.first()
+            {
+                self.editions[e].work = key.clone();
+            }
+        }
+    }
+
+    fn add_deletes(&mut self, rng: &mut StdRng) {
+        let base = self.works.len() + self.spec.redirects;
+        for i in 0..self.spec.deletes {
+            let key = format!("/works/OL{}W", base + i + 1);
+            self.records.insert(key.clone(), Entry::Deleted);
+            let live = rng.random_range(0..self.works.len());
+            self.list_beside(live, &key);
+        }
+    }
+
+    fn add_missing_authors(&mut self, rng: &mut StdRng) {
+        for i in 0..self.spec.missing_authors {
+            let key = format!("/authors/OL{}A", self.authors.len() + i + 1);
+            let w = rng.random_range(0..self.works.len());
+            self.works[w].authors.push(key);
+        }
+    }
+
+    /// The spec it was generated from.
+    pub fn spec(&self) -> &CatalogueSpec {
+        &self.spec
+    }
+
+    /// Keys of all live works, in key order: handy seeds for tests.
+    pub fn work_keys(&self) -> Vec<String> {
+        self.works.iter().map(|w| w.key.clone()).collect()
+    }
+
+    /// Keys of all live authors.
+    pub fn author_keys(&self) -> Vec<String> {
+        self.authors.iter().map(|a| a.key.clone()).collect()
+    }
+
+    /// Keys of all editions.
+    pub fn edition_keys(&self) -> Vec<String> {
+        self.editions.iter().map(|e| e.key.clone()).collect()
+    }
+
+    /// Keys of all subjects (`/subjects/<name>`).
+    pub fn subject_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.subject_index.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Keys answering `/type/redirect`, with their `location`.
+    pub fn redirects(&self) -> BTreeMap<String, String> {
+        self.records
+            .iter()
+            .filter_map(|(k, e)| match e {
+                Entry::Redirect(to) => Some((k.clone(), to.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Keys answering `/type/delete`.
+    pub fn deleted(&self) -> BTreeSet<String> {
+        self.records
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Deleted))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn work_json(&self, w: &Work) -> Value {
+        let mut v = json!({
+            "key": w.key,
+            "title": w.title,
+            "first_publish_date": w.first_publish_date,
+            "authors": w.authors.iter().map(|a| json!({
+                "type": {"key": "/type/author_role"},
+                "author": {"key": a},
+            })).collect::<Vec<_>>(),
+            "subjects": w.subjects,
+            "covers": w.covers,
+            "type": {"key": "/type/work"},
+            "revision": 3,
+            "latest_revision": 3,
+            "created": {"type": "/type/datetime", "value": "2009-10-15T11:34:21.437031"},
+            "last_modified": {"type": "/type/datetime", "value": "2021-03-01T09:00:00.000000"},
+        });
+        if let Some(s) = &w.subtitle {
+            v["subtitle"] = json!(s);
+        }
+        if let Some(d) = &w.description {
+            v["description"] = d.json();
+        }
+        v
+    }
+
+    fn author_json(&self, a: &Author) -> Value {
+        let mut v = json!({
+            "key": a.key,
+            "name": a.name,
+            "personal_name": a.name,
+            "birth_date": a.birth_date,
+            "type": {"key": "/type/author"},
+            "revision": 2,
+            "latest_revision": 2,
+            "last_modified": {"type": "/type/datetime", "value": "2020-09-27T03:49:53.803346"},
+        });
+        if let Some(d) = &a.death_date {
+            v["death_date"] = json!(d);
+        }
+        if let Some(b) = &a.bio {
+            v["bio"] = b.json();
+        }
+        v
+    }
+
+    fn edition_json(&self, e: &Edition) -> Value {
+        json!({
+            "key": e.key,
+            "title": e.title,
+            "publish_date": e.publish_date,
+            "publishers": e.publishers,
+            "isbn_10": [e.isbn_10],
+            "isbn_13": [e.isbn_13],
+            "number_of_pages": e.number_of_pages,
+            "authors": e.authors.iter().map(|a| json!({"key": a})).collect::<Vec<_>>(),
+            "works": [{"key": e.work}],
+            "subjects": e.subjects,
+            "languages": [{"key": "/languages/eng"}],
+            "type": {"key": "/type/edition"},
+            "revision": 4,
+            "latest_revision": 4,
+            "last_modified": {"type": "/type/datetime", "value": "2017-10-08T21:20:07.665236"},
+        })
+    }
+
+    fn stub_json(key: &str, entry: &Entry) -> Value {
+        match entry {
+            Entry::Redirect(to) => json!({
+                "key": key, "location": to, "type": {"key": "/type/redirect"}, "revision": 2,
+                "last_modified": {"type": "/type/datetime", "value": "2019-01-01T00:00:00.000000"},
+            }),
+            _ => json!({
+                "key": key, "type": {"key": "/type/delete"}, "revision": 3,
+                "last_modified": {"type": "/type/datetime", "value": "2019-01-01T00:00:00.000000"},
+            }),
+        }
+    }
+
+    fn entry_json(&self, key: &str) -> Option<Value> {
+        Some(match self.records.get(key)? {
+            Entry::Work(i) => self.work_json(&self.works[*i]),
+            Entry::Author(i) => self.author_json(&self.authors[*i]),
+            Entry::Edition(i) => self.edition_json(&self.editions[*i]),
+            other => Self::stub_json(key, other),
+        })
+    }
+
+    /// The body of `/works/{id}.json`, `/authors/{id}.json` or `/books/{id}.json` for `key`
+    /// (`/works/OL1W`), or `None` for a 404.
+    pub fn record(&self, key: &str) -> Option<Value> {
+        self.entry_json(key)
+    }
+
+    /// `/authors/{id}/works.json?limit&offset`, or `None` when the author is unknown.
+    pub fn author_works(&self, author: &str, limit: usize, offset: usize) -> Option<Value> {
+        let Some(Entry::Author(a)) = self.records.get(author) else {
+            return None;
+        };
+        let list = &self.authors[*a].works;
+        let entries: Vec<Value> = list
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|k| self.entry_json(k))
+            .collect();
+        let path = format!("{author}/works.json");
+        Some(paged(
+            json!({"author": author}),
+            &path,
+            list.len(),
+            limit,
+            offset,
+            entries,
+        ))
+    }
+
+    /// `/works/{id}/editions.json?limit&offset`, or `None` when the work is unknown.
+    pub fn work_editions(&self, work: &str, limit: usize, offset: usize) -> Option<Value> {
+        let Some(Entry::Work(w)) = self.records.get(work) else {
+            return None;
+        };
+        let list = &self.works[*w].editions;
+        let entries: Vec<Value> = list
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|&e| self.edition_json(&self.editions[e]))
+            .collect();
+        let path = format!("{work}/editions.json");
+        Some(paged(
+            json!({"work": work}),
+            &path,
+            list.len(),
+            limit,
+            offset,
+            entries,
+        ))
+    }
+
+    /// `/subjects/{name}.json?limit&offset` for `key` (`/subjects/<name>`). Like Open
+    /// Library, an unknown subject answers 200 with no works.
+    pub fn subject(&self, key: &str, limit: usize, offset: usize) -> Value {
+        let name = key.trim_start_matches("/subjects/");
+        let (display, list): (String, &[String]) = match self.subject_index.get(key) {
+            Some(&i) => (self.subjects[i].name.clone(), &self.subjects[i].works),
+            None => (name.replace('_', " "), &[]),
+        };
+        let works: Vec<Value> = list
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|k| match self.records.get(k) {
+                Some(Entry::Work(w)) => {
+                    let w = &self.works[*w];
+                    json!({
+                        "key": w.key,
+                        "title": w.title,
+                        "edition_count": w.editions.len(),
+                        "authors": w.authors.iter().map(|a| json!({
+                            "key": a,
+                            "name": self.author_name(a),
+                        })).collect::<Vec<_>>(),
+                    })
+                }
+                _ => json!({"key": k, "title": "", "edition_count": 0, "authors": []}),
+            })
+            .collect();
+        json!({
+            "key": key,
+            "name": display,
+            "subject_type": "subject",
+            "work_count": list.len(),
+            "works": works,
+        })
+    }
+
+    fn author_name(&self, key: &str) -> String {
+        match self.records.get(key) {
+            Some(Entry::Author(a)) => self.authors[*a].name.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// Live works matching `q`: every word of `q` (case-insensitive) occurs in the work's
+    /// title or an author's name. Key order, so the same query gives the same docs.
+    pub fn search_matches(&self, q: &str) -> Vec<usize> {
+        let words: Vec<String> = q.split_whitespace().map(str::to_lowercase).collect();
+        self.works
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| {
+                let text = std::iter::once(w.title.clone())
+                    .chain(w.authors.iter().map(|a| self.author_name(a)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase();
+                !words.is_empty() && words.iter().all(|word| text.contains(word.as_str()))
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// `/search.json?q&limit&offset`.
+    pub fn search(&self, q: &str, limit: usize, offset: usize) -> Value {
+        let matches = self.search_matches(q);
+        let docs: Vec<Value> = matches
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|&i| {
+                let w = &self.works[i];
+                json!({
+                    "key": w.key,
+                    "type": "work",
+                    "title": w.title,
+                    "author_key": w.authors.iter().map(|a| a.trim_start_matches("/authors/")).collect::<Vec<_>>(),
+                    "author_name": w.authors.iter().map(|a| self.author_name(a)).collect::<Vec<_>>(),
+                    "edition_count": w.editions.len(),
+                    "edition_key": w.editions.iter().map(|&e| self.editions[e].key.trim_start_matches("/books/").to_owned()).collect::<Vec<_>>(),
+                    "first_publish_year": w.first_publish_date.parse::<i64>().unwrap_or_default(),
+                })
+            })
+            .collect();
+        json!({
+            "numFound": matches.len(),
+            "start": offset,
+            "numFoundExact": true,
+            "docs": docs,
+            "q": q,
+            "offset": null,
+        })
+    }
+
+    /// The exact outcome of a crawl from `seeds` under `limits` and the contract's crawl
+    /// rules, with `fails(key)` naming keys whose every fetch fails (and why).
+    ///
+    /// Breadth-first from the seeds (depth 0), so each key is expanded at its shortest
+    /// distance. A job for a key is one fetch of its record (following redirects, hop limit
+    /// 5, the target crawled in place of the source) plus, for an author, subject or (with
+    /// `crawl_editions`) work, its list. Edges are written from every fetched node, children
+    /// are enqueued only below `max_depth`. `MAX_NODES` is not modelled (assume it is not hit).
+    pub fn reachable(
+        &self,
+        seeds: &[String],
+        limits: &CrawlLimits,
+        fails: &dyn Fn(&str) -> Option<FailureReason>,
+    ) -> Reachable {
+        let mut out = Reachable::default();
+        let mut queue: VecDeque<(String, u32)> = VecDeque::new();
+        for seed in seeds {
+            if !out.enqueued.contains_key(seed) {
+                out.enqueued.insert(seed.clone(), 0);
+                queue.push_back((seed.clone(), 0));
+            }
+        }
+        while let Some((key, depth)) = queue.pop_front() {
+            let (outcome, children) = self.crawl_one(&key, limits, fails);
+            for child in &children {
+                if let Some(edge) = &child.edge {
+                    out.edges.insert(edge.clone());
+                }
+            }
+            if let Outcome::Node { key: node, label } = &outcome {
+                out.nodes.insert(node.clone(), *label);
+            }
+            out.outcomes.insert(key.clone(), outcome);
+            if depth < limits.max_depth {
+                for child in children {
+                    if !out.enqueued.contains_key(&child.key) {
+                        out.enqueued.insert(child.key.clone(), depth + 1);
+                        queue.push_back((child.key, depth + 1));
+                    }
+                }
+            }
+        }
+        for edge in &out.edges {
+            for end in [&edge.from, &edge.to] {
+                if !out.nodes.contains_key(end) {
+                    out.stubs.insert(end.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// One job: its outcome and the children it yields (each with the edge it writes).
+    fn crawl_one(
+        &self,
+        key: &str,
+        limits: &CrawlLimits,
+        fails: &dyn Fn(&str) -> Option<FailureReason>,
+    ) -> (Outcome, Vec<Child>) {
+        const MAX_HOPS: usize = 5;
+        if let Some(text) = key.strip_prefix("search:") {
+            let Ok(found) = parse_search(
+                self.search(text, limits.max_search_results, 0)
+                    .to_string()
+                    .as_bytes(),
+            ) else {
+                return (
+                    Outcome::Failed {
+                        reason: FailureReason::Parse,
+                    },
+                    Vec::new(),
+                );
+            };
+            let children: Vec<Child> = found
+                .work_keys()
+                .into_iter()
+                .take(limits.max_search_results)
+                .map(|k| Child { key: k, edge: None })
+                .collect();
+            return (
+                Outcome::Search {
+                    results: children.len(),
+                },
+                children,
+            );
+        }
+        if key.starts_with("/subjects/") {
+            if let Some(reason) = fails(key) {
+                return (Outcome::Failed { reason }, Vec::new());
+            }
+            let body = self
+                .subject(key, limits.max_works_per_subject, 0)
+                .to_string();
+            let Ok(page) = parse_subject(body.as_bytes()) else {
+                return (
+                    Outcome::Failed {
+                        reason: FailureReason::Parse,
+                    },
+                    Vec::new(),
+                );
+            };
+            let children = page
+                .works
+                .iter()
+                .take(limits.max_works_per_subject)
+                .map(|w| Child::with_edge(&w.key, &w.key, key, Rel::ABOUT))
+                .collect();
+            return (
+                Outcome::Node {
+                    key: key.to_owned(),
+                    label: Label::Subject,
+                },
+                children,
+            );
+        }
+        let mut current = key.to_owned();
+        for _ in 0..=MAX_HOPS {
+            if let Some(reason) = fails(&current) {
+                return (Outcome::Failed { reason }, Vec::new());
+            }
+            let body = match self.record(&current) {
+                Some(v) => v.to_string(),
+                None => json!({"error": "notfound", "key": current}).to_string(),
+            };
+            let entity = match parse_record(body.as_bytes()) {
+                Ok(Record::Entity(e)) => e,
+                Ok(Record::Redirect { location, .. }) => {
+                    current = location;
+                    continue;
+                }
+                Ok(Record::Deleted { .. }) => return (Outcome::Deleted, Vec::new()),
+                Ok(Record::NotFound { .. }) => return (Outcome::NotFound, Vec::new()),
+                Err(_) => {
+                    return (
+                        Outcome::Failed {
+                            reason: FailureReason::Parse,
+                        },
+                        Vec::new(),
+                    );
+                }
+            };
+            let mut children: Vec<Child> = entity
+                .outgoing(limits.max_subjects_per_node)
+                .into_iter()
+                .map(|(rel, to)| Child::with_edge(&to, &entity.key, &to, rel))
+                .collect();
+            match entity.label {
+                Label::Author => {
+                    let body = self
+                        .author_works(&entity.key, limits.max_works_per_author, 0)
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
+                    let Ok(page) = parse_page(body.as_bytes()) else {
+                        return (
+                            Outcome::Failed {
+                                reason: FailureReason::Parse,
+                            },
+                            Vec::new(),
+                        );
+                    };
+                    children.extend(
+                        page.entries
+                            .iter()
+                            .take(limits.max_works_per_author)
+                            .map(|w| {
+                                Child::with_edge(&w.key, &w.key, &entity.key, Rel::WRITTEN_BY)
+                            }),
+                    );
+                }
+                Label::Work if limits.crawl_editions => {
+                    let body = self
+                        .work_editions(&entity.key, limits.max_editions_per_work, 0)
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
+                    let Ok(page) = parse_page(body.as_bytes()) else {
+                        return (
+                            Outcome::Failed {
+                                reason: FailureReason::Parse,
+                            },
+                            Vec::new(),
+                        );
+                    };
+                    children.extend(
+                        page.entries
+                            .iter()
+                            .take(limits.max_editions_per_work)
+                            .map(|e| {
+                                Child::with_edge(&e.key, &e.key, &entity.key, Rel::EDITION_OF)
+                            }),
+                    );
+                }
+                _ => {}
+            }
+            return (
+                Outcome::Node {
+                    key: entity.key,
+                    label: entity.label,
+                },
+                children,
+            );
+        }
+        (
+            Outcome::Failed {
+                reason: FailureReason::Http4xx,
+            },
+            Vec::new(),
+        )
+    }
+}
+
+struct Child {
+    key: String,
+    edge: Option<ReachEdge>,
+}
+
+impl Child {
+    fn with_edge(key: &str, from: &str, to: &str, rel: Rel) -> Child {
+        Child {
+            key: key.to_owned(),
+            edge: Some(ReachEdge {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                rel,
+            }),
+        }
+    }
+}
+
+fn paged(
+    mut links: Value,
+    path: &str,
+    size: usize,
+    limit: usize,
+    offset: usize,
+    entries: Vec<Value>,
+) -> Value {
+    links["self"] = json!(format!("{path}?limit={limit}&offset={offset}"));
+    if offset + limit < size {
+        links["next"] = json!(format!("{path}?limit={limit}&offset={}", offset + limit));
+    }
+    if offset > 0 {
+        links["prev"] = json!(format!(
+            "{path}?limit={limit}&offset={}",
+            offset.saturating_sub(limit)
+        ));
+    }
+    json!({"links": links, "size": size, "entries": entries})
+}
+
+/// A relationship a crawl writes, in the graph table's direction.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ReachEdge {
+    /// Start key.
+    pub from: String,
+    /// End key.
+    pub to: String,
+    /// Relationship type.
+    pub rel: Rel,
+}
+
+/// What one crawl job ends as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A node was published: `key` is the job's key, or the redirect target crawled in its place.
+    Node {
+        /// The node's key.
+        key: String,
+        /// The node's label.
+        label: Label,
+    },
+    /// A `search:` seed: no node, `results` works enqueued.
+    Search {
+        /// Works it enqueued.
+        results: usize,
+    },
+    /// The record is `/type/delete`: recorded, no node.
+    Deleted,
+    /// The record answered 404 `notfound`: recorded, no node.
+    NotFound,
+    /// Every fetch fails (an injected always-failing key): a DLQ record with `reason`.
+    Failed {
+        /// The DLQ reason.
+        reason: FailureReason,
+    },
+}
+
+/// The truth of a crawl: what the graph and the DLQ must hold afterwards.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Reachable {
+    /// Keys that get a node record (label as published).
+    pub nodes: BTreeMap<String, Label>,
+    /// Edge endpoints with no node record: the graph shows them as `stub: true` (children
+    /// past the max depth, redirect sources, deleted, missing and failed keys).
+    pub stubs: BTreeSet<String>,
+    /// Every relationship written.
+    pub edges: BTreeSet<ReachEdge>,
+    /// Every key claimed (enqueued) by the crawl, with its shortest depth.
+    pub enqueued: BTreeMap<String, u32>,
+    /// How each claimed key's job ends.
+    pub outcomes: BTreeMap<String, Outcome>,
+}

@@ -1,0 +1,629 @@
+//! `bookworm sim`: an Open Library stand-in for tests, benchmarks and the offline demo.
+//!
+//! Serves a deterministic synthetic [`Catalogue`] in Open Library's real shapes at the real
+//! paths, limits each client IP the way Open Library's nginx does ([`limiter`]), injects
+//! faults on request ([`faults`]), counts what it saw ([`stats`]) and answers with the exact
+//! graph a crawl must build ([`Catalogue::reachable`]). Pointing `OPENLIBRARY_BASE_URL` at
+//! it instead of openlibrary.org is the only change a worker needs.
+//!
+//! Endpoints besides Open Library's: `GET /_sim/stats`, `GET|POST /_sim/faults`,
+//! `GET /_sim/reachable?seed=…&depth=…`, `GET /_sim/catalogue`, `POST /_sim/reset`.
+//! They are neither limited nor counted.
+
+pub mod catalogue;
+pub mod faults;
+pub mod limiter;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Json, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clap::Args;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use self::catalogue::{Catalogue, CatalogueSpec, Outcome, ReachEdge, Reachable};
+pub use self::faults::{Faults, Injected};
+use self::limiter::{Decision, Limiter};
+use self::stats::{InjectedRecord, Stats};
+pub use crate::crawl_limits::CrawlLimits;
+
+/// Settings of `bookworm sim`; every flag also reads an environment variable `SIM_…`.
+#[derive(Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long = "addr", env = "SIM_ADDR", default_value = "127.0.0.1:8090")]
+    pub addr: SocketAddr,
+    /// Seed of the catalogue: same seed and sizes, same catalogue.
+    #[arg(long, env = "SIM_SEED", default_value = "42")]
+    pub seed: u64,
+    /// Live works in the catalogue.
+    #[arg(long, env = "SIM_WORKS", default_value = "1000")]
+    pub works: usize,
+    /// Live authors.
+    #[arg(long, env = "SIM_AUTHORS", default_value = "300")]
+    pub authors: usize,
+    /// Distinct subjects.
+    #[arg(long, env = "SIM_SUBJECTS", default_value = "120")]
+    pub subjects: usize,
+    /// Most editions per work (each work gets 1 to this many).
+    #[arg(long, env = "SIM_EDITIONS_PER_WORK", default_value = "3")]
+    pub editions_per_work: usize,
+    /// Work keys answering `/type/redirect` (default: one per 50 works).
+    #[arg(long, env = "SIM_REDIRECTS")]
+    pub redirects: Option<usize>,
+    /// Work keys answering `/type/delete` (default: one per 100 works).
+    #[arg(long, env = "SIM_DELETES")]
+    pub deletes: Option<usize>,
+    /// Author keys named by works that answer 404 (default: one per 100 authors).
+    #[arg(long, env = "SIM_MISSING_AUTHORS")]
+    pub missing_authors: Option<usize>,
+    /// Requests per minute per client IP (Open Library: 180).
+    #[arg(long, env = "SIM_RATE_PER_MINUTE", default_value = "180")]
+    pub rate_per_minute: u32,
+    /// Excess requests queued per client IP before 429 (Open Library: 25).
+    #[arg(long, env = "SIM_BURST", default_value = "25")]
+    pub burst: u32,
+    /// Excess requests served without delay (nginx `delay=`; Open Library: 10).
+    #[arg(long, env = "SIM_DELAY", default_value = "10")]
+    pub delay: u32,
+    /// Turn the per-IP (and per-User-Agent) limits off: for throughput benchmarks.
+    #[arg(long, env = "SIM_NO_LIMIT")]
+    pub no_limit: bool,
+    /// Also limit per User-Agent across all IPs (Open Library: 400 per minute); off if unset.
+    #[arg(long, env = "SIM_UA_RATE_PER_MINUTE")]
+    pub ua_rate_per_minute: Option<u32>,
+    /// Burst of the per-User-Agent limit.
+    #[arg(long, env = "SIM_UA_BURST", default_value = "25")]
+    pub ua_burst: u32,
+    /// Faults to inject from the start.
+    #[command(flatten)]
+    pub faults: Faults,
+}
+
+impl SimArgs {
+    /// Parses flags as `bookworm sim` would (tests build settings this way:
+    /// `SimArgs::from_flags(["--addr", "127.0.0.1:0", "--works", "50"])`).
+    pub fn from_flags<I, S>(flags: I) -> Result<SimArgs, clap::Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: SimArgs,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("sim"))
+            .chain(flags.into_iter().map(Into::into));
+        <Wrapper as clap::Parser>::try_parse_from(argv).map(|w| w.args)
+    }
+
+    /// The catalogue these settings describe.
+    pub fn spec(&self) -> CatalogueSpec {
+        let mut spec = CatalogueSpec::new(self.seed, self.works, self.authors, self.subjects);
+        spec.max_editions_per_work = self.editions_per_work;
+        spec.redirects = self.redirects.unwrap_or(spec.redirects);
+        spec.deletes = self.deletes.unwrap_or(spec.deletes);
+        spec.missing_authors = self.missing_authors.unwrap_or(spec.missing_authors);
+        spec
+    }
+}
+
+/// Why the simulator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The address is taken or not ours: a configuration problem, give up.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server stopped with an I/O error.
+    #[error("server failed: {0}")]
+    Serve(#[from] std::io::Error),
+    /// The server task panicked or was aborted.
+    #[error("server task ended abnormally: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The simulator's shared state: the catalogue, the limiters, the faults and the counts.
+pub struct SimState {
+    catalogue: Catalogue,
+    faults: RwLock<Faults>,
+    ip_limiter: Option<Mutex<Limiter>>,
+    ua_limiter: Option<Mutex<Limiter>>,
+    stats: Mutex<Stats>,
+    attempts: Mutex<HashMap<String, u64>>,
+}
+
+impl SimState {
+    /// Builds the state for `args` (generates the catalogue).
+    pub fn new(args: &SimArgs) -> SimState {
+        let limited = !args.no_limit;
+        SimState {
+            catalogue: Catalogue::generate(&args.spec()),
+            faults: RwLock::new(args.faults.clone()),
+            ip_limiter: limited
+                .then(|| Mutex::new(Limiter::new(args.rate_per_minute, args.burst, args.delay))),
+            ua_limiter: args
+                .ua_rate_per_minute
+                .filter(|_| limited)
+                .map(|rate| Mutex::new(Limiter::new(rate, args.ua_burst, args.ua_burst))),
+            stats: Mutex::new(Stats::default()),
+            attempts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The catalogue being served.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> Faults {
+        self.faults
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the faults in force (a chaos test starting a storm mid-run).
+    pub fn set_faults(&self, faults: Faults) {
+        *self.faults.write().unwrap_or_else(PoisonError::into_inner) = faults;
+    }
+
+    /// What was counted so far.
+    pub fn stats(&self) -> Stats {
+        lock(&self.stats).clone()
+    }
+
+    /// Forgets counts, attempt numbers and limiter buckets.
+    pub fn reset(&self) {
+        *lock(&self.stats) = Stats::default();
+        lock(&self.attempts).clear();
+        for limiter in [&self.ip_limiter, &self.ua_limiter].into_iter().flatten() {
+            lock(limiter).clear();
+        }
+    }
+
+    /// The truth of a crawl from `seeds` under `limits`, with the keys that always fail
+    /// under the faults in force counted as failed.
+    pub fn reachable(&self, seeds: &[String], limits: &CrawlLimits) -> Reachable {
+        let faults = self.faults();
+        self.catalogue
+            .reachable(seeds, limits, &|key| faults.always_fails(key))
+    }
+}
+
+/// Locks a mutex, carrying on after a panic elsewhere: counts are still useful.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A simulator running in this process.
+pub struct RunningSim {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its state, for tests to read stats or change faults directly.
+    pub state: Arc<SimState>,
+    task: JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl RunningSim {
+    /// The base URL to give a client (`http://127.0.0.1:port`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits for the server to stop (after the shutdown token is cancelled).
+    pub async fn wait(self) -> Result<(), SimError> {
+        Ok(self.task.await??)
+    }
+}
+
+/// Binds and starts the simulator in the background; it stops when `shutdown` is cancelled.
+pub async fn spawn(args: SimArgs, shutdown: CancellationToken) -> Result<RunningSim, SimError> {
+    let listener = TcpListener::bind(args.addr)
+        .await
+        .map_err(|source| SimError::Bind {
+            addr: args.addr,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(SimState::new(&args));
+    let app = router(state.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    });
+    tracing::info!(%addr, seed = args.seed, works = args.works, "simulator listening");
+    Ok(RunningSim { addr, state, task })
+}
+
+/// Runs the simulator until `shutdown` is cancelled: `bookworm sim`.
+pub async fn serve(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimError> {
+    spawn(args, shutdown).await?.wait().await
+}
+
+/// The simulator's routes: the admin endpoints, and everything else as Open Library.
+pub fn router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/_sim/stats", get(get_stats))
+        .route("/_sim/faults", get(get_faults).post(post_faults))
+        .route("/_sim/reachable", get(get_reachable))
+        .route("/_sim/catalogue", get(get_catalogue))
+        .route("/_sim/reset", post(post_reset))
+        .fallback(open_library)
+        .with_state(state)
+}
+
+async fn get_stats(State(state): State<Arc<SimState>>) -> Json<Stats> {
+    Json(state.stats())
+}
+
+async fn get_faults(State(state): State<Arc<SimState>>) -> Json<Faults> {
+    Json(state.faults())
+}
+
+async fn post_faults(
+    State(state): State<Arc<SimState>>,
+    Json(faults): Json<Faults>,
+) -> Json<Faults> {
+    tracing::info!(?faults, "faults changed");
+    state.set_faults(faults.clone());
+    Json(faults)
+}
+
+async fn post_reset(State(state): State<Arc<SimState>>) -> StatusCode {
+    state.reset();
+    StatusCode::NO_CONTENT
+}
+
+async fn get_catalogue(State(state): State<Arc<SimState>>) -> Json<Value> {
+    let c = state.catalogue();
+    Json(json!({
+        "spec": c.spec(),
+        "works": c.work_keys().len(),
+        "authors": c.author_keys().len(),
+        "editions": c.edition_keys().len(),
+        "subjects": c.subject_keys(),
+        "redirects": c.redirects(),
+        "deleted": c.deleted(),
+    }))
+}
+
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// `?seed=<key or search:text>` (repeatable) `&depth=N` plus any [`CrawlLimits`] field.
+async fn get_reachable(State(state): State<Arc<SimState>>, RawQuery(query): RawQuery) -> Response {
+    let mut seeds = Vec::new();
+    let mut limits = CrawlLimits::default();
+    for (name, value) in query_pairs(query.as_deref()) {
+        let bad = || {
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("bad value for {name}: {value:?}")})),
+            )
+                .into_response()
+        };
+        macro_rules! set {
+            ($field:expr) => {
+                match value.parse() {
+                    Ok(v) => $field = v,
+                    Err(_) => return bad(),
+                }
+            };
+        }
+        match name.as_str() {
+            "seed" => seeds.push(value.clone()),
+            "depth" | "max_depth" => set!(limits.max_depth),
+            "max_search_results" => set!(limits.max_search_results),
+            "max_subjects_per_node" => set!(limits.max_subjects_per_node),
+            "max_works_per_author" => set!(limits.max_works_per_author),
+            "max_works_per_subject" => set!(limits.max_works_per_subject),
+            "crawl_editions" => set!(limits.crawl_editions),
+            "max_editions_per_work" => set!(limits.max_editions_per_work),
+            _ => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"error": format!("unknown parameter {name}")})),
+                )
+                    .into_response();
+            }
+        }
+    }
+    if seeds.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "at least one seed= is required"})),
+        )
+            .into_response();
+    }
+    Json(state.reachable(&seeds, &limits)).into_response()
+}
+
+/// Which Open Library endpoint a path names.
+#[derive(Debug, Clone, PartialEq)]
+enum Route {
+    Record(String),
+    AuthorWorks(String),
+    WorkEditions(String),
+    Subject(String),
+    Search,
+    Robots,
+    Unknown,
+}
+
+impl Route {
+    fn parse(path: &str) -> Route {
+        if path == "/robots.txt" {
+            return Route::Robots;
+        }
+        if path == "/search.json" {
+            return Route::Search;
+        }
+        let Some(stem) = path.strip_suffix(".json") else {
+            return Route::Unknown;
+        };
+        let parts: Vec<&str> = stem.trim_start_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["works" | "authors" | "books", id] if !id.is_empty() => Route::Record(stem.to_owned()),
+            ["authors", id, "works"] => Route::AuthorWorks(format!("/authors/{id}")),
+            ["works", id, "editions"] => Route::WorkEditions(format!("/works/{id}")),
+            ["subjects", name] if !name.is_empty() => Route::Subject(stem.to_owned()),
+            _ => Route::Unknown,
+        }
+    }
+
+    /// The path kind for statistics.
+    fn kind(&self) -> &'static str {
+        match self {
+            Route::Record(k) if k.starts_with("/works/") => "work",
+            Route::Record(k) if k.starts_with("/authors/") => "author",
+            Route::Record(_) => "edition",
+            Route::AuthorWorks(_) => "author_works",
+            Route::WorkEditions(_) => "work_editions",
+            Route::Subject(_) => "subject",
+            Route::Search => "search",
+            Route::Robots => "robots",
+            Route::Unknown => "other",
+        }
+    }
+
+    /// The crawl key the request belongs to: faults that always fail a key fail all of its
+    /// paths (the record and its list), since a crawl job fetches both.
+    fn key(&self) -> Option<&str> {
+        match self {
+            Route::Record(k)
+            | Route::AuthorWorks(k)
+            | Route::WorkEditions(k)
+            | Route::Subject(k) => Some(k),
+            Route::Search | Route::Robots | Route::Unknown => None,
+        }
+    }
+}
+
+/// Open Library's robots.txt, in the parts that matter to a crawler.
+const ROBOTS_TXT: &str = "User-agent: *\nDisallow: /search\nDisallow: /api\n\nSitemap: /static/sitemaps/sitemap_index.xml\n";
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn not_found(key: &str) -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"error": "notfound", "key": key}),
+    )
+}
+
+fn number(pairs: &[(String, String)], name: &str, default: usize) -> usize {
+    pairs
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Open Library's most entries per page.
+const MAX_LIMIT: usize = 1000;
+
+async fn open_library(
+    State(state): State<Arc<SimState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    // Keys are matched decoded (a subject may be non-ASCII); undecodable bytes stay as sent.
+    let path = percent_encoding::percent_decode_str(uri.path())
+        .decode_utf8()
+        .map_or_else(|_| uri.path().to_owned(), |p| p.into_owned());
+    let route = Route::parse(&path);
+    let ip = peer.ip().to_string();
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    lock(&state.stats).arrived(&ip, route.kind(), &user_agent);
+
+    if route == Route::Robots {
+        return (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
+            ROBOTS_TXT,
+        )
+            .into_response();
+    }
+
+    let now = Instant::now();
+    let mut hold = Duration::ZERO;
+    let limits = [(&state.ip_limiter, &ip), (&state.ua_limiter, &user_agent)];
+    for (limiter, bucket) in limits {
+        let Some(limiter) = limiter else { continue };
+        match lock(limiter).check(bucket, now) {
+            Decision::Pass => {}
+            Decision::Delay(d) => hold = hold.max(d),
+            Decision::Reject => {
+                lock(&state.stats).rate_limited(&ip);
+                // Like Open Library's nginx: a JSON body and no Retry-After.
+                return json_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &json!({"error": "Too Many Requests", "status": 429}),
+                );
+            }
+        }
+    }
+    if !hold.is_zero() {
+        lock(&state.stats).delayed(&ip);
+        tokio::time::sleep(hold).await;
+    }
+
+    let attempt = {
+        let mut attempts = lock(&state.attempts);
+        let n = attempts.entry(path.clone()).or_default();
+        *n += 1;
+        *n - 1
+    };
+    let faults = state.faults();
+    let (latency, spike) = faults.latency(&path, attempt);
+    if spike {
+        lock(&state.stats).spiked();
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(fault) = faults.decide(route.key(), &path, attempt) {
+        let record = InjectedRecord {
+            path: path.clone(),
+            attempt,
+            fault,
+        };
+        lock(&state.stats).injected(route.key().unwrap_or(&path), record);
+        return injected_response(fault, &path);
+    }
+
+    let pairs = query_pairs(uri.query());
+    let catalogue = state.catalogue();
+    match route {
+        Route::Record(key) => match catalogue.record(&key) {
+            Some(body) => json_response(StatusCode::OK, &body),
+            None => not_found(&key),
+        },
+        Route::AuthorWorks(key) => {
+            let limit = number(&pairs, "limit", 50).min(MAX_LIMIT);
+            match catalogue.author_works(&key, limit, number(&pairs, "offset", 0)) {
+                Some(body) => json_response(StatusCode::OK, &body),
+                None => not_found(&key),
+            }
+        }
+        Route::WorkEditions(key) => {
+            let limit = number(&pairs, "limit", 50).min(MAX_LIMIT);
+            match catalogue.work_editions(&key, limit, number(&pairs, "offset", 0)) {
+                Some(body) => json_response(StatusCode::OK, &body),
+                None => not_found(&key),
+            }
+        }
+        Route::Subject(key) => {
+            if key.chars().any(char::is_uppercase) {
+                // Open Library answers a capitalised subject with a redirect to its key.
+                let mut location = format!("{}.json", key.to_lowercase());
+                if let Some(q) = uri.query() {
+                    location = format!("{location}?{q}");
+                }
+                return (
+                    StatusCode::MOVED_PERMANENTLY,
+                    [(header::LOCATION, location)],
+                )
+                    .into_response();
+            }
+            let limit = number(&pairs, "limit", 12).min(MAX_LIMIT);
+            json_response(
+                StatusCode::OK,
+                &catalogue.subject(&key, limit, number(&pairs, "offset", 0)),
+            )
+        }
+        Route::Search => {
+            let q = pairs
+                .iter()
+                .find(|(n, _)| n == "q")
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_default();
+            if q.chars().count() < 3 {
+                return json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({"error": "q must be at least 3 characters"}),
+                );
+            }
+            let limit = number(&pairs, "limit", 100).min(MAX_LIMIT);
+            json_response(
+                StatusCode::OK,
+                &catalogue.search(&q, limit, number(&pairs, "offset", 0)),
+            )
+        }
+        Route::Robots | Route::Unknown => not_found(&path),
+    }
+}
+
+fn injected_response(fault: Injected, path: &str) -> Response {
+    match fault {
+        Injected::Status { status, .. } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            json_response(
+                status,
+                &json!({"error": "injected", "status": status.as_u16()}),
+            )
+        }
+        Injected::Malformed { .. } => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            format!("{{\"key\": \"{path}\", \"title\": \"Trunc"),
+        )
+            .into_response(),
+        Injected::Reset => {
+            // The head goes out, then the body stream fails: hyper cuts the connection and
+            // the client sees it closed mid-answer.
+            let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(Bytes::from_static(b"{\"key\": ")),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "injected connection reset",
+                )),
+            ];
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from_stream(futures::stream::iter(chunks)))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+    }
+}
