@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod config;
+pub mod crawl;
 pub mod crawl_limits;
 pub mod egress;
 pub mod fetch;
