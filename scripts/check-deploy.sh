@@ -27,6 +27,8 @@ VENV=$TOOLS/venv
 KUSTOMIZE_VERSION=v5.8.1
 KUBECONFORM_VERSION=v0.7.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
+# The Compose Specification's JSON schema ships in this Go module (schema/compose-spec.json).
+COMPOSE_GO_VERSION=v2.16.2
 # The Kubernetes version the manifests are validated against: the oldest one we
 # support on kind and in production (schemas for 1.25 … 1.37 are in the wheel).
 KUBERNETES_VERSION=${KUBERNETES_VERSION:-1.31.0}
@@ -59,7 +61,7 @@ go_tool() { # go_tool <binary> <module path>@<version>
 }
 
 python_venv() {
-  local want="pyyaml kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" stamp=$VENV/.requirements
+  local want="pyyaml jsonschema kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" stamp=$VENV/.requirements
   [[ -x $VENV/bin/python && -f $stamp && $(<"$stamp") == "$want" ]] && return 0
   say "creating $VENV ($want)"
   rm -rf "$VENV"
@@ -478,6 +480,14 @@ run_in_rootfs() {
 # compose
 # --------------------------------------------------------------------------
 
+# The compose-spec.json of compose-go (the library docker compose itself validates with).
+compose_schema() {
+  local dir
+  dir=$(cd "$TOOLS" && GOFLAGS=-mod=mod go mod download -json "github.com/compose-spec/compose-go/v2@$COMPOSE_GO_VERSION" |
+    PY -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') || return 1
+  [[ -f $dir/schema/compose-spec.json ]] && echo "$dir/schema/compose-spec.json"
+}
+
 check_compose() {
   local file=$ROOT/docker-compose.yml
   if docker compose version >/dev/null 2>&1; then
@@ -487,9 +497,18 @@ check_compose() {
     docker-compose -f "$file" config -q || die "docker-compose config rejected $file"
     say "compose: docker-compose config accepts $file"
   else
-    say "compose: 'docker compose config' SKIPPED (no compose tool here); checking structure only"
+    say "compose: 'docker compose config' SKIPPED (no compose tool here); validating against the Compose Specification schema instead"
   fi
-  PY "$ROOT/scripts/deploy_checks.py" compose "$ROOT" || die "$file is inconsistent (above)"
+  local schema
+  schema=$(compose_schema) || die "could not fetch the Compose Specification schema (go mod download)"
+  PY "$ROOT/scripts/deploy_checks.py" compose "$ROOT" "$schema" || die "$file is invalid (above)"
+  # The compose Prometheus' config, with the rules path it mounts pointed at the repo's file.
+  local tmp=$TOOLS/prometheus-compose
+  mkdir -p "$tmp"
+  cp "$RULES" "$tmp/alerts.yml"
+  sed "s#/etc/prometheus/alerts.yml#$tmp/alerts.yml#" "$ROOT/deploy/prometheus/prometheus.yml" > "$tmp/prometheus.yml"
+  promtool check config "$tmp/prometheus.yml" >/dev/null || die "promtool rejected deploy/prometheus/prometheus.yml"
+  say "compose: promtool accepts deploy/prometheus/prometheus.yml with the alerts it mounts"
 }
 
 # --------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 and scripts/promql-check.sh (needs PyYAML; those scripts run it in their venv).
 
     deploy_checks.py names   ROOT   every metric a query names is one the binaries export
-    deploy_checks.py compose ROOT   docker-compose.yml refers to files that exist, the services
-                                    the laptop stack needs are there, with the contract's env
+    deploy_checks.py compose ROOT [SCHEMA]
+                                    docker-compose.yml is valid against the Compose Specification
+                                    schema (when given), refers to files that exist, and has the
+                                    services the laptop stack needs
     deploy_checks.py promql  ROOT [--data] [--k8s] [--url URL] [--namespace RE]
                                     evaluate every query against a real Prometheus
 
@@ -104,10 +106,16 @@ def check_names(root):
     return 1 if bad else 0
 
 
-def check_compose(root):
+def check_compose(root, schema_path=None):
     doc = yaml.safe_load((root / "docker-compose.yml").read_text())
     services = doc.get("services", {})
     errors = []
+    if schema_path:
+        import jsonschema
+        schema = json.loads(pathlib.Path(schema_path).read_text())
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
+            errors.append(f"schema: at {'/'.join(map(str, e.path)) or '/'}: {e.message}")
     need = {"kafka", "neo4j", "redis", "prometheus", "grafana", "worker", "graph-writer", "api"}
     missing = need - set(services)
     if missing:
@@ -127,7 +135,8 @@ def check_compose(root):
     for e in errors:
         print(f"[check-deploy] compose: {e}", file=sys.stderr)
     if not errors:
-        print(f"[check-deploy] compose: structure ok ({len(services)} services, mounted files exist)")
+        how = "valid against the Compose Specification schema, " if schema_path else ""
+        print(f"[check-deploy] compose: {how}{len(services)} services, mounted files exist")
     return 1 if errors else 0
 
 
@@ -212,7 +221,7 @@ def main(argv):
     if argv[1] == "names":
         return check_names(root)
     if argv[1] == "compose":
-        return check_compose(root)
+        return check_compose(root, argv[3] if len(argv) > 3 else None)
     return check_promql(root, argv[3:])
 
 
