@@ -85,11 +85,16 @@ ensure_promtool() {
 }
 
 ensure_tools() {
+  local lock
   mkdir -p "$TOOLS"
+  # Tests run this script in parallel: one installer at a time, the others wait and reuse.
+  exec {lock}>"$TOOLS/.lock"
+  flock "$lock"
   go_tool kustomize "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
   go_tool kubeconform "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
   python_venv
   ensure_promtool
+  exec {lock}>&-
 }
 
 PY() { "$VENV/bin/python" "$@"; }
