@@ -461,7 +461,9 @@ run_in_rootfs() {
   # shellcheck disable=SC2086
   if ! (cd "$debs" && ls ./*.deb >/dev/null 2>&1 && [[ $(<.pkgs) == "$pkgs zlib1g" ]]) 2>/dev/null; then
     rm -f "$debs"/*.deb
-    (cd "$debs" && apt-get download $pkgs zlib1g >"$TOOLS/apt-download.log" 2>&1) ||
+    # A fresh machine may have no package lists yet: refresh them once and retry.
+    (cd "$debs" && { apt-get download $pkgs zlib1g || { apt-get update -qq && apt-get download $pkgs zlib1g; }; } \
+      >"$TOOLS/apt-download.log" 2>&1) ||
       { say "image: rootfs run SKIPPED (apt-get download failed, see $TOOLS/apt-download.log)"; return 0; }
     echo "$pkgs zlib1g" > "$debs/.pkgs"
   fi
