@@ -12,10 +12,9 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 # librdkafka is compiled from source by rdkafka-sys (make, a C/C++ compiler, zlib headers:
 # all in the rust image, which is built on buildpack-deps).
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-# include_str!'d by the graph writer at compile time.
-COPY migrations ./migrations
+# The context is the crate (see .dockerignore): Cargo.toml, Cargo.lock, src/, migrations/
+# (include_str!'d by the graph writer) and the declared bench/test targets cargo wants to see.
+COPY . .
 # Caches keep the registry and the target dir between builds (BuildKit); the binaries are
 # copied out of the cache mount so the next stage can see them.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
