@@ -38,6 +38,9 @@ pub struct CatalogueSpec {
     pub deletes: usize,
     /// Author keys named by works that answer 404.
     pub missing_authors: usize,
+    /// Added to every numeric id (`OL{id_base + n}W`), and named in every subject, so runs
+    /// with different bases share no key: tests that write one shared Neo4j stay apart.
+    pub id_base: u64,
 }
 
 impl CatalogueSpec {
@@ -53,6 +56,7 @@ impl CatalogueSpec {
             redirects: (works / 50).max(1),
             deletes: (works / 100).max(1),
             missing_authors: (authors / 100).max(1),
+            id_base: 0,
         }
     }
 }
@@ -283,7 +287,7 @@ impl Catalogue {
 
         let mut authors: Vec<Author> = (0..spec.authors)
             .map(|i| {
-                let key = format!("/authors/OL{}A", i + 1);
+                let key = format!("/authors/OL{}A", spec.id_base + i as u64 + 1);
                 records.insert(key.clone(), Entry::Author(i));
                 let born = 1800 + rng.random_range(0..200);
                 Author {
@@ -311,11 +315,14 @@ impl Catalogue {
         while subjects.len() < spec.subjects {
             let topic = TOPICS[i % TOPICS.len()];
             let round = i / TOPICS.len();
-            let name = match round {
+            let mut name = match round {
                 0 => topic.to_owned(),
                 r if r <= QUALIFIERS.len() => format!("{topic} {}", QUALIFIERS[r - 1]),
                 r => format!("{topic} {r}"),
             };
+            if spec.id_base > 0 {
+                name = format!("{name} n{}", spec.id_base);
+            }
             i += 1;
             let Some(key) = subject_key(&name) else {
                 continue;
@@ -333,7 +340,7 @@ impl Catalogue {
         let mut works = Vec::with_capacity(spec.works);
         let mut editions = Vec::new();
         for w in 0..spec.works {
-            let key = format!("/works/OL{}W", w + 1);
+            let key = format!("/works/OL{}W", spec.id_base + w as u64 + 1);
             records.insert(key.clone(), Entry::Work(w));
             let title = match rng.random_range(0..3) {
                 0 => format!(
@@ -400,7 +407,7 @@ impl Catalogue {
             let mut work_editions = Vec::new();
             for e in 0..n_editions {
                 let n = editions.len();
-                let ekey = format!("/books/OL{}M", n + 1);
+                let ekey = format!("/books/OL{}M", spec.id_base + n as u64 + 1);
                 records.insert(ekey.clone(), Entry::Edition(n));
                 editions.push(Edition {
                     key: ekey,
@@ -489,9 +496,12 @@ impl Catalogue {
         let base = self.works.len();
         let mut targets: Vec<usize> = Vec::new();
         for i in 0..self.spec.redirects {
-            let key = format!("/works/OL{}W", base + i + 1);
+            let key = format!("/works/OL{}W", self.spec.id_base + (base + i) as u64 + 1);
             let (location, live) = if i % 4 == 3 {
-                (format!("/works/OL{}W", base + i), targets[i - 1])
+                (
+                    format!("/works/OL{}W", self.spec.id_base + (base + i) as u64),
+                    targets[i - 1],
+                )
             } else {
                 let live = rng.random_range(0..self.works.len());
                 (self.works[live].key.clone(), live)
@@ -511,7 +521,7 @@ impl Catalogue {
     fn add_deletes(&mut self, rng: &mut StdRng) {
         let base = self.works.len() + self.spec.redirects;
         for i in 0..self.spec.deletes {
-            let key = format!("/works/OL{}W", base + i + 1);
+            let key = format!("/works/OL{}W", self.spec.id_base + (base + i) as u64 + 1);
             self.records.insert(key.clone(), Entry::Deleted);
             let live = rng.random_range(0..self.works.len());
             self.list_beside(live, &key);
@@ -520,7 +530,10 @@ impl Catalogue {
 
     fn add_missing_authors(&mut self, rng: &mut StdRng) {
         for i in 0..self.spec.missing_authors {
-            let key = format!("/authors/OL{}A", self.authors.len() + i + 1);
+            let key = format!(
+                "/authors/OL{}A",
+                self.spec.id_base + (self.authors.len() + i) as u64 + 1
+            );
             let w = rng.random_range(0..self.works.len());
             self.works[w].authors.push(key);
         }

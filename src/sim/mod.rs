@@ -47,6 +47,11 @@ pub struct SimArgs {
     /// Seed of the catalogue: same seed and sizes, same catalogue.
     #[arg(long, env = "SIM_SEED", default_value = "42")]
     pub seed: u64,
+
+    /// Added to every numeric id and named in every subject, so separate runs (tests sharing
+    /// one Neo4j) never share a key.
+    #[arg(long, env = "SIM_ID_BASE", default_value = "0")]
+    pub id_base: u64,
     /// Live works in the catalogue.
     #[arg(long, env = "SIM_WORKS", default_value = "1000")]
     pub works: usize,
@@ -113,6 +118,7 @@ impl SimArgs {
     pub fn spec(&self) -> CatalogueSpec {
         let mut spec = CatalogueSpec::new(self.seed, self.works, self.authors, self.subjects);
         spec.max_editions_per_work = self.editions_per_work;
+        spec.id_base = self.id_base;
         spec.redirects = self.redirects.unwrap_or(spec.redirects);
         spec.deletes = self.deletes.unwrap_or(spec.deletes);
         spec.missing_authors = self.missing_authors.unwrap_or(spec.missing_authors);
