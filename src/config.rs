@@ -413,3 +413,53 @@ mod tests {
         assert_eq!(e.user_agent_rate_per_minute, None);
     }
 }
+
+/// Everything the `worker` binary reads.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Consumer group of the workers: all replicas share the frontier's partitions.
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "relentless-worker")]
+    pub kafka_group_id: String,
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9101")]
+    pub metrics_addr: SocketAddr,
+
+    /// Jobs in flight per worker process. Politeness is enforced by the egress pool, not by
+    /// this number: it only needs to cover the latency of the allowed request rate.
+    #[arg(long, env = "CONCURRENT_JOBS", default_value = "32", value_parser = parse_positive)]
+    pub concurrent_jobs: usize,
+
+    /// Jobs in flight per partition, so one hot partition cannot take every slot.
+    #[arg(long, env = "CONCURRENT_JOBS_PER_PARTITION", default_value = "16", value_parser = parse_positive)]
+    pub concurrent_jobs_per_partition: usize,
+
+    /// Bound on fetching one job (all its requests, retries and rate-limit waits); past it
+    /// the job is dead-lettered with reason `timeout`.
+    #[arg(long, env = "JOB_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub job_timeout: Duration,
+
+    /// This worker's name in DLQ records (defaults to the host name, the pod's name on
+    /// Kubernetes).
+    #[arg(long, env = "WORKER_NAME")]
+    pub worker_name: Option<String>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub crawl: CrawlArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub egress: EgressArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
+}
