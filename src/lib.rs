@@ -15,11 +15,14 @@
 //! - [`config`]: every setting as a flag and an environment variable.
 //! - [`message`]: the JSON messages on the topics.
 //! - [`kafka`]: clients configured for at-least-once delivery; topic creation.
+//! - [`graph`]: batched, idempotent writes of nodes and edges into Neo4j; [`migrate`]: its schema.
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
 
 pub mod config;
+pub mod graph;
 pub mod health;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
+pub mod migrate;
 pub mod telemetry;
