@@ -131,11 +131,40 @@ fn unavailable(error: WriteError) -> MigrateError {
     MigrateError::Unavailable(error)
 }
 
+/// Runs `call` again while Neo4j answers with a transient error. Schema statements from
+/// several processes at once deadlock on Neo4j's label locks; every statement here is
+/// idempotent, so a retry is always safe. Ten tries with jittered backoff from 50 ms span a
+/// few seconds, far longer than such a conflict lasts.
+async fn retrying<T, F, Fut>(mut call: F) -> Result<T, WriteError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, WriteError>>,
+{
+    let mut pause = Duration::from_millis(50);
+    let mut tries = 1;
+    loop {
+        match call().await {
+            Err(WriteError::Transient(e)) if tries < 10 => {
+                tracing::debug!(error = %e, tries, "retrying a migration step");
+                tokio::time::sleep(pause.mul_f64(rand::random_range(0.5..1.5))).await;
+                pause = pause.saturating_mul(2).min(Duration::from_secs(1));
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Runs one statement in its own transaction, retried against transient errors.
+async fn run(store: &GraphStore, statement: impl Fn() -> neo4rs::Query) -> Result<(), WriteError> {
+    retrying(|| store.run_in_transaction(vec![statement()])).await
+}
+
 /// Creates the bookkeeping constraints. Two processes creating the same constraint at the same
 /// moment can see "already exists" despite `IF NOT EXISTS`; that is success.
 async fn bootstrap(store: &GraphStore) -> Result<(), MigrateError> {
     for statement in BOOTSTRAP {
-        match store.run_in_transaction(vec![query(statement)]).await {
+        match run(store, || query(statement)).await {
             Ok(()) => {}
             Err(WriteError::Rejected(text)) if text.contains("AlreadyExists") => {}
             Err(e) => return Err(unavailable(e)),
@@ -145,12 +174,13 @@ async fn bootstrap(store: &GraphStore) -> Result<(), MigrateError> {
 }
 
 async fn recorded(store: &GraphStore) -> Result<Vec<u32>, MigrateError> {
-    let rows = store
-        .fetch(query(
+    let rows = retrying(|| {
+        store.fetch(query(
             "MATCH (m:Migration) RETURN m.version AS version ORDER BY version",
         ))
-        .await
-        .map_err(unavailable)?;
+    })
+    .await
+    .map_err(unavailable)?;
     Ok(rows
         .iter()
         .filter_map(|row| row.get::<i64>("version").ok())
@@ -162,8 +192,8 @@ async fn recorded(store: &GraphStore) -> Result<Vec<u32>, MigrateError> {
 /// attempt. The first `SET` write-locks the node before its holder is read, so two processes
 /// cannot both see it free.
 async fn try_lock(store: &GraphStore, options: &MigrateOptions) -> Result<String, MigrateError> {
-    let rows = store
-        .fetch(
+    let rows = retrying(|| {
+        store.fetch(
             query(
                 "MERGE (l:MigrationLock {name: $name}) \
                  SET l.touched_at = datetime() \
@@ -177,8 +207,9 @@ async fn try_lock(store: &GraphStore, options: &MigrateOptions) -> Result<String
             .param("owner", options.owner.as_str())
             .param("lease", options.lease.as_secs() as i64),
         )
-        .await
-        .map_err(unavailable)?;
+    })
+    .await
+    .map_err(unavailable)?;
     Ok(rows
         .first()
         .and_then(|row| row.get::<String>("holder").ok())
@@ -186,24 +217,22 @@ async fn try_lock(store: &GraphStore, options: &MigrateOptions) -> Result<String
 }
 
 async fn unlock(store: &GraphStore, options: &MigrateOptions) -> Result<(), MigrateError> {
-    store
-        .run_in_transaction(vec![
-            query(
-                "MATCH (l:MigrationLock {name: $name}) WHERE l.holder = $owner \
-                 REMOVE l.holder, l.expires_at",
-            )
-            .param("name", LOCK_NAME)
-            .param("owner", options.owner.as_str()),
-        ])
-        .await
-        .map_err(unavailable)
+    run(store, || {
+        query(
+            "MATCH (l:MigrationLock {name: $name}) WHERE l.holder = $owner \
+             REMOVE l.holder, l.expires_at",
+        )
+        .param("name", LOCK_NAME)
+        .param("owner", options.owner.as_str())
+    })
+    .await
+    .map_err(unavailable)
 }
 
 async fn apply(store: &GraphStore, migration: &Migration) -> Result<(), MigrateError> {
     // Neo4j runs schema changes in transactions of their own.
     for statement in statements(migration.cypher) {
-        store
-            .run_in_transaction(vec![query(&statement)])
+        run(store, || query(&statement))
             .await
             .map_err(|error| match error {
                 WriteError::Rejected(_) => MigrateError::Failed {
@@ -214,17 +243,16 @@ async fn apply(store: &GraphStore, migration: &Migration) -> Result<(), MigrateE
                 other => MigrateError::Unavailable(other),
             })?;
     }
-    store
-        .run_in_transaction(vec![
-            query(
-                "MERGE (m:Migration {version: $version}) \
-                 ON CREATE SET m.name = $name, m.applied_at = datetime()",
-            )
-            .param("version", i64::from(migration.version))
-            .param("name", migration.name),
-        ])
-        .await
-        .map_err(unavailable)
+    run(store, || {
+        query(
+            "MERGE (m:Migration {version: $version}) \
+             ON CREATE SET m.name = $name, m.applied_at = datetime()",
+        )
+        .param("version", i64::from(migration.version))
+        .param("name", migration.name)
+    })
+    .await
+    .map_err(unavailable)
 }
 
 /// Applies `migrations` that are not yet recorded, in order, once across all processes.

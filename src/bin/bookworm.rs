@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bookworm::config::{KafkaArgs, LogArgs};
+use bookworm::config::{KafkaArgs, LogArgs, Neo4jArgs};
 use bookworm::kafka::{TopicLayout, create_topics};
 use bookworm::telemetry;
 use clap::{Parser, Subcommand};
@@ -24,6 +24,12 @@ enum Command {
     Topics {
         #[command(subcommand)]
         command: TopicsCommand,
+    },
+    /// Apply the graph's schema migrations that are not applied yet (safe to run while graph
+    /// writers start: one process applies, the others wait).
+    Migrate {
+        #[command(flatten)]
+        neo4j: Neo4jArgs,
     },
 }
 
@@ -81,6 +87,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     "exists"
                 };
                 println!("{topic}\t{state}");
+            }
+            Ok(())
+        }
+        Command::Migrate { neo4j } => {
+            let store = bookworm::graph::GraphStore::connect(&neo4j).await?;
+            let report = bookworm::migrate::migrate(
+                &store,
+                bookworm::migrate::MIGRATIONS,
+                &bookworm::migrate::MigrateOptions::default(),
+            )
+            .await
+            .context("migrating the graph")?;
+            for version in report.already {
+                println!("{version:04}\talready applied");
+            }
+            for version in report.applied {
+                println!("{version:04}\tapplied");
             }
             Ok(())
         }
