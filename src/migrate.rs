@@ -318,6 +318,33 @@ pub async fn migrate(
     }
 }
 
+/// [`migrate`], waiting out a Neo4j that is not reachable yet (a graph writer starting before
+/// Neo4j, or during its restart) with capped backoff, until `shutdown` fires. A refused
+/// migration or a lock held too long is returned: those need an operator.
+pub async fn migrate_when_reachable(
+    store: &GraphStore,
+    migrations: &[Migration],
+    options: &MigrateOptions,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Option<MigrateReport>, MigrateError> {
+    // From one second up to half a minute: quick when Neo4j is just starting, quiet when it
+    // is down for long.
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match migrate(store, migrations, options).await {
+            Err(MigrateError::Unavailable(e)) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot migrate yet: Neo4j unavailable");
+            }
+            other => return other.map(Some),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
