@@ -327,7 +327,7 @@ impl From<&PropValue> for BoltType {
 }
 
 impl NodeRow {
-    /// The row as the node query's `row` parameter: `{key, crawl, props}`.
+    /// The row as the node query's `row` parameter: `{key, crawls, props}`.
     pub fn to_param(&self) -> BoltType {
         let props: BoltMap = self
             .props
@@ -336,21 +336,17 @@ impl NodeRow {
             .collect();
         let mut row = BoltMap::with_capacity(3);
         row.put("key".into(), self.key.as_str().into());
-        row.put("crawl".into(), self.crawl_id.as_str().into());
+        row.put("crawls".into(), crawls_param([self.crawl_id.as_str()]));
         row.put("props".into(), BoltType::Map(props));
         BoltType::Map(row)
     }
 }
 
-impl EdgeRow {
-    /// The row as the edge query's `row` parameter: `{from, to, crawl}`.
-    pub fn to_param(&self) -> BoltType {
-        let mut row = BoltMap::with_capacity(3);
-        row.put("from".into(), self.from.as_str().into());
-        row.put("to".into(), self.to.as_str().into());
-        row.put("crawl".into(), self.crawl_id.as_str().into());
-        BoltType::Map(row)
-    }
+/// A list of crawl ids as a parameter.
+pub fn crawls_param<'a>(crawls: impl IntoIterator<Item = &'a str>) -> BoltType {
+    BoltType::List(BoltList::from(
+        crawls.into_iter().map(BoltType::from).collect::<Vec<_>>(),
+    ))
 }
 
 #[cfg(test)]
