@@ -244,10 +244,9 @@ fn chunks(rows: Vec<BoltType>, overhead: usize) -> Vec<Vec<BoltType>> {
 /// Endpoints and relationships go in key order: two writers then lock shared nodes in the same
 /// order, which keeps deadlocks between them rare.
 pub fn statements(rows: &[&Row]) -> Vec<Query> {
-    type Crawls<'a> = BTreeSet<&'a str>;
     let mut nodes: BTreeMap<Label, Vec<BoltType>> = BTreeMap::new();
     let mut endpoints: BTreeMap<Label, BTreeMap<&str, Crawls>> = BTreeMap::new();
-    let mut edges: BTreeMap<(Rel, Label, Label), BTreeMap<(&str, &str), Crawls>> = BTreeMap::new();
+    let mut edges: BTreeMap<EdgeShape, BTreeMap<(&str, &str), Crawls>> = BTreeMap::new();
     for row in rows {
         match row {
             Row::Node(n) => nodes.entry(n.label).or_default().push(n.to_param()),
@@ -270,26 +269,13 @@ pub fn statements(rows: &[&Row]) -> Vec<Query> {
         }
     }
     let mut queries = Vec::new();
-    // One statement per chunk of rows, all in the one transaction (see STATEMENT_BYTES).
+    // One statement per run of rows, all in the one transaction (see STATEMENT_BYTES).
     let mut push = |text: String, rows: Vec<BoltType>| {
-        let mut chunk = Vec::new();
-        let mut bytes = text.len();
-        for row in rows {
-            let size = wire_size(&row);
-            if !chunk.is_empty() && bytes + size > STATEMENT_BYTES {
-                let full = std::mem::take(&mut chunk);
-                queries
-                    .push(neo4rs::query(&text).param("rows", BoltType::List(BoltList::from(full))));
-                bytes = text.len();
-            }
-            bytes += size;
-            chunk.push(row);
-        }
-        if !chunk.is_empty() {
-            queries.push(neo4rs::query(&text).param("rows", BoltType::List(BoltList::from(chunk))));
+        for run in chunks(rows, text.len()) {
+            queries.push(neo4rs::query(&text).param("rows", BoltType::List(BoltList::from(run))));
         }
     };
-    let map = |fields: [(&str, BoltType); 2]| {
+    let map = |fields: Vec<(&str, BoltType)>| {
         BoltType::Map(fields.into_iter().map(|(k, v)| (k.into(), v)).collect())
     };
     for (label, rows) in nodes {
@@ -298,7 +284,12 @@ pub fn statements(rows: &[&Row]) -> Vec<Query> {
     for (label, keys) in endpoints {
         let rows = keys
             .into_iter()
-            .map(|(key, crawls)| map([("key", key.into()), ("crawls", rows::crawls_param(crawls))]))
+            .map(|(key, crawls)| {
+                map(vec![
+                    ("key", key.into()),
+                    ("crawls", rows::crawls_param(crawls)),
+                ])
+            })
             .collect();
         push(cypher::merge_endpoints(label), rows);
     }
@@ -306,18 +297,23 @@ pub fn statements(rows: &[&Row]) -> Vec<Query> {
         let rows = pairs
             .into_iter()
             .map(|((a, b), crawls)| {
-                let mut row = neo4rs::BoltMap::with_capacity(3);
-                row.put("from".into(), a.into());
-                row.put("to".into(), b.into());
-                row.put("crawls".into(), rows::crawls_param(crawls));
-                BoltType::Map(row)
+                map(vec![
+                    ("from", a.into()),
+                    ("to", b.into()),
+                    ("crawls", rows::crawls_param(crawls)),
+                ])
             })
             .collect();
         push(cypher::merge_edges(rel, from, to), rows);
     }
-    drop(push);
     queries
 }
+
+/// The crawl ids of one endpoint or relationship within a batch.
+type Crawls<'a> = BTreeSet<&'a str>;
+
+/// A relationship statement's shape: its type and the labels it joins.
+type EdgeShape = (Rel, Label, Label);
 
 #[cfg(test)]
 mod tests {
