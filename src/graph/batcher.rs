@@ -28,6 +28,9 @@ use crate::config::GraphArgs;
 use crate::health::Readiness;
 use crate::metrics::GraphWriterMetrics;
 
+/// A failure faster than this is a refused or reset connection, not a timeout.
+const QUICK_FAILURE: Duration = Duration::from_secs(1);
+
 /// The readiness condition the batcher keeps up to date.
 pub const READINESS_NEO4J: &str = "neo4j";
 
@@ -237,8 +240,13 @@ impl Task {
                 WriteError::Rejected(_) => false,
                 WriteError::Transient(_) => attempt < self.config.transient_attempts,
                 // A pooled connection may have died with a Neo4j restart; the pool has been
-                // replaced, so one more try tells a dead connection from a dead Neo4j.
-                WriteError::Unavailable(_) => !std::mem::replace(&mut unavailable_before, true),
+                // replaced, so one more try tells a dead connection from a dead Neo4j. Only
+                // after a quick failure: after a timeout, another try would double the time
+                // the batch's handlers wait on a Neo4j that does not answer.
+                WriteError::Unavailable(_) => {
+                    started.elapsed() < QUICK_FAILURE
+                        && !std::mem::replace(&mut unavailable_before, true)
+                }
             };
             if !retry {
                 return Err(error);
