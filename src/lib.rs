@@ -21,6 +21,7 @@
 //! - [`fetch`], [`egress`], [`robots`]: the polite Open Library client, its egress pool and
 //!   rate limits, and robots.txt.
 //! - [`crawl_limits`]: how far and wide a crawl expands (shared by crawl and simulator).
+//! - [`graph`]: batched, idempotent writes of nodes and edges into Neo4j; [`migrate`]: its schema.
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
 //! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
 
@@ -30,10 +31,12 @@ pub mod crawl;
 pub mod crawl_limits;
 pub mod egress;
 pub mod fetch;
+pub mod graph;
 pub mod health;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
+pub mod migrate;
 pub mod openlibrary;
 pub mod robots;
 pub mod shutdown;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use bookworm::api::{self, ApiArgs, ApiState};
-use bookworm::config::{CrawlArgs, KafkaArgs, LogArgs, RedisArgs};
+use bookworm::config::{CrawlArgs, KafkaArgs, LogArgs, Neo4jArgs, RedisArgs};
 use bookworm::health::{HealthState, Liveness, Readiness};
 use bookworm::kafka::{TopicLayout, create_topics, producer};
 use bookworm::metrics::ApiMetrics;
@@ -42,6 +42,12 @@ enum Command {
     },
     /// Serve a simulated Open Library (tests, benchmarks, the offline demo).
     Sim(bookworm::sim::SimArgs),
+    /// Apply the graph's schema migrations that are not applied yet (safe to run while graph
+    /// writers start: one process applies, the others wait).
+    Migrate {
+        #[command(flatten)]
+        neo4j: Neo4jArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,6 +113,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     "exists"
                 };
                 println!("{topic}\t{state}");
+            }
+            Ok(())
+        }
+        Command::Migrate { neo4j } => {
+            let store = bookworm::graph::GraphStore::connect(&neo4j).await?;
+            let report = bookworm::migrate::migrate(
+                &store,
+                bookworm::migrate::MIGRATIONS,
+                &bookworm::migrate::MigrateOptions::default(),
+            )
+            .await
+            .context("migrating the graph")?;
+            for version in report.already {
+                println!("{version:04}\talready applied");
+            }
+            for version in report.applied {
+                println!("{version:04}\tapplied");
             }
             Ok(())
         }

@@ -1,0 +1,269 @@
+//! The batcher: many concurrent messages in, one Neo4j transaction per batch out.
+//!
+//! Each message's handler hands its row to [`Batcher::write`] and waits. A single task
+//! collects rows until it has `GRAPH_BATCH_SIZE` of them or the first has waited
+//! `GRAPH_BATCH_LINGER`, writes them in one transaction (nodes before relationships), and
+//! tells every waiting handler the fate of its own row through a oneshot channel. So an offset
+//! is committed only after the transaction holding its row committed.
+//!
+//! Failures are sorted, never swallowed:
+//! - a transient error (deadlock, leader switch) retries the batch a few times at once;
+//! - Neo4j out of reach (refused, lost, timed out) marks it down (`neo4j_up` 0, readiness
+//!   `neo4j` false) and answers [`RowFailure::Retry`] to every row, so the consumer loop keeps
+//!   the offsets and redelivers with backoff; while down, a probe brings the flags back as
+//!   soon as Neo4j answers, even with no traffic;
+//! - Neo4j refusing the batch because of its data splits it in halves, recursively, until the
+//!   offending rows stand alone: those answer [`RowFailure::Rejected`] (dead-letter), all
+//!   the others are written.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{GraphStore, Row, WriteError};
+use crate::config::GraphArgs;
+use crate::health::Readiness;
+use crate::metrics::GraphWriterMetrics;
+
+/// A failure faster than this is a refused or reset connection, not a timeout.
+const QUICK_FAILURE: Duration = Duration::from_secs(1);
+
+/// The readiness condition the batcher keeps up to date.
+pub const READINESS_NEO4J: &str = "neo4j";
+
+/// How the batcher groups and retries.
+#[derive(Debug, Clone)]
+pub struct BatcherConfig {
+    /// Rows per transaction at most.
+    pub batch_size: usize,
+    /// How long the first row of a batch waits for others.
+    pub linger: Duration,
+    /// Tries of one transaction against transient errors (deadlocks): enough to ride out a
+    /// lock conflict with another writer, few enough that a persistent failure goes back to
+    /// the consumer loop, whose backoff keeps the offsets and does not spin.
+    pub transient_attempts: u32,
+    /// First pause between those tries; doubled each time, with jitter so two writers that
+    /// deadlocked do not collide again.
+    pub retry_backoff: Duration,
+    /// How often Neo4j is probed while it is down. Short enough that readiness returns within
+    /// a couple of seconds of Neo4j, long enough not to flood its log.
+    pub probe_interval: Duration,
+}
+
+impl BatcherConfig {
+    /// The configuration from the command line, with the retry settings' defaults.
+    pub fn from_args(args: &GraphArgs) -> Self {
+        Self {
+            batch_size: args.graph_batch_size,
+            linger: args.graph_batch_linger,
+            transient_attempts: 4,
+            retry_backoff: Duration::from_millis(50),
+            probe_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a row was not written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RowFailure {
+    /// Neo4j refused this row on its own (its batch-mates were written): dead-letter it.
+    #[error("Neo4j refused the row: {0}")]
+    Rejected(String),
+    /// The row could not be written now (Neo4j down, errors outlasting the retries, the
+    /// batcher stopping): redeliver it later.
+    #[error("row not written, retry: {0}")]
+    Retry(String),
+}
+
+struct Pending {
+    row: Row,
+    done: oneshot::Sender<Result<(), RowFailure>>,
+}
+
+/// A handle to the batcher task; clone it into every handler.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Batcher {
+    /// Starts the batcher task. It stops when every handle is dropped, after writing what it
+    /// holds.
+    pub fn spawn(
+        store: Arc<GraphStore>,
+        config: BatcherConfig,
+        metrics: GraphWriterMetrics,
+        readiness: Readiness,
+    ) -> (Self, JoinHandle<()>) {
+        // Room for two batches: one filling while one is written; handlers beyond that wait
+        // to hand in their row, which is the back-pressure the consumer loop feels.
+        let (tx, rx) = mpsc::channel(config.batch_size.saturating_mul(2).max(1));
+        let task = Task {
+            store,
+            config,
+            metrics,
+            readiness,
+            up: None,
+        };
+        (Self { tx }, tokio::spawn(task.run(rx)))
+    }
+
+    /// Writes one row with the next batch and waits until its transaction committed.
+    pub async fn write(&self, row: Row) -> Result<(), RowFailure> {
+        let (done, outcome) = oneshot::channel();
+        self.tx
+            .send(Pending { row, done })
+            .await
+            .map_err(|_| RowFailure::Retry("the batcher has stopped".to_owned()))?;
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(RowFailure::Retry("the batcher has stopped".to_owned())))
+    }
+}
+
+struct Task {
+    store: Arc<GraphStore>,
+    config: BatcherConfig,
+    metrics: GraphWriterMetrics,
+    readiness: Readiness,
+    /// Whether Neo4j answered the last call (`None` until first checked).
+    up: Option<bool>,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
+        let mut next_probe = tokio::time::Instant::now();
+        loop {
+            let first = tokio::select! {
+                pending = rx.recv() => pending,
+                _ = tokio::time::sleep_until(next_probe), if self.up != Some(true) => {
+                    if let Err(e) = self.store.ping().await {
+                        self.set_up(Err(&e));
+                    } else {
+                        self.set_up(Ok(()));
+                    }
+                    next_probe = tokio::time::Instant::now() + self.config.probe_interval;
+                    continue;
+                }
+            };
+            let Some(first) = first else { break };
+            let mut batch = Vec::with_capacity(self.config.batch_size);
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + self.config.linger;
+            while batch.len() < self.config.batch_size {
+                tokio::select! {
+                    biased;
+                    pending = rx.recv() => match pending {
+                        Some(pending) => batch.push(pending),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            self.write_batch(batch).await;
+            next_probe = tokio::time::Instant::now() + self.config.probe_interval;
+        }
+    }
+
+    fn set_up(&mut self, outcome: Result<(), &WriteError>) {
+        // Neo4j that answers with an error is still up.
+        let up = !matches!(outcome, Err(WriteError::Unavailable(_)));
+        if self.up != Some(up) {
+            match outcome {
+                Err(e) if !up => {
+                    tracing::warn!(error = %e, "Neo4j is out of reach; holding offsets")
+                }
+                _ => tracing::info!("Neo4j is reachable"),
+            }
+        }
+        self.up = Some(up);
+        self.metrics.neo4j_up.set(i64::from(up));
+        self.readiness.set(READINESS_NEO4J, up);
+    }
+
+    /// Writes a batch, isolating rows Neo4j refuses, and answers every row.
+    async fn write_batch(&mut self, batch: Vec<Pending>) {
+        let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
+        let mut outcomes: Vec<Option<Result<(), RowFailure>>> = vec![None; rows.len()];
+        // A stack of ranges still to write, starting with the whole batch.
+        let mut work: Vec<Range<usize>> = Vec::new();
+        work.push(0..rows.len());
+        while let Some(range) = work.pop() {
+            match self.write_with_retries(&rows[range.clone()]).await {
+                Ok(()) => outcomes[range].fill(Some(Ok(()))),
+                Err(WriteError::Rejected(e)) if range.len() == 1 => {
+                    tracing::debug!(error = %e, "row refused by Neo4j");
+                    outcomes[range].fill(Some(Err(RowFailure::Rejected(e))));
+                }
+                Err(WriteError::Rejected(_)) => {
+                    // The first half is written first: work is a stack.
+                    let mid = range.start + range.len() / 2;
+                    work.push(mid..range.end);
+                    work.push(range.start..mid);
+                }
+                Err(e) => {
+                    // Neo4j is not taking writes now: everything not yet written goes back.
+                    let failure = RowFailure::Retry(e.to_string());
+                    for rest in std::iter::once(range).chain(work.drain(..)) {
+                        outcomes[rest].fill(Some(Err(failure.clone())));
+                    }
+                }
+            }
+        }
+        for (pending, outcome) in batch.into_iter().zip(outcomes) {
+            let outcome = outcome.unwrap_or_else(|| Err(RowFailure::Retry("not attempted".into())));
+            // The handler may have given up waiting (job timeout): its message is redelivered.
+            let _ = pending.done.send(outcome);
+        }
+    }
+
+    /// One transaction for `rows`, retried against transient errors and one lost connection.
+    async fn write_with_retries(&mut self, rows: &[&Row]) -> Result<(), WriteError> {
+        let mut pause = self.config.retry_backoff;
+        let mut unavailable_before = false;
+        let mut attempt = 1;
+        loop {
+            let started = Instant::now();
+            let result = self.store.write(rows).await;
+            self.set_up(result.as_ref().map(drop));
+            let error = match result {
+                Ok(()) => {
+                    self.record_written(rows, started.elapsed());
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let retry = match &error {
+                WriteError::Rejected(_) => false,
+                WriteError::Transient(_) => attempt < self.config.transient_attempts,
+                // A pooled connection may have died with a Neo4j restart; the pool has been
+                // replaced, so one more try tells a dead connection from a dead Neo4j. Only
+                // after a quick failure: after a timeout, another try would double the time
+                // the batch's handlers wait on a Neo4j that does not answer.
+                WriteError::Unavailable(_) => {
+                    started.elapsed() < QUICK_FAILURE
+                        && !std::mem::replace(&mut unavailable_before, true)
+                }
+            };
+            if !retry {
+                return Err(error);
+            }
+            tracing::debug!(error = %error, attempt, rows = rows.len(), "retrying a batch");
+            let jitter = rand::random_range(0.5..1.5);
+            tokio::time::sleep(pause.mul_f64(jitter)).await;
+            pause = pause.saturating_mul(2);
+            attempt += 1;
+        }
+    }
+
+    fn record_written(&self, rows: &[&Row], took: Duration) {
+        let nodes = rows.iter().filter(|r| r.is_node()).count() as u64;
+        self.metrics.results_written.inc_by(nodes);
+        self.metrics.edges_written.inc_by(rows.len() as u64 - nodes);
+        self.metrics.batch_rows.observe(rows.len() as f64);
+        self.metrics.neo4j_write_seconds.observe(took.as_secs_f64());
+    }
+}

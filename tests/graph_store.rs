@@ -1,0 +1,386 @@
+//! The batch writer against the real Neo4j: merge semantics, idempotence, isolation of a row
+//! Neo4j refuses, and migrations run by several processes at once.
+
+mod common;
+mod graph_common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bookworm::graph::rows::{PropValue, Scalar};
+use bookworm::graph::{Batcher, BatcherConfig, NodeRow, Row, RowFailure};
+use bookworm::health::Readiness;
+use bookworm::message::{Label, Rel};
+use bookworm::metrics::GraphWriterMetrics;
+use bookworm::migrate::{MigrateOptions, Migration, migrate};
+use futures::future::join_all;
+use graph_common::{Keys, edge, node, store};
+use neo4rs::query;
+use serde_json::json;
+
+use Label::{Author, Edition, Subject, Work};
+
+/// A small catalogue: a work with an author and a subject, an edition of it, and an edge to
+/// an author whose record never arrives (a stub), touched by two crawls.
+fn catalogue(keys: &Keys) -> Vec<Row> {
+    vec![
+        node(
+            keys,
+            Work,
+            "1",
+            "c1",
+            json!({"title": "Dune", "covers": [1, 2]}),
+        ),
+        node(keys, Author, "1", "c1", json!({"name": "Frank Herbert"})),
+        node(
+            keys,
+            Subject,
+            "sf",
+            "c2",
+            json!({"name": "Science fiction"}),
+        ),
+        node(
+            keys,
+            Edition,
+            "1",
+            "c2",
+            json!({"title": "Dune", "isbn_13": ["9780441013593"], "number_of_pages": 412}),
+        ),
+        edge(keys, Rel::WRITTEN_BY, (Work, "1"), (Author, "1"), "c1"),
+        edge(keys, Rel::WRITTEN_BY, (Work, "1"), (Author, "1"), "c2"),
+        edge(keys, Rel::ABOUT, (Work, "1"), (Subject, "sf"), "c1"),
+        edge(keys, Rel::EDITION_OF, (Edition, "1"), (Work, "1"), "c2"),
+        edge(keys, Rel::WRITTEN_BY, (Edition, "1"), (Author, "1"), "c2"),
+        edge(keys, Rel::WRITTEN_BY, (Work, "1"), (Author, "2"), "c1"),
+    ]
+}
+
+fn batcher(
+    store: std::sync::Arc<bookworm::graph::GraphStore>,
+    batch_size: usize,
+    linger: Duration,
+) -> (Batcher, GraphWriterMetrics, Readiness) {
+    let metrics = GraphWriterMetrics::register(&prometheus::Registry::new()).unwrap();
+    let readiness = Readiness::with_conditions(&["neo4j"]);
+    let config = BatcherConfig {
+        batch_size,
+        linger,
+        ..BatcherConfig::from_args(&bookworm::config::GraphArgs {
+            graph_batch_size: batch_size,
+            graph_batch_linger: linger,
+        })
+    };
+    let (batcher, _task) = Batcher::spawn(store, config, metrics.clone(), readiness.clone());
+    (batcher, metrics, readiness)
+}
+
+/// The same messages in a different order: edges before their nodes, every row in its own
+/// transaction, each row twice, plus records with empty values. The final graph is the one
+/// the messages give when written nodes-first in a single batch.
+#[tokio::test]
+async fn any_order_of_nodes_and_edges_gives_the_same_graph() {
+    let store = store().await;
+    let (canonical, shuffled) = (Keys::new(), Keys::new());
+
+    let rows = catalogue(&canonical);
+    store.write(&rows.iter().collect::<Vec<_>>()).await.unwrap();
+
+    let mut rows = catalogue(&shuffled);
+    rows.reverse();
+    rows.extend(catalogue(&shuffled));
+    rows.push(node(
+        &shuffled,
+        Work,
+        "1",
+        "c1",
+        json!({"title": "", "covers": null}),
+    ));
+    rows.insert(0, node(&shuffled, Author, "1", "c1", json!({"name": null})));
+    for row in &rows {
+        store.write(&[row]).await.unwrap();
+    }
+
+    let expected = canonical.snapshot(&store).await;
+    let actual = shuffled.snapshot(&store).await;
+    canonical.clean(&store).await;
+    shuffled.clean(&store).await;
+    assert_eq!(actual, expected);
+
+    let work = &expected.nodes[&(Work, "/works/OL1W".to_owned())];
+    assert_eq!(work["stub"], json!(false));
+    assert_eq!(work["title"], json!("Dune"));
+    assert_eq!(work["covers"], json!([1, 2]));
+    assert_eq!(
+        work["crawls"],
+        json!(["c1", "c2"]),
+        "crawls of its edges count too"
+    );
+    let stub = &expected.nodes[&(Author, "/authors/OL2A".to_owned())];
+    assert_eq!(
+        stub,
+        &BTreeMap::from([
+            ("key".to_owned(), json!("/authors/OL2A")),
+            ("stub".to_owned(), json!(true)),
+            ("crawls".to_owned(), json!(["c1"])),
+        ]),
+        "a node only an edge named is a stub carrying nothing but its key"
+    );
+    let written_by = &expected.rels[&(
+        "WRITTEN_BY".to_owned(),
+        "/works/OL1W".to_owned(),
+        "/authors/OL1A".to_owned(),
+    )];
+    assert_eq!(written_by, &(1, vec!["c1".to_owned(), "c2".to_owned()]));
+    assert_eq!(expected.rels.len(), 5);
+}
+
+/// A stub created by an edge becomes a full node when its record arrives, and a later record
+/// with some values empty keeps the known ones.
+#[tokio::test]
+async fn a_record_fills_its_stub_and_empty_values_never_erase_known_ones() {
+    let store = store().await;
+    let keys = Keys::new();
+    let steps = [
+        edge(&keys, Rel::EDITION_OF, (Edition, "1"), (Work, "1"), "c1"),
+        node(
+            &keys,
+            Work,
+            "1",
+            "c2",
+            json!({"title": "Emma", "subtitle": "A novel"}),
+        ),
+        node(
+            &keys,
+            Work,
+            "1",
+            "c2",
+            json!({"title": "Emma (revised)", "subtitle": "", "covers": []}),
+        ),
+    ];
+    let mut seen = Vec::new();
+    for row in &steps {
+        store.write(&[row]).await.unwrap();
+        seen.push(keys.snapshot(&store).await.nodes[&(Work, "/works/OL1W".to_owned())].clone());
+    }
+    keys.clean(&store).await;
+
+    assert_eq!(seen[0]["stub"], json!(true));
+    assert_eq!(seen[0].get("title"), None);
+    assert_eq!(seen[1]["stub"], json!(false));
+    assert_eq!(seen[1]["subtitle"], json!("A novel"));
+    assert_eq!(
+        seen[2]["title"],
+        json!("Emma (revised)"),
+        "a newer value replaces an old one"
+    );
+    assert_eq!(
+        seen[2]["subtitle"],
+        json!("A novel"),
+        "an empty value does not erase"
+    );
+    assert_eq!(seen[2]["crawls"], json!(["c1", "c2"]));
+}
+
+/// Replaying a topic: the same rows written again, in batches, leave one node per key and one
+/// relationship per pair, with the same properties.
+#[tokio::test]
+async fn writing_the_same_rows_twice_creates_no_duplicates() {
+    let store = store().await;
+    let keys = Keys::new();
+    let rows = catalogue(&keys);
+    let refs: Vec<&Row> = rows.iter().collect();
+    store.write(&refs).await.unwrap();
+    let first = keys.snapshot(&store).await;
+    for chunk in refs.chunks(3) {
+        store.write(chunk).await.unwrap();
+    }
+    store.write(&refs).await.unwrap();
+    let again = keys.snapshot(&store).await;
+    keys.clean(&store).await;
+
+    assert_eq!(again, first);
+    assert!(again.rels.values().all(|(count, _)| *count == 1));
+    assert_eq!(first.nodes.len(), 5);
+}
+
+/// One row Neo4j refuses (a list mixing types, which only the database checks when the row
+/// bypasses validation) among forty good ones sent concurrently: that row alone is rejected,
+/// every other row is written and reported written.
+#[tokio::test]
+async fn a_row_neo4j_refuses_is_rejected_while_its_batch_mates_are_written() {
+    let store = store().await;
+    let keys = Keys::new();
+    let (batcher, metrics, _) = batcher(store.clone(), 64, Duration::from_millis(500));
+    let mut rows: Vec<Row> = (0..40)
+        .map(|i| {
+            node(
+                &keys,
+                Work,
+                &i.to_string(),
+                "c1",
+                json!({"title": format!("W{i}")}),
+            )
+        })
+        .collect();
+    let bad = Row::Node(NodeRow {
+        label: Work,
+        key: keys.key(Work, "bad"),
+        props: BTreeMap::from([(
+            "covers".to_owned(),
+            PropValue::List(vec![Scalar::Int(1), Scalar::Str("x".into())]),
+        )]),
+        crawl_id: "c1".to_owned(),
+    });
+    rows.insert(17, bad);
+
+    let outcomes = join_all(rows.into_iter().map(|row| batcher.write(row))).await;
+    let snapshot = keys.snapshot(&store).await;
+    keys.clean(&store).await;
+
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if i == 17 {
+            assert!(
+                matches!(outcome, Err(RowFailure::Rejected(e)) if e.contains("TypeError")),
+                "{outcome:?}"
+            );
+        } else {
+            assert_eq!(outcome, &Ok(()), "row {i}");
+        }
+    }
+    assert_eq!(snapshot.nodes.len(), 40);
+    assert!(
+        !snapshot
+            .nodes
+            .contains_key(&(Work, "/works/OLbadW".to_owned()))
+    );
+    assert_eq!(metrics.results_written.get(), 40);
+}
+
+/// Rows handed in concurrently are grouped into a few transactions, each row answered once
+/// its transaction committed; Neo4j is then reported up.
+#[tokio::test]
+async fn concurrent_rows_are_grouped_into_batches_and_neo4j_is_reported_up() {
+    let store = store().await;
+    let keys = Keys::new();
+    let (batcher, metrics, readiness) = batcher(store.clone(), 100, Duration::from_secs(2));
+    let rows: Vec<Row> = (0..300)
+        .map(|i| {
+            edge(
+                &keys,
+                Rel::ABOUT,
+                (Work, &i.to_string()),
+                (Subject, "x"),
+                "c1",
+            )
+        })
+        .collect();
+    let outcomes = join_all(rows.into_iter().map(|row| batcher.write(row))).await;
+    let snapshot = keys.snapshot(&store).await;
+    keys.clean(&store).await;
+
+    assert!(outcomes.iter().all(Result::is_ok));
+    assert_eq!(snapshot.rels.len(), 300);
+    assert_eq!(
+        snapshot.nodes.len(),
+        301,
+        "300 work stubs and one subject stub"
+    );
+    assert_eq!(metrics.edges_written.get(), 300);
+    assert_eq!(metrics.batch_rows.get_sample_sum(), 300.0);
+    assert!(
+        metrics.batch_rows.get_sample_count() <= 6,
+        "{} transactions for 300 rows",
+        metrics.batch_rows.get_sample_count()
+    );
+    assert_eq!(metrics.neo4j_up.get(), 1);
+    assert!(readiness.failing().is_empty());
+}
+
+/// Three processes migrating at once: each migration is applied by exactly one of them and
+/// recorded once; the others find it done. The real migration leaves a uniqueness constraint
+/// on every label's key.
+#[tokio::test]
+async fn concurrent_migrations_apply_each_version_once() {
+    let store = store().await;
+    let keys = Keys::new();
+    let version = 100_000 + (std::process::id() % 50_000) * 10 + (keys.tag.len() as u32 % 10);
+    let index = format!("test_{}", keys.tag);
+    let cypher: &'static str = Box::leak(
+        format!(
+            "// test\nCREATE INDEX {index} IF NOT EXISTS FOR (n:Work) ON (n.test_{});",
+            keys.tag
+        )
+        .into_boxed_str(),
+    );
+    let migrations = [Migration {
+        version,
+        name: "test_index",
+        cypher,
+    }];
+    let runs = (0..3).map(|i| {
+        let store = store.clone();
+        let options = MigrateOptions {
+            owner: format!("{}-{i}", keys.tag),
+            poll: Duration::from_millis(50),
+            ..MigrateOptions::default()
+        };
+        async move { migrate(&store, &migrations, &options).await }
+    });
+    let reports: Vec<_> = join_all(runs)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    let recorded = store
+        .fetch(
+            query("MATCH (m:Migration {version: $v}) RETURN m.name AS name")
+                .param("v", i64::from(version)),
+        )
+        .await
+        .unwrap();
+    let indexes = store
+        .fetch(
+            query("SHOW INDEXES YIELD name WHERE name = $n RETURN name").param("n", index.as_str()),
+        )
+        .await
+        .unwrap();
+    let constraints = store
+        .fetch(query(
+            "SHOW CONSTRAINTS YIELD labelsOrTypes, properties, type \
+             WHERE type = 'UNIQUENESS' AND properties = ['key'] RETURN labelsOrTypes[0] AS label",
+        ))
+        .await
+        .unwrap();
+    store
+        .run_in_transaction(vec![query(&format!("DROP INDEX {index} IF EXISTS"))])
+        .await
+        .unwrap();
+    store
+        .run_in_transaction(vec![
+            query("MATCH (m:Migration {version: $v}) DELETE m").param("v", i64::from(version)),
+        ])
+        .await
+        .unwrap();
+
+    let applied: Vec<_> = reports
+        .iter()
+        .filter(|r| r.applied == vec![version])
+        .collect();
+    assert_eq!(applied.len(), 1, "{reports:?}");
+    assert_eq!(
+        reports
+            .iter()
+            .filter(|r| r.already == vec![version])
+            .count(),
+        2
+    );
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(indexes.len(), 1);
+    let mut labels: Vec<String> = constraints
+        .iter()
+        .map(|r| r.get("label").unwrap())
+        .collect();
+    labels.sort();
+    assert_eq!(labels, vec!["Author", "Edition", "Subject", "Work"]);
+}
