@@ -401,8 +401,20 @@ impl OpenLibraryClient {
     /// politely: origin and robots checked per hop, redirects followed up to
     /// [`MAX_REDIRECTS`], retries within the budget. A 2xx or 404 is `Ok`.
     pub async fn get(&self, path_and_query: &str) -> Result<Fetched, FetchError> {
+        self.timed(path_and_query, self.inner.settings.respect_robots).await
+    }
+
+    /// Fetches a user's own lookup, a free-text seed's one search at depth 0, like
+    /// [`OpenLibraryClient::get`] but without consulting robots.txt: robots.txt governs what
+    /// the crawler discovers by itself, and the crawl rules never expand through search
+    /// (DESIGN.md, "Crawl rules"). Every other politeness rule applies.
+    pub async fn lookup(&self, path_and_query: &str) -> Result<Fetched, FetchError> {
+        self.timed(path_and_query, false).await
+    }
+
+    async fn timed(&self, path_and_query: &str, obey_robots: bool) -> Result<Fetched, FetchError> {
         let started = Instant::now();
-        let result = self.get_inner(path_and_query).await;
+        let result = self.get_inner(path_and_query, obey_robots).await;
         self.inner
             .metrics
             .fetch_latency
@@ -410,7 +422,7 @@ impl OpenLibraryClient {
         result
     }
 
-    async fn get_inner(&self, input: &str) -> Result<Fetched, FetchError> {
+    async fn get_inner(&self, input: &str, obey_robots: bool) -> Result<Fetched, FetchError> {
         let origin = &self.inner.settings.origin;
         let mut url = origin.join(input).map_err(|e| FetchError::InvalidUrl {
             input: input.to_owned(),
@@ -424,7 +436,7 @@ impl OpenLibraryClient {
         let mut attempts = 0;
         for _hop in 0..=MAX_REDIRECTS {
             url.set_fragment(None);
-            if self.inner.settings.respect_robots {
+            if obey_robots {
                 self.check_robots(&url).await?;
             }
             let (answer, egress) = self.fetch_with_retries(&url, &mut attempts).await?;
