@@ -15,8 +15,11 @@
 //! - [`config`]: every setting as a flag and an environment variable.
 //! - [`message`]: the JSON messages on the topics.
 //! - [`kafka`]: clients configured for at-least-once delivery; topic creation.
+//! - [`consumer`]: the consumer loop shared by the worker and the graph writer, built on
+//!   [`commit`] (in-order commit tracking) and [`publish`] (acknowledged, bounded publishing).
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
 
+pub mod commit;
 pub mod config;
 pub mod health;
 pub mod kafka;
