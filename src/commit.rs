@@ -152,7 +152,13 @@ impl<P: Eq + Hash + Clone> CommitTracker<P> {
 
     /// Records that the message at `offset` was handed out, at time `at`: from now on the
     /// partition's commit cannot pass it until it completes.
-    pub fn delivered(&mut self, partition: &P, epoch: Epoch, offset: i64, at: Instant) -> Delivered {
+    pub fn delivered(
+        &mut self,
+        partition: &P,
+        epoch: Epoch,
+        offset: i64,
+        at: Instant,
+    ) -> Delivered {
         let Some(state) = self.current(partition, epoch) else {
             return Delivered::Stale;
         };
@@ -204,7 +210,10 @@ impl<P: Eq + Hash + Clone> CommitTracker<P> {
     pub fn committable_offset(&self, partition: &P) -> Option<(Epoch, i64)> {
         let state = self.partitions.get(partition)?;
         let next = state.next_offset()?;
-        if state.last_committed.is_some_and(|committed| next <= committed) {
+        if state
+            .last_committed
+            .is_some_and(|committed| next <= committed)
+        {
             return None;
         }
         Some((state.epoch, next))
@@ -284,7 +293,10 @@ mod tests {
         let mut tracker = CommitTracker::new();
         let epoch = tracker.assign(0u8);
         for offset in [10, 11, 15, 20] {
-            assert_eq!(tracker.delivered(&0, epoch, offset, now), Delivered::Accepted);
+            assert_eq!(
+                tracker.delivered(&0, epoch, offset, now),
+                Delivered::Accepted
+            );
         }
         assert!(tracker.completed(&0, epoch, 15));
         assert!(tracker.completed(&0, epoch, 20));
@@ -335,9 +347,15 @@ mod tests {
         tracker.delivered(&0, epoch, 1, start);
         tracker.delivered(&0, epoch, 2, start + Duration::from_secs(5));
         let later = start + Duration::from_secs(10);
-        assert_eq!(tracker.oldest_in_flight(later), Some(Duration::from_secs(10)));
+        assert_eq!(
+            tracker.oldest_in_flight(later),
+            Some(Duration::from_secs(10))
+        );
         tracker.completed(&0, epoch, 1);
-        assert_eq!(tracker.oldest_in_flight(later), Some(Duration::from_secs(5)));
+        assert_eq!(
+            tracker.oldest_in_flight(later),
+            Some(Duration::from_secs(5))
+        );
         tracker.completed(&0, epoch, 2);
         assert_eq!(tracker.oldest_in_flight(later), None);
     }

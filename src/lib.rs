@@ -21,8 +21,10 @@
 
 pub mod commit;
 pub mod config;
+pub mod consumer;
 pub mod health;
 pub mod kafka;
 pub mod message;
 pub mod metrics;
+pub mod publish;
 pub mod telemetry;
