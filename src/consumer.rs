@@ -39,7 +39,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::task::AbortHandle;
@@ -151,9 +151,6 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
 /// Bound on one watermark query: the lag thread must not hang on a dead broker.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
-/// An async commit with no answer after this long is treated as failed and retried
-/// (librdkafka normally answers within `socket.timeout.ms`, 60 s).
-const COMMIT_ANSWER_TIMEOUT: Duration = Duration::from_secs(90);
 /// Bound on the synchronous commit at shutdown, after the drain.
 const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages held per partition beyond its running jobs before it is paused. Pausing makes
@@ -194,16 +191,6 @@ struct Slot {
     revoking: bool,
 }
 
-/// A commit sent and not yet answered.
-struct CommitInFlight {
-    batch: Vec<(TopicPartition, Epoch, i64)>,
-    sent: Instant,
-}
-
-/// librdkafka's answer to a commit: the overall result and, per partition, the offset and
-/// whether that partition's commit succeeded.
-type CommitAnswer = (KafkaResult<()>, Vec<(TopicPartition, i64, bool)>);
-
 /// What the loop, the job tasks and the rebalance callback share.
 struct State {
     tracker: CommitTracker<TopicPartition>,
@@ -212,7 +199,8 @@ struct State {
     paused: HashSet<TopicPartition>,
     /// Shutdown began: nothing new starts.
     stopping: bool,
-    commit: Option<CommitInFlight>,
+    /// A periodic commit is running on a blocking thread.
+    committing: bool,
     next_commit: Instant,
     commit_retry: Option<ExponentialBackoff>,
     /// When the first failed attempt of the commit now being retried was made.
@@ -226,8 +214,10 @@ struct Shared {
     finished: Condvar,
     /// Wakes the loop: a job finished, a commit was answered, a rebalance happened.
     wake: tokio::sync::Notify,
-    /// Commit answers from librdkafka, handled by the loop.
-    commit_answers: Mutex<Vec<CommitAnswer>>,
+    /// Held while a commit is computed and sent, and by a revoke while it commits and forgets
+    /// its partitions: a periodic commit can never carry an offset of a partition that was
+    /// already handed to another consumer.
+    commit_gate: Mutex<()>,
     metrics: ConsumerMetrics,
     readiness: Readiness,
     revoke_drain: Duration,
@@ -307,27 +297,39 @@ impl Shared {
                 }
             }
         }
-        if !lost {
-            self.drain(&partitions, deadline);
-            let batch: Vec<(TopicPartition, Epoch, i64)> = {
-                let state = self.lock();
-                partitions
-                    .iter()
-                    .filter_map(|p| {
-                        state
-                            .tracker
-                            .committable_offset(p)
-                            .map(|(epoch, offset)| (p.clone(), epoch, offset))
-                    })
-                    .collect()
-            };
-            if !batch.is_empty() {
-                self.commit_sync(consumer, &batch, deadline);
+        in_blocking_section(|| {
+            if !lost && jobs_run_meanwhile() {
+                self.drain(&partitions, deadline);
             }
-        }
+            let _gate = self.acquire_gate(deadline + FINAL_COMMIT_TIMEOUT);
+            if !lost {
+                let batch: Vec<(TopicPartition, Epoch, i64)> = {
+                    let state = self.lock();
+                    partitions
+                        .iter()
+                        .filter_map(|p| {
+                            state
+                                .tracker
+                                .committable_offset(p)
+                                .map(|(epoch, offset)| (p.clone(), epoch, offset))
+                        })
+                        .collect()
+                };
+                if !batch.is_empty() {
+                    self.commit_sync(consumer, &batch, deadline);
+                }
+            }
+            self.forget(&partitions, lost);
+        });
+        self.wake.notify_one();
+    }
+
+    /// Drops revoked partitions: their unfinished jobs are aborted (they will be redelivered
+    /// to the next owner) and their late completions will find no epoch to land in.
+    fn forget(&self, partitions: &[TopicPartition], lost: bool) {
         let mut state = self.lock();
         let mut abandoned = 0;
-        for partition in &partitions {
+        for partition in partitions {
             if let Some(slot) = state.slots.remove(partition) {
                 abandoned += abort_all(&slot);
             }
@@ -343,12 +345,30 @@ impl Shared {
             assigned = state.slots.len(),
             "partitions revoked"
         );
-        drop(state);
-        self.wake.notify_one();
     }
 
-    /// Waits until no job of `partitions` runs, or `deadline`. Blocks the calling thread, so
-    /// on a multi-threaded runtime it first hands the thread's other tasks to the runtime.
+    /// The commit gate, waiting for a running periodic commit until `deadline`. Past it the
+    /// revoke goes on without the gate: that commit was already handed to librdkafka, which
+    /// sends it before anything the revoke sends.
+    fn acquire_gate(&self, deadline: Instant) -> Option<MutexGuard<'_, ()>> {
+        loop {
+            match self.commit_gate.try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(std::sync::TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    if Instant::now() >= deadline {
+                        warn!(
+                            "a periodic commit is still running; revoking without waiting for it"
+                        );
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    /// Waits until no job of `partitions` runs, or `deadline`.
     fn drain(&self, partitions: &[TopicPartition], deadline: Instant) {
         let busy = |state: &State| {
             partitions.iter().any(|p| {
@@ -358,24 +378,16 @@ impl Shared {
                     .is_some_and(|slot| !slot.running.is_empty())
             })
         };
-        let wait = || {
-            let mut state = self.lock();
-            while busy(&state) {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                state = match self.finished.wait_timeout(state, deadline - now) {
-                    Ok((state, _)) => state,
-                    Err(e) => e.into_inner().0,
-                };
+        let mut state = self.lock();
+        while busy(&state) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
             }
-        };
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
-            // Jobs cannot run while this thread blocks: commit only what is complete.
-            Ok(_) => {}
-            Err(_) => wait(),
+            state = match self.finished.wait_timeout(state, deadline - now) {
+                Ok((state, _)) => state,
+                Err(e) => e.into_inner().0,
+            };
         }
     }
 
@@ -414,6 +426,79 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+impl Shared {
+    /// One periodic commit: whatever is committable now, under the commit gate. A failure
+    /// keeps everything in the tracker and schedules the next attempt after backoff.
+    fn commit_periodic<C: ConsumerContext, K: Consumer<C>>(
+        &self,
+        consumer: &K,
+        interval: Duration,
+    ) {
+        let _gate = self.commit_gate.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = self.lock().tracker.committable();
+        if batch.is_empty() {
+            return;
+        }
+        let sent = Instant::now();
+        let result = consumer.commit(&offsets_list(&batch), CommitMode::Sync);
+        let mut state = self.lock();
+        match result {
+            Ok(()) => {
+                for (partition, epoch, offset) in &batch {
+                    state.tracker.committed(partition, *epoch, *offset);
+                }
+                let first = state.commit_first_failure.take().unwrap_or(sent);
+                self.metrics
+                    .commit_latency
+                    .observe(first.elapsed().as_secs_f64());
+                if state.commit_failures > 0 {
+                    info!(
+                        failures = state.commit_failures,
+                        "offset commits succeed again"
+                    );
+                }
+                state.commit_failures = 0;
+                state.commit_retry = None;
+                state.next_commit = Instant::now() + interval;
+                debug!(partitions = batch.len(), "offsets committed");
+            }
+            Err(error) => {
+                state.commit_first_failure.get_or_insert(sent);
+                self.metrics.commit_errors.inc();
+                state.commit_failures += 1;
+                let delay = state
+                    .commit_retry
+                    .get_or_insert_with(commit_backoff)
+                    .next()
+                    .unwrap_or(Duration::from_secs(10));
+                state.next_commit = Instant::now() + delay;
+                // Summarised: the first failure and then every tenth, not one line per retry.
+                if state.commit_failures == 1 || state.commit_failures % 10 == 0 {
+                    warn!(error = %error, failures = state.commit_failures, retry_in = ?delay,
+                        "offset commit failed; retrying with backoff");
+                }
+            }
+        }
+    }
+}
+
+/// Whether job tasks can run while this thread blocks (not on a current-thread runtime).
+fn jobs_run_meanwhile() -> bool {
+    !matches!(
+        tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread)
+    )
+}
+
+/// Runs blocking work from inside the loop's task (librdkafka's rebalance callback runs in a
+/// poll): on a multi-threaded runtime the thread's other tasks move elsewhere meanwhile.
+fn in_blocking_section<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
@@ -465,27 +550,6 @@ impl ConsumerContext for LoopContext {
         if let Rebalance::Assign(list) = rebalance {
             self.shared.assign(list);
         }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let entries = offsets
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(offset) => Some((
-                    TopicPartition::new(e.topic(), e.partition()),
-                    offset,
-                    e.error().is_ok(),
-                )),
-                _ => None,
-            })
-            .collect();
-        self.shared
-            .commit_answers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((result, entries));
-        self.shared.wake.notify_one();
     }
 }
 
@@ -579,7 +643,7 @@ impl<H: Handler> ConsumerLoop<H> {
                 running: 0,
                 paused: HashSet::new(),
                 stopping: false,
-                commit: None,
+                committing: false,
                 next_commit: Instant::now(),
                 commit_retry: None,
                 commit_first_failure: None,
@@ -587,7 +651,7 @@ impl<H: Handler> ConsumerLoop<H> {
             }),
             finished: Condvar::new(),
             wake: tokio::sync::Notify::new(),
-            commit_answers: Mutex::new(Vec::new()),
+            commit_gate: Mutex::new(()),
             metrics: self.metrics.clone(),
             readiness: self.readiness.clone(),
             revoke_drain: self.consumer.revoke_drain_timeout,
@@ -679,7 +743,6 @@ impl<H: Handler> ConsumerLoop<H> {
                 _ = idle.tick() => {}
                 _ = tokio::time::sleep_until(deadline) => break,
             }
-            turn.handle_commit_answers();
         }
         let abandoned = {
             let mut state = shared.lock();
@@ -698,19 +761,17 @@ impl<H: Handler> ConsumerLoop<H> {
                 "drain deadline passed; unfinished jobs will be redelivered"
             );
         }
-        let batch = shared.lock().tracker.committable();
-        if !batch.is_empty() {
-            let committer = Arc::clone(&consumer);
-            let committing = Arc::clone(&shared);
-            let _ = tokio::task::spawn_blocking(move || {
-                committing.commit_sync(
-                    committer.as_ref(),
-                    &batch,
-                    Instant::now() + FINAL_COMMIT_TIMEOUT,
-                )
-            })
-            .await;
-        }
+        let committer = Arc::clone(&consumer);
+        let committing = Arc::clone(&shared);
+        let _ = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + FINAL_COMMIT_TIMEOUT;
+            let _gate = committing.acquire_gate(deadline);
+            let batch = committing.lock().tracker.committable();
+            if !batch.is_empty() {
+                committing.commit_sync(committer.as_ref(), &batch, deadline);
+            }
+        })
+        .await;
         lag_stop.cancel();
         let _ = tokio::task::spawn_blocking(move || {
             let _ = lag_thread.join();
@@ -775,7 +836,6 @@ impl<H: Handler> Turn<'_, H> {
 
     /// Everything after an event: commit answers, dispatch, pause/resume, periodic commit.
     fn step(&self) {
-        self.handle_commit_answers();
         self.dispatch();
         self.commit_if_due();
     }
@@ -839,111 +899,28 @@ impl<H: Handler> Turn<'_, H> {
         }
     }
 
-    /// Sends an asynchronous commit of every offset that moved, unless one is unanswered or a
-    /// failed one waits for its backoff. The answer arrives through the context.
+    /// Commits every offset that moved, on a blocking thread (librdkafka reports the result
+    /// of an asynchronous commit only through a callback rust-rdkafka does not install), unless
+    /// a commit is running or a failed one waits for its backoff.
     fn commit_if_due(&self) {
-        let mut state = self.shared.lock();
-        let now = Instant::now();
-        if let Some(commit) = &state.commit {
-            if now.duration_since(commit.sent) < COMMIT_ANSWER_TIMEOUT {
+        {
+            let mut state = self.shared.lock();
+            if state.committing
+                || Instant::now() < state.next_commit
+                || state.tracker.committable().is_empty()
+            {
                 return;
             }
-            warn!("commit unanswered; sending it again");
-            state.commit = None;
+            state.committing = true;
         }
-        if now < state.next_commit {
-            return;
-        }
-        let batch = state.tracker.committable();
-        if batch.is_empty() {
-            return;
-        }
-        match self
-            .consumer
-            .commit(&offsets_list(&batch), CommitMode::Async)
-        {
-            Ok(()) => state.commit = Some(CommitInFlight { batch, sent: now }),
-            Err(e) => self.commit_failed(&mut state, &e),
-        }
-    }
-
-    /// Applies commit answers: successes move the tracker; a failure keeps everything and
-    /// schedules a retry after backoff.
-    fn handle_commit_answers(&self) {
-        let answers = std::mem::take(
-            &mut *self
-                .shared
-                .commit_answers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        if answers.is_empty() {
-            return;
-        }
-        let mut state = self.shared.lock();
-        for (result, entries) in answers {
-            let Some(commit) = &state.commit else {
-                continue;
-            };
-            // Answers to the synchronous commits of revoke and shutdown come here too; only
-            // the answer to the batch in flight is ours to apply.
-            let ours = entries.len() == commit.batch.len()
-                && commit
-                    .batch
-                    .iter()
-                    .all(|(p, _, o)| entries.iter().any(|(ep, eo, _)| ep == p && eo == o));
-            if !ours {
-                continue;
-            }
-            let Some(commit) = state.commit.take() else {
-                continue;
-            };
-            let all_ok = result.is_ok() && entries.iter().all(|(_, _, ok)| *ok);
-            for (partition, epoch, offset) in &commit.batch {
-                let ok = entries
-                    .iter()
-                    .any(|(p, o, ok)| p == partition && o == offset && *ok);
-                if result.is_ok() && ok {
-                    state.tracker.committed(partition, *epoch, *offset);
-                }
-            }
-            if all_ok {
-                let first = state.commit_first_failure.take().unwrap_or(commit.sent);
-                self.env
-                    .metrics
-                    .commit_latency
-                    .observe(first.elapsed().as_secs_f64());
-                if state.commit_failures > 0 {
-                    info!(failures = state.commit_failures, "commits succeed again");
-                }
-                state.commit_failures = 0;
-                state.commit_retry = None;
-                state.next_commit = Instant::now() + self.commit_interval;
-            } else {
-                let error = match result {
-                    Err(e) => e,
-                    Ok(()) => KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::Fail),
-                };
-                state.commit_first_failure.get_or_insert(commit.sent);
-                self.commit_failed(&mut state, &error);
-            }
-        }
-    }
-
-    fn commit_failed(&self, state: &mut State, error: &KafkaError) {
-        self.env.metrics.commit_errors.inc();
-        state.commit_failures += 1;
-        let delay = state
-            .commit_retry
-            .get_or_insert_with(commit_backoff)
-            .next()
-            .unwrap_or(Duration::from_secs(10));
-        state.next_commit = Instant::now() + delay;
-        // Summarised: the first failure and then every tenth, not one line per retry.
-        if state.commit_failures == 1 || state.commit_failures % 10 == 0 {
-            warn!(error = %error, failures = state.commit_failures, retry_in = ?delay,
-                "offset commit failed; retrying with backoff");
-        }
+        let shared = Arc::clone(self.shared);
+        let consumer = Arc::clone(self.consumer);
+        let interval = self.commit_interval;
+        tokio::task::spawn_blocking(move || {
+            shared.commit_periodic(consumer.as_ref(), interval);
+            shared.lock().committing = false;
+            shared.wake.notify_one();
+        });
     }
 
     /// Once a second: commit-pending per partition and the oldest in-flight age.
