@@ -479,9 +479,9 @@ mod tests {
                         }
                     }
                     Op::Assign { partition } => {
-                        if !models.contains_key(&partition) {
+                        if let std::collections::btree_map::Entry::Vacant(slot) = models.entry(partition) {
                             let epoch = tracker.assign(partition);
-                            models.insert(partition, Model { epoch, ..Model::default() });
+                            slot.insert(Model { epoch, ..Model::default() });
                         }
                     }
                 }

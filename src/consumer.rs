@@ -269,7 +269,10 @@ impl Shared {
             names.push(partition.to_string());
         }
         self.readiness.set(ASSIGNMENT, !state.slots.is_empty());
-        info!(partitions = ?names, assigned = state.slots.len(), "partitions assigned");
+        // Cooperative rebalances call back with empty increments; only real changes are news.
+        if !names.is_empty() {
+            info!(partitions = ?names, assigned = state.slots.len(), "partitions assigned");
+        }
         drop(state);
         self.wake.notify_one();
     }

@@ -634,12 +634,15 @@ async fn a_consumer_joining_mid_stream_loses_nothing_and_never_moves_a_commit_ba
     let count = 400;
     create_topic(&topic, partitions).await;
     produce(&topic, partitions, 0..count).await;
-    let slow = |_: &Delivery| Step::Sleep(Duration::from_millis(20));
+    // Slow enough (400 × 100 ms / 4 slots = 10 s alone) that the join happens mid-stream.
+    let slow = |_: &Delivery| Step::Sleep(Duration::from_millis(100));
     let first = Arc::new(TestHandler::new("unused", slow));
     let second = Arc::new(TestHandler::new("unused", slow));
 
     // Watch the committed offsets from the side the whole time.
     let watching = CancellationToken::new();
+    // Stops the watcher even when an assertion fails, so the runtime can shut down.
+    let _stop_watching = watching.clone().drop_guard();
     let watcher = {
         let (group, topic, watching) = (group.clone(), topic.clone(), watching.clone());
         tokio::task::spawn_blocking(move || {
@@ -658,7 +661,7 @@ async fn a_consumer_joining_mid_stream_loses_nothing_and_never_moves_a_commit_ba
         })
     };
 
-    let a = start(&group, &topic, "unused", 8, Arc::clone(&first));
+    let a = start(&group, &topic, "unused", 4, Arc::clone(&first));
     eventually(
         "the first consumer is under way",
         Duration::from_secs(60),
@@ -668,7 +671,7 @@ async fn a_consumer_joining_mid_stream_loses_nothing_and_never_moves_a_commit_ba
         },
     )
     .await;
-    let b = start(&group, &topic, "unused", 8, Arc::clone(&second));
+    let b = start(&group, &topic, "unused", 4, Arc::clone(&second));
     eventually(
         "the group commits everything",
         Duration::from_secs(90),
