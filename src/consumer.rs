@@ -549,9 +549,16 @@ impl ConsumerContext for LoopContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             self.shared.assign(list);
+            // A partition paused under an earlier assignment must not come back paused: the
+            // loop starts every assignment unpaused.
+            if list.count() > 0
+                && let Err(e) = consumer.resume(list)
+            {
+                warn!(error = %e, "cannot resume newly assigned partitions");
+            }
         }
     }
 }

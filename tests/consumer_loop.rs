@@ -190,6 +190,10 @@ enum Step {
     HangForever,
     /// Blocks the thread (not just the task) until the flag is set.
     BlockThread(Arc<AtomicBool>),
+    /// Returns this record as the message's output.
+    Output(Record),
+    /// Fails as if a dependency were down.
+    Retry,
 }
 
 /// Records every message it starts (and finishes) and acts as its behaviour says.
@@ -253,8 +257,11 @@ fn payload(delivery: &Delivery) -> String {
 impl Handler for TestHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<Vec<Record>, HandleError> {
         self.note("start", delivery);
+        let mut output = Vec::new();
         match (self.behaviour)(delivery) {
             Step::Done => {}
+            Step::Output(record) => output.push(record),
+            Step::Retry => return Err(HandleError::Retry("dependency down".to_owned())),
             Step::Sleep(d) => tokio::time::sleep(d).await,
             Step::HangForever => futures::future::pending::<()>().await,
             Step::BlockThread(release) => {
@@ -265,7 +272,7 @@ impl Handler for TestHandler {
             }
         }
         self.note("done", delivery);
-        Ok(Vec::new())
+        Ok(output)
     }
 
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {
@@ -495,6 +502,98 @@ async fn commits_past_a_message_whose_handler_hangs_once_it_is_dead_lettered() {
         "only the hung message is dead-lettered: {dead:?}"
     );
     running.stop().await;
+}
+
+/// Outputs Kafka refuses (a record over the broker's size limit) dead-letter the message
+/// with reason `publish`; outputs it accepts are acknowledged before the offset moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_a_message_whose_outputs_cannot_be_published() {
+    let topic = unique("refused");
+    let out = unique("refused-out");
+    let dlq = unique("refused-dlq");
+    let group = unique("refused-group");
+    create_topic(&topic, 1).await;
+    create_topic(&out, 1).await;
+    create_topic(&dlq, 1).await;
+    produce(&topic, 1, 0..20).await;
+    let out_topic = out.clone();
+    let handler = Arc::new(TestHandler::new(&dlq, move |d| {
+        let size = if payload(d) == "7" {
+            5 * 1024 * 1024
+        } else {
+            10
+        };
+        Step::Output(Record {
+            topic: out_topic.clone(),
+            key: payload(d),
+            payload: vec![b'x'; size],
+        })
+    }));
+    let running = start(&group, &topic, &dlq, 4, Arc::clone(&handler));
+    eventually("everything is committed", Duration::from_secs(40), || {
+        let offset = committed(&group, &topic, 1)[0];
+        async move { (offset == 20).then_some(()) }
+    })
+    .await;
+    running.stop().await;
+    let dead = read_all(&dlq, 1);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].contains("\"reason\":\"publish\"") && dead[0].contains("\"payload\":\"7\""),
+        "{dead:?}"
+    );
+    assert_eq!(
+        read_all(&out, 1).len(),
+        19,
+        "every other output was published"
+    );
+}
+
+/// A message whose dependency is down is parked and retried after backoff, never
+/// dead-lettered, and the partition's commit waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_a_message_while_its_dependency_is_down_and_holds_the_commit() {
+    let topic = unique("retry");
+    let dlq = unique("retry-dlq");
+    let group = unique("retry-group");
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    produce(&topic, 1, 0..20).await;
+    let handler = Arc::new(TestHandler::new(&dlq, |d| {
+        if payload(d) == "5" && d.attempt < 4 {
+            Step::Retry
+        } else {
+            Step::Done
+        }
+    }));
+    let running = start(&group, &topic, &dlq, 4, Arc::clone(&handler));
+    eventually(
+        "the parked message is retried",
+        Duration::from_secs(30),
+        || {
+            let attempts = handler
+                .started_payloads()
+                .iter()
+                .filter(|p| *p == "5")
+                .count();
+            let offset = committed(&group, &topic, 1)[0];
+            if attempts < 4 {
+                assert!(offset <= 5, "commit passed a parked message: {offset}");
+            }
+            async move { (attempts >= 4).then_some(()) }
+        },
+    )
+    .await;
+    eventually("everything is committed", Duration::from_secs(30), || {
+        let offset = committed(&group, &topic, 1)[0];
+        async move { (offset == 20).then_some(()) }
+    })
+    .await;
+    running.stop().await;
+    assert!(
+        read_all(&dlq, 1).is_empty(),
+        "a retried message is never dead-lettered"
+    );
 }
 
 /// `kill -9` of a consumer with jobs in flight, then a restart: every message is handled at
