@@ -806,7 +806,8 @@ async fn a_consumer_joining_mid_stream_loses_nothing_and_never_moves_a_commit_ba
 }
 
 /// A handler that blocks its thread wedges the loop: `/healthz` turns 503 within half of
-/// max.poll.interval and the last-poll-age metric shows how long ago the loop polled.
+/// max.poll.interval, the last-poll-age metric shows how long ago the loop polled, and the
+/// consumer lag keeps growing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_loop_fails_healthz_and_shows_its_last_poll_age() {
     let topic = unique("wedge");
@@ -916,6 +917,30 @@ async fn a_wedged_loop_fails_healthz_and_shows_its_last_poll_age() {
         age >= (max_poll / 2).as_secs() as i64,
         "last poll age {age}"
     );
+
+    // The lag is refreshed off the loop: it keeps growing while the loop is wedged.
+    produce(&topic, 1, 0..5).await;
+    let metrics_url = format!("http://{addr}/metrics");
+    eventually(
+        "consumer lag shows the messages behind the wedge",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let url = metrics_url.clone();
+            async move {
+                let body = client.get(&url).send().await.ok()?.text().await.ok()?;
+                let lag: i64 = body
+                    .lines()
+                    .find(|l| l.starts_with("wedge_consumer_lag{"))?
+                    .rsplit(' ')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                (lag >= 5).then_some(())
+            }
+        },
+    )
+    .await;
 
     release.store(true, Ordering::SeqCst);
     token.cancel();
