@@ -153,10 +153,12 @@ const LAG_INTERVAL: Duration = Duration::from_secs(2);
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the synchronous commit at shutdown, after the drain.
 const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages held per partition beyond its running jobs before it is paused. Pausing makes
-/// librdkafka drop its prefetch and fetch again on resume, so a backlog of a few dozen keeps
-/// pause/resume rare while the memory it holds stays small.
-const MIN_BACKLOG: usize = 64;
+/// Messages held per partition beyond its running jobs before it is paused (it resumes at
+/// half). Pausing makes librdkafka drop its prefetch and fetch again on resume, so every cycle
+/// costs a fetch; with a no-op handler a backlog of 128 ran at 7k messages/s at concurrency 1,
+/// 1000 at 65k (benches/consumer_loop.rs). 1000 matches librdkafka's own per-partition
+/// prefetch (`queued.min.messages`), so the memory held is at most doubled.
+const MIN_BACKLOG: usize = 1000;
 
 /// Backoff of a retried commit: fast at first (a coordinator move), capped so a long outage
 /// is retried every few seconds.
@@ -669,6 +671,11 @@ impl<H: Handler> ConsumerLoop<H> {
         self.readiness.set(ASSIGNMENT, false);
         let consumer: Arc<LoopConsumer> = Arc::new(
             consumer_config(&self.kafka, &self.consumer, &self.group_id)
+                // librdkafka postpones a partition's next fetch by this much when its queue is
+                // full (default 1 s). A loop busy enough to fill that queue is also the one
+                // that pauses and resumes partitions, and each resume then stalled for the full
+                // second: 4k messages/s instead of 65k in benches/consumer_loop.rs.
+                .set("fetch.queue.backoff.ms", "50")
                 .create_with_context(LoopContext {
                     shared: Arc::clone(&shared),
                 })

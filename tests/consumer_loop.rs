@@ -571,12 +571,14 @@ async fn retries_a_message_while_its_dependency_is_down_and_holds_the_commit() {
         "the parked message is retried",
         Duration::from_secs(30),
         || {
+            // Offset first: if the fourth attempt had not started after it was read, the
+            // commit it read cannot have passed the message.
+            let offset = committed(&group, &topic, 1)[0];
             let attempts = handler
                 .started_payloads()
                 .iter()
                 .filter(|p| *p == "5")
                 .count();
-            let offset = committed(&group, &topic, 1)[0];
             if attempts < 4 {
                 assert!(offset <= 5, "commit passed a parked message: {offset}");
             }
