@@ -16,7 +16,8 @@
 //!   loop never stops polling: Kafka evicts a consumer that does not poll within
 //!   `max.poll.interval.ms`, and rebalance callbacks only run inside a poll.
 //! - A handler is bounded by `JOB_TIMEOUT` and publishing its outputs by `PUBLISH_TIMEOUT`;
-//!   past either the message is dead-lettered (`timeout`, `publish`). A dependency that is
+//!   past either the message is dead-lettered (`timeout`, `publish`; a handler that panics is
+//!   dead-lettered with `panic`). A dependency that is
 //!   down ([`HandleError::Retry`]) parks the message and retries it after backoff, forever,
 //!   holding the partition's offset but not its polling. A DLQ record that cannot be
 //!   acknowledged either parks the message the same way.
@@ -36,15 +37,17 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::panic::AssertUnwindSafe;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::commit::{CommitTracker, Delivered, Epoch, TopicPartition};
 use crate::config::{ConsumerArgs, KafkaArgs};
@@ -186,7 +189,7 @@ fn job_backoff() -> ExponentialBackoff {
 struct Slot {
     epoch: Epoch,
     /// Running jobs by offset, so a revoke or shutdown can abort what did not drain.
-    running: HashMap<i64, AbortHandle>,
+    running: HashMap<i64, (AbortHandle, Instant)>,
     /// Delivered messages waiting for a free slot, in offset order.
     backlog: VecDeque<Delivery>,
     /// No new work starts: the partition is being revoked.
@@ -208,6 +211,18 @@ struct State {
     /// When the first failed attempt of the commit now being retried was made.
     commit_first_failure: Option<Instant>,
     commit_failures: u64,
+}
+
+impl State {
+    /// Age of the oldest running job. Messages waiting in a backlog are not counted: a
+    /// saturated but healthy consumer must not look stuck.
+    fn oldest_running(&self, now: Instant) -> Option<Duration> {
+        self.slots
+            .values()
+            .flat_map(|slot| slot.running.values())
+            .map(|(_, started)| now.saturating_duration_since(*started))
+            .max()
+    }
 }
 
 struct Shared {
@@ -509,7 +524,7 @@ fn in_blocking_section<R>(work: impl FnOnce() -> R) -> R {
 
 /// Aborts every running job of a slot; returns how many there were.
 fn abort_all(slot: &Slot) -> usize {
-    for handle in slot.running.values() {
+    for (handle, _) in slot.running.values() {
         handle.abort();
     }
     slot.running.len()
@@ -591,15 +606,31 @@ impl<H> Clone for JobEnv<H> {
 async fn run_job<H: Handler>(env: JobEnv<H>, mut delivery: Delivery) {
     let mut backoff = job_backoff();
     loop {
-        let abandon = match tokio::time::timeout(env.job_timeout, env.handler.handle(&delivery))
-            .await
-        {
-            Err(_) => Some((
+        let attempt = AssertUnwindSafe(tokio::time::timeout(
+            env.job_timeout,
+            env.handler.handle(&delivery),
+        ))
+        .catch_unwind()
+        .await;
+        let abandon = match attempt {
+            // A panicking handler is a bug; dead-lettering keeps the partition moving and the
+            // message replayable once the bug is fixed.
+            Err(panic) => {
+                let detail = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "handler panicked".to_owned());
+                error!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
+                    detail = %detail, "handler panicked");
+                Some(("panic".to_owned(), detail))
+            }
+            Ok(Err(_)) => Some((
                 "timeout".to_owned(),
                 format!("handler ran past JOB_TIMEOUT ({:?})", env.job_timeout),
             )),
-            Ok(Err(HandleError::DeadLetter { reason, detail })) => Some((reason, detail)),
-            Ok(Err(HandleError::Retry(why))) => {
+            Ok(Ok(Err(HandleError::DeadLetter { reason, detail }))) => Some((reason, detail)),
+            Ok(Ok(Err(HandleError::Retry(why)))) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(60));
                 debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
                     attempt = delivery.attempt, reason = %why, retry_in = ?delay, "message parked");
@@ -607,7 +638,7 @@ async fn run_job<H: Handler>(env: JobEnv<H>, mut delivery: Delivery) {
                 delivery.attempt += 1;
                 continue;
             }
-            Ok(Ok(records)) => match env.publisher.publish(records).await {
+            Ok(Ok(Ok(records))) => match env.publisher.publish(records).await {
                 Ok(()) => {
                     debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset, "message done");
                     return;
@@ -887,7 +918,8 @@ impl<H: Handler> Turn<'_, H> {
                     run_job(env, delivery).await;
                     shared.finish(&key, epoch, offset);
                 });
-                slot.running.insert(offset, task.abort_handle());
+                slot.running
+                    .insert(offset, (task.abort_handle(), Instant::now()));
                 state.running += 1;
             }
             let paused = state.paused.contains(partition);
@@ -950,7 +982,7 @@ impl<H: Handler> Turn<'_, H> {
             *pending.entry(partition.partition).or_default() +=
                 state.tracker.pending(partition) as i64;
         }
-        let oldest = state.tracker.oldest_in_flight(Instant::now());
+        let oldest = state.oldest_running(Instant::now());
         drop(state);
         let gauge = &self.env.metrics.commit_pending;
         for stale in labels.iter().filter(|p| !pending.contains_key(p)) {
@@ -988,7 +1020,7 @@ fn spawn_lag_thread(
     std::thread::spawn(move || {
         let mut labels: HashSet<(String, i32)> = HashSet::new();
         while !stop.is_cancelled() {
-            let oldest = shared.lock().tracker.oldest_in_flight(Instant::now());
+            let oldest = shared.lock().oldest_running(Instant::now());
             metrics
                 .oldest_in_flight_seconds
                 .set(oldest.map_or(0, |age| age.as_secs() as i64));

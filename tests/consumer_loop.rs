@@ -194,6 +194,8 @@ enum Step {
     Output(Record),
     /// Fails as if a dependency were down.
     Retry,
+    /// A bug in the handler.
+    Panic,
 }
 
 /// Records every message it starts (and finishes) and acts as its behaviour says.
@@ -262,6 +264,7 @@ impl Handler for TestHandler {
             Step::Done => {}
             Step::Output(record) => output.push(record),
             Step::Retry => return Err(HandleError::Retry("dependency down".to_owned())),
+            Step::Panic => panic!("handler bug on {}", payload(delivery)),
             Step::Sleep(d) => tokio::time::sleep(d).await,
             Step::HangForever => futures::future::pending::<()>().await,
             Step::BlockThread(release) => {
@@ -546,6 +549,38 @@ async fn dead_letters_a_message_whose_outputs_cannot_be_published() {
         read_all(&out, 1).len(),
         19,
         "every other output was published"
+    );
+}
+
+/// A handler that panics on one message does not stall its partition: the message is
+/// dead-lettered with reason `panic` and the commit moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_a_message_whose_handler_panics() {
+    let topic = unique("panic");
+    let dlq = unique("panic-dlq");
+    let group = unique("panic-group");
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    produce(&topic, 1, 0..20).await;
+    let handler = Arc::new(TestHandler::new(&dlq, |d| {
+        if payload(d) == "3" {
+            Step::Panic
+        } else {
+            Step::Done
+        }
+    }));
+    let running = start(&group, &topic, &dlq, 4, Arc::clone(&handler));
+    eventually("everything is committed", Duration::from_secs(40), || {
+        let offset = committed(&group, &topic, 1)[0];
+        async move { (offset == 20).then_some(()) }
+    })
+    .await;
+    running.stop().await;
+    let dead = read_all(&dlq, 1);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].contains("\"reason\":\"panic\"") && dead[0].contains("handler bug on 3"),
+        "{dead:?}"
     );
 }
 
