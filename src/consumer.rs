@@ -723,6 +723,9 @@ impl<H: Handler> ConsumerLoop<H> {
             per_partition = self.per_partition, "consumer loop started");
 
         let lag_stop = CancellationToken::new();
+        // Stops the lag thread (and so releases the consumer) even if this future is dropped
+        // instead of being shut down through the token.
+        let _lag_guard = lag_stop.clone().drop_guard();
         let lag_thread = spawn_lag_thread(
             Arc::clone(&consumer),
             Arc::clone(&shared),
