@@ -215,6 +215,16 @@ pub struct ConsumerArgs {
     #[arg(long, env = "MAX_POLL_INTERVAL", default_value = "300s", value_parser = parse_duration)]
     pub max_poll_interval: Duration,
 
+    /// How long in-flight jobs of a revoked partition may finish before they are dropped for
+    /// redelivery. Short: the whole group waits for the rebalance while this runs.
+    #[arg(long, env = "REVOKE_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub revoke_drain_timeout: Duration,
+
+    /// Jobs running at once in one partition, so one hot partition cannot take every slot of
+    /// the process.
+    #[arg(long, env = "PARTITION_CONCURRENCY", default_value = "16", value_parser = parse_positive)]
+    pub partition_concurrency: usize,
+
     /// Kafka's `session.timeout.ms`: how soon the group notices a dead consumer.
     #[arg(long, env = "SESSION_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
     pub session_timeout: Duration,

@@ -22,11 +22,15 @@
 //!   rate limits, and robots.txt.
 //! - [`crawl_limits`]: how far and wide a crawl expands (shared by crawl and simulator).
 //! - [`graph`]: batched, idempotent writes of nodes and edges into Neo4j; [`migrate`]: its schema.
+//! - [`consumer`]: the consumer loop shared by the worker and the graph writer, built on
+//!   [`commit`] (in-order commit tracking) and [`publish`] (acknowledged, bounded publishing).
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
 //! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
 
 pub mod api;
+pub mod commit;
 pub mod config;
+pub mod consumer;
 pub mod crawl;
 pub mod crawl_limits;
 pub mod egress;
@@ -38,6 +42,7 @@ pub mod message;
 pub mod metrics;
 pub mod migrate;
 pub mod openlibrary;
+pub mod publish;
 pub mod robots;
 pub mod shutdown;
 pub mod sim;
