@@ -149,7 +149,7 @@ fn main() {
                     commit_interval: Duration::from_secs(1),
                     drain_timeout: Duration::from_secs(10),
                     revoke_drain_timeout: Duration::from_secs(5),
-                    partition_concurrency: concurrency,
+                    partition_concurrency: Some(concurrency),
                     max_poll_interval: Duration::from_secs(300),
                     session_timeout: Duration::from_secs(45),
                 },

@@ -221,9 +221,9 @@ pub struct ConsumerArgs {
     pub revoke_drain_timeout: Duration,
 
     /// Jobs running at once in one partition, so one hot partition cannot take every slot of
-    /// the process.
-    #[arg(long, env = "PARTITION_CONCURRENCY", default_value = "16", value_parser = parse_positive)]
-    pub partition_concurrency: usize,
+    /// the process. Default: half of `CONCURRENT_JOBS`.
+    #[arg(long, env = "PARTITION_CONCURRENCY", value_parser = parse_positive)]
+    pub partition_concurrency: Option<usize>,
 
     /// Kafka's `session.timeout.ms`: how soon the group notices a dead consumer.
     #[arg(long, env = "SESSION_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
@@ -424,6 +424,14 @@ mod tests {
     }
 }
 
+impl ConsumerArgs {
+    /// The per-partition bound for a process running `concurrency` jobs in all.
+    pub fn per_partition(&self, concurrency: usize) -> usize {
+        self.partition_concurrency
+            .unwrap_or((concurrency / 2).max(1))
+    }
+}
+
 /// Everything the `worker` binary reads.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
@@ -439,10 +447,6 @@ pub struct WorkerArgs {
     /// this number: it only needs to cover the latency of the allowed request rate.
     #[arg(long, env = "CONCURRENT_JOBS", default_value = "32", value_parser = parse_positive)]
     pub concurrent_jobs: usize,
-
-    /// Jobs in flight per partition, so one hot partition cannot take every slot.
-    #[arg(long, env = "CONCURRENT_JOBS_PER_PARTITION", default_value = "16", value_parser = parse_positive)]
-    pub concurrent_jobs_per_partition: usize,
 
     /// Bound on fetching one job (all its requests, retries and rate-limit waits); past it
     /// the job is dead-lettered with reason `timeout`.
@@ -487,4 +491,42 @@ pub struct GraphArgs {
     /// pays so that a busy stream gets full batches.
     #[arg(long, env = "GRAPH_BATCH_LINGER", default_value = "100ms", value_parser = parse_duration)]
     pub graph_batch_linger: Duration,
+}
+
+/// Everything the `graph-writer` binary reads.
+#[derive(Args, Debug, Clone)]
+pub struct GraphWriterArgs {
+    /// Consumer group of the graph writers: all replicas share the results and edges topics.
+    #[arg(
+        long,
+        env = "KAFKA_GROUP_ID",
+        default_value = "relentless-graph-writer"
+    )]
+    pub kafka_group_id: String,
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9102")]
+    pub metrics_addr: SocketAddr,
+
+    /// Messages in flight. Rows wait in the batcher for their transaction, so this must
+    /// exceed the batch size for batches to fill: twice `GRAPH_BATCH_SIZE` keeps one batch
+    /// filling while the previous one is written.
+    #[arg(long, env = "CONCURRENT_JOBS", value_parser = parse_positive)]
+    pub concurrent_jobs: Option<usize>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub graph: GraphArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub neo4j: Neo4jArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub log: LogArgs,
 }

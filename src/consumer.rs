@@ -88,6 +88,18 @@ pub enum HandleError {
     Retry(String),
 }
 
+/// How a message ended, told to [`Handler::finished`] once Kafka acknowledged it.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// Every record `handle` returned is acknowledged.
+    Published(&'a [Record]),
+    /// The message's DLQ record is acknowledged.
+    DeadLettered {
+        /// The reason it was dead-lettered with.
+        reason: &'a str,
+    },
+}
+
 /// The work of one service: what to do with one message, and how to dead-letter it.
 pub trait Handler: Send + Sync + 'static {
     /// Do the work of one message and return the records it causes (may be empty).
@@ -97,6 +109,20 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Record>, HandleError>> + Send;
     /// The DLQ record for a message abandoned for `reason` ("timeout", "publish", or a DeadLetter reason).
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record;
+    /// Called once the message's records (or its DLQ record) are acknowledged and before its
+    /// offset completes: where a handler records the outcome outside Kafka (the worker marks
+    /// the key done in its crawl store). Recording it earlier would let a crash between the
+    /// two lose the outcome for good; here a crash only repeats the message. After published
+    /// records, `Retry` runs the whole message again after backoff; after a DLQ record only
+    /// this call is repeated.
+    fn finished(
+        &self,
+        delivery: &Delivery,
+        outcome: Outcome<'_>,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send {
+        let _ = (delivery, outcome);
+        async { Ok(()) }
+    }
 }
 
 /// Why the loop could not run. Each is fatal for the process: exit non-zero and let the
@@ -638,11 +664,26 @@ async fn run_job<H: Handler>(env: JobEnv<H>, mut delivery: Delivery) {
                 delivery.attempt += 1;
                 continue;
             }
-            Ok(Ok(Ok(records))) => match env.publisher.publish(records).await {
-                Ok(()) => {
-                    debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset, "message done");
-                    return;
-                }
+            Ok(Ok(Ok(records))) => match env.publisher.publish(&records).await {
+                Ok(()) => match env
+                    .handler
+                    .finished(&delivery, Outcome::Published(&records))
+                    .await
+                {
+                    Ok(()) => {
+                        debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset, "message done");
+                        return;
+                    }
+                    Err(HandleError::DeadLetter { reason, detail }) => Some((reason, detail)),
+                    Err(HandleError::Retry(why)) => {
+                        let delay = backoff.next().unwrap_or(Duration::from_secs(60));
+                        debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
+                            attempt = delivery.attempt, reason = %why, retry_in = ?delay, "outcome not recorded; message parked");
+                        tokio::time::sleep(delay).await;
+                        delivery.attempt += 1;
+                        continue;
+                    }
+                },
                 Err(e) => {
                     if e.is_timeout() {
                         env.metrics.publish_timeouts.inc();
@@ -653,10 +694,11 @@ async fn run_job<H: Handler>(env: JobEnv<H>, mut delivery: Delivery) {
         };
         if let Some((reason, detail)) = abandon {
             let record = env.handler.dead_letter(&delivery, &reason, &detail);
-            match env.publisher.publish(vec![record]).await {
+            match env.publisher.publish(std::slice::from_ref(&record)).await {
                 Ok(()) => {
                     debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
                         reason = %reason, "message dead-lettered");
+                    record_dead_letter(&env, &delivery, &reason).await;
                     return;
                 }
                 Err(e) => {
@@ -669,6 +711,27 @@ async fn run_job<H: Handler>(env: JobEnv<H>, mut delivery: Delivery) {
                     tokio::time::sleep(delay).await;
                     delivery.attempt += 1;
                 }
+            }
+        }
+    }
+}
+
+/// Tells the handler a message was dead-lettered, repeating while its dependency is down: the
+/// DLQ record is already acknowledged, so only the bookkeeping is repeated, never the record.
+async fn record_dead_letter<H: Handler>(env: &JobEnv<H>, delivery: &Delivery, reason: &str) {
+    let mut backoff = job_backoff();
+    loop {
+        match env
+            .handler
+            .finished(delivery, Outcome::DeadLettered { reason })
+            .await
+        {
+            Ok(()) | Err(HandleError::DeadLetter { .. }) => return,
+            Err(HandleError::Retry(why)) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(60));
+                debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
+                    reason = %why, retry_in = ?delay, "dead letter not recorded yet");
+                tokio::time::sleep(delay).await;
             }
         }
     }

@@ -401,7 +401,8 @@ impl OpenLibraryClient {
     /// politely: origin and robots checked per hop, redirects followed up to
     /// [`MAX_REDIRECTS`], retries within the budget. A 2xx or 404 is `Ok`.
     pub async fn get(&self, path_and_query: &str) -> Result<Fetched, FetchError> {
-        self.timed(path_and_query, self.inner.settings.respect_robots).await
+        self.timed(path_and_query, self.inner.settings.respect_robots)
+            .await
     }
 
     /// Fetches a user's own lookup, a free-text seed's one search at depth 0, like

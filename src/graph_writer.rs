@@ -189,3 +189,87 @@ impl Handler for GraphWriterHandler {
         }
     }
 }
+
+/// Errors that stop a graph writer.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphWriterError {
+    /// A metric could not be registered (a programming error).
+    #[error("metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
+    /// The health server could not start.
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
+    /// The store or its migrations failed at start-up.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The consumer loop failed.
+    #[error(transparent)]
+    Consumer(#[from] crate::consumer::ConsumerError),
+}
+
+/// Runs a graph writer until `shutdown` is cancelled: health server, migrations, the batcher
+/// and the consumer loop over the results and edges topics.
+pub async fn run(
+    args: crate::config::GraphWriterArgs,
+    shutdown: CancellationToken,
+) -> Result<(), GraphWriterError> {
+    use crate::health::{HealthState, Liveness};
+    use crate::metrics::ConsumerMetrics;
+
+    let registry = prometheus::Registry::new();
+    let consumer_metrics = ConsumerMetrics::register(&registry, "relentless_graph_writer")?;
+    let metrics = GraphWriterMetrics::register(&registry)?;
+    let liveness = Liveness::new(
+        args.consumer.max_poll_interval / 2,
+        Some(consumer_metrics.last_poll_age_seconds.clone()),
+    );
+    let readiness = Readiness::with_conditions(&[crate::consumer::ASSIGNMENT, READINESS_NEO4J]);
+    let addr = crate::health::spawn_server(
+        args.metrics_addr,
+        HealthState {
+            registry,
+            liveness: liveness.clone(),
+            readiness: readiness.clone(),
+        },
+    )?;
+    tracing::info!(%addr, "metrics and health listening");
+
+    let (handler, batcher_task) = GraphWriterHandler::start(
+        &args.neo4j,
+        &args.graph,
+        &args.kafka,
+        metrics,
+        readiness.clone(),
+        &shutdown,
+    )
+    .await?;
+    // Rows wait in the batcher for their transaction: two batches in flight keep one
+    // filling while the other is written.
+    let concurrency = args
+        .concurrent_jobs
+        .unwrap_or(args.graph.graph_batch_size * 2);
+    // A row waits for the batch ahead of it, then its own, each bounded by the query
+    // timeout; past three of them something is wrong beyond a slow Neo4j.
+    let job_timeout = args.neo4j.neo4j_query_timeout * 3 + args.graph.graph_batch_linger;
+    let per_partition = args.consumer.per_partition(concurrency);
+    crate::consumer::ConsumerLoop {
+        topics: vec![
+            args.kafka.kafka_results_topic.clone(),
+            args.kafka.kafka_edges_topic.clone(),
+        ],
+        kafka: args.kafka,
+        group_id: args.kafka_group_id,
+        concurrency,
+        per_partition,
+        job_timeout,
+        handler: Arc::new(handler),
+        metrics: consumer_metrics,
+        liveness,
+        readiness,
+        consumer: args.consumer,
+    }
+    .run(shutdown)
+    .await?;
+    batcher_task.abort();
+    Ok(())
+}

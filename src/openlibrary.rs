@@ -350,7 +350,7 @@ pub fn parse_record(body: &[u8]) -> Result<Record, ParseError> {
 }
 
 /// One page of `/authors/{id}/works.json` or `/works/{id}/editions.json`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Page {
     /// `links.self`: the path of this page.
     pub self_link: Option<String>,

@@ -83,7 +83,7 @@ impl Publisher {
 
     /// Sends every record and waits until each is acknowledged, within the publish bound.
     /// Records are enqueued in order, so records with one key keep their order.
-    pub async fn publish(&self, records: Vec<Record>) -> Result<(), PublishError> {
+    pub async fn publish(&self, records: &[Record]) -> Result<(), PublishError> {
         if records.is_empty() {
             return Ok(());
         }

@@ -270,6 +270,8 @@ const FINISH: &str = r#"
 local meta, claims, pending, counters, nodes, edges, failures =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local key, depth, outcome, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+-- A job of an unknown (expired) crawl leaves no trace.
+if redis.call('EXISTS', meta) == 0 then return 0 end
 local claim = redis.call('HGET', claims, key)
 -- A shorter path may have re-claimed the key meanwhile: its own job clears it.
 if not claim or tonumber(string.match(claim, '^(%d+)')) >= depth then

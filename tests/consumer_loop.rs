@@ -50,7 +50,7 @@ fn consumer_args() -> ConsumerArgs {
         commit_interval: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(10),
         revoke_drain_timeout: Duration::from_secs(3),
-        partition_concurrency: 4,
+        partition_concurrency: Some(4),
         // The broker's minimum session timeout is 6 s; max.poll.interval may not be lower.
         max_poll_interval: Duration::from_secs(10),
         session_timeout: Duration::from_secs(6),

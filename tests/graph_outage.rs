@@ -2,7 +2,7 @@
 //!
 //! The first two tests cut Neo4j off from this test alone, through a TCP relay the test owns,
 //! so they run alongside other tests. The last one stops the stack's Neo4j for 30 s and is
-//! `#[ignore]`d: run it alone (`cargo test --features consumer-core --test graph_outage --
+//! `#[ignore]`d: run it alone (`cargo test --test graph_outage --
 //! --ignored`), it disturbs every other user of the stack.
 
 mod common;
@@ -233,7 +233,6 @@ async fn a_neo4j_that_never_answers_cannot_hang_the_writer() {
     assert_eq!(readiness.failing(), vec!["neo4j"]);
 }
 
-#[cfg(feature = "consumer-core")]
 mod with_kafka {
     //! The outage of the stack's own Neo4j, with the whole graph writer (consumer loop,
     //! handler, batcher) on real Kafka.
@@ -388,7 +387,7 @@ mod with_kafka {
                             }
                         })
                         .collect();
-                    publisher.publish(records).await.unwrap();
+                    publisher.publish(&records).await.unwrap();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             })

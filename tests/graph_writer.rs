@@ -1,6 +1,5 @@
 //! The graph writer's handler: messages to rows, dead letters, and a stream drained from real
 //! Kafka into the real Neo4j through the consumer loop, replayed with no duplicates.
-#![cfg(feature = "consumer-core")]
 
 mod common;
 mod graph_common;
@@ -244,7 +243,7 @@ async fn a_stream_on_kafka_lands_in_the_graph_and_replays_without_duplicates() {
     let w1 = keys.key(Work, "1");
     let publisher = Publisher::new(&kafka, Duration::from_secs(30)).unwrap();
     publisher
-        .publish(vec![
+        .publish(&[
             record(
                 edges,
                 w1.clone(),
@@ -274,7 +273,7 @@ async fn a_stream_on_kafka_lands_in_the_graph_and_replays_without_duplicates() {
         .await
         .unwrap();
     publisher
-        .publish(vec![
+        .publish(&[
             record(
                 results,
                 w1.clone(),

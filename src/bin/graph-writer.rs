@@ -1,17 +1,33 @@
-//! `graph-writer`: wired to the consumer core in a later change.
+//! `graph-writer`: consumes nodes and edges and writes them to Neo4j in batched,
+//! idempotent transactions.
 
+use std::process::ExitCode;
+
+use bookworm::config::GraphWriterArgs;
+use bookworm::{graph_writer, shutdown, telemetry};
 use clap::Parser;
 
-/// Placeholder until the consumer core lands.
+/// Write the crawled graph into Neo4j: one of many graph writers sharing the topics.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
     #[command(flatten)]
-    log: bookworm::config::LogArgs,
+    args: GraphWriterArgs,
 }
 
-fn main() -> std::process::ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("graph-writer: not implemented yet");
-    std::process::ExitCode::FAILURE
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Cli { args } = Cli::parse();
+    telemetry::init(args.log.log_format);
+    match graph_writer::run(args, shutdown::on_signal()).await {
+        Ok(()) => {
+            tracing::info!("graph writer stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "graph writer failed");
+            eprintln!("graph-writer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,17 +1,33 @@
-//! `worker`: wired to the consumer core in a later change.
+//! `worker`: consumes crawl jobs from the frontier, fetches Open Library politely through
+//! the egress pool, and publishes nodes, edges, new jobs and failures.
 
+use std::process::ExitCode;
+
+use bookworm::config::WorkerArgs;
+use bookworm::{shutdown, telemetry, worker};
 use clap::Parser;
 
-/// Placeholder until the consumer core lands.
+/// Crawl Open Library: one of many workers sharing the frontier topic.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
     #[command(flatten)]
-    log: bookworm::config::LogArgs,
+    args: WorkerArgs,
 }
 
-fn main() -> std::process::ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("worker: not implemented yet");
-    std::process::ExitCode::FAILURE
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Cli { args } = Cli::parse();
+    telemetry::init(args.log.log_format);
+    match worker::run(args, shutdown::on_signal()).await {
+        Ok(()) => {
+            tracing::info!("worker stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "worker failed");
+            eprintln!("worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -93,3 +93,138 @@ pub fn message_count(topic: &str) -> i64 {
     }
     total
 }
+
+/// A free TCP port on loopback (bound and released; a race with another process is possible
+/// but rare enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process that is killed when dropped, so a failing test leaves nothing running.
+pub struct Process {
+    /// The child.
+    pub child: std::process::Child,
+    /// What it is, for messages.
+    pub name: String,
+}
+
+impl Process {
+    /// Starts `program` with `args` and extra environment `env`; its output goes to a log
+    /// file under the target directory, whose path is printed.
+    pub fn start(name: &str, program: &str, args: &[&str], env: &[(String, String)]) -> Process {
+        let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let log_path = log_dir.join(format!("{}.log", unique(name)));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        eprintln!("{name}: log {}", log_path.display());
+        let child = std::process::Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        Process {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Sends a signal (`libc`-free: through `kill(1)`).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {} failed", self.name);
+    }
+
+    /// Waits for the process to exit, up to `deadline`; returns its exit code.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The five topics of one test, unique to it, created with `partitions` partitions each.
+#[derive(Clone, Debug)]
+pub struct TestTopics {
+    /// Crawl jobs.
+    pub frontier: String,
+    /// Nodes.
+    pub results: String,
+    /// Relationships.
+    pub edges: String,
+    /// Crawl DLQ.
+    pub dlq: String,
+    /// Graph DLQ.
+    pub graph_dlq: String,
+}
+
+impl TestTopics {
+    /// Creates the topics.
+    pub async fn create(prefix: &str, partitions: i32) -> TestTopics {
+        let base = unique(prefix);
+        let topics = TestTopics {
+            frontier: format!("{base}.frontier"),
+            results: format!("{base}.results"),
+            edges: format!("{base}.edges"),
+            dlq: format!("{base}.dlq"),
+            graph_dlq: format!("{base}.graph-dlq"),
+        };
+        for topic in [
+            &topics.frontier,
+            &topics.results,
+            &topics.edges,
+            &topics.dlq,
+            &topics.graph_dlq,
+        ] {
+            create_topic(topic, partitions).await;
+        }
+        topics
+    }
+
+    /// The environment that points a binary at these topics and the stack.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("KAFKA_FRONTIER_TOPIC", &self.frontier),
+            ("KAFKA_RESULTS_TOPIC", &self.results),
+            ("KAFKA_EDGES_TOPIC", &self.edges),
+            ("KAFKA_DLQ_TOPIC", &self.dlq),
+            ("KAFKA_GRAPH_DLQ_TOPIC", &self.graph_dlq),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.clone()))
+        .collect();
+        for name in [
+            "KAFKA_BROKERS",
+            "REDIS_URL",
+            "NEO4J_URI",
+            "NEO4J_USER",
+            "NEO4J_PASSWORD",
+        ] {
+            env.push((name.to_owned(), stack_env(name)));
+        }
+        env
+    }
+}

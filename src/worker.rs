@@ -1,0 +1,555 @@
+//! The worker's handler: one crawl job in, a node, its relationships, new jobs (or a DLQ
+//! record) out.
+//!
+//! The order of a job is what makes the crawl exact and loss-free:
+//! 1. [`CrawlStore::begin`] decides whether the job runs (a duplicate, a stale deeper copy
+//!    or a cancelled crawl's job is dropped and counted);
+//! 2. the key is fetched politely and expanded by the crawl rules ([`crate::crawl`]);
+//! 3. children within the depth limit are claimed, and only the claims that win become
+//!    frontier jobs;
+//! 4. the consumer loop publishes the node, the edges and the jobs and waits for Kafka;
+//! 5. only then [`CrawlStore::finish`] records the outcome. A crash anywhere before step 5
+//!    leaves the key pending, so the job is redelivered and run again.
+
+use chrono::Utc;
+
+use crate::consumer::{Delivery, HandleError, Handler, Outcome};
+use crate::crawl::{Expansion, Target, page_path};
+use crate::crawl_limits::CrawlLimits;
+use crate::fetch::{FetchError, OpenLibraryClient};
+use crate::message::{self, CrawlJob, Edge, Failure, FailureReason, Node, VERSION};
+use crate::metrics::WorkerMetrics;
+use crate::openlibrary::{self, ParseError, Record as OpenLibraryRecord};
+use crate::publish::Record;
+use crate::store::{Begin, Child, CrawlStore, Finish, StoreError};
+
+/// Hops of Open Library's own redirect records (`/type/redirect`) followed before giving up.
+pub const MAX_RECORD_REDIRECTS: u32 = 5;
+
+/// The topics a worker writes to.
+#[derive(Debug, Clone)]
+pub struct OutputTopics {
+    /// New crawl jobs.
+    pub frontier: String,
+    /// Fetched nodes.
+    pub results: String,
+    /// Relationships.
+    pub edges: String,
+    /// Jobs that could not be crawled.
+    pub dlq: String,
+}
+
+/// Why a job could not be crawled.
+#[derive(Debug, thiserror::Error)]
+enum CrawlError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error("{0}")]
+    Gone(String),
+    #[error("more than {MAX_RECORD_REDIRECTS} redirect records from {0}")]
+    RedirectLoop(String),
+    #[error("{key} redirects to {location}, which is not a key of the same kind")]
+    BadRedirect { key: String, location: String },
+}
+
+impl CrawlError {
+    /// Whether trying again later may succeed without anything else changing: the shared
+    /// rate limiter or robots.txt being unreachable says nothing about the key.
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            CrawlError::Fetch(FetchError::Limiter(_) | FetchError::RobotsUnavailable { .. })
+        )
+    }
+
+    fn reason(&self) -> FailureReason {
+        match self {
+            CrawlError::Fetch(e) => e.reason(),
+            CrawlError::Parse(e) => e.reason(),
+            CrawlError::Gone(_) => FailureReason::Http4xx,
+            CrawlError::RedirectLoop(_) | CrawlError::BadRedirect { .. } => {
+                FailureReason::InvalidJob
+            }
+        }
+    }
+}
+
+fn retry(error: StoreError) -> HandleError {
+    HandleError::Retry(format!("crawl store: {error}"))
+}
+
+fn dead_letter(reason: FailureReason, detail: impl Into<String>) -> HandleError {
+    HandleError::DeadLetter {
+        reason: reason.as_str().to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// The worker's [`Handler`].
+pub struct CrawlHandler {
+    client: OpenLibraryClient,
+    store: CrawlStore,
+    limits: CrawlLimits,
+    topics: OutputTopics,
+    metrics: WorkerMetrics,
+    worker_name: String,
+}
+
+impl CrawlHandler {
+    /// Builds the handler. `limits` gives the per-node fan-out; each crawl's depth and node
+    /// budget come from its status in Redis.
+    pub fn new(
+        client: OpenLibraryClient,
+        store: CrawlStore,
+        limits: CrawlLimits,
+        topics: OutputTopics,
+        metrics: WorkerMetrics,
+        worker_name: String,
+    ) -> Self {
+        Self {
+            client,
+            store,
+            limits,
+            topics,
+            metrics,
+            worker_name,
+        }
+    }
+
+    /// Fetches a target and expands it. Open Library's redirect records are followed, and
+    /// the target is crawled in place of the source.
+    async fn expand(&self, target: &Target) -> Result<Expansion, CrawlError> {
+        match target {
+            Target::Search(_) => {
+                let fetched = self
+                    .client
+                    .lookup(&target.record_path(&self.limits))
+                    .await?;
+                Ok(Expansion::of_search(
+                    &openlibrary::parse_search(&fetched.body)?,
+                    &self.limits,
+                ))
+            }
+            Target::Subject(key) => {
+                let fetched = self.client.get(&target.record_path(&self.limits)).await?;
+                if fetched.status == 404 {
+                    return Err(CrawlError::Gone(format!("{key}: not found")));
+                }
+                let page = openlibrary::parse_subject(&fetched.body)?;
+                Ok(Expansion::of_subject(key, &page, &self.limits))
+            }
+            Target::Work(key) | Target::Author(key) | Target::Edition(key) => {
+                self.expand_record(key).await
+            }
+        }
+    }
+
+    async fn expand_record(&self, first_key: &str) -> Result<Expansion, CrawlError> {
+        let mut key = first_key.to_owned();
+        for _ in 0..=MAX_RECORD_REDIRECTS {
+            let fetched = self.client.get(&format!("{key}.json")).await?;
+            match openlibrary::parse_record(&fetched.body)? {
+                OpenLibraryRecord::Entity(entity) => {
+                    let mut expansion = Expansion::of_entity(&entity, &self.limits);
+                    match Target::parse(&entity.key) {
+                        Ok(Target::Author(_)) => {
+                            let page = self
+                                .page(&entity.key, "works", self.limits.max_works_per_author)
+                                .await?;
+                            expansion.add_author_works(&entity.key, &page, &self.limits);
+                        }
+                        Ok(Target::Work(_)) if self.limits.crawl_editions => {
+                            let page = self
+                                .page(&entity.key, "editions", self.limits.max_editions_per_work)
+                                .await?;
+                            expansion.add_editions(&entity.key, &page, &self.limits);
+                        }
+                        _ => {}
+                    }
+                    return Ok(expansion);
+                }
+                OpenLibraryRecord::Redirect { location, .. } => {
+                    let same_kind = matches!(
+                        (Target::parse(&key), Target::parse(&location)),
+                        (Ok(from), Ok(to)) if std::mem::discriminant(&from) == std::mem::discriminant(&to)
+                    );
+                    if !same_kind {
+                        return Err(CrawlError::BadRedirect { key, location });
+                    }
+                    key = location;
+                }
+                OpenLibraryRecord::Deleted { key } => {
+                    return Err(CrawlError::Gone(format!("{key}: deleted")));
+                }
+                OpenLibraryRecord::NotFound { .. } => {
+                    return Err(CrawlError::Gone(format!("{key}: not found")));
+                }
+            }
+        }
+        Err(CrawlError::RedirectLoop(first_key.to_owned()))
+    }
+
+    /// The first `wanted` entries of a paged list, page by page in Open Library's order.
+    async fn page(
+        &self,
+        key: &str,
+        list: &str,
+        wanted: usize,
+    ) -> Result<openlibrary::Page, CrawlError> {
+        let mut all = openlibrary::Page::default();
+        while all.entries.len() < wanted {
+            let remaining = wanted - all.entries.len();
+            let fetched = self
+                .client
+                .get(&page_path(key, list, remaining, all.entries.len()))
+                .await?;
+            if fetched.status == 404 {
+                break;
+            }
+            let page = openlibrary::parse_page(&fetched.body)?;
+            let got = page.entries.len();
+            all.entries.extend(page.entries);
+            if got == 0 || page.next.is_none() {
+                break;
+            }
+        }
+        all.entries.truncate(wanted);
+        Ok(all)
+    }
+
+    fn record<T: serde::Serialize>(
+        &self,
+        topic: &str,
+        key: &str,
+        message: &T,
+    ) -> Result<Record, HandleError> {
+        let payload = serde_json::to_vec(message)
+            .map_err(|e| HandleError::Retry(format!("serialising: {e}")))?;
+        Ok(Record {
+            topic: topic.to_owned(),
+            key: key.to_owned(),
+            payload,
+        })
+    }
+
+    /// The node, edge and job records of an expansion; the jobs only for `enqueue`d children.
+    fn records(
+        &self,
+        job: &CrawlJob,
+        expansion: &Expansion,
+        enqueue: &[String],
+    ) -> Result<Vec<Record>, HandleError> {
+        let now = Utc::now();
+        let mut records = Vec::with_capacity(1 + expansion.links.len() + enqueue.len());
+        if let Some((key, label, props)) = &expansion.node {
+            let node = Node {
+                v: VERSION,
+                crawl_id: job.crawl_id.clone(),
+                key: key.clone(),
+                label: *label,
+                props: props.clone(),
+                fetched_at: now,
+            };
+            records.push(self.record(&self.topics.results, key, &node)?);
+        }
+        for link in &expansion.links {
+            let edge = Edge {
+                v: VERSION,
+                crawl_id: job.crawl_id.clone(),
+                from: link.from.clone(),
+                to: link.to.clone(),
+                rel: link.rel.as_str().to_owned(),
+                discovered_at: now,
+            };
+            records.push(self.record(&self.topics.edges, &link.from, &edge)?);
+        }
+        let parent = expansion
+            .node
+            .as_ref()
+            .map(|(key, ..)| key.clone())
+            .unwrap_or_else(|| job.key.clone());
+        for child in enqueue {
+            let next = CrawlJob {
+                v: VERSION,
+                crawl_id: job.crawl_id.clone(),
+                key: child.clone(),
+                depth: job.depth + 1,
+                seed: job.seed.clone(),
+                parent: Some(parent.clone()),
+                enqueued_at: now,
+            };
+            records.push(self.record(&self.topics.frontier, child, &next)?);
+        }
+        Ok(records)
+    }
+
+    async fn run(&self, job: CrawlJob) -> Result<Vec<Record>, HandleError> {
+        let target =
+            Target::parse(&job.key).map_err(|why| dead_letter(FailureReason::InvalidJob, why))?;
+        if matches!(target, Target::Search(_)) && job.depth > 0 {
+            // robots.txt disallows /search: it is a user's lookup, never an expansion step.
+            return Err(dead_letter(
+                FailureReason::InvalidJob,
+                "search below depth 0",
+            ));
+        }
+        let (max_depth, max_nodes) = match self
+            .store
+            .begin(&job.crawl_id, &job.key, job.depth)
+            .await
+            .map_err(retry)?
+        {
+            Begin::Run {
+                max_depth,
+                max_nodes,
+            } => (max_depth, max_nodes),
+            skipped => {
+                tracing::debug!(crawl_id = %job.crawl_id, key = %job.key, depth = job.depth, ?skipped, "job skipped");
+                self.metrics.jobs_skipped.inc();
+                return Ok(Vec::new());
+            }
+        };
+        let expansion = match self.expand(&target).await {
+            Ok(expansion) => expansion,
+            Err(e) if e.is_transient() => return Err(HandleError::Retry(e.to_string())),
+            Err(e) => return Err(dead_letter(e.reason(), e.to_string())),
+        };
+        let enqueue = if job.depth < max_depth {
+            let children: Vec<Child> = expansion
+                .children
+                .iter()
+                .map(|key| Child {
+                    key: key.clone(),
+                    depth: job.depth + 1,
+                })
+                .collect();
+            let claimer = format!("{}|{}", job.depth, job.key);
+            let wins = self
+                .store
+                .claim(&job.crawl_id, &claimer, max_nodes, &children)
+                .await
+                .map_err(retry)?;
+            children
+                .into_iter()
+                .zip(wins)
+                .filter_map(|(child, win)| win.then_some(child.key))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.records(&job, &expansion, &enqueue)
+    }
+
+    /// What the crawl store records for a job whose `records` Kafka acknowledged: its node
+    /// and relationships, read back from the records themselves so nothing has to be carried
+    /// from `handle` to `finished`.
+    fn finish_of(&self, records: &[Record]) -> Finish {
+        let mut node = None;
+        let mut edges = Vec::new();
+        for record in records {
+            if record.topic == self.topics.results {
+                node = message::decode::<Node>(Some(&record.payload)).ok();
+            } else if record.topic == self.topics.edges
+                && let Ok(edge) = message::decode::<Edge>(Some(&record.payload))
+            {
+                edges.push(format!("{}|{}|{}", edge.from, edge.rel, edge.to));
+            }
+        }
+        match node {
+            Some(node) => Finish::Node {
+                key: node.key,
+                label: node.label,
+                edges,
+            },
+            None => Finish::NoNode,
+        }
+    }
+}
+
+impl Handler for CrawlHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<Vec<Record>, HandleError> {
+        self.metrics.jobs_received.inc();
+        let job: CrawlJob = message::decode(delivery.payload.as_deref())
+            .map_err(|e| dead_letter(FailureReason::InvalidJob, e.to_string()))?;
+        self.run(job).await
+    }
+
+    fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {
+        let parsed: Option<CrawlJob> = message::decode(delivery.payload.as_deref()).ok();
+        let (crawl_id, job, key) = match parsed {
+            Some(job) => (
+                job.crawl_id.clone(),
+                serde_json::to_value(&job).unwrap_or_default(),
+                job.key.clone(),
+            ),
+            None => {
+                let raw = String::from_utf8_lossy(delivery.payload.as_deref().unwrap_or_default())
+                    .into_owned();
+                let key = String::from_utf8_lossy(delivery.key.as_deref().unwrap_or_default())
+                    .into_owned();
+                (String::new(), serde_json::Value::String(raw), key)
+            }
+        };
+        let reason = FailureReason::parse(reason).unwrap_or(FailureReason::InvalidJob);
+        let failure = Failure {
+            v: VERSION,
+            crawl_id,
+            job,
+            reason,
+            detail: detail.to_owned(),
+            attempts: delivery.attempt,
+            failed_at: Utc::now(),
+            worker: self.worker_name.clone(),
+        };
+        Record {
+            topic: self.topics.dlq.clone(),
+            key,
+            payload: serde_json::to_vec(&failure).unwrap_or_default(),
+        }
+    }
+
+    async fn finished(&self, delivery: &Delivery, outcome: Outcome<'_>) -> Result<(), HandleError> {
+        let Ok(job) = message::decode::<CrawlJob>(delivery.payload.as_deref()) else {
+            // A payload that is not a job was dead-lettered; there is no crawl to tell.
+            return Ok(());
+        };
+        let finish = match outcome {
+            Outcome::Published(records) => self.finish_of(records),
+            Outcome::DeadLettered { reason } => {
+                self.metrics.jobs_failed.with_label_values(&[reason]).inc();
+                Finish::Failed(FailureReason::parse(reason).unwrap_or(FailureReason::InvalidJob))
+            }
+        };
+        // A skipped job (duplicate, stale, cancelled) finishes as `NoNode`, which changes
+        // nothing the job did not own.
+        self.store
+            .finish(&job.crawl_id, &job.key, job.depth, &finish)
+            .await
+            .map_err(retry)?;
+        match &finish {
+            Finish::Failed(reason) => {
+                tracing::debug!(crawl_id = %job.crawl_id, key = %job.key, reason = reason.as_str(), "job dead-lettered")
+            }
+            _ => {
+                self.metrics.jobs_success.inc();
+                tracing::debug!(crawl_id = %job.crawl_id, key = %job.key, depth = job.depth, "job done");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors that stop a worker at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A metric could not be registered (a programming error).
+    #[error("metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
+    /// The health server could not start.
+    #[error(transparent)]
+    Health(#[from] crate::health::HealthError),
+    /// Redis is unreachable at start-up.
+    #[error("crawl store: {0}")]
+    Store(#[from] StoreError),
+    /// Redis is unreachable for the rate limiter at start-up.
+    #[error("rate limiter: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The egress pool could not be built from `PROXY_POOL`.
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
+    /// The consumer loop failed.
+    #[error(transparent)]
+    Consumer(#[from] crate::consumer::ConsumerError),
+}
+
+/// Runs a worker until `shutdown` is cancelled: health server, crawl store, egress pool and
+/// the consumer loop over the frontier.
+pub async fn run(
+    args: crate::config::WorkerArgs,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), WorkerError> {
+    use crate::health::{HealthState, Liveness, Readiness};
+    use crate::metrics::ConsumerMetrics;
+
+    let registry = prometheus::Registry::new();
+    let consumer_metrics = ConsumerMetrics::register(&registry, "relentless_worker")?;
+    let metrics = WorkerMetrics::register(&registry)?;
+    // The group evicts a consumer that has not polled for max.poll.interval; restart it
+    // well before that.
+    let liveness = Liveness::new(
+        args.consumer.max_poll_interval / 2,
+        Some(consumer_metrics.last_poll_age_seconds.clone()),
+    );
+    let readiness = Readiness::with_conditions(&[crate::consumer::ASSIGNMENT, "redis"]);
+    let addr = crate::health::spawn_server(
+        args.metrics_addr,
+        HealthState {
+            registry,
+            liveness: liveness.clone(),
+            readiness: readiness.clone(),
+        },
+    )?;
+    tracing::info!(%addr, "metrics and health listening");
+
+    let store = CrawlStore::connect(&args.redis.redis_url).await?;
+    let limiter_redis = match args.egress.egress_limit_scope {
+        crate::config::LimitScope::Cluster => Some(
+            redis::aio::ConnectionManager::new(redis::Client::open(args.redis.redis_url.as_str())?)
+                .await?,
+        ),
+        crate::config::LimitScope::Local => None,
+    };
+    let client = OpenLibraryClient::from_args(&args.egress, limiter_redis, metrics.clone())?;
+    let worker_name = args
+        .worker_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let topics = OutputTopics {
+        frontier: args.kafka.kafka_frontier_topic.clone(),
+        results: args.kafka.kafka_results_topic.clone(),
+        edges: args.kafka.kafka_edges_topic.clone(),
+        dlq: args.kafka.kafka_dlq_topic.clone(),
+    };
+    let handler = CrawlHandler::new(
+        client,
+        store.clone(),
+        CrawlLimits::from(&args.crawl),
+        topics,
+        metrics,
+        worker_name,
+    );
+
+    let watch_token = shutdown.clone();
+    let redis_readiness = readiness.clone();
+    tokio::spawn(async move {
+        // Readiness follows Redis: without it no job can start or finish.
+        loop {
+            redis_readiness.set("redis", store.ping().await.is_ok());
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = watch_token.cancelled() => break,
+            }
+        }
+    });
+
+    let per_partition = args.consumer.per_partition(args.concurrent_jobs);
+    crate::consumer::ConsumerLoop {
+        topics: vec![args.kafka.kafka_frontier_topic.clone()],
+        kafka: args.kafka,
+        consumer: args.consumer,
+        group_id: args.kafka_group_id,
+        concurrency: args.concurrent_jobs,
+        per_partition,
+        job_timeout: args.job_timeout,
+        handler: std::sync::Arc::new(handler),
+        metrics: consumer_metrics,
+        liveness,
+        readiness,
+    }
+    .run(shutdown)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! End to end: the real binaries as separate processes (the simulator, two workers, a graph
+//! writer and the API) against the real Kafka, Redis, Neo4j and Squid proxies. A crawl ends
+//! `done`, and the graph is exactly the simulator's truth.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{Process, TestTopics, eventually, free_port, stack_env, unique};
+use serde_json::{Value, json};
+
+/// Everything a crawl needs, started for one test and stopped when dropped.
+struct Deployment {
+    sim_url: String,
+    api_url: String,
+    worker_metrics: Vec<String>,
+    _processes: Vec<Process>,
+}
+
+/// An id base no earlier run used, so this run's keys are its own in the shared Neo4j.
+fn fresh_id_base() -> u64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default();
+    // Open Library ids are up to eight digits; ours sit far above them.
+    1_000_000_000 + (micros % 1_000_000_000) * 1000
+}
+
+async fn deploy(topics: &TestTopics, id_base: u64, workers: usize) -> Deployment {
+    let sim_port = free_port();
+    let api_port = free_port();
+    let sim_url = format!("http://127.0.0.1:{sim_port}");
+    let group = unique("e2e");
+    let mut processes = Vec::new();
+    processes.push(Process::start(
+        "sim",
+        env!("CARGO_BIN_EXE_bookworm"),
+        &[
+            "sim",
+            "--addr",
+            &format!("127.0.0.1:{sim_port}"),
+            "--id-base",
+            &id_base.to_string(),
+            "--works",
+            "400",
+            "--authors",
+            "120",
+            "--subjects",
+            "40",
+            "--no-limit",
+        ],
+        &[],
+    ));
+    let mut env = topics.env();
+    env.extend(
+        [
+            ("OPENLIBRARY_BASE_URL", sim_url.clone()),
+            ("PROXY_POOL", stack_env("PROXY_POOL")),
+            ("EGRESS_RATE_PER_MINUTE", "6000".to_owned()),
+            ("EGRESS_BURST", "50".to_owned()),
+            ("EGRESS_REDIS_PREFIX", unique("e2e-egress")),
+            ("COMMIT_INTERVAL", "200ms".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let mut worker_metrics = Vec::new();
+    for i in 0..workers {
+        let port = free_port();
+        worker_metrics.push(format!("http://127.0.0.1:{port}"));
+        let mut worker_env = env.clone();
+        worker_env.push(("KAFKA_GROUP_ID".to_owned(), format!("{group}-workers")));
+        worker_env.push(("METRICS_ADDR".to_owned(), format!("127.0.0.1:{port}")));
+        worker_env.push(("WORKER_NAME".to_owned(), format!("e2e-worker-{i}")));
+        processes.push(Process::start(
+            "worker",
+            env!("CARGO_BIN_EXE_worker"),
+            &[],
+            &worker_env,
+        ));
+    }
+    let mut writer_env = env.clone();
+    writer_env.push(("KAFKA_GROUP_ID".to_owned(), format!("{group}-graph")));
+    writer_env.push((
+        "METRICS_ADDR".to_owned(),
+        format!("127.0.0.1:{}", free_port()),
+    ));
+    writer_env.push(("GRAPH_BATCH_SIZE".to_owned(), "500".to_owned()));
+    processes.push(Process::start(
+        "graph-writer",
+        env!("CARGO_BIN_EXE_graph-writer"),
+        &[],
+        &writer_env,
+    ));
+    let mut api_env = env;
+    api_env.push(("API_ADDR".to_owned(), format!("127.0.0.1:{api_port}")));
+    processes.push(Process::start(
+        "api",
+        env!("CARGO_BIN_EXE_bookworm"),
+        &["serve"],
+        &api_env,
+    ));
+
+    let deployment = Deployment {
+        sim_url,
+        api_url: format!("http://127.0.0.1:{api_port}"),
+        worker_metrics,
+        _processes: processes,
+    };
+    let client = reqwest::Client::new();
+    for url in [
+        format!("{}/_sim/stats", deployment.sim_url),
+        format!("{}/readyz", deployment.api_url),
+    ] {
+        eventually(&format!("{url} answering"), Duration::from_secs(60), || {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .ok()?
+                    .status()
+                    .is_success()
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    for url in &deployment.worker_metrics {
+        let url = format!("{url}/readyz");
+        eventually(&format!("{url} ready"), Duration::from_secs(90), || {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .ok()?
+                    .status()
+                    .is_success()
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    deployment
+}
+
+async fn neo4j() -> neo4rs::Graph {
+    neo4rs::Graph::new(
+        stack_env("NEO4J_URI"),
+        stack_env("NEO4J_USER"),
+        stack_env("NEO4J_PASSWORD"),
+    )
+    .await
+    .expect("neo4j reachable")
+}
+
+/// The crawl's nodes in the graph: key → (label, stub).
+async fn graph_nodes(graph: &neo4rs::Graph, crawl_id: &str) -> BTreeMap<String, (String, bool)> {
+    let mut rows = graph
+        .execute(
+            neo4rs::query(
+                "MATCH (n) WHERE $crawl IN n.crawls RETURN n.key AS key, labels(n)[0] AS label, coalesce(n.stub, false) AS stub",
+            )
+            .param("crawl", crawl_id),
+        )
+        .await
+        .expect("query nodes");
+    let mut nodes = BTreeMap::new();
+    while let Some(row) = rows.next().await.expect("row") {
+        let key: String = row.get("key").expect("key");
+        nodes.insert(
+            key,
+            (
+                row.get("label").expect("label"),
+                row.get("stub").expect("stub"),
+            ),
+        );
+    }
+    nodes
+}
+
+/// The crawl's relationships in the graph, as `from|REL|to`, with their multiplicity.
+async fn graph_edges(graph: &neo4rs::Graph, crawl_id: &str) -> BTreeMap<String, i64> {
+    let mut rows = graph
+        .execute(
+            neo4rs::query(
+                "MATCH (a)-[r]->(b) WHERE $crawl IN r.crawls \
+                 RETURN a.key + '|' + type(r) + '|' + b.key AS edge, count(*) AS n",
+            )
+            .param("crawl", crawl_id),
+        )
+        .await
+        .expect("query edges");
+    let mut edges = BTreeMap::new();
+    while let Some(row) = rows.next().await.expect("row") {
+        edges.insert(
+            row.get::<String>("edge").expect("edge"),
+            row.get::<i64>("n").expect("n"),
+        );
+    }
+    edges
+}
+
+/// A crawl from a work key and free text to depth 2 ends `done`, and Neo4j holds exactly
+/// the simulator's reachable nodes and relationships, stubs exactly at the depth edge, with
+/// the crawl's counters equal to the graph's counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crawl_to_depth_two_builds_exactly_the_reachable_graph() {
+    let topics = TestTopics::create("e2e", 4).await;
+    let id_base = fresh_id_base();
+    let deployment = deploy(&topics, id_base, 2).await;
+    let client = reqwest::Client::new();
+
+    // The simulator's first work title makes a search seed that finds something.
+    let seed_work = format!("/works/OL{}W", id_base + 1);
+    let title = client
+        .get(format!("{}{seed_work}.json", deployment.sim_url))
+        .send()
+        .await
+        .expect("sim answers")
+        .json::<Value>()
+        .await
+        .expect("json")["title"]
+        .as_str()
+        .expect("a title")
+        .to_owned();
+    let search = title
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+
+    let created: Value = client
+        .post(format!("{}/crawls", deployment.api_url))
+        .json(&json!({"seeds": [seed_work, search], "max_depth": 2}))
+        .send()
+        .await
+        .expect("create crawl")
+        .json()
+        .await
+        .expect("json");
+    let crawl_id = created["crawl_id"].as_str().expect("crawl id").to_owned();
+
+    let status = eventually("the crawl to end done", Duration::from_secs(300), || {
+        let client = client.clone();
+        let url = format!("{}/crawls/{crawl_id}", deployment.api_url);
+        async move {
+            let status: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+            (status["state"] == "done").then_some(status)
+        }
+    })
+    .await;
+
+    let truth: Value = client
+        .get(format!(
+            "{}/_sim/reachable?seed={}&seed=search:{}&depth=2",
+            deployment.sim_url,
+            seed_work,
+            url::form_urlencoded::byte_serialize(search.as_bytes()).collect::<String>()
+        ))
+        .send()
+        .await
+        .expect("truth")
+        .json()
+        .await
+        .expect("json");
+    let truth_nodes: BTreeMap<String, String> =
+        serde_json::from_value(truth["nodes"].clone()).expect("truth nodes");
+    let truth_stubs: BTreeSet<String> =
+        serde_json::from_value(truth["stubs"].clone()).expect("truth stubs");
+    let truth_edges: BTreeSet<String> = truth["edges"]
+        .as_array()
+        .expect("truth edges")
+        .iter()
+        .map(|e| {
+            format!(
+                "{}|{}|{}",
+                e["from"].as_str().unwrap_or(""),
+                e["rel"].as_str().unwrap_or(""),
+                e["to"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(
+        truth_nodes.len() > 20,
+        "the crawl should reach a real graph: {}",
+        truth_nodes.len()
+    );
+
+    // The graph writer lags the crawl: wait until every relationship is written.
+    let graph = neo4j().await;
+    let (want_edges, want_nodes) = (truth_edges.len(), truth_nodes.len());
+    let edges = eventually(
+        "the graph writer to catch up",
+        Duration::from_secs(120),
+        || {
+            let graph = graph.clone();
+            let crawl_id = crawl_id.clone();
+            async move {
+                let edges = graph_edges(&graph, &crawl_id).await;
+                let nodes = graph_nodes(&graph, &crawl_id).await;
+                let full = nodes.values().filter(|(_, stub)| !stub).count();
+                (edges.len() >= want_edges && full >= want_nodes).then_some(edges)
+            }
+        },
+    )
+    .await;
+    let nodes = graph_nodes(&graph, &crawl_id).await;
+
+    let full: BTreeMap<String, String> = nodes
+        .iter()
+        .filter(|(_, (_, stub))| !stub)
+        .map(|(k, (label, _))| (k.clone(), label.clone()))
+        .collect();
+    let stubs: BTreeSet<String> = nodes
+        .iter()
+        .filter(|(_, (_, stub))| *stub)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(
+        full, truth_nodes,
+        "fetched nodes differ from the reachable set"
+    );
+    assert_eq!(stubs, truth_stubs, "stubs differ from the depth edge");
+    assert_eq!(
+        edges.keys().cloned().collect::<BTreeSet<_>>(),
+        truth_edges,
+        "relationships differ"
+    );
+    assert!(
+        edges.values().all(|n| *n == 1),
+        "a relationship was written twice"
+    );
+
+    let counters = &status["counters"];
+    assert_eq!(counters["fetched"], truth_nodes.len(), "{status}");
+    assert_eq!(counters["edges"], truth_edges.len(), "{status}");
+    assert_eq!(counters["in_flight"], 0, "{status}");
+    let mut by_label: BTreeMap<String, u64> = BTreeMap::new();
+    for label in truth_nodes.values() {
+        *by_label.entry(label.clone()).or_default() += 1;
+    }
+    let counted: BTreeMap<String, u64> =
+        serde_json::from_value(counters["nodes"].clone()).expect("nodes by label");
+    assert_eq!(counted, by_label, "{status}");
+    let failed_keys = truth["outcomes"]
+        .as_object()
+        .expect("outcomes")
+        .values()
+        .filter(|o| !matches!(o["outcome"].as_str(), Some("node" | "search")))
+        .count() as u64;
+    let failed: u64 = counters["failed"]
+        .as_object()
+        .expect("failed")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(
+        failed, failed_keys,
+        "every deleted, missing or failing key ends in the DLQ: {status}"
+    );
+}
