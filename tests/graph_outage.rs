@@ -373,7 +373,7 @@ mod with_kafka {
             tokio::spawn(async move {
                 let publisher = Publisher::new(&kafka, Duration::from_secs(60)).unwrap();
                 for chunk in (0..EDGES).collect::<Vec<_>>().chunks(50) {
-                    let records = chunk
+                    let records: Vec<Record> = chunk
                         .iter()
                         .map(|i| {
                             let from = format!("/works/OL{tag}{i}W");
