@@ -11,20 +11,25 @@
 //!                         [results]+[edges] ─▶ graph-writer ×M ─▶ Neo4j
 //! ```
 //!
-//! Layout, in data-flow order:
-//! - [`config`]: every setting as a flag and an environment variable.
+//! Layout, in data-flow order (consume → crawl → publish → write):
+//! - [`config`]: every setting, as a clap flag with an environment variable of the same name.
 //! - [`message`]: the JSON messages on the topics.
-//! - [`openlibrary`]: Open Library's JSON shapes parsed into node properties and links.
 //! - [`kafka`]: clients configured for at-least-once delivery; topic creation.
-//! - [`store`]: per-crawl dedupe, progress counters and state in Redis.
-//! - [`api`]: the HTTP API that creates, watches and cancels crawls.
-//! - [`fetch`], [`egress`], [`robots`]: the polite Open Library client, its egress pool and
-//!   rate limits, and robots.txt.
-//! - [`crawl_limits`]: how far and wide a crawl expands (shared by crawl and simulator).
-//! - [`graph`]: batched, idempotent writes of nodes and edges into Neo4j; [`migrate`]: its schema.
 //! - [`consumer`]: the consumer loop shared by the worker and the graph writer, built on
-//!   [`commit`] (in-order commit tracking) and [`publish`] (acknowledged, bounded publishing).
-//! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
+//!   [`commit`] (in-order commit tracking, a pure state machine) and [`publish`]
+//!   (acknowledged, bounded publishing).
+//! - [`store`]: per-crawl dedupe by shortest path, progress counters and state in Redis.
+//! - [`crawl`], [`crawl_limits`]: the crawl rules; [`openlibrary`]: Open Library's JSON
+//!   shapes parsed into node properties and links.
+//! - [`fetch`], [`egress`], [`robots`]: the polite Open Library client, its egress pool with
+//!   per-IP rate limits, and robots.txt.
+//! - [`worker`]: the worker's handler and start-up.
+//! - [`graph`], [`migrate`], [`graph_writer`]: batched, idempotent Neo4j writes, the graph's
+//!   schema, and the graph writer's handler and start-up.
+//! - [`api`]: the HTTP API that creates, watches and cancels crawls; [`summary`]: what a
+//!   crawl left behind.
+//! - [`metrics`], [`health`], [`telemetry`], [`shutdown`]: what an operator sees, and how a
+//!   process stops.
 //! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
 
 pub mod api;
@@ -48,5 +53,6 @@ pub mod robots;
 pub mod shutdown;
 pub mod sim;
 pub mod store;
+pub mod summary;
 pub mod telemetry;
 pub mod worker;

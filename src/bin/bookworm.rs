@@ -40,6 +40,18 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Print what a crawl left behind: its counters and the graph it built.
+    Summary {
+        /// The crawl's id.
+        crawl_id: String,
+        /// Wait up to this long for the graph writers to catch up with the crawl.
+        #[arg(long, value_parser = bookworm::config::parse_duration, default_value = "0s")]
+        wait: std::time::Duration,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        neo4j: Neo4jArgs,
+    },
     /// Serve a simulated Open Library (tests, benchmarks, the offline demo).
     Sim(bookworm::sim::SimArgs),
     /// Apply the graph's schema migrations that are not applied yet (safe to run while graph
@@ -86,6 +98,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             redis,
             crawl,
         } => serve(api, kafka, redis, crawl).await,
+        Command::Summary {
+            crawl_id,
+            wait,
+            redis,
+            neo4j,
+        } => {
+            let store = CrawlStore::connect(&redis.redis_url)
+                .await
+                .with_context(|| format!("connecting to Redis at {}", redis.redis_url))?;
+            let graph = bookworm::graph::GraphStore::connect(&neo4j)
+                .await
+                .context("connecting to Neo4j")?;
+            let summary =
+                bookworm::summary::wait_for_graph(&store, &graph, &crawl_id, wait).await?;
+            println!("{summary}");
+            if !summary.graph_caught_up() {
+                anyhow::bail!("the graph has not caught up with the crawl's counters yet");
+            }
+            Ok(())
+        }
         Command::Sim(args) => bookworm::sim::serve(args, shutdown::on_signal())
             .await
             .context("running the simulator"),
