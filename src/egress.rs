@@ -413,14 +413,25 @@ impl EgressPool {
         let egress = &inner.egresses[slot.index];
         let (duration, generation) = {
             let mut health = egress.health.lock().unwrap_or_else(|e| e.into_inner());
-            let doubled = backoff(
-                inner.settings.block_base,
-                inner.settings.block_max,
-                health.strikes,
-            );
-            let duration = retry_after.map_or(doubled, |r| r.min(MAX_RETRY_AFTER));
-            health.strikes = health.strikes.saturating_add(1);
-            let until = Instant::now() + duration;
+            let now = Instant::now();
+            // Requests already in flight when the egress was blocked answer 429 too; they are
+            // echoes of the strike that set the block, not new strikes. Counting each would
+            // double a 5 s block to the maximum within a millisecond.
+            let echo = health.blocked_until.filter(|u| *u > now);
+            let duration = match (retry_after, echo) {
+                (Some(r), _) => r.min(MAX_RETRY_AFTER),
+                (None, Some(until)) => until - now,
+                (None, None) => {
+                    let doubled = backoff(
+                        inner.settings.block_base,
+                        inner.settings.block_max,
+                        health.strikes,
+                    );
+                    health.strikes = health.strikes.saturating_add(1);
+                    doubled
+                }
+            };
+            let until = now + duration;
             // Never shorten a longer block another request already set.
             if health.blocked_until.is_none_or(|u| u < until) {
                 health.blocked_until = Some(until);

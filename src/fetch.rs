@@ -35,6 +35,11 @@ pub const DEFAULT_USER_AGENT: &str = concat!(
 /// Redirect hops followed before a fetch is refused (the contract's hop limit).
 pub const MAX_REDIRECTS: u32 = 5;
 
+/// Rate-limit answers (429, or 503 with Retry-After) one request takes before it gives up
+/// with reason `rate_limited`. Each blocks its egress with doubling backoff, so this many
+/// span many minutes: reaching it means the server refuses us whatever the pace.
+pub const MAX_THROTTLED_ANSWERS: u32 = 20;
+
 /// Parses `OPENLIBRARY_BASE_URL` for clap: an http(s) URL of an origin (nothing after `/`).
 pub fn parse_origin(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("{text:?}: {e}"))?;
@@ -566,6 +571,7 @@ impl OpenLibraryClient {
         let settings = &inner.settings;
         inner.budget.record_request();
         let mut retry = 0u32;
+        let mut throttled_answers = 0u32;
         loop {
             let slot = inner.pool.acquire().await?;
             *attempts += 1;
@@ -581,12 +587,19 @@ impl OpenLibraryClient {
                         // This egress is over its limit at the server: block it, go elsewhere
                         // at once (the block itself is the wait).
                         inner.pool.block(&slot, answer.retry_after).await;
+                        throttled_answers += 1;
+                        if throttled_answers < MAX_THROTTLED_ANSWERS {
+                            // A 429 says the egress is too fast, not that the request is
+                            // wrong: it costs no retry and no budget, and `acquire` waits for
+                            // an egress whose block has run out. JOB_TIMEOUT bounds the wait.
+                            continue;
+                        }
                         let error = FetchError::RateLimited {
                             status: status.as_u16(),
                             url: url.to_string(),
                             attempts: *attempts,
                         };
-                        (error, false)
+                        return Err(error);
                     } else if status.is_server_error() {
                         // A 503 without Retry-After is the answer for this request, not a
                         // verdict on the egress: keys that always fail must not block egresses.

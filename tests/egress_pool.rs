@@ -298,3 +298,30 @@ async fn a_proxy_that_is_down_is_marked_down_and_no_request_fails() {
     }
     assert!(matches!(dead, EgressSpec::Proxy(_)));
 }
+
+/// Requests in flight when an egress is blocked answer 429 too: those echoes of one strike
+/// keep the block as it is instead of doubling it once per response (a burst of ten 429s
+/// once turned a 2 s block into the 10 s maximum at once).
+#[tokio::test]
+async fn concurrent_429s_count_as_one_strike() {
+    let (proxies, _) = stack_proxies();
+    let settings = pool_settings(
+        proxies.0,
+        test_rate(),
+        LimitScope::Local,
+        &common::unique("echo"),
+    );
+    let pool =
+        bookworm::egress::EgressPool::new(settings, None, egress_support::metrics()).unwrap();
+    let slot = pool.acquire().await.unwrap();
+    let first = pool.block(&slot, None).await;
+    let mut echoes = Vec::new();
+    for _ in 0..10 {
+        echoes.push(pool.block(&slot, None).await);
+    }
+    assert_eq!(first, Duration::from_secs(2));
+    assert!(
+        echoes.iter().all(|d| *d <= first),
+        "echoes escalated the block: {echoes:?}"
+    );
+}
