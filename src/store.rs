@@ -56,6 +56,15 @@ pub enum CrawlState {
 }
 
 impl CrawlState {
+    /// The state as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
     fn parse(text: &str) -> Option<Self> {
         match text {
             "running" => Some(Self::Running),

@@ -142,9 +142,9 @@ impl fmt::Display for CrawlSummary {
         let seconds = (s.updated_at - s.created_at).num_milliseconds().max(1) as f64 / 1000.0;
         writeln!(
             f,
-            "crawl {} is {:?} (depth {}, seeds: {})",
+            "crawl {} is {} (depth {}, seeds: {})",
             s.crawl_id,
-            s.state,
+            s.state.as_str(),
             s.max_depth,
             s.seeds.join(", ")
         )?;
