@@ -26,6 +26,7 @@
 //!   [`commit`] (in-order commit tracking) and [`publish`] (acknowledged, bounded publishing).
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
 //! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
+//! - [`ops`]: the operator commands (`bookworm seed`, `status`, `dlq`, `graph`).
 
 pub mod api;
 pub mod commit;
@@ -43,6 +44,7 @@ pub mod message;
 pub mod metrics;
 pub mod migrate;
 pub mod openlibrary;
+pub mod ops;
 pub mod publish;
 pub mod robots;
 pub mod shutdown;
