@@ -310,8 +310,10 @@ pub async fn watch(
     let mut rate = RateWindow::new(RATE_WINDOW);
     let bar = match view {
         WatchView::Live => {
+            // `wide_msg` cuts the line at the terminal width: a wrapped line would leave
+            // half-erased rows behind on every redraw.
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
-            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}") {
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {wide_msg}") {
                 bar.set_style(style);
             }
             bar.enable_steady_tick(Duration::from_millis(120));
