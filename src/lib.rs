@@ -31,6 +31,7 @@
 //! - [`metrics`], [`health`], [`telemetry`], [`shutdown`]: what an operator sees, and how a
 //!   process stops.
 //! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
+//! - [`ops`]: the operator commands (`bookworm seed`, `status`, `dlq`, `graph`).
 
 pub mod api;
 pub mod commit;
@@ -48,6 +49,7 @@ pub mod message;
 pub mod metrics;
 pub mod migrate;
 pub mod openlibrary;
+pub mod ops;
 pub mod publish;
 pub mod robots;
 pub mod shutdown;

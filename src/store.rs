@@ -318,6 +318,43 @@ end
 return 1
 "#;
 
+/// Puts a dead-lettered key back in flight for `bookworm dlq replay`: its failure is taken
+/// off the counters, it is claimed at the job's depth and pending again, and a `done` crawl is
+/// `running` again, so the replayed job passes BEGIN and the crawl is not `done` before it ends.
+const REQUEUE: &str = r#"
+local meta, claims, pending, counters, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local key, depth, now = ARGV[1], ARGV[2], ARGV[3]
+local state = redis.call('HGET', meta, 'state')
+if not state then return 'unknown' end
+if state == 'cancelled' then return 'cancelled' end
+if redis.call('SISMEMBER', pending, key) == 1 then return 'pending' end
+local reason = redis.call('HGET', failures, key)
+if reason then
+  redis.call('HDEL', failures, key)
+  if redis.call('HINCRBY', counters, 'failed:' .. reason, -1) <= 0 then
+    redis.call('HDEL', counters, 'failed:' .. reason)
+  end
+end
+redis.call('HSET', claims, key, depth .. '|replay')
+redis.call('SADD', pending, key)
+redis.call('HINCRBY', counters, 'enqueued', 1)
+redis.call('HSET', meta, 'state', 'running', 'updated_at', now)
+return 'requeued'
+"#;
+
+/// What [`CrawlStore::requeue`] did with a dead-lettered key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// The key is pending again: publish its job.
+    Requeued,
+    /// A job of the key is already in flight: publishing another would only duplicate it.
+    AlreadyPending,
+    /// The crawl was cancelled: its jobs are not run any more.
+    Cancelled,
+    /// No such crawl (expired): a job for it would be dropped.
+    UnknownCrawl,
+}
+
 /// The crawl state of every crawl, in Redis.
 #[derive(Clone)]
 pub struct CrawlStore {
@@ -326,6 +363,7 @@ pub struct CrawlStore {
     claim: Script,
     finish: Script,
     cancel: Script,
+    requeue: Script,
 }
 
 impl CrawlStore {
@@ -339,6 +377,7 @@ impl CrawlStore {
             claim: Script::new(CLAIM),
             finish: Script::new(FINISH),
             cancel: Script::new(CANCEL),
+            requeue: Script::new(REQUEUE),
         })
     }
 
@@ -514,6 +553,40 @@ impl CrawlStore {
             .invoke_async(&mut conn)
             .await?;
         Ok(found == 1)
+    }
+
+    /// Makes a dead-lettered key of a crawl pending again at `depth`, before its job is
+    /// published anew (`bookworm dlq replay`). Idempotent while the job is in flight.
+    pub async fn requeue(
+        &self,
+        crawl_id: &str,
+        key: &str,
+        depth: u32,
+    ) -> Result<Requeue, StoreError> {
+        let keys = CrawlKeys::new(crawl_id);
+        let mut conn = self.conn.clone();
+        let reply: String = self
+            .requeue
+            .key(&keys.meta)
+            .key(&keys.claims)
+            .key(&keys.pending)
+            .key(&keys.counters)
+            .key(&keys.failures)
+            .arg(key)
+            .arg(depth)
+            .arg(Utc::now().to_rfc3339())
+            .invoke_async(&mut conn)
+            .await?;
+        match reply.as_str() {
+            "requeued" => Ok(Requeue::Requeued),
+            "pending" => Ok(Requeue::AlreadyPending),
+            "cancelled" => Ok(Requeue::Cancelled),
+            "unknown" => Ok(Requeue::UnknownCrawl),
+            other => Err(StoreError::Corrupt {
+                crawl_id: crawl_id.to_owned(),
+                detail: format!("unexpected reply from the requeue script: {other}"),
+            }),
+        }
     }
 
     /// The crawl's status, or `None` if it is unknown.

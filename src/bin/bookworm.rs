@@ -7,7 +7,10 @@ use bookworm::api::{self, ApiArgs, ApiState};
 use bookworm::config::{CrawlArgs, KafkaArgs, LogArgs, Neo4jArgs, RedisArgs};
 use bookworm::health::{HealthState, Liveness, Readiness};
 use bookworm::kafka::{TopicLayout, create_topics, producer};
+use bookworm::message::FailureReason;
 use bookworm::metrics::ApiMetrics;
+use bookworm::ops::crawls::{self, ApiClient, CrawlsError, WatchView};
+use bookworm::ops::{dlq, neighbourhood};
 use bookworm::store::CrawlStore;
 use bookworm::{shutdown, telemetry};
 use clap::{Parser, Subcommand};
@@ -60,6 +63,109 @@ enum Command {
         #[command(flatten)]
         neo4j: Neo4jArgs,
     },
+    /// Start a crawl through the HTTP API; prints only the crawl id on stdout.
+    Seed {
+        /// Open Library keys or URLs of works, authors or editions, or free text.
+        #[arg(required = true)]
+        seeds: Vec<String>,
+        /// Crawl depth (default: the API's MAX_DEPTH).
+        #[arg(long)]
+        max_depth: Option<u32>,
+        /// Budget of fetched nodes (default: the API's MAX_NODES).
+        #[arg(long, value_parser = bookworm::config::parse_positive)]
+        max_nodes: Option<usize>,
+        #[command(flatten)]
+        api: ApiUrl,
+    },
+    /// Show a crawl's status; with --watch, follow it until it is done or cancelled.
+    Status {
+        /// The crawl id `bookworm seed` printed.
+        crawl_id: String,
+        /// Follow the crawl: live on a terminal, one line every 5 s otherwise.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        api: ApiUrl,
+    },
+    /// Look at and replay the crawl dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Print the neighbourhood of a node of the graph as Graphviz DOT or JSON.
+    Graph {
+        /// The node's Open Library key (`/works/OL…W`, `/authors/OL…A`, `/subjects/…`).
+        key: String,
+        /// Hops from the node, in either direction.
+        #[arg(long, default_value = "1")]
+        depth: u32,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
+        #[command(flatten)]
+        neo4j: Neo4jArgs,
+    },
+}
+
+/// Where the HTTP API is.
+#[derive(clap::Args, Debug)]
+struct ApiUrl {
+    /// Base URL of `bookworm serve`.
+    #[arg(
+        long = "api",
+        env = "BOOKWORM_API",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: url::Url,
+}
+
+/// Which DLQ records a command takes.
+#[derive(clap::Args, Debug)]
+struct DlqSelect {
+    /// Only failures with this reason (http_4xx, http_5xx, timeout, rate_limited, parse,
+    /// robots, invalid_job, publish).
+    #[arg(long, value_parser = parse_reason)]
+    reason: Option<FailureReason>,
+    /// Only failures of this crawl.
+    #[arg(long = "crawl")]
+    crawl_id: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqCommand {
+    /// Print the DLQ's failures, one a line: crawl, key, reason, attempts, detail.
+    List {
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Print at most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Put the matching dead-lettered jobs back on the frontier; a record is replayed once,
+    /// however often this runs.
+    Replay {
+        #[command(flatten)]
+        select: DlqSelect,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum GraphFormat {
+    /// Graphviz (`| dot -Tsvg > graph.svg`).
+    Dot,
+    /// `{nodes: [...], relationships: [...]}`.
+    Json,
+}
+
+fn parse_reason(text: &str) -> Result<FailureReason, String> {
+    FailureReason::parse(text).ok_or_else(|| {
+        let all: Vec<_> = FailureReason::ALL.iter().map(|r| r.as_str()).collect();
+        format!("expected one of {}", all.join(", "))
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,7 +191,11 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A seed the API refused is the operator's input, like a bad flag: exit 2.
+            match e.downcast_ref::<CrawlsError>() {
+                Some(CrawlsError::Rejected { .. }) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -165,6 +275,127 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Seed {
+            seeds,
+            max_depth,
+            max_nodes,
+            api,
+        } => {
+            let status = ApiClient::new(api.url)?
+                .create(&seeds, max_depth, max_nodes)
+                .await?;
+            eprintln!(
+                "crawl created: {} seed(s), depth {}, budget {} nodes",
+                status.seeds.len(),
+                status.max_depth,
+                status.max_nodes
+            );
+            println!("{}", status.crawl_id);
+            Ok(())
+        }
+        Command::Status {
+            crawl_id,
+            watch,
+            api,
+        } => {
+            let client = ApiClient::new(api.url)?;
+            let status = if watch {
+                crawls::watch(
+                    &client,
+                    &crawl_id,
+                    WatchView::for_stdout(),
+                    crawls::POLL_INTERVAL,
+                )
+                .await?
+            } else {
+                client.status(&crawl_id).await?
+            };
+            print!("{}", crawls::render_status(&status));
+            Ok(())
+        }
+        Command::Dlq {
+            command: DlqCommand::List { select, limit },
+        } => {
+            let scan = dlq::scan(
+                &select.kafka,
+                &select.kafka.kafka_dlq_topic,
+                &select.filter(),
+                limit,
+            )
+            .await?;
+            for record in &scan.records {
+                println!("{}", dlq::render_line(record));
+            }
+            eprintln!(
+                "{} of {} DLQ record(s) shown{}",
+                scan.records.len(),
+                scan.read,
+                undecodable_note(scan.undecodable)
+            );
+            Ok(())
+        }
+        Command::Dlq {
+            command: DlqCommand::Replay { select, redis },
+        } => {
+            let scan = dlq::scan(
+                &select.kafka,
+                &select.kafka.kafka_dlq_topic,
+                &select.filter(),
+                None,
+            )
+            .await?;
+            let replayer =
+                dlq::Replayer::new(&select.kafka, &redis.redis_url, dlq::REPLAY_PUBLISH_TIMEOUT)
+                    .await?;
+            let report = replayer.replay(&scan.records).await?;
+            println!(
+                "replayed {} job(s) from {} matching DLQ record(s){}",
+                report.published,
+                scan.records.len(),
+                undecodable_note(scan.undecodable)
+            );
+            for (why, count) in &report.not_replayed {
+                println!("not replayed ({why:?}): {count}");
+            }
+            Ok(())
+        }
+        Command::Graph {
+            key,
+            depth,
+            format,
+            neo4j,
+        } => {
+            let store = bookworm::graph::GraphStore::connect(&neo4j).await?;
+            let view = neighbourhood::read(&store, &key, depth).await?;
+            match format {
+                GraphFormat::Dot => print!("{}", neighbourhood::to_dot(&view)),
+                GraphFormat::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+            }
+            if view.truncated {
+                eprintln!(
+                    "truncated at {} relationships",
+                    neighbourhood::MAX_RELATIONSHIPS
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+impl DlqSelect {
+    fn filter(&self) -> dlq::DlqFilter {
+        dlq::DlqFilter {
+            reason: self.reason,
+            crawl_id: self.crawl_id.clone(),
+        }
+    }
+}
+
+fn undecodable_note(undecodable: u64) -> String {
+    if undecodable == 0 {
+        String::new()
+    } else {
+        format!(" ({undecodable} undecodable record(s) skipped)")
     }
 }
 
