@@ -96,19 +96,10 @@ for url in http://127.0.0.1:8080/readyz http://127.0.0.1:9101/readyz http://127.
 done
 
 say "crawl of ${SEEDS[*]} to depth $DEPTH"
-BODY=$(python3 -c 'import json,sys; print(json.dumps({"seeds": sys.argv[2:], "max_depth": int(sys.argv[1])}))' "$DEPTH" "${SEEDS[@]}")
-CRAWL=$(curl -sf -X POST -H 'content-type: application/json' -d "$BODY" http://127.0.0.1:8080/crawls |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["crawl_id"])')
+CRAWL=$("$BIN/bookworm" seed --max-depth "$DEPTH" "${SEEDS[@]}")
 echo "crawl id: $CRAWL"
 started=$SECONDS
-while :; do
-  STATUS=$(curl -sf "http://127.0.0.1:8080/crawls/$CRAWL")
-  line=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); c=s["counters"]
-print(s["state"], "fetched", c["fetched"], "in flight", c["in_flight"], "edges", c["edges"], "failed", sum(c["failed"].values()))' "$STATUS")
-  printf '  %4ds  %s\n' $((SECONDS - started)) "$line"
-  [[ $line == done* || $line == cancelled* ]] && break
-  sleep 2
-done
+"$BIN/bookworm" status "$CRAWL" --watch
 
 say "summary"
 "$BIN/bookworm" summary "$CRAWL" --wait 120s

@@ -14,6 +14,11 @@ cd "$ROOT"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; exit 1; }
 cargo fmt --version >/dev/null && cargo clippy --version >/dev/null
 
+# Graphviz lets the `bookworm graph` test check its DOT output with `dot` itself.
+if ! command -v dot >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends graphviz
+fi
+
 bash scripts/stack.sh up
 eval "$(bash scripts/stack.sh env)"
 
