@@ -213,26 +213,17 @@ pub async fn run(
     args: crate::config::GraphWriterArgs,
     shutdown: CancellationToken,
 ) -> Result<(), GraphWriterError> {
-    use crate::health::{HealthState, Liveness};
-    use crate::metrics::ConsumerMetrics;
-
     let registry = prometheus::Registry::new();
-    let consumer_metrics = ConsumerMetrics::register(&registry, "relentless_graph_writer")?;
+    let consumer_metrics =
+        crate::metrics::ConsumerMetrics::register(&registry, "relentless_graph_writer")?;
     let metrics = GraphWriterMetrics::register(&registry)?;
-    let liveness = Liveness::new(
-        args.consumer.max_poll_interval / 2,
-        Some(consumer_metrics.last_poll_age_seconds.clone()),
-    );
-    let readiness = Readiness::with_conditions(&[crate::consumer::ASSIGNMENT, READINESS_NEO4J]);
-    let addr = crate::health::spawn_server(
+    let (liveness, readiness) = crate::health::spawn_consumer_server(
         args.metrics_addr,
-        HealthState {
-            registry,
-            liveness: liveness.clone(),
-            readiness: readiness.clone(),
-        },
+        registry,
+        consumer_metrics.last_poll_age_seconds.clone(),
+        args.consumer.max_poll_interval,
+        &[crate::consumer::ASSIGNMENT, READINESS_NEO4J],
     )?;
-    tracing::info!(%addr, "metrics and health listening");
 
     let (handler, batcher_task) = GraphWriterHandler::start(
         &args.neo4j,

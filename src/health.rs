@@ -234,3 +234,28 @@ pub fn spawn_server(addr: SocketAddr, state: HealthState) -> Result<SocketAddr, 
         .map_err(HealthError::Thread)?;
     Ok(local)
 }
+
+/// Starts the health server of a consumer service (worker, graph writer): liveness fails once
+/// the loop has not polled for half of `max_poll_interval`, so Kubernetes restarts a wedged
+/// consumer before the group evicts it; readiness starts with `conditions` not ready.
+/// Returns the handles the service flips.
+pub fn spawn_consumer_server(
+    addr: SocketAddr,
+    registry: Registry,
+    last_poll_age: IntGauge,
+    max_poll_interval: Duration,
+    conditions: &[&'static str],
+) -> Result<(Liveness, Readiness), HealthError> {
+    let liveness = Liveness::new(max_poll_interval / 2, Some(last_poll_age));
+    let readiness = Readiness::with_conditions(conditions);
+    let bound = spawn_server(
+        addr,
+        HealthState {
+            registry,
+            liveness: liveness.clone(),
+            readiness: readiness.clone(),
+        },
+    )?;
+    tracing::info!(addr = %bound, "metrics and health listening");
+    Ok((liveness, readiness))
+}

@@ -470,28 +470,17 @@ pub async fn run(
     args: crate::config::WorkerArgs,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), WorkerError> {
-    use crate::health::{HealthState, Liveness, Readiness};
-    use crate::metrics::ConsumerMetrics;
-
     let registry = prometheus::Registry::new();
-    let consumer_metrics = ConsumerMetrics::register(&registry, "relentless_worker")?;
+    let consumer_metrics =
+        crate::metrics::ConsumerMetrics::register(&registry, "relentless_worker")?;
     let metrics = WorkerMetrics::register(&registry)?;
-    // The group evicts a consumer that has not polled for max.poll.interval; restart it
-    // well before that.
-    let liveness = Liveness::new(
-        args.consumer.max_poll_interval / 2,
-        Some(consumer_metrics.last_poll_age_seconds.clone()),
-    );
-    let readiness = Readiness::with_conditions(&[crate::consumer::ASSIGNMENT, "redis"]);
-    let addr = crate::health::spawn_server(
+    let (liveness, readiness) = crate::health::spawn_consumer_server(
         args.metrics_addr,
-        HealthState {
-            registry,
-            liveness: liveness.clone(),
-            readiness: readiness.clone(),
-        },
+        registry,
+        consumer_metrics.last_poll_age_seconds.clone(),
+        args.consumer.max_poll_interval,
+        &[crate::consumer::ASSIGNMENT, "redis"],
     )?;
-    tracing::info!(%addr, "metrics and health listening");
 
     let store = CrawlStore::connect(&args.redis.redis_url).await?;
     let limiter_redis = match args.egress.egress_limit_scope {
