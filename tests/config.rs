@@ -1,0 +1,127 @@
+//! The binaries' configuration surface: every contract variable is documented in `--help`,
+//! and an invalid value stops the process with exit code 2 naming the variable.
+
+use std::process::Command;
+
+fn help(binary: &str, args: &[&str]) -> String {
+    let output = Command::new(binary)
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("binary runs");
+    assert!(output.status.success(), "{binary} --help failed");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn assert_documents(text: &str, names: &[&str]) {
+    for name in names {
+        assert!(
+            text.contains(&format!("[env: {name}")),
+            "--help does not document {name}:\n{text}"
+        );
+    }
+}
+
+const KAFKA: [&str; 6] = [
+    "KAFKA_BROKERS",
+    "KAFKA_FRONTIER_TOPIC",
+    "KAFKA_RESULTS_TOPIC",
+    "KAFKA_EDGES_TOPIC",
+    "KAFKA_DLQ_TOPIC",
+    "KAFKA_GROUP_ID",
+];
+
+/// `worker --help` lists every contract variable the worker reads.
+#[test]
+fn worker_help_lists_every_contract_variable() {
+    let text = help(env!("CARGO_BIN_EXE_worker"), &[]);
+    assert_documents(&text, &KAFKA);
+    assert_documents(
+        &text,
+        &[
+            "REDIS_URL",
+            "OPENLIBRARY_BASE_URL",
+            "USER_AGENT",
+            "PROXY_POOL",
+            "EGRESS_RATE_PER_MINUTE",
+            "EGRESS_BURST",
+            "EGRESS_LIMIT_SCOPE",
+            "CONCURRENT_JOBS",
+            "JOB_TIMEOUT",
+            "PUBLISH_TIMEOUT",
+            "MAX_DEPTH",
+            "MAX_NODES",
+            "RESPECT_ROBOTS_TXT",
+            "METRICS_ADDR",
+            "LOG_FORMAT",
+        ],
+    );
+}
+
+/// `graph-writer --help` lists every contract variable the graph writer reads, and never
+/// prints the Neo4j password's value.
+#[test]
+fn graph_writer_help_lists_every_contract_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_graph-writer"))
+        .arg("--help")
+        .env("NEO4J_PASSWORD", "s3cret-value")
+        .output()
+        .expect("binary runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_documents(&text, &KAFKA);
+    assert_documents(
+        &text,
+        &[
+            "NEO4J_URI",
+            "NEO4J_USER",
+            "NEO4J_PASSWORD",
+            "GRAPH_BATCH_SIZE",
+            "GRAPH_BATCH_LINGER",
+            "METRICS_ADDR",
+            "LOG_FORMAT",
+        ],
+    );
+    assert!(
+        !text.contains("s3cret-value"),
+        "the password leaked into --help"
+    );
+}
+
+/// `bookworm serve --help` lists the API's variables.
+#[test]
+fn bookworm_help_lists_the_api_variables() {
+    let text = help(env!("CARGO_BIN_EXE_bookworm"), &["serve"]);
+    assert_documents(
+        &text,
+        &[
+            "API_ADDR",
+            "KAFKA_BROKERS",
+            "KAFKA_FRONTIER_TOPIC",
+            "REDIS_URL",
+            "OPENLIBRARY_BASE_URL",
+            "MAX_DEPTH",
+            "MAX_NODES",
+        ],
+    );
+}
+
+/// An invalid value exits 2 with a message naming the variable, before anything connects.
+#[test]
+fn an_invalid_value_exits_2_naming_the_variable() {
+    let cases: [(&str, &str, &str); 5] = [
+        (env!("CARGO_BIN_EXE_worker"), "MAX_DEPTH", "abc"),
+        (env!("CARGO_BIN_EXE_worker"), "JOB_TIMEOUT", "soon"),
+        (env!("CARGO_BIN_EXE_worker"), "PROXY_POOL", "ftp://proxy:21"),
+        (env!("CARGO_BIN_EXE_graph-writer"), "GRAPH_BATCH_SIZE", "0"),
+        (env!("CARGO_BIN_EXE_worker"), "EGRESS_LIMIT_SCOPE", "galaxy"),
+    ];
+    for (binary, name, value) in cases {
+        let output = Command::new(binary)
+            .env(name, value)
+            .output()
+            .expect("binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}={value}: {stderr}");
+        assert!(stderr.contains(name), "{name}={value} not named: {stderr}");
+    }
+}
