@@ -166,7 +166,11 @@ async fn fast_simulator_errors_malformed_json_and_latency_spikes_lose_nothing() 
         stats["injected"].as_object().map_or(0, |m| m.len()),
         stats["latency_spikes"]
     );
-    check_invariant(&deployment, &crawl, &truth, &status, false).await;
+    let report = check_invariant(&deployment, &crawl, &truth, &status, false).await;
+    assert!(
+        !report.transient_by_reason.contains_key("parse"),
+        "a truncated answer that would have parsed on another try was dead-lettered: {report:?}"
+    );
 }
 
 /// A 429 storm: for five seconds mid-crawl 60% of requests are answered 429. Egresses back

@@ -666,6 +666,8 @@ pub struct Report {
     pub duplicate_results: usize,
     /// DLQ records of the crawl by reason (distinct keys).
     pub dlq_by_reason: BTreeMap<String, usize>,
+    /// DLQ records of keys that do not fail for good (the fault was transient), by reason.
+    pub transient_by_reason: BTreeMap<String, usize>,
     /// Keys neither in the graph nor in the DLQ nor cut off by a DLQ'd key.
     pub lost: usize,
     /// From the crawl's creation to `done`.
@@ -901,7 +903,12 @@ pub async fn check_invariant(
     for reason in dlq.values() {
         *dlq_by_reason.entry(reason.clone()).or_default() += 1;
     }
+    let mut transient_by_reason = BTreeMap::new();
+    for key in &transient {
+        *transient_by_reason.entry(dlq[key].clone()).or_default() += 1;
+    }
     let report = Report {
+        transient_by_reason,
         truth_nodes: truth.nodes.len(),
         graph_nodes: full.len(),
         duplicate_deliveries: counters["duplicates"].as_u64().unwrap_or(0),
