@@ -405,6 +405,40 @@ impl Deployment {
         .await;
     }
 
+    /// Recovery after a fault ended: how long until the crawl fetches a node again (or is
+    /// done). Printed as `CHAOS RECOVERY`, for docs/reliability.md.
+    pub async fn crawl_recovery(&self, crawl: &Crawl, what: &str) -> Duration {
+        let start = Instant::now();
+        let fetched = |status: &Value| status["counters"]["fetched"].as_u64().unwrap_or(0);
+        let before = fetched(&self.status(crawl).await.unwrap_or_default());
+        eventually("the crawl to move again", CRAWL_DEADLINE, || async {
+            let status = self.status(crawl).await?;
+            (fetched(&status) > before || status["state"] == "done").then_some(())
+        })
+        .await;
+        let took = start.elapsed();
+        eprintln!("CHAOS RECOVERY {what}: {:.1} s", took.as_secs_f64());
+        took
+    }
+
+    /// Recovery of the graph writer: how long until its group commits past where it was.
+    pub async fn writer_recovery(&self, what: &str) -> Duration {
+        let start = Instant::now();
+        let (before, _) = committed_vs_high(&self.writer_group, &self.topics.results);
+        eventually(
+            "the graph writer to commit again",
+            CRAWL_DEADLINE,
+            || async {
+                let (now, high) = committed_vs_high(&self.writer_group, &self.topics.results);
+                (now > before || now == high).then_some(())
+            },
+        )
+        .await;
+        let took = start.elapsed();
+        eprintln!("CHAOS RECOVERY {what}: {:.1} s", took.as_secs_f64());
+        took
+    }
+
     /// Waits for `done`; returns the status.
     pub async fn wait_done(&self, crawl: &Crawl) -> Value {
         eventually("the crawl to end done", CRAWL_DEADLINE, || async {
