@@ -356,8 +356,10 @@ struct Answer {
 enum AttemptError {
     /// Could not connect (the proxy, or for direct the origin): the egress is marked down.
     Connect(String),
-    /// Timed out or the connection broke mid-answer.
+    /// The connection broke mid-answer.
     Transport(String),
+    /// Connected, but no (complete) answer within the read or request timeout.
+    TimedOut(String),
     /// Body over the cap.
     TooLarge,
 }
@@ -631,6 +633,24 @@ impl OpenLibraryClient {
                     };
                     (error, false)
                 }
+                Err(AttemptError::TimedOut(detail)) => {
+                    inner.pool.record_error(&slot);
+                    // A proxy that accepts and never answers (blackholed, wedged) passes the
+                    // TCP probe of `mark_down`, so it would keep its share of requests and
+                    // each would wait out the timeout. Block it like a throttled egress
+                    // instead (doubling per repeat, reset by a success) and retry elsewhere
+                    // at once. Direct has no elsewhere: it only backs off.
+                    let proxied = slot.label() != "direct";
+                    if proxied {
+                        inner.pool.block(&slot, None).await;
+                    }
+                    let error = FetchError::Timeout {
+                        url: url.to_string(),
+                        attempts: *attempts,
+                        detail,
+                    };
+                    (error, !proxied)
+                }
                 Err(AttemptError::Transport(detail)) => {
                     inner.pool.record_error(&slot);
                     let error = FetchError::Timeout {
@@ -703,6 +723,8 @@ impl OpenLibraryClient {
 fn classify(error: reqwest::Error) -> AttemptError {
     if error.is_connect() {
         AttemptError::Connect(error_chain(&error))
+    } else if error.is_timeout() {
+        AttemptError::TimedOut(error_chain(&error))
     } else {
         AttemptError::Transport(error_chain(&error))
     }

@@ -183,8 +183,12 @@ pub struct Edge {
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
     /// Open Library answered 4xx (other than 429).
+    // snake_case alone spells these `http4xx`; the contract (and `as_str`, the metrics and
+    // the status counters) spell `http_4xx`. The alias reads records written before the fix.
+    #[serde(rename = "http_4xx", alias = "http4xx")]
     Http4xx,
     /// Open Library kept answering 5xx.
+    #[serde(rename = "http_5xx", alias = "http5xx")]
     Http5xx,
     /// The job ran past `JOB_TIMEOUT`.
     Timeout,
@@ -256,3 +260,27 @@ pub struct Failure {
 }
 
 versioned!(CrawlJob, Node, Edge, Failure);
+
+#[cfg(test)]
+mod tests {
+    use super::FailureReason;
+
+    /// The DLQ's JSON spells every reason as the contract, the metrics and the status
+    /// counters do (it once wrote `http4xx` while everything else said `http_4xx`).
+    #[test]
+    fn dlq_reasons_serialize_as_the_contract_spells_them() {
+        for reason in FailureReason::ALL {
+            let json = serde_json::to_value(reason).expect("serialize");
+            assert_eq!(json, reason.as_str());
+            let back: FailureReason = serde_json::from_value(json).expect("deserialize");
+            assert_eq!(back, reason);
+        }
+    }
+
+    /// Records written before the spelling was fixed still read.
+    #[test]
+    fn dlq_reasons_written_with_the_old_spelling_still_read() {
+        let old: FailureReason = serde_json::from_str("\"http5xx\"").expect("old spelling");
+        assert_eq!(old, FailureReason::Http5xx);
+    }
+}

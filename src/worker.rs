@@ -39,6 +39,13 @@ pub struct OutputTopics {
     pub dlq: String,
 }
 
+/// Tries of a job whose answer arrived cut short before it is dead-lettered as `parse`: a
+/// truncated transfer (a proxy or load balancer dropping mid-body) usually does not repeat,
+/// and without a retry the job's whole subtree would go unfetched. Three tries, with the
+/// consumer loop's backoff between them, keep a key that is truncated every time from
+/// costing more than three fetches.
+const TRUNCATED_ANSWER_ATTEMPTS: u32 = 3;
+
 /// Why a job could not be crawled.
 #[derive(Debug, thiserror::Error)]
 enum CrawlError {
@@ -62,6 +69,13 @@ impl CrawlError {
             self,
             CrawlError::Fetch(FetchError::Limiter(_) | FetchError::RobotsUnavailable { .. })
         )
+    }
+
+    /// Whether the answer was cut short (its JSON ends mid-value): a fault of the transfer,
+    /// not of the record, so fetching it again may succeed. Any other parse error is the
+    /// record's own and would fail the same way every time.
+    fn is_truncated_answer(&self) -> bool {
+        matches!(self, CrawlError::Parse(ParseError::Json { source, .. }) if source.is_eof())
     }
 
     fn reason(&self) -> FailureReason {
@@ -285,7 +299,8 @@ impl CrawlHandler {
         Ok(records)
     }
 
-    async fn run(&self, job: CrawlJob) -> Result<Vec<Record>, HandleError> {
+    /// Runs `job`; `attempt` is the loop's try of this delivery (1 on the first).
+    async fn run(&self, job: CrawlJob, attempt: u32) -> Result<Vec<Record>, HandleError> {
         let target =
             Target::parse(&job.key).map_err(|why| dead_letter(FailureReason::InvalidJob, why))?;
         if matches!(target, Target::Search(_)) && job.depth > 0 {
@@ -314,6 +329,9 @@ impl CrawlHandler {
         let expansion = match self.expand(&target).await {
             Ok(expansion) => expansion,
             Err(e) if e.is_transient() => return Err(HandleError::Retry(e.to_string())),
+            Err(e) if e.is_truncated_answer() && attempt < TRUNCATED_ANSWER_ATTEMPTS => {
+                return Err(HandleError::Retry(e.to_string()));
+            }
             Err(e) => return Err(dead_letter(e.reason(), e.to_string())),
         };
         let enqueue = if job.depth < max_depth {
@@ -373,7 +391,7 @@ impl Handler for CrawlHandler {
         self.metrics.jobs_received.inc();
         let job: CrawlJob = message::decode(delivery.payload.as_deref())
             .map_err(|e| dead_letter(FailureReason::InvalidJob, e.to_string()))?;
-        self.run(job).await
+        self.run(job, delivery.attempt).await
     }
 
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {
@@ -541,4 +559,35 @@ pub async fn run(
     .run(shutdown)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CrawlError, ParseError};
+
+    fn json_error(body: &str) -> CrawlError {
+        let source = serde_json::from_str::<serde_json::Value>(body).expect_err("invalid JSON");
+        CrawlError::Parse(ParseError::Json {
+            what: "record",
+            source,
+        })
+    }
+
+    /// An answer cut mid-body (the simulator's malformed JSON, a dropped transfer) is
+    /// fetched again; the chaos suite saw each such answer cost a job and its whole subtree.
+    #[test]
+    fn a_truncated_answer_is_worth_another_try() {
+        assert!(json_error(r#"{"key": "/works/OL1W", "title": "Trunc"#).is_truncated_answer());
+    }
+
+    /// JSON that is complete but wrong fails the same way every time: dead-lettered at once.
+    #[test]
+    fn a_complete_but_invalid_answer_is_not_retried() {
+        assert!(!json_error(r#"{"key": 1,}"#).is_truncated_answer());
+        let shape = CrawlError::Parse(ParseError::Shape {
+            what: "record",
+            detail: "unknown type".to_owned(),
+        });
+        assert!(!shape.is_truncated_answer());
+    }
 }

@@ -325,3 +325,49 @@ async fn concurrent_429s_count_as_one_strike() {
         "echoes escalated the block: {echoes:?}"
     );
 }
+
+/// A proxy that accepts connections and never answers (blackholed) passes a TCP connect, so
+/// marking it down does not help: each timeout through it blocks it (doubling per repeat)
+/// and the request moves on, so it takes only a few requests and none fails. (The chaos
+/// suite found a blackholed proxy of three sending a third of a crawl to the DLQ.)
+#[tokio::test]
+async fn a_blackholed_proxy_is_blocked_after_a_timeout_and_no_request_fails() {
+    let (proxies, _) = stack_proxies();
+    let server = TestServer::start(Behaviour::default()).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            held.push(stream);
+        }
+    });
+    let blackhole = parse_proxy_pool(&format!("http://{hole}"))
+        .unwrap()
+        .0
+        .remove(0);
+    let mut egresses = proxies.0;
+    egresses.insert(0, blackhole);
+    let mut settings = pool_settings(
+        egresses,
+        test_rate(),
+        LimitScope::Local,
+        &common::unique("egress"),
+    );
+    settings.client.read_timeout = Duration::from_secs(1);
+    settings.client.request_timeout = Duration::from_secs(2);
+    let (client, _) = client(&server, settings, None);
+
+    let paths = (0..60).map(|i| format!("/works/OL{i}W.json")).collect();
+    let results = send_all(&client, paths, 8).await;
+
+    let failed: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+    assert!(failed.is_empty(), "no request fails: {failed:?}");
+    // Once per block at most: the first timeouts of the in-flight requests, then one per
+    // block expiry (2 s, doubling).
+    let tried = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(tried <= 12, "the blackhole took {tried} of 60 requests");
+}

@@ -184,6 +184,16 @@ pub struct TestTopics {
 impl TestTopics {
     /// Creates the topics.
     pub async fn create(prefix: &str, partitions: i32) -> TestTopics {
+        TestTopics::create_with(prefix, partitions, None).await
+    }
+
+    /// Creates the topics, the frontier with `frontier_partitions` when given (the chaos
+    /// suite assigns 1,000 frontier partitions to one worker).
+    pub async fn create_with(
+        prefix: &str,
+        partitions: i32,
+        frontier_partitions: Option<i32>,
+    ) -> TestTopics {
         let base = unique(prefix);
         let topics = TestTopics {
             frontier: format!("{base}.frontier"),
@@ -192,8 +202,8 @@ impl TestTopics {
             dlq: format!("{base}.dlq"),
             graph_dlq: format!("{base}.graph-dlq"),
         };
+        create_topic(&topics.frontier, frontier_partitions.unwrap_or(partitions)).await;
         for topic in [
-            &topics.frontier,
             &topics.results,
             &topics.edges,
             &topics.dlq,

@@ -1,0 +1,427 @@
+//! The chaos suite (issue 7): crawls of a simulated catalogue with known truth while faults
+//! are injected into the real binaries and services, each ending with the invariant check of
+//! `chaos_support::check_invariant` — nothing reachable is lost, nothing is written twice,
+//! the counters equal the graph, and every offset is committed.
+//!
+//! `fast_*` scenarios touch only processes the test owns and run in parallel with other
+//! tests. `stops_*` scenarios stop a shared service of the stack: they are `#[ignore]` and
+//! run alone through `scripts/chaos.sh`.
+
+mod chaos_support;
+mod common;
+
+use std::time::Duration;
+
+use chaos_support::{Deployment, Options, chaos_seed, check_invariant, stack, wait_ok};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+/// Environment pairs from literals.
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A slow enough crawl for faults to land mid-crawl: the simulator answers in 100 ms and
+/// each worker runs two jobs at a time.
+fn slow_options() -> Options {
+    Options {
+        sim_latency_ms: 100,
+        worker_env: env(&[("CONCURRENT_JOBS", "2")]),
+        ..Options::default()
+    }
+}
+
+/// `n` progress points (node counts) drawn in `[lo, hi)` of `total`, ascending.
+fn moments(rng: &mut StdRng, total: usize, n: usize, lo: f64, hi: f64) -> Vec<u64> {
+    let mut points: Vec<u64> = (0..n)
+        .map(|_| (total as f64 * rng.random_range(lo..hi)) as u64)
+        .collect();
+    points.sort_unstable();
+    points
+}
+
+/// Workers SIGKILLed three times at random points of the crawl and restarted at once (as a
+/// kubelet would) lose nothing: jobs in flight on the killed worker are redelivered from the
+/// last committed offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_workers_killed_with_sigkill_at_random_moments_lose_nothing() {
+    let mut rng = StdRng::seed_from_u64(chaos_seed("workers-killed"));
+    let mut deployment = Deployment::start(slow_options()).await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    for point in moments(&mut rng, truth.nodes.len(), 3, 0.1, 0.8) {
+        deployment.wait_fetched(&crawl, point).await;
+        let victim = rng.random_range(0..deployment.workers.len());
+        eprintln!("SIGKILL worker {victim} at {point} nodes");
+        deployment.kill_worker(victim);
+        deployment.start_worker(victim);
+        deployment
+            .crawl_recovery(&crawl, "worker SIGKILL + restart")
+            .await;
+    }
+    let status = deployment.wait_done(&crawl).await;
+    check_invariant(&deployment, &crawl, &truth, &status, false).await;
+}
+
+/// The graph writer SIGKILLed twice mid-crawl and restarted after two seconds: its
+/// uncommitted batches are replayed (MERGE makes that harmless) and the graph is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_graph_writer_killed_and_restarted_writes_the_exact_graph() {
+    let mut rng = StdRng::seed_from_u64(chaos_seed("writer-killed"));
+    let mut deployment = Deployment::start(slow_options()).await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    for point in moments(&mut rng, truth.nodes.len(), 2, 0.2, 0.8) {
+        deployment.wait_fetched(&crawl, point).await;
+        eprintln!("SIGKILL graph writer at {point} nodes");
+        deployment.kill_writer();
+        // The outage itself: results pile up in Kafka meanwhile.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        deployment.start_writer();
+        deployment.writer_recovery("graph writer restart").await;
+    }
+    let status = deployment.wait_done(&crawl).await;
+    check_invariant(&deployment, &crawl, &truth, &status, false).await;
+}
+
+/// A TCP listener that accepts connections and never reads or answers: a blackholed proxy.
+fn blackhole() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            held.push(stream);
+        }
+    });
+    (format!("http://{addr}"), accepted)
+}
+
+/// An egress pool of one real Squid, one dead port (a proxy killed for good) and one
+/// blackholed proxy: requests move to the healthy proxy (the dead one is marked down, the
+/// blackholed one blocked after its first timeout), none is dead-lettered. Read and request
+/// timeouts are short so a blackholed request is abandoned in seconds (production keeps the
+/// 20 s / 30 s defaults).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_a_dead_and_a_blackholed_proxy_lose_nothing() {
+    let (hole, accepted) = blackhole();
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let squid = common::stack_env("PROXY_POOL")
+        .split(',')
+        .next()
+        .expect("a squid")
+        .to_owned();
+    let mut options = Options {
+        proxy_pool: format!("{squid},{dead},{hole}"),
+        ..Options::default()
+    };
+    options.worker_env = env(&[
+        ("CONNECT_TIMEOUT", "1s"),
+        ("READ_TIMEOUT", "2s"),
+        ("REQUEST_TIMEOUT", "3s"),
+        ("FETCH_RETRIES", "6"),
+    ]);
+    let deployment = Deployment::start(options).await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    let status = deployment.wait_done(&crawl).await;
+    let report = check_invariant(&deployment, &crawl, &truth, &status, true).await;
+    assert!(
+        report.transient_by_reason.is_empty(),
+        "requests through the blackhole were dead-lettered instead of moved: {report:?}"
+    );
+    eprintln!(
+        "blackhole accepted {} connections",
+        accepted.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the blackholed proxy was never tried"
+    );
+}
+
+/// The simulator answers 5% of requests 5xx, 1% malformed JSON, 2% after a 5 s latency
+/// spike, and 3% of keys always fail (2% 503, 1% malformed): transient faults are retried
+/// away, the always-failing keys end in the DLQ with the matching reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_simulator_errors_malformed_json_and_latency_spikes_lose_nothing() {
+    let deployment = Deployment::start(Options {
+        worker_env: env(&[("FETCH_RETRIES", "6")]),
+        ..Options::default()
+    })
+    .await;
+    deployment
+        .set_faults(json!({
+            "error_rate": 0.05, "error_status": 503, "malformed_rate": 0.01,
+            "spike_rate": 0.02, "spike_latency": 5000,
+            "always_fail_share": 0.02, "always_fail_status": 503,
+            "always_malformed_share": 0.01, "fault_seed": 7
+        }))
+        .await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    let status = deployment.wait_done(&crawl).await;
+    let stats = deployment.sim_stats().await;
+    eprintln!(
+        "injected on {} keys, {} spikes",
+        stats["injected"].as_object().map_or(0, |m| m.len()),
+        stats["latency_spikes"]
+    );
+    let report = check_invariant(&deployment, &crawl, &truth, &status, false).await;
+    assert!(
+        !report.transient_by_reason.contains_key("parse"),
+        "a truncated answer that would have parsed on another try was dead-lettered: {report:?}"
+    );
+}
+
+/// A 429 storm: for five seconds mid-crawl 60% of requests are answered 429. Egresses back
+/// off; whatever exhausts its retries is dead-lettered as `rate_limited`, and only keys
+/// that got a 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_a_429_storm_mid_crawl_loses_nothing() {
+    let deployment = Deployment::start(slow_options()).await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    deployment
+        .wait_fetched(&crawl, truth.nodes.len() as u64 / 4)
+        .await;
+    deployment
+        .set_faults(json!({"error_rate": 0.6, "error_status": 429}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    deployment.set_faults(json!({})).await;
+    deployment
+        .crawl_recovery(&crawl, "after the 429 storm")
+        .await;
+    let status = deployment.wait_done(&crawl).await;
+    check_invariant(&deployment, &crawl, &truth, &status, false).await;
+}
+
+/// A stuck fetch: 5% of requests hang 8 s, past a `JOB_TIMEOUT` of 2 s. The partition does
+/// not wait: those jobs are abandoned and dead-lettered as `timeout`, and the crawl ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_jobs_stuck_past_the_job_timeout_are_dead_lettered_and_the_crawl_ends() {
+    let deployment = Deployment::start(Options {
+        worker_env: env(&[("JOB_TIMEOUT", "2s")]),
+        ..Options::default()
+    })
+    .await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    // From a tenth of the crawl on, so the seed itself is never the one that hangs.
+    deployment
+        .wait_fetched(&crawl, truth.nodes.len() as u64 / 10)
+        .await;
+    deployment
+        .set_faults(json!({"spike_rate": 0.05, "spike_latency": 8000, "fault_seed": 11}))
+        .await;
+    let status = deployment.wait_done(&crawl).await;
+    let report = check_invariant(&deployment, &crawl, &truth, &status, true).await;
+    let spikes = deployment.sim_stats().await["latency_spikes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(spikes > 0, "no request hung: the scenario tested nothing");
+    assert!(
+        report
+            .dlq_by_reason
+            .keys()
+            .all(|r| r == "timeout" || r == "http_4xx"),
+        "{report:?}"
+    );
+}
+
+/// Scale-out from one worker to three at a quarter of the crawl, then scale-in back to one
+/// (SIGTERM, graceful) at 60%: the rebalances happen with work in flight, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_scale_out_and_in_mid_crawl_loses_nothing() {
+    let mut deployment = Deployment::start(Options {
+        workers: 1,
+        ..slow_options()
+    })
+    .await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    let total = truth.nodes.len() as u64;
+    deployment.wait_fetched(&crawl, total / 4).await;
+    deployment.start_worker(1);
+    deployment.start_worker(2);
+    deployment.crawl_recovery(&crawl, "scale-out").await;
+    deployment.wait_fetched(&crawl, total * 6 / 10).await;
+    for i in [1, 2] {
+        let mut worker = deployment.workers[i].take().expect("worker");
+        worker.process.signal("TERM");
+        assert_eq!(
+            worker.process.wait_exit(Duration::from_secs(60)),
+            Some(0),
+            "worker {i} did not shut down cleanly"
+        );
+    }
+    deployment.crawl_recovery(&crawl, "scale-in").await;
+    let status = deployment.wait_done(&crawl).await;
+    check_invariant(&deployment, &crawl, &truth, &status, false).await;
+}
+
+/// A wedged worker (SIGSTOP: the process is alive, nothing in it runs): its `/healthz` stops
+/// answering, which a kubelet counts as failure; it is restarted (SIGKILL, start), its
+/// partitions move on and the crawl ends with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_a_wedged_worker_fails_liveness_and_its_restart_loses_nothing() {
+    let mut deployment = Deployment::start(slow_options()).await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    deployment
+        .wait_fetched(&crawl, truth.nodes.len() as u64 / 3)
+        .await;
+    let wedged = deployment.workers[0].as_ref().expect("worker 0");
+    wedged.process.signal("STOP");
+    let probe = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let healthz = format!("{}/healthz", wedged.url);
+    let answer = probe.get(&healthz).send().await;
+    assert!(
+        answer.as_ref().map_or(true, |r| !r.status().is_success()),
+        "a stopped worker answered /healthz: {answer:?}"
+    );
+    let other = format!(
+        "{}/healthz",
+        deployment.workers[1].as_ref().expect("worker 1").url
+    );
+    wait_ok(&other, Duration::from_secs(10)).await;
+    deployment.kill_worker(0);
+    deployment.start_worker(0);
+    deployment
+        .crawl_recovery(&crawl, "wedged worker restarted")
+        .await;
+    let status = deployment.wait_done(&crawl).await;
+    check_invariant(&deployment, &crawl, &truth, &status, false).await;
+}
+
+/// Peak resident memory of a process, from /proc (kB).
+fn vm_hwm_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// One worker holding all 1,000 partitions of the frontier: the crawl ends with nothing
+/// lost, peak memory stays bounded, and the info-level log stays quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_one_worker_with_a_thousand_partitions_stays_bounded_and_quiet() {
+    let deployment = Deployment::start(Options {
+        workers: 1,
+        frontier_partitions: Some(1000),
+        ..Options::default()
+    })
+    .await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    let status = deployment.wait_done(&crawl).await;
+    check_invariant(&deployment, &crawl, &truth, &status, false).await;
+    let worker = deployment.workers[0].as_ref().expect("worker");
+    let hwm = vm_hwm_kb(worker.process.child.id());
+    let lines = std::fs::read_to_string(&worker.log)
+        .expect("worker log")
+        .lines()
+        .count();
+    let minutes = (crawl.started.elapsed().as_secs_f64() / 60.0).max(1.0);
+    eprintln!(
+        "CHAOS 1000 partitions: VmHWM {} MiB, {lines} log lines, {:.0} lines/min",
+        hwm / 1024,
+        lines as f64 / minutes
+    );
+    // Bounds with room: a worker at rest is ~30 MiB; per-partition state that grew with
+    // the partition count (queues, tracker) would show here first.
+    assert!(hwm < 512 * 1024, "peak RSS {hwm} kB");
+    assert!(
+        (lines as f64 / minutes) < 300.0,
+        "{lines} log lines in {minutes:.1} min at info level"
+    );
+}
+
+/// Restarts a stack service when dropped, so a failing scenario never leaves it stopped.
+struct Restart(&'static str);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        stack("start", self.0);
+    }
+}
+
+/// Stops `svc` for `outage` from 30% of the crawl, then restarts it; the crawl completes
+/// with the invariant.
+async fn crawl_through_an_outage(svc: &'static str, outage: Duration) {
+    let deployment = Deployment::start(slow_options()).await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    deployment
+        .wait_fetched(&crawl, truth.nodes.len() as u64 * 3 / 10)
+        .await;
+    {
+        let _restart = Restart(svc);
+        stack("stop", svc);
+        tokio::time::sleep(outage).await;
+    }
+    let restarted = std::time::Instant::now();
+    deployment
+        .crawl_recovery(&crawl, &format!("{svc} restarted"))
+        .await;
+    let status = deployment.wait_done(&crawl).await;
+    eprintln!(
+        "CHAOS {svc}: done {:.1} s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    check_invariant(&deployment, &crawl, &truth, &status, false).await;
+}
+
+/// Neo4j stopped for 30 s mid-crawl: the graph writer pauses (no commits, no drops) and
+/// catches up after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops the shared Neo4j: run alone with scripts/chaos.sh"]
+async fn stops_neo4j_for_thirty_seconds_and_loses_nothing() {
+    crawl_through_an_outage("neo4j", Duration::from_secs(30)).await;
+}
+
+/// The Kafka broker stopped for 20 s mid-crawl (publishes hang, commits fail): workers and
+/// writer retry and the crawl completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops the shared Kafka: run alone with scripts/chaos.sh"]
+async fn stops_kafka_for_twenty_seconds_and_loses_nothing() {
+    crawl_through_an_outage("kafka", Duration::from_secs(20)).await;
+}
+
+/// Redis restarted mid-crawl: the AOF keeps claims and status, the crawl completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the shared Redis: run alone with scripts/chaos.sh"]
+async fn stops_redis_briefly_and_loses_nothing() {
+    crawl_through_an_outage("redis", Duration::from_secs(3)).await;
+}
+
+/// One Squid of the pool killed for good at 30% of the crawl (restarted only after the
+/// scenario): the pool marks it down and the crawl completes through the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops a shared Squid: run alone with scripts/chaos.sh"]
+async fn stops_a_squid_for_good_and_loses_nothing() {
+    let deployment = Deployment::start(slow_options()).await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    deployment
+        .wait_fetched(&crawl, truth.nodes.len() as u64 * 3 / 10)
+        .await;
+    let _restart = Restart("squid-1");
+    stack("stop", "squid-1");
+    deployment.crawl_recovery(&crawl, "squid-1 stopped").await;
+    let status = deployment.wait_done(&crawl).await;
+    check_invariant(&deployment, &crawl, &truth, &status, false).await;
+}
