@@ -26,8 +26,10 @@
 //!   [`commit`] (in-order commit tracking) and [`publish`] (acknowledged, bounded publishing).
 //! - [`metrics`], [`health`], [`telemetry`]: what an operator sees.
 //! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
+//! - [`bench`]: `bookworm bench`, the end-to-end capacity benchmark behind `docs/performance.md`.
 
 pub mod api;
+pub mod bench;
 pub mod commit;
 pub mod config;
 pub mod consumer;
