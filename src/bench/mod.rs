@@ -301,6 +301,7 @@ pub fn grid(args: &BenchArgs) -> Vec<GridPoint> {
                 // Open Library's limit: the pace is the proxies' budget.
                 point(2, 32, 3, 50, Limit::PerMinute(150)),
                 point(2, 32, 2, 50, Limit::PerMinute(150)),
+                point(2, 32, 1, 50, Limit::PerMinute(150)),
             ]
         }
     }
@@ -371,6 +372,9 @@ pub struct Row {
     pub seconds_to_done: f64,
     /// Seconds from creating the crawl to the graph writer's last write.
     pub seconds_to_written: f64,
+    /// Share of the machine's cores busy from the seed to `done` (every process, ours,
+    /// the stack's and any other tenant's): near 1.0 means the point was CPU-bound.
+    pub machine_cpu_busy: Option<f64>,
     /// For a rate-limited point: requests ÷ (proxies × rate), the fastest the limit allows.
     pub ideal_seconds: Option<f64>,
     /// Fetch latency percentiles in milliseconds (rate-limit waits included).
@@ -706,6 +710,7 @@ async fn run_point(ctx: &PointContext<'_>, point: GridPoint) -> Result<Row, Benc
         .collect::<Result<_, _>>()?;
     let stack_before = stack.sample();
     let mut stack_peak = stack_before;
+    let machine_before = probe::MachineTicks::read();
 
     // The API takes at most `MAX_SEEDS` seeds per crawl: a wide seed set is several crawls,
     // created back to back and all awaited.
@@ -764,6 +769,7 @@ async fn run_point(ctx: &PointContext<'_>, point: GridPoint) -> Result<Row, Benc
         }
     }
     let seconds_to_done = started.elapsed().as_secs_f64();
+    let machine_at_done = probe::MachineTicks::read();
 
     // Until the graph writer has written every message the workers published.
     let writer_metrics = loop {
@@ -853,6 +859,9 @@ async fn run_point(ctx: &PointContext<'_>, point: GridPoint) -> Result<Row, Benc
             as u64,
         seconds_to_done,
         seconds_to_written,
+        machine_cpu_busy: machine_before
+            .zip(machine_at_done)
+            .map(|(before, after)| before.busy_share_until(after)),
         ideal_seconds,
         fetch_p50_ms: percentile(0.5),
         fetch_p90_ms: percentile(0.9),

@@ -44,6 +44,52 @@ pub fn sample(pid: u32) -> Result<ProcSample, BenchError> {
     })
 }
 
+/// Busy and total CPU ticks of the whole machine, all cores, from `/proc/stat`: what else
+/// ran during a point (other tenants of a shared machine included) shows in the difference.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MachineTicks {
+    /// Ticks not idle and not waiting for I/O.
+    pub busy: u64,
+    /// All ticks.
+    pub total: u64,
+}
+
+impl MachineTicks {
+    /// Reads `/proc/stat`; `None` where there is none.
+    pub fn read() -> Option<MachineTicks> {
+        parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// Share of all cores busy between `self` and a later reading (0..1).
+    pub fn busy_share_until(self, later: MachineTicks) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 {
+            return 0.0;
+        }
+        later.busy.saturating_sub(self.busy) as f64 / total as f64
+    }
+}
+
+/// The `cpu` line of `/proc/stat`: user nice system idle iowait irq softirq steal …
+pub fn parse_machine_ticks(stat: &str) -> Option<MachineTicks> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    if ticks.len() < 5 {
+        return None;
+    }
+    let total: u64 = ticks.iter().sum();
+    let idle = ticks[3] + ticks[4];
+    Some(MachineTicks {
+        busy: total - idle,
+        total,
+    })
+}
+
 /// `utime + stime` in clock ticks from the text of `/proc/<pid>/stat`. The command name (field
 /// 2) may hold spaces and parentheses, so fields are counted after its last `)`.
 pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
@@ -196,6 +242,24 @@ mod tests {
     fn cpu_ticks_are_read_after_a_command_name_with_spaces() {
         let stat = "42 (my (odd) name) S 1 42 42 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 1 0";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn machine_ticks_count_idle_and_iowait_as_not_busy() {
+        let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4 5\n";
+        let ticks = parse_machine_ticks(stat).expect("cpu line");
+        assert_eq!(
+            ticks,
+            MachineTicks {
+                busy: 150,
+                total: 1000
+            }
+        );
+        let later = MachineTicks {
+            busy: 250,
+            total: 1200,
+        };
+        assert!((ticks.busy_share_until(later) - 0.5).abs() < 1e-9);
     }
 
     #[test]

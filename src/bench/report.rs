@@ -103,6 +103,7 @@ pub const CSV_HEADER: &[&str] = &[
     "worker_cpu_s",
     "worker_cpu_utilisation",
     "worker_peak_rss_mib",
+    "machine_cpu_busy",
     "writer_cpu_s",
     "writer_peak_rss_mib",
     "api_cpu_s",
@@ -153,6 +154,7 @@ pub fn csv(rows: &[Row]) -> String {
             format!("{:.2}", row.workers.cpu_seconds),
             format!("{:.3}", row.worker_cpu_utilisation()),
             format!("{:.1}", row.workers.peak_rss_mib),
+            opt(row.machine_cpu_busy, 3),
             format!("{:.2}", row.writer.cpu_seconds),
             format!("{:.1}", row.writer.peak_rss_mib),
             format!("{:.2}", row.api.cpu_seconds),
@@ -175,14 +177,14 @@ pub fn csv(rows: &[Row]) -> String {
 /// The main columns as a Markdown table.
 pub fn markdown_table(rows: &[Row]) -> String {
     let mut text = String::from(
-        "| workers | jobs | proxies | latency | limit | requests | 429s | to done s | ideal s | actual/ideal | to written s | jobs/s | nodes/s | edges/s | fetch p50/p90/p99 ms | worker CPU s (util) | worker RSS MiB | writer CPU s | writer RSS MiB | Kafka CPU s | Neo4j CPU s | error |\n\
-         |---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|\n",
+        "| workers | jobs | proxies | latency | limit | requests | 429s | to done s | ideal s | actual/ideal | to written s | jobs/s | nodes/s | edges/s | fetch p50/p90/p99 ms | worker CPU s (util) | worker RSS MiB | writer CPU s | writer RSS MiB | sim CPU s | Kafka CPU s | Neo4j CPU s | machine busy | error |\n\
+         |---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for row in rows {
         let Some(p) = row.point else { continue };
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} ms | {} | {} | {} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {}/{}/{} | {:.1} ({:.0}%) | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+            "| {} | {} | {} | {} ms | {} | {} | {} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {}/{}/{} | {:.1} ({:.0}%) | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
             p.workers,
             p.concurrency,
             p.proxies,
@@ -205,8 +207,12 @@ pub fn markdown_table(rows: &[Row]) -> String {
             row.workers.peak_rss_mib,
             row.writer.cpu_seconds,
             row.writer.peak_rss_mib,
+            row.sim.cpu_seconds,
             opt(row.kafka.map(|u| u.cpu_seconds), 1),
             opt(row.neo4j.map(|u| u.cpu_seconds), 1),
+            row.machine_cpu_busy
+                .map(|b| format!("{:.0}%", b * 100.0))
+                .unwrap_or_default(),
             row.error.replace(['|', '\n'], " "),
         );
     }
@@ -238,7 +244,8 @@ pub fn generated_report(
          latency is the workers' `relentless_worker_fetch_latency_seconds` (rate-limit waits \
          included). CPU is utime+stime from `/proc/<pid>/stat` over the crawl; RSS is `VmHWM` \
          (peak) for our processes, the highest sampled `VmRSS` for Kafka and Neo4j. Worker CPU \
-         utilisation is worker CPU seconds ÷ (workers × seconds to done). The ideal of a \
+         utilisation is worker CPU seconds ÷ (workers × seconds to done); *machine busy* is the \
+         share of all cores busy from seed to done (`/proc/stat`), whoever used them. The ideal of a \
          rate-limited point is requests ÷ (proxies × rate); every request the simulator saw \
          counts, robots.txt included. Full data: [{images}/{CSV}]({images}/{CSV}).\n\n",
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
@@ -281,12 +288,15 @@ pub fn generated_report(
         let _ = writeln!(
             text,
             "- Unlimited, 1 worker, {} jobs, {} ms latency: {:.1} jobs/s, worker CPU {:.0}% of a core, \
-             simulator CPU {:.0}%.",
+             simulator CPU {:.0}%, machine {} busy.",
             p.concurrency,
             p.latency.as_millis(),
             row.jobs_per_second(),
             row.worker_cpu_utilisation() * 100.0,
             100.0 * row.sim.cpu_seconds / row.seconds_to_done.max(f64::EPSILON),
+            row.machine_cpu_busy
+                .map(|b| format!("{:.0}%", b * 100.0))
+                .unwrap_or_else(|| "?".to_owned()),
         );
     }
     let peak = |f: &dyn Fn(&Row) -> Option<f64>| {
