@@ -32,8 +32,10 @@
 //!   process stops.
 //! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
 //! - [`ops`]: the operator commands (`bookworm seed`, `status`, `dlq`, `graph`).
+//! - [`bench`]: `bookworm bench`, the end-to-end capacity benchmark behind `docs/performance.md`.
 
 pub mod api;
+pub mod bench;
 pub mod commit;
 pub mod config;
 pub mod consumer;

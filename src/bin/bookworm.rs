@@ -63,6 +63,9 @@ enum Command {
         #[command(flatten)]
         neo4j: Neo4jArgs,
     },
+    /// Benchmark the whole system end to end over a grid of settings and write the CSV,
+    /// plots and docs/performance.md (needs the stack: `eval "$(scripts/stack.sh env)"`).
+    Bench(bookworm::bench::BenchArgs),
     /// Start a crawl through the HTTP API; prints only the crawl id on stdout.
     Seed {
         /// Open Library keys or URLs of works, authors or editions, or free text.
@@ -256,6 +259,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 };
                 println!("{topic}\t{state}");
             }
+            Ok(())
+        }
+        Command::Bench(args) => {
+            // The report quotes the command that produced it.
+            let command_line = std::iter::once("target/release/bookworm".to_owned())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let rows = bookworm::bench::run(args, command_line)
+                .await
+                .context("running the benchmark")?;
+            let failed = rows.iter().filter(|r| !r.error.is_empty()).count();
+            anyhow::ensure!(failed == 0, "{failed} grid point(s) failed; see the report");
             Ok(())
         }
         Command::Migrate { neo4j } => {

@@ -1,0 +1,1214 @@
+//! `bookworm bench`: the end-to-end capacity benchmark behind `docs/performance.md`.
+//!
+//! Each grid point starts the real binaries (the simulator, `worker`s, a `graph-writer` and
+//! `bookworm serve`, found next to the running `bookworm`) as separate processes against the
+//! real Kafka, Redis, Neo4j and Squid proxies, with its own topics, consumer groups, limiter
+//! keys and simulator `--id-base`, so points never share state with each other or with tests
+//! running on the same stack. It seeds one crawl, waits for `done` and then for the graph
+//! writer to have written every message, and measures from outside: wall times, the
+//! services' own Prometheus counters, the simulator's request log, and `/proc` for CPU and
+//! memory. [`report`] turns the rows into the CSV, the Markdown table, the plots and the
+//! generated report. Wall-clock numbers depend on the machine; the report says which.
+
+pub mod fonts;
+pub mod probe;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use self::probe::{Metrics, ProcSample};
+
+/// Why a benchmark run stopped; every variant ends the run (a benchmark has no one to retry
+/// for it), and names what to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A binary could not be found or started.
+    #[error("cannot start {what}: {detail}")]
+    Spawn {
+        /// Which process.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// A process or service did not reach the expected state in time.
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// A child process exited while the point was running (see its log).
+    #[error("{what} exited early ({status}); log: {log}")]
+    Exited {
+        /// Which process.
+        what: String,
+        /// Its exit status.
+        status: String,
+        /// Its log file.
+        log: String,
+    },
+    /// A service answered something unexpected.
+    #[error("{what}: {detail}")]
+    Http {
+        /// Which request.
+        what: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// `/proc/<pid>` could not be read.
+    #[error("reading /proc/{pid}: {detail}")]
+    Proc {
+        /// The process.
+        pid: u32,
+        /// What failed.
+        detail: String,
+    },
+    /// Kafka metadata could not be read.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// Writing the outputs failed.
+    #[error("writing {path}: {detail}")]
+    Output {
+        /// The file.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+    /// The flags describe no runnable grid.
+    #[error("bad arguments: {0}")]
+    Args(String),
+}
+
+/// Which grid to run when no axis flag narrows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GridPreset {
+    /// A handful of points that answer the capacity questions in about 20 minutes on two
+    /// cores: scaling with workers and concurrency unlimited, waiting-bound latencies, and
+    /// the rate-limited crawl against its ideal.
+    Reduced,
+    /// Every combination of the axes' full values (162 points; hours).
+    Full,
+}
+
+/// Settings of `bookworm bench`. Service addresses come from the environment that
+/// `eval "$(scripts/stack.sh env)"` sets; the children inherit it.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The grid when no axis flag is given; any axis flag replaces it with the product of the
+    /// given axes (an axis not given takes its first full-grid value).
+    #[arg(long, value_enum, default_value = "reduced")]
+    pub grid: GridPreset,
+    /// `CONCURRENT_JOBS` values (full grid: 8,32,64).
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Vec<u32>,
+    /// Worker process counts (full grid: 1,2,4).
+    #[arg(long, value_delimiter = ',')]
+    pub workers: Vec<u32>,
+    /// Proxy counts, taken from the front of `PROXY_POOL` (full grid: 1,2,3).
+    #[arg(long, value_delimiter = ',')]
+    pub proxies: Vec<u32>,
+    /// Simulator latencies (full grid: 0ms,50ms,300ms).
+    #[arg(long, value_delimiter = ',', value_parser = humantime::parse_duration)]
+    pub latency: Vec<Duration>,
+    /// Rate limits: `none`, or requests per minute per proxy (full grid: none,150).
+    #[arg(long, value_delimiter = ',', value_parser = parse_limit)]
+    pub limit: Vec<Limit>,
+    /// Seed works of an unlimited point (the first N works of the catalogue, at `--depth`, in
+    /// crawls of at most 100 seeds, the API's limit): many seeds keep the frontier wide from
+    /// the first second.
+    #[arg(long, default_value = "1500")]
+    pub seeds: usize,
+    /// Seed works of a rate-limited point's crawl: sized so three proxies at 150/min need
+    /// one to two minutes.
+    #[arg(long, default_value = "120")]
+    pub limited_seeds: usize,
+    /// Crawl depth. Depth 1 fetches the seeds and everything they name, stubs beyond: two
+    /// levels, the second one wide.
+    #[arg(long, default_value = "1")]
+    pub depth: u32,
+    /// Live works in the simulated catalogue.
+    #[arg(long, default_value = "4000")]
+    pub works: usize,
+    /// Live authors in the simulated catalogue.
+    #[arg(long, default_value = "1200")]
+    pub authors: usize,
+    /// Subjects in the simulated catalogue.
+    #[arg(long, default_value = "300")]
+    pub subjects: usize,
+    /// The simulator's per-IP limit when a point is rate-limited (Open Library's: 180/min).
+    #[arg(long, default_value = "180")]
+    pub sim_rate_per_minute: u32,
+    /// The simulator's burst when a point is rate-limited (Open Library's: 25).
+    #[arg(long, default_value = "25")]
+    pub sim_burst: u32,
+    /// The graph writer's `GRAPH_BATCH_SIZE`.
+    #[arg(long, default_value = "5000")]
+    pub graph_batch_size: u32,
+    /// Partitions of each point's topics: at least the most workers of any point.
+    #[arg(long, default_value = "12")]
+    pub partitions: u32,
+    /// Bound on one point, from start to the graph writer's last write; a point past it is
+    /// recorded as failed and the run goes on.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub point_timeout: Duration,
+    /// All proxies of the stack; a point with N proxies uses the first N.
+    #[arg(
+        long,
+        env = "PROXY_POOL",
+        default_value = "http://127.0.0.1:3128,http://127.0.0.1:3129,http://127.0.0.1:3130"
+    )]
+    pub proxy_pool: String,
+    /// Kafka, for the topics' message counts.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Where `scripts/stack.sh` keeps `kafka.pid` and `neo4j.pid`, to read their `/proc`.
+    #[arg(long, default_value = ".stack/run")]
+    pub stack_run_dir: PathBuf,
+    /// Directory of the CSV and the plots.
+    #[arg(long, default_value = "docs/perf")]
+    pub out_dir: PathBuf,
+    /// The generated report (its hand-written reading section, below the marker, is kept).
+    #[arg(long, default_value = "docs/performance.md")]
+    pub report: PathBuf,
+    /// Directory of the children's logs (default: a fresh one under the temp dir).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+}
+
+/// A per-proxy rate limit, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The simulator enforces nothing; the workers' limiter is set far above any rate.
+    None,
+    /// Requests per minute per proxy: the workers' `EGRESS_RATE_PER_MINUTE`.
+    PerMinute(u32),
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::None => f.write_str("none"),
+            Limit::PerMinute(n) => write!(f, "{n}/min"),
+        }
+    }
+}
+
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    match text.trim() {
+        "none" | "off" => Ok(Limit::None),
+        n => n
+            .trim_end_matches("/min")
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Limit::PerMinute)
+            .ok_or_else(|| format!("`{n}`: expected `none` or requests per minute")),
+    }
+}
+
+/// One combination of the axes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GridPoint {
+    /// Worker processes.
+    pub workers: u32,
+    /// `CONCURRENT_JOBS` of each.
+    pub concurrency: u32,
+    /// Proxies in `PROXY_POOL`.
+    pub proxies: u32,
+    /// Latency the simulator adds to each answer.
+    pub latency: Duration,
+    /// Rate limit per proxy.
+    pub limit: Limit,
+}
+
+/// The full grid's axes.
+const FULL_CONCURRENCY: [u32; 3] = [8, 32, 64];
+const FULL_WORKERS: [u32; 3] = [1, 2, 4];
+const FULL_PROXIES: [u32; 3] = [1, 2, 3];
+const FULL_LATENCY_MS: [u64; 3] = [0, 50, 300];
+const FULL_LIMITS: [Limit; 2] = [Limit::None, Limit::PerMinute(150)];
+
+/// The points `args` asks for, in run order.
+pub fn grid(args: &BenchArgs) -> Vec<GridPoint> {
+    let explicit = !(args.concurrency.is_empty()
+        && args.workers.is_empty()
+        && args.proxies.is_empty()
+        && args.latency.is_empty()
+        && args.limit.is_empty());
+    if explicit {
+        let or = |given: &[u32], full: &[u32]| {
+            if given.is_empty() {
+                vec![full[0]]
+            } else {
+                given.to_vec()
+            }
+        };
+        let latencies = if args.latency.is_empty() {
+            vec![Duration::ZERO]
+        } else {
+            args.latency.clone()
+        };
+        let limits = if args.limit.is_empty() {
+            vec![Limit::None]
+        } else {
+            args.limit.clone()
+        };
+        return product(
+            &or(&args.concurrency, &FULL_CONCURRENCY),
+            &or(&args.workers, &FULL_WORKERS),
+            // One proxy by default would make an explicit limited point three times slower
+            // than the reduced grid's; all three is the deployment's shape.
+            &or(&args.proxies, &[3]),
+            &latencies,
+            &limits,
+        );
+    }
+    match args.grid {
+        GridPreset::Full => product(
+            &FULL_CONCURRENCY,
+            &FULL_WORKERS,
+            &FULL_PROXIES,
+            &FULL_LATENCY_MS.map(Duration::from_millis),
+            &FULL_LIMITS,
+        ),
+        GridPreset::Reduced => {
+            let point = |workers, concurrency, proxies, latency_ms, limit| GridPoint {
+                workers,
+                concurrency,
+                proxies,
+                latency: Duration::from_millis(latency_ms),
+                limit,
+            };
+            vec![
+                // Unlimited, no latency: what the processes themselves can do.
+                point(1, 8, 3, 0, Limit::None),
+                point(1, 32, 3, 0, Limit::None),
+                point(1, 64, 3, 0, Limit::None),
+                point(2, 8, 3, 0, Limit::None),
+                point(2, 64, 3, 0, Limit::None),
+                point(4, 8, 3, 0, Limit::None),
+                point(4, 64, 3, 0, Limit::None),
+                // Unlimited with latency: where concurrency, not CPU, sets the pace.
+                point(1, 64, 3, 50, Limit::None),
+                point(1, 64, 3, 300, Limit::None),
+                // Open Library's limit: the pace is the proxies' budget.
+                point(2, 32, 3, 50, Limit::PerMinute(150)),
+                point(2, 32, 2, 50, Limit::PerMinute(150)),
+                point(2, 32, 1, 50, Limit::PerMinute(150)),
+            ]
+        }
+    }
+}
+
+fn product(
+    concurrency: &[u32],
+    workers: &[u32],
+    proxies: &[u32],
+    latency: &[Duration],
+    limits: &[Limit],
+) -> Vec<GridPoint> {
+    let mut points = Vec::new();
+    for &limit in limits {
+        for &latency in latency {
+            for &proxies in proxies {
+                for &workers in workers {
+                    for &concurrency in concurrency {
+                        points.push(GridPoint {
+                            workers,
+                            concurrency,
+                            proxies,
+                            latency,
+                            limit,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    points
+}
+
+/// Resource use of one process over a point.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// CPU seconds spent between the seed and the graph writer's last write.
+    pub cpu_seconds: f64,
+    /// Peak resident memory in MiB (`VmHWM` for our processes; the highest sampled `VmRSS`
+    /// for Kafka and Neo4j, whose lifetime peak predates the point).
+    pub peak_rss_mib: f64,
+}
+
+/// What one grid point measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    /// The point.
+    pub point: Option<GridPoint>,
+    /// Empty when the point ran to the end; otherwise why it did not.
+    pub error: String,
+    /// Seed works, over as many crawls as the API's per-crawl seed limit needs.
+    pub seeds: usize,
+    /// Requests the simulator received (Open Library paths, robots.txt included).
+    pub requests: u64,
+    /// Of which answered 429.
+    pub rate_limited: u64,
+    /// Jobs the workers received.
+    pub jobs: u64,
+    /// Nodes fetched (the crawl's counter).
+    pub fetched: u64,
+    /// Relationships found (the crawl's counter).
+    pub edges: u64,
+    /// Node rows the graph writer committed.
+    pub nodes_written: u64,
+    /// Relationship rows the graph writer committed.
+    pub edges_written: u64,
+    /// Seconds from creating the crawl to `done`.
+    pub seconds_to_done: f64,
+    /// Seconds from creating the crawl to the graph writer's last write.
+    pub seconds_to_written: f64,
+    /// Share of the machine's cores busy from the seed to `done` (every process, ours,
+    /// the stack's and any other tenant's): near 1.0 means the point was CPU-bound.
+    pub machine_cpu_busy: Option<f64>,
+    /// For a rate-limited point: requests ÷ (proxies × rate), the fastest the limit allows.
+    pub ideal_seconds: Option<f64>,
+    /// Fetch latency percentiles in milliseconds (rate-limit waits included).
+    pub fetch_p50_ms: Option<f64>,
+    /// 90th percentile.
+    pub fetch_p90_ms: Option<f64>,
+    /// 99th percentile.
+    pub fetch_p99_ms: Option<f64>,
+    /// All workers together.
+    pub workers: Usage,
+    /// The graph writer.
+    pub writer: Usage,
+    /// The API.
+    pub api: Usage,
+    /// The simulator.
+    pub sim: Usage,
+    /// The Kafka broker (shared with whatever else uses the stack).
+    pub kafka: Option<Usage>,
+    /// Neo4j (shared likewise).
+    pub neo4j: Option<Usage>,
+}
+
+impl Row {
+    /// Jobs per second until `done`.
+    pub fn jobs_per_second(&self) -> f64 {
+        ratio(self.jobs as f64, self.seconds_to_done)
+    }
+    /// Nodes per second into Neo4j, until the last write.
+    pub fn nodes_per_second(&self) -> f64 {
+        ratio(self.nodes_written as f64, self.seconds_to_written)
+    }
+    /// Relationships per second into Neo4j, until the last write.
+    pub fn edges_per_second(&self) -> f64 {
+        ratio(self.edges_written as f64, self.seconds_to_written)
+    }
+    /// Share of one core each worker process used until `done` (1.0 = a full core).
+    pub fn worker_cpu_utilisation(&self) -> f64 {
+        let workers = self.point.map(|p| p.workers).unwrap_or(1).max(1);
+        ratio(
+            self.workers.cpu_seconds,
+            self.seconds_to_done * f64::from(workers),
+        )
+    }
+    /// Actual time to `done` over the ideal, for a rate-limited point.
+    pub fn over_ideal(&self) -> Option<f64> {
+        self.ideal_seconds
+            .map(|ideal| ratio(self.seconds_to_done, ideal))
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// Runs every point of the grid in turn and writes the outputs after each one, so an
+/// interrupted run still leaves the points it finished.
+pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, BenchError> {
+    let points = grid(&args);
+    if points.is_empty() {
+        return Err(BenchError::Args("the grid is empty".to_owned()));
+    }
+    let pool: Vec<String> = args
+        .proxy_pool
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(p) = points.iter().find(|p| p.proxies as usize > pool.len()) {
+        return Err(BenchError::Args(format!(
+            "a point needs {} proxies but PROXY_POOL has {}",
+            p.proxies,
+            pool.len()
+        )));
+    }
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .ok_or_else(|| BenchError::Spawn {
+            what: "bench".to_owned(),
+            detail: "cannot locate the running executable's directory".to_owned(),
+        })?;
+    let log_dir = args
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("bookworm-bench-{}", stamp_micros())));
+    std::fs::create_dir_all(&log_dir).map_err(|e| BenchError::Output {
+        path: log_dir.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    tracing::info!(points = points.len(), logs = %log_dir.display(), "bench starting");
+    let mut rows = Vec::new();
+    for (index, point) in points.iter().enumerate() {
+        tracing::info!(index, ?point, "grid point starting");
+        let ctx = PointContext {
+            args: &args,
+            bin_dir: &bin_dir,
+            log_dir: &log_dir,
+            pool: &pool,
+            index,
+        };
+        let row = match tokio::time::timeout(args.point_timeout, run_point(&ctx, *point)).await {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) => failed_row(*point, e.to_string()),
+            Err(_) => failed_row(
+                *point,
+                format!("point timed out after {:?}", args.point_timeout),
+            ),
+        };
+        if row.error.is_empty() {
+            tracing::info!(
+                index,
+                seconds_to_done = row.seconds_to_done,
+                jobs_per_second = row.jobs_per_second(),
+                requests = row.requests,
+                rate_limited = row.rate_limited,
+                "grid point done"
+            );
+        } else {
+            tracing::warn!(index, error = %row.error, "grid point failed");
+        }
+        rows.push(row);
+        report::write_all(&args, &rows, &command_line)?;
+    }
+    Ok(rows)
+}
+
+fn failed_row(point: GridPoint, error: String) -> Row {
+    Row {
+        point: Some(point),
+        error,
+        ..Row::default()
+    }
+}
+
+fn stamp_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default()
+}
+
+/// Names no earlier point or run used: topics, groups, limiter keys.
+fn unique(prefix: &str, index: usize) -> String {
+    format!("{prefix}-{}-{}-{index}", std::process::id(), stamp_micros())
+}
+
+/// An id base no earlier run used, so a point's keys are its own in the shared Neo4j (Open
+/// Library's ids are up to eight digits; these sit far above them).
+fn fresh_id_base() -> u64 {
+    1_000_000_000 + (stamp_micros() as u64 % 1_000_000_000) * 1000
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| BenchError::Spawn {
+            what: "a free port".to_owned(),
+            detail: e.to_string(),
+        })
+}
+
+struct PointContext<'a> {
+    args: &'a BenchArgs,
+    bin_dir: &'a Path,
+    log_dir: &'a Path,
+    pool: &'a [String],
+    index: usize,
+}
+
+/// A child process, killed when dropped so a failing point leaves nothing running.
+struct Proc {
+    name: String,
+    child: Child,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(
+        ctx: &PointContext<'_>,
+        name: &str,
+        binary: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<Proc, BenchError> {
+        let program = ctx.bin_dir.join(binary);
+        let log = ctx.log_dir.join(format!("{:02}-{name}.log", ctx.index));
+        let spawn_error = |detail: String| BenchError::Spawn {
+            what: format!("{name} ({})", program.display()),
+            detail,
+        };
+        let file = std::fs::File::create(&log).map_err(|e| spawn_error(e.to_string()))?;
+        let err_file = file.try_clone().map_err(|e| spawn_error(e.to_string()))?;
+        let child = Command::new(&program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err_file)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| spawn_error(e.to_string()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| spawn_error("exited at once".to_owned()))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            pid,
+            log,
+        })
+    }
+
+    /// Fails when the process has exited.
+    fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(BenchError::Exited {
+                what: self.name.clone(),
+                status: status.to_string(),
+                log: self.log.display().to_string(),
+            }),
+            Err(e) => Err(BenchError::Exited {
+                what: self.name.clone(),
+                status: e.to_string(),
+                log: self.log.display().to_string(),
+            }),
+        }
+    }
+}
+
+/// The processes of one point.
+struct Deployment {
+    sim: Proc,
+    workers: Vec<Proc>,
+    writer: Proc,
+    api: Proc,
+    sim_url: String,
+    api_url: String,
+    worker_urls: Vec<String>,
+    writer_url: String,
+}
+
+impl Deployment {
+    fn check_alive(&mut self) -> Result<(), BenchError> {
+        self.sim.check_alive()?;
+        self.writer.check_alive()?;
+        self.api.check_alive()?;
+        for w in &mut self.workers {
+            w.check_alive()?;
+        }
+        Ok(())
+    }
+}
+
+/// Topic names of one point.
+struct Topics {
+    frontier: String,
+    results: String,
+    edges: String,
+    dlq: String,
+    graph_dlq: String,
+}
+
+impl Topics {
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("KAFKA_FRONTIER_TOPIC", &self.frontier),
+            ("KAFKA_RESULTS_TOPIC", &self.results),
+            ("KAFKA_EDGES_TOPIC", &self.edges),
+            ("KAFKA_DLQ_TOPIC", &self.dlq),
+            ("KAFKA_GRAPH_DLQ_TOPIC", &self.graph_dlq),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.clone()))
+        .collect()
+    }
+}
+
+/// How often the crawl's status and the processes are polled: fine enough that a point's
+/// times are exact to a tenth of a second, coarse enough to cost the API nothing.
+const POLL: Duration = Duration::from_millis(100);
+/// Bound on the processes becoming ready (a worker joins its group and gets partitions).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long every worker must stay ready before seeding, so the group's last rebalance is
+/// over and the point does not time a rebalance.
+const READY_STABLE: Duration = Duration::from_secs(3);
+/// Bound on one HTTP request to a local service.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn run_point(ctx: &PointContext<'_>, point: GridPoint) -> Result<Row, BenchError> {
+    let args = ctx.args;
+    let base = unique("bench", ctx.index);
+    let topics = Topics {
+        frontier: format!("{base}.frontier"),
+        results: format!("{base}.results"),
+        edges: format!("{base}.edges"),
+        dlq: format!("{base}.dlq"),
+        graph_dlq: format!("{base}.graph-dlq"),
+    };
+    create_topics(ctx, &topics).await?;
+    let id_base = fresh_id_base();
+    let http = reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .build()
+        .map_err(|e| BenchError::Http {
+            what: "client".to_owned(),
+            detail: e.to_string(),
+        })?;
+    let mut deployment = deploy(ctx, point, &topics, &base, id_base)?;
+    wait_ready(&http, &mut deployment).await?;
+
+    let seeds = match point.limit {
+        Limit::None => args.seeds,
+        Limit::PerMinute(_) => args.limited_seeds,
+    }
+    .min(args.works);
+    let seed_keys: Vec<String> = (1..=seeds as u64)
+        .map(|i| format!("/works/OL{}W", id_base + i))
+        .collect();
+
+    let stack = StackPids::read(&args.stack_run_dir);
+    let our_pids: Vec<u32> = std::iter::once(deployment.sim.pid)
+        .chain(deployment.workers.iter().map(|w| w.pid))
+        .chain([deployment.writer.pid, deployment.api.pid])
+        .collect();
+    let before: Vec<ProcSample> = our_pids
+        .iter()
+        .map(|pid| probe::sample(*pid))
+        .collect::<Result<_, _>>()?;
+    let stack_before = stack.sample();
+    let mut stack_peak = stack_before;
+    let machine_before = probe::MachineTicks::read();
+
+    // The API takes at most `MAX_SEEDS` seeds per crawl: a wide seed set is several crawls,
+    // created back to back and all awaited.
+    let started = Instant::now();
+    let mut crawl_ids = Vec::new();
+    for chunk in seed_keys.chunks(crate::api::MAX_SEEDS) {
+        let created: Value = http
+            .post(format!("{}/crawls", deployment.api_url))
+            .json(&json!({"seeds": chunk, "max_depth": args.depth}))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| http_error("creating a crawl", e))?
+            .json()
+            .await
+            .map_err(|e| http_error("creating a crawl", e))?;
+        let id = created["crawl_id"]
+            .as_str()
+            .ok_or_else(|| BenchError::Http {
+                what: "creating a crawl".to_owned(),
+                detail: format!("no crawl_id in {created}"),
+            })?;
+        crawl_ids.push(id.to_owned());
+    }
+
+    // Until every crawl is done.
+    let mut statuses: Vec<Option<Value>> = vec![None; crawl_ids.len()];
+    while statuses.iter().any(Option::is_none) {
+        deployment.check_alive()?;
+        stack_peak = stack_peak.max_rss(stack.sample());
+        for (id, slot) in crawl_ids.iter().zip(statuses.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            let status: Value = http
+                .get(format!("{}/crawls/{id}", deployment.api_url))
+                .send()
+                .await
+                .map_err(|e| http_error("crawl status", e))?
+                .json()
+                .await
+                .map_err(|e| http_error("crawl status", e))?;
+            match status["state"].as_str() {
+                Some("done") => *slot = Some(status),
+                Some("running") => {}
+                other => {
+                    return Err(BenchError::Http {
+                        what: "crawl status".to_owned(),
+                        detail: format!("unexpected state {other:?}"),
+                    });
+                }
+            }
+        }
+        if statuses.iter().any(Option::is_none) {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    let seconds_to_done = started.elapsed().as_secs_f64();
+    let machine_at_done = probe::MachineTicks::read();
+
+    // Until the graph writer has written every message the workers published.
+    let writer_metrics = loop {
+        deployment.check_alive()?;
+        stack_peak = stack_peak.max_rss(stack.sample());
+        let (results, edges) = message_counts(args, &topics).await?;
+        let m = scrape(&http, &deployment.writer_url).await?;
+        let nodes_done = m.sum("relentless_graph_writer_results_written_total", &[])
+            + m.sum("relentless_graph_writer_results_failed_total", &[]);
+        let edges_done = m.sum("relentless_graph_writer_edges_written_total", &[])
+            + m.sum("relentless_graph_writer_edges_failed_total", &[]);
+        if nodes_done >= results as f64 && edges_done >= edges as f64 {
+            break m;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let seconds_to_written = started.elapsed().as_secs_f64();
+
+    let after: Vec<ProcSample> = our_pids
+        .iter()
+        .map(|pid| probe::sample(*pid))
+        .collect::<Result<_, _>>()?;
+    let stack_after = stack.sample();
+    let usage = |i: usize| Usage {
+        cpu_seconds: after[i].cpu_seconds - before[i].cpu_seconds,
+        peak_rss_mib: mib(after[i].peak_rss_bytes),
+    };
+    let worker_range = 1..1 + deployment.workers.len();
+    let workers = Usage {
+        cpu_seconds: worker_range.clone().map(|i| usage(i).cpu_seconds).sum(),
+        peak_rss_mib: worker_range
+            .clone()
+            .map(|i| usage(i).peak_rss_mib)
+            .fold(0.0, f64::max),
+    };
+
+    let mut worker_metrics = Metrics::default();
+    for url in &deployment.worker_urls {
+        worker_metrics.merge(scrape(&http, url).await?);
+    }
+    let sim_stats: Value = http
+        .get(format!("{}/_sim/stats", deployment.sim_url))
+        .send()
+        .await
+        .map_err(|e| http_error("simulator stats", e))?
+        .json()
+        .await
+        .map_err(|e| http_error("simulator stats", e))?;
+    let requests = sim_stats["requests"].as_u64().unwrap_or_default();
+    let ideal_seconds = match point.limit {
+        Limit::None => None,
+        Limit::PerMinute(rate) => {
+            Some(requests as f64 / (f64::from(point.proxies) * f64::from(rate) / 60.0))
+        }
+    };
+    let percentile = |q| {
+        worker_metrics
+            .quantile("relentless_worker_fetch_latency_seconds", q)
+            .map(|s| s * 1000.0)
+    };
+    let counter = |name: &str| {
+        statuses
+            .iter()
+            .flatten()
+            .map(|s| s["counters"][name].as_u64().unwrap_or_default())
+            .sum::<u64>()
+    };
+    let stack_usage =
+        |before: Option<ProcSample>, after: Option<ProcSample>, peak: Option<ProcSample>| {
+            Some(Usage {
+                cpu_seconds: after?.cpu_seconds - before?.cpu_seconds,
+                peak_rss_mib: mib(peak?.rss_bytes),
+            })
+        };
+    Ok(Row {
+        point: Some(point),
+        error: String::new(),
+        seeds,
+        requests,
+        rate_limited: sim_stats["rate_limited"].as_u64().unwrap_or_default(),
+        jobs: worker_metrics.sum("relentless_worker_jobs_received_total", &[]) as u64,
+        fetched: counter("fetched"),
+        edges: counter("edges"),
+        nodes_written: writer_metrics.sum("relentless_graph_writer_results_written_total", &[])
+            as u64,
+        edges_written: writer_metrics.sum("relentless_graph_writer_edges_written_total", &[])
+            as u64,
+        seconds_to_done,
+        seconds_to_written,
+        machine_cpu_busy: machine_before
+            .zip(machine_at_done)
+            .map(|(before, after)| before.busy_share_until(after)),
+        ideal_seconds,
+        fetch_p50_ms: percentile(0.5),
+        fetch_p90_ms: percentile(0.9),
+        fetch_p99_ms: percentile(0.99),
+        workers,
+        writer: usage(1 + deployment.workers.len()),
+        api: usage(2 + deployment.workers.len()),
+        sim: usage(0),
+        kafka: stack_usage(stack_before.kafka, stack_after.kafka, stack_peak.kafka),
+        neo4j: stack_usage(stack_before.neo4j, stack_after.neo4j, stack_peak.neo4j),
+    })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn http_error(what: &str, e: reqwest::Error) -> BenchError {
+    BenchError::Http {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+async fn create_topics(ctx: &PointContext<'_>, topics: &Topics) -> Result<(), BenchError> {
+    let program = ctx.bin_dir.join("bookworm");
+    let output = Command::new(&program)
+        .args([
+            "topics",
+            "create",
+            "--partitions",
+            &ctx.args.partitions.to_string(),
+        ])
+        .envs(topics.env())
+        .output()
+        .await
+        .map_err(|e| BenchError::Spawn {
+            what: format!("{} topics create", program.display()),
+            detail: e.to_string(),
+        })?;
+    if !output.status.success() {
+        return Err(BenchError::Kafka(format!(
+            "topics create: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(())
+}
+
+fn deploy(
+    ctx: &PointContext<'_>,
+    point: GridPoint,
+    topics: &Topics,
+    base: &str,
+    id_base: u64,
+) -> Result<Deployment, BenchError> {
+    let args = ctx.args;
+    let sim_port = free_port()?;
+    let api_port = free_port()?;
+    let mut sim_args: Vec<String> = [
+        "sim",
+        "--addr",
+        &format!("127.0.0.1:{sim_port}"),
+        "--id-base",
+        &id_base.to_string(),
+        "--works",
+        &args.works.to_string(),
+        "--authors",
+        &args.authors.to_string(),
+        "--subjects",
+        &args.subjects.to_string(),
+        "--latency",
+        &format!("{}ms", point.latency.as_millis()),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let (egress_rate, egress_burst) = match point.limit {
+        Limit::None => {
+            sim_args.push("--no-limit".to_owned());
+            // Far above any rate these processes reach, so the limiter never waits; it still
+            // runs (in Redis), as it does in production.
+            (10_000_000, 10_000)
+        }
+        Limit::PerMinute(rate) => {
+            sim_args.extend([
+                "--rate-per-minute".to_owned(),
+                args.sim_rate_per_minute.to_string(),
+                "--burst".to_owned(),
+                args.sim_burst.to_string(),
+            ]);
+            // The worker's default burst (10): what Open Library passes undelayed.
+            (rate, 10)
+        }
+    };
+    let sim = Proc::start(ctx, "sim", "bookworm", &sim_args, &[])?;
+    let sim_url = format!("http://127.0.0.1:{sim_port}");
+
+    let mut env = topics.env();
+    env.extend(
+        [
+            ("OPENLIBRARY_BASE_URL", sim_url.clone()),
+            ("PROXY_POOL", ctx.pool[..point.proxies as usize].join(",")),
+            ("EGRESS_RATE_PER_MINUTE", egress_rate.to_string()),
+            ("EGRESS_BURST", egress_burst.to_string()),
+            ("EGRESS_LIMIT_SCOPE", "cluster".to_owned()),
+            ("EGRESS_REDIS_PREFIX", format!("{base}-egress")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let mut workers = Vec::new();
+    let mut worker_urls = Vec::new();
+    for i in 0..point.workers {
+        let port = free_port()?;
+        let mut worker_env = env.clone();
+        worker_env.extend(
+            [
+                ("KAFKA_GROUP_ID", format!("{base}-workers")),
+                ("METRICS_ADDR", format!("127.0.0.1:{port}")),
+                ("WORKER_NAME", format!("bench-worker-{i}")),
+                ("CONCURRENT_JOBS", point.concurrency.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        workers.push(Proc::start(
+            ctx,
+            &format!("worker-{i}"),
+            "worker",
+            &[],
+            &worker_env,
+        )?);
+        worker_urls.push(format!("http://127.0.0.1:{port}"));
+    }
+    let writer_port = free_port()?;
+    let mut writer_env = env.clone();
+    writer_env.extend(
+        [
+            ("KAFKA_GROUP_ID", format!("{base}-graph")),
+            ("METRICS_ADDR", format!("127.0.0.1:{writer_port}")),
+            ("GRAPH_BATCH_SIZE", args.graph_batch_size.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let writer = Proc::start(ctx, "graph-writer", "graph-writer", &[], &writer_env)?;
+    let mut api_env = env;
+    api_env.push(("API_ADDR".to_owned(), format!("127.0.0.1:{api_port}")));
+    let api = Proc::start(ctx, "api", "bookworm", &["serve".to_owned()], &api_env)?;
+    Ok(Deployment {
+        sim,
+        workers,
+        writer,
+        api,
+        sim_url,
+        api_url: format!("http://127.0.0.1:{api_port}"),
+        worker_urls,
+        writer_url: format!("http://127.0.0.1:{writer_port}"),
+    })
+}
+
+async fn answers(http: &reqwest::Client, url: &str) -> bool {
+    match http.get(url).send().await {
+        Ok(response) => response.status().is_success(),
+        Err(_) => false,
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, d: &mut Deployment) -> Result<(), BenchError> {
+    let mut urls = vec![
+        format!("{}/_sim/stats", d.sim_url),
+        format!("{}/readyz", d.api_url),
+        format!("{}/readyz", d.writer_url),
+    ];
+    urls.extend(d.worker_urls.iter().map(|u| format!("{u}/readyz")));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut ready_since: Option<Instant> = None;
+    loop {
+        d.check_alive()?;
+        let mut all = true;
+        for url in &urls {
+            all &= answers(http, url).await;
+        }
+        ready_since = if all {
+            ready_since.or(Some(Instant::now()))
+        } else {
+            None
+        };
+        if ready_since.is_some_and(|since| since.elapsed() >= READY_STABLE) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout {
+                what: "every process to be ready".to_owned(),
+                after: READY_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn scrape(http: &reqwest::Client, base: &str) -> Result<Metrics, BenchError> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .map_err(|e| http_error("scraping /metrics", e))?
+        .text()
+        .await
+        .map_err(|e| http_error("scraping /metrics", e))?;
+    Ok(Metrics::parse(&text))
+}
+
+/// Messages in the results and edges topics (sums of high watermarks): what the graph writer
+/// must write before the point is over.
+async fn message_counts(args: &BenchArgs, topics: &Topics) -> Result<(i64, i64), BenchError> {
+    let brokers = args.kafka_brokers.clone();
+    let names = [topics.results.clone(), topics.edges.clone()];
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .map_err(|e| BenchError::Kafka(e.to_string()))?;
+        // Metadata and watermarks are single round trips to a local broker.
+        let timeout = Duration::from_secs(10);
+        let mut counts = [0i64; 2];
+        for (count, topic) in counts.iter_mut().zip(&names) {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| BenchError::Kafka(e.to_string()))?;
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    let (low, high) = consumer
+                        .fetch_watermarks(topic, p.id(), timeout)
+                        .map_err(|e| BenchError::Kafka(e.to_string()))?;
+                    *count += high - low;
+                }
+            }
+        }
+        Ok((counts[0], counts[1]))
+    })
+    .await
+    .map_err(|e| BenchError::Kafka(e.to_string()))?
+}
+
+/// Kafka's and Neo4j's pids, from `scripts/stack.sh`'s run directory.
+struct StackPids {
+    kafka: Option<u32>,
+    neo4j: Option<u32>,
+}
+
+/// One reading of Kafka and Neo4j.
+#[derive(Debug, Clone, Copy)]
+struct StackSample {
+    kafka: Option<ProcSample>,
+    neo4j: Option<ProcSample>,
+}
+
+impl StackSample {
+    /// Keeps the later CPU reading and the higher resident memory.
+    fn max_rss(self, other: StackSample) -> StackSample {
+        let pick = |a: Option<ProcSample>, b: Option<ProcSample>| match (a, b) {
+            (Some(a), Some(b)) if b.rss_bytes > a.rss_bytes => Some(b),
+            (Some(a), _) => Some(a),
+            (None, b) => b,
+        };
+        StackSample {
+            kafka: pick(self.kafka, other.kafka),
+            neo4j: pick(self.neo4j, other.neo4j),
+        }
+    }
+}
+
+impl StackPids {
+    fn read(dir: &Path) -> StackPids {
+        let pid = |name: &str| {
+            std::fs::read_to_string(dir.join(format!("{name}.pid")))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        };
+        let pids = StackPids {
+            kafka: pid("kafka"),
+            neo4j: pid("neo4j"),
+        };
+        if pids.kafka.is_none() || pids.neo4j.is_none() {
+            tracing::warn!(dir = %dir.display(), "no Kafka or Neo4j pid: their columns stay empty");
+        }
+        pids
+    }
+
+    fn sample(&self) -> StackSample {
+        StackSample {
+            kafka: self.kafka.and_then(|p| probe::sample(p).ok()),
+            neo4j: self.neo4j.and_then(|p| probe::sample(p).ok()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(flags: &[&str]) -> BenchArgs {
+        Cli::parse_from(std::iter::once("bench").chain(flags.iter().copied())).bench
+    }
+
+    #[test]
+    fn the_full_grid_is_every_combination() {
+        assert_eq!(grid(&args(&["--grid", "full"])).len(), 162);
+    }
+
+    #[test]
+    fn axis_flags_replace_the_preset_with_their_product() {
+        let points = grid(&args(&["--workers", "1,2", "--limit", "none,150"]));
+        assert_eq!(points.len(), 4);
+        assert!(points.iter().all(|p| p.concurrency == 8 && p.proxies == 3));
+        assert!(points.contains(&GridPoint {
+            workers: 2,
+            concurrency: 8,
+            proxies: 3,
+            latency: Duration::ZERO,
+            limit: Limit::PerMinute(150),
+        }));
+    }
+
+    #[test]
+    fn the_reduced_grid_has_rate_limited_and_unlimited_points() {
+        let points = grid(&args(&[]));
+        assert!(points.iter().any(|p| p.limit == Limit::None));
+        assert!(points.iter().any(|p| p.limit == Limit::PerMinute(150)));
+        assert!(points.iter().any(|p| p.concurrency == 64));
+    }
+
+    #[test]
+    fn limits_parse_as_none_or_a_rate() {
+        assert_eq!(parse_limit("none"), Ok(Limit::None));
+        assert_eq!(parse_limit("150/min"), Ok(Limit::PerMinute(150)));
+        assert!(parse_limit("0").is_err());
+        assert!(parse_limit("fast").is_err());
+    }
+}
