@@ -14,9 +14,13 @@ cd "$ROOT"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; exit 1; }
 cargo fmt --version >/dev/null && cargo clippy --version >/dev/null
 
-# Graphviz lets the `bookworm graph` test check its DOT output with `dot` itself.
-if ! command -v dot >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends graphviz
+# Graphviz lets the `bookworm graph` test check its DOT output with `dot` itself; the bench
+# test draws its plots with DejaVu Sans.
+missing=()
+command -v dot >/dev/null || missing+=(graphviz)
+[[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
+if ((${#missing[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 bash scripts/stack.sh up
