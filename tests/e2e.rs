@@ -7,7 +7,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Process, TestTopics, eventually, free_port, stack_env, unique};
+use common::{
+    Process, TestTopics, eventually, free_port, graph_edges, graph_nodes, neo4j, stack_env, unique,
+};
 use serde_json::{Value, json};
 
 /// Everything a crawl needs, started for one test and stopped when dropped.
@@ -149,63 +151,6 @@ async fn deploy(topics: &TestTopics, id_base: u64, workers: usize) -> Deployment
         .await;
     }
     deployment
-}
-
-async fn neo4j() -> neo4rs::Graph {
-    neo4rs::Graph::new(
-        stack_env("NEO4J_URI"),
-        stack_env("NEO4J_USER"),
-        stack_env("NEO4J_PASSWORD"),
-    )
-    .await
-    .expect("neo4j reachable")
-}
-
-/// The crawl's nodes in the graph: key → (label, stub).
-async fn graph_nodes(graph: &neo4rs::Graph, crawl_id: &str) -> BTreeMap<String, (String, bool)> {
-    let mut rows = graph
-        .execute(
-            neo4rs::query(
-                "MATCH (n) WHERE $crawl IN n.crawls RETURN n.key AS key, labels(n)[0] AS label, coalesce(n.stub, false) AS stub",
-            )
-            .param("crawl", crawl_id),
-        )
-        .await
-        .expect("query nodes");
-    let mut nodes = BTreeMap::new();
-    while let Some(row) = rows.next().await.expect("row") {
-        let key: String = row.get("key").expect("key");
-        nodes.insert(
-            key,
-            (
-                row.get("label").expect("label"),
-                row.get("stub").expect("stub"),
-            ),
-        );
-    }
-    nodes
-}
-
-/// The crawl's relationships in the graph, as `from|REL|to`, with their multiplicity.
-async fn graph_edges(graph: &neo4rs::Graph, crawl_id: &str) -> BTreeMap<String, i64> {
-    let mut rows = graph
-        .execute(
-            neo4rs::query(
-                "MATCH (a)-[r]->(b) WHERE $crawl IN r.crawls \
-                 RETURN a.key + '|' + type(r) + '|' + b.key AS edge, count(*) AS n",
-            )
-            .param("crawl", crawl_id),
-        )
-        .await
-        .expect("query edges");
-    let mut edges = BTreeMap::new();
-    while let Some(row) = rows.next().await.expect("row") {
-        edges.insert(
-            row.get::<String>("edge").expect("edge"),
-            row.get::<i64>("n").expect("n"),
-        );
-    }
-    edges
 }
 
 /// A crawl from a work key and free text to depth 2 ends `done`, and Neo4j holds exactly

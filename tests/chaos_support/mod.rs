@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Process, TestTopics, eventually, free_port, stack_env, unique};
+use crate::common::{
+    Process, TestTopics, eventually, free_port, graph_edges, graph_nodes, neo4j, stack_env, unique,
+};
 
 /// Works, authors and subjects of the simulated catalogue (the e2e test's size: crawls of a
 /// few hundred keys, so scenarios finish in tens of seconds on two shared cores).
@@ -614,63 +616,6 @@ pub fn committed_vs_high(group: &str, topic: &str) -> (i64, i64) {
         })
         .sum();
     (committed_sum, high_sum)
-}
-
-async fn neo4j() -> neo4rs::Graph {
-    neo4rs::Graph::new(
-        stack_env("NEO4J_URI"),
-        stack_env("NEO4J_USER"),
-        stack_env("NEO4J_PASSWORD"),
-    )
-    .await
-    .expect("neo4j reachable")
-}
-
-/// The crawl's nodes in the graph: key → (label, stub).
-async fn graph_nodes(graph: &neo4rs::Graph, crawl_id: &str) -> BTreeMap<String, (String, bool)> {
-    let mut rows = graph
-        .execute(
-            neo4rs::query(
-                "MATCH (n) WHERE $crawl IN n.crawls RETURN n.key AS key, labels(n)[0] AS label, coalesce(n.stub, false) AS stub",
-            )
-            .param("crawl", crawl_id),
-        )
-        .await
-        .expect("query nodes");
-    let mut nodes = BTreeMap::new();
-    while let Some(row) = rows.next().await.expect("row") {
-        let key: String = row.get("key").expect("key");
-        nodes.insert(
-            key,
-            (
-                row.get("label").expect("label"),
-                row.get("stub").expect("stub"),
-            ),
-        );
-    }
-    nodes
-}
-
-/// The crawl's relationships, as `from|REL|to`, with their multiplicity.
-async fn graph_edges(graph: &neo4rs::Graph, crawl_id: &str) -> BTreeMap<String, i64> {
-    let mut rows = graph
-        .execute(
-            neo4rs::query(
-                "MATCH (a)-[r]->(b) WHERE $crawl IN r.crawls \
-                 RETURN a.key + '|' + type(r) + '|' + b.key AS edge, count(*) AS n",
-            )
-            .param("crawl", crawl_id),
-        )
-        .await
-        .expect("query edges");
-    let mut edges = BTreeMap::new();
-    while let Some(row) = rows.next().await.expect("row") {
-        edges.insert(
-            row.get::<String>("edge").expect("edge"),
-            row.get::<i64>("n").expect("n"),
-        );
-    }
-    edges
 }
 
 /// The DLQ reasons an injected fault justifies.

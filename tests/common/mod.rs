@@ -238,3 +238,67 @@ impl TestTopics {
         env
     }
 }
+
+/// A Neo4j connection to the stack.
+pub async fn neo4j() -> neo4rs::Graph {
+    neo4rs::Graph::new(
+        stack_env("NEO4J_URI"),
+        stack_env("NEO4J_USER"),
+        stack_env("NEO4J_PASSWORD"),
+    )
+    .await
+    .expect("neo4j reachable")
+}
+
+/// The crawl's nodes in the graph: key → (label, stub).
+pub async fn graph_nodes(
+    graph: &neo4rs::Graph,
+    crawl_id: &str,
+) -> std::collections::BTreeMap<String, (String, bool)> {
+    let mut rows = graph
+        .execute(
+            neo4rs::query(
+                "MATCH (n) WHERE $crawl IN n.crawls RETURN n.key AS key, labels(n)[0] AS label, coalesce(n.stub, false) AS stub",
+            )
+            .param("crawl", crawl_id),
+        )
+        .await
+        .expect("query nodes");
+    let mut nodes = std::collections::BTreeMap::new();
+    while let Some(row) = rows.next().await.expect("row") {
+        let key: String = row.get("key").expect("key");
+        nodes.insert(
+            key,
+            (
+                row.get("label").expect("label"),
+                row.get("stub").expect("stub"),
+            ),
+        );
+    }
+    nodes
+}
+
+/// The crawl's relationships, as `from|REL|to`, with their multiplicity.
+pub async fn graph_edges(
+    graph: &neo4rs::Graph,
+    crawl_id: &str,
+) -> std::collections::BTreeMap<String, i64> {
+    let mut rows = graph
+        .execute(
+            neo4rs::query(
+                "MATCH (a)-[r]->(b) WHERE $crawl IN r.crawls \
+                 RETURN a.key + '|' + type(r) + '|' + b.key AS edge, count(*) AS n",
+            )
+            .param("crawl", crawl_id),
+        )
+        .await
+        .expect("query edges");
+    let mut edges = std::collections::BTreeMap::new();
+    while let Some(row) = rows.next().await.expect("row") {
+        edges.insert(
+            row.get::<String>("edge").expect("edge"),
+            row.get::<i64>("n").expect("n"),
+        );
+    }
+    edges
+}
