@@ -65,39 +65,6 @@ pub fn stack(cmd: &str, svc: &str) {
     assert!(status.success(), "stack.sh {cmd} {svc} failed");
 }
 
-/// Starts a binary like [`Process::start`], but keeps the log's path (the 1,000-partition
-/// scenario counts its lines).
-pub fn start_logged(
-    name: &str,
-    program: &str,
-    args: &[&str],
-    env: &[(String, String)],
-) -> (Process, PathBuf) {
-    let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
-    std::fs::create_dir_all(&log_dir).expect("log dir");
-    let log_path = log_dir.join(format!("{}.log", unique(name)));
-    let log = std::fs::File::create(&log_path).expect("log file");
-    eprintln!("{name}: log {}", log_path.display());
-    let child = std::process::Command::new(program)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
-        )
-        .stdout(log.try_clone().expect("log handle"))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-    (
-        Process {
-            child,
-            name: name.to_owned(),
-        },
-        log_path,
-    )
-}
-
 /// One worker process and where its `/metrics`, `/healthz` and `/readyz` answer.
 pub struct Worker {
     /// The process.
@@ -286,7 +253,7 @@ impl Deployment {
         let mut env = self.worker_env.clone();
         env.push(("METRICS_ADDR".to_owned(), format!("127.0.0.1:{port}")));
         env.push(("WORKER_NAME".to_owned(), format!("chaos-worker-{i}")));
-        let (process, log) = start_logged(
+        let (process, log) = Process::start_logged(
             &format!("worker-{i}"),
             env!("CARGO_BIN_EXE_worker"),
             &[],

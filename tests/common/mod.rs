@@ -115,6 +115,17 @@ impl Process {
     /// Starts `program` with `args` and extra environment `env`; its output goes to a log
     /// file under the target directory, whose path is printed.
     pub fn start(name: &str, program: &str, args: &[&str], env: &[(String, String)]) -> Process {
+        Process::start_logged(name, program, args, env).0
+    }
+
+    /// Starts a process like [`Process::start`], and returns its log's path too (for tests
+    /// that read the log, such as counting lines at info level).
+    pub fn start_logged(
+        name: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> (Process, std::path::PathBuf) {
         let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("logs");
         std::fs::create_dir_all(&log_dir).expect("log dir");
         let log_path = log_dir.join(format!("{}.log", unique(name)));
@@ -131,10 +142,11 @@ impl Process {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        Process {
+        let process = Process {
             child,
             name: name.to_owned(),
-        }
+        };
+        (process, log_path)
     }
 
     /// Sends a signal (`libc`-free: through `kill(1)`).
