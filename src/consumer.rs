@@ -12,8 +12,9 @@
 //!   retried with exponential backoff and jitter; the tracker keeps the offset until a commit
 //!   succeeds.
 //! - Concurrency is bounded in total and per partition. Messages beyond the bound wait in a
-//!   small per-partition backlog and the partition is paused while its backlog is full. The
-//!   loop never stops polling: Kafka evicts a consumer that does not poll within
+//!   backlog and a partition is paused while its share of the backlog is full, so the memory
+//!   held does not grow with the partitions assigned or the concurrency. The loop never stops
+//!   polling: Kafka evicts a consumer that does not poll within
 //!   `max.poll.interval.ms`, and rebalance callbacks only run inside a poll.
 //! - A handler is bounded by `JOB_TIMEOUT` and publishing its outputs by `PUBLISH_TIMEOUT`;
 //!   past either the message is dead-lettered (`timeout`, `publish`; a handler that panics is
@@ -182,12 +183,21 @@ const LAG_INTERVAL: Duration = Duration::from_secs(2);
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the synchronous commit at shutdown, after the drain.
 const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages held per partition beyond its running jobs before it is paused (it resumes at
-/// half). Pausing makes librdkafka drop its prefetch and fetch again on resume, so every cycle
-/// costs a fetch; with a no-op handler a backlog of 128 ran at 7k messages/s at concurrency 1,
-/// 1000 at 65k (benches/consumer_loop.rs). 1000 matches librdkafka's own per-partition
-/// prefetch (`queued.min.messages`), so the memory held is at most doubled.
-const MIN_BACKLOG: usize = 1000;
+/// Messages waiting for a slot, over all partitions: each assigned partition may hold an equal
+/// share (at most [`PARTITION_BACKLOG`]) before it is paused, and resumes at half its share.
+/// The bound is on the process, not per partition: a graph writer running 10,000 jobs over 24
+/// partitions once held 240,000 messages (80 MiB) because each partition's backlog grew with
+/// the concurrency.
+const BACKLOG: usize = 4000;
+/// The most one partition may hold waiting. Pausing makes librdkafka drop its prefetch and
+/// fetch again on resume, so every cycle costs a fetch; with a no-op handler a backlog of 128
+/// ran at 7k messages/s at concurrency 1, 1000 at 65k (benches/consumer_loop.rs).
+const PARTITION_BACKLOG: usize = 1000;
+
+/// How many messages one of `assigned` partitions may hold waiting before it is paused.
+fn partition_backlog(assigned: usize) -> usize {
+    (BACKLOG / assigned.max(1)).clamp(1, PARTITION_BACKLOG)
+}
 
 /// Backoff of a retried commit: fast at first (a coordinator move), capped so a long outage
 /// is retried every few seconds.
@@ -608,7 +618,7 @@ impl ConsumerContext for LoopContext {
 
 type LoopConsumer = StreamConsumer<LoopContext>;
 
-/// What a job needs, cloned into its task.
+/// What a job needs, shared by every job's task.
 struct JobEnv<H> {
     handler: Arc<H>,
     publisher: Publisher,
@@ -616,102 +626,142 @@ struct JobEnv<H> {
     job_timeout: Duration,
 }
 
-impl<H> Clone for JobEnv<H> {
-    fn clone(&self) -> Self {
-        Self {
-            handler: Arc::clone(&self.handler),
-            publisher: self.publisher.clone(),
-            metrics: self.metrics.clone(),
-            job_timeout: self.job_timeout,
+/// Runs one message until everything it caused is acknowledged: its outputs, or its DLQ
+/// record. Parks and retries (with backoff) while a dependency or the DLQ is down.
+///
+/// A job's task lives as long as its message is in flight (a graph writer holds 10,000 of
+/// them waiting for their batch), so it holds only this loop; each pass, and each phase of a
+/// pass, is boxed and lives only while it runs. One flat state machine was 1,880 bytes a
+/// task, rustc laying the phases out side by side; this loop is 280.
+async fn run_job<H: Handler>(env: Arc<JobEnv<H>>, mut delivery: Delivery, slot: SlotRef) {
+    let mut backoff: Option<Box<ExponentialBackoff>> = None;
+    while let Err(Parked(why)) = Box::pin(run_pass(&env, &delivery)).await {
+        let delay = backoff
+            .get_or_insert_with(|| Box::new(job_backoff()))
+            .next()
+            .unwrap_or(Duration::from_secs(60));
+        debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
+            attempt = delivery.attempt, reason = %why, retry_in = ?delay, "message parked");
+        Box::pin(tokio::time::sleep(delay)).await;
+        delivery.attempt += 1;
+    }
+    slot.shared
+        .finish(&slot.partition, slot.epoch, delivery.offset);
+}
+
+/// Where a job reports its completion: its partition's slot, in the assignment it started in.
+struct SlotRef {
+    shared: Arc<Shared>,
+    partition: TopicPartition,
+    epoch: Epoch,
+}
+
+/// A pass ended without an acknowledged outcome because a dependency is down: the message is
+/// run again after backoff.
+struct Parked(String);
+
+/// One pass over a message: handle it, publish its outputs and record the outcome; or, when
+/// it must be abandoned, publish its DLQ record instead.
+async fn run_pass<H: Handler>(env: &JobEnv<H>, delivery: &Delivery) -> Result<(), Parked> {
+    let attempt = Box::pin(
+        AssertUnwindSafe(tokio::time::timeout(
+            env.job_timeout,
+            env.handler.handle(delivery),
+        ))
+        .catch_unwind(),
+    )
+    .await;
+    let (reason, detail) = match attempt {
+        // A panicking handler is a bug; dead-lettering keeps the partition moving and the
+        // message replayable once the bug is fixed.
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".to_owned());
+            error!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
+                detail = %detail, "handler panicked");
+            ("panic".to_owned(), detail)
         }
+        Ok(Err(_)) => (
+            "timeout".to_owned(),
+            format!("handler ran past JOB_TIMEOUT ({:?})", env.job_timeout),
+        ),
+        Ok(Ok(Err(HandleError::DeadLetter { reason, detail }))) => (reason, detail),
+        Ok(Ok(Err(HandleError::Retry(why)))) => return Err(Parked(why)),
+        Ok(Ok(Ok(records))) => match Box::pin(publish_outputs(env, delivery, &records)).await {
+            Ok(()) => return Ok(()),
+            Err(Abandon::Parked(parked)) => return Err(parked),
+            Err(Abandon::DeadLetter { reason, detail }) => (reason, detail),
+        },
+    };
+    Box::pin(publish_dead_letter(env, delivery, &reason, &detail)).await
+}
+
+/// Why a message's outputs did not complete it.
+enum Abandon {
+    /// A dependency is down: run the message again later.
+    Parked(Parked),
+    /// The message cannot succeed: dead-letter it with this reason.
+    DeadLetter { reason: String, detail: String },
+}
+
+/// Publishes a handled message's records, then lets the handler record the outcome.
+async fn publish_outputs<H: Handler>(
+    env: &JobEnv<H>,
+    delivery: &Delivery,
+    records: &[Record],
+) -> Result<(), Abandon> {
+    if let Err(e) = env.publisher.publish(records).await {
+        if e.is_timeout() {
+            env.metrics.publish_timeouts.inc();
+        }
+        return Err(Abandon::DeadLetter {
+            reason: "publish".to_owned(),
+            detail: e.to_string(),
+        });
+    }
+    match env
+        .handler
+        .finished(delivery, Outcome::Published(records))
+        .await
+    {
+        Ok(()) => {
+            debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset, "message done");
+            Ok(())
+        }
+        Err(HandleError::DeadLetter { reason, detail }) => {
+            Err(Abandon::DeadLetter { reason, detail })
+        }
+        Err(HandleError::Retry(why)) => Err(Abandon::Parked(Parked(format!(
+            "outcome not recorded: {why}"
+        )))),
     }
 }
 
-/// Runs one message until everything it caused is acknowledged: its outputs, or its DLQ
-/// record. Parks and retries (with backoff) while a dependency or the DLQ is down.
-async fn run_job<H: Handler>(env: JobEnv<H>, mut delivery: Delivery) {
-    let mut backoff = job_backoff();
-    loop {
-        let attempt = AssertUnwindSafe(tokio::time::timeout(
-            env.job_timeout,
-            env.handler.handle(&delivery),
-        ))
-        .catch_unwind()
-        .await;
-        let abandon = match attempt {
-            // A panicking handler is a bug; dead-lettering keeps the partition moving and the
-            // message replayable once the bug is fixed.
-            Err(panic) => {
-                let detail = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "handler panicked".to_owned());
-                error!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
-                    detail = %detail, "handler panicked");
-                Some(("panic".to_owned(), detail))
+/// Publishes a message's DLQ record, then lets the handler record that it was dead-lettered.
+async fn publish_dead_letter<H: Handler>(
+    env: &JobEnv<H>,
+    delivery: &Delivery,
+    reason: &str,
+    detail: &str,
+) -> Result<(), Parked> {
+    let record = env.handler.dead_letter(delivery, reason, detail);
+    match env.publisher.publish(std::slice::from_ref(&record)).await {
+        Ok(()) => {
+            debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
+                reason = %reason, "message dead-lettered");
+            record_dead_letter(env, delivery, reason).await;
+            Ok(())
+        }
+        Err(e) => {
+            if let PublishError::Timeout { .. } = e {
+                env.metrics.publish_timeouts.inc();
             }
-            Ok(Err(_)) => Some((
-                "timeout".to_owned(),
-                format!("handler ran past JOB_TIMEOUT ({:?})", env.job_timeout),
-            )),
-            Ok(Ok(Err(HandleError::DeadLetter { reason, detail }))) => Some((reason, detail)),
-            Ok(Ok(Err(HandleError::Retry(why)))) => {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(60));
-                debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
-                    attempt = delivery.attempt, reason = %why, retry_in = ?delay, "message parked");
-                tokio::time::sleep(delay).await;
-                delivery.attempt += 1;
-                continue;
-            }
-            Ok(Ok(Ok(records))) => match env.publisher.publish(&records).await {
-                Ok(()) => match env
-                    .handler
-                    .finished(&delivery, Outcome::Published(&records))
-                    .await
-                {
-                    Ok(()) => {
-                        debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset, "message done");
-                        return;
-                    }
-                    Err(HandleError::DeadLetter { reason, detail }) => Some((reason, detail)),
-                    Err(HandleError::Retry(why)) => {
-                        let delay = backoff.next().unwrap_or(Duration::from_secs(60));
-                        debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
-                            attempt = delivery.attempt, reason = %why, retry_in = ?delay, "outcome not recorded; message parked");
-                        tokio::time::sleep(delay).await;
-                        delivery.attempt += 1;
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    if e.is_timeout() {
-                        env.metrics.publish_timeouts.inc();
-                    }
-                    Some(("publish".to_owned(), e.to_string()))
-                }
-            },
-        };
-        if let Some((reason, detail)) = abandon {
-            let record = env.handler.dead_letter(&delivery, &reason, &detail);
-            match env.publisher.publish(std::slice::from_ref(&record)).await {
-                Ok(()) => {
-                    debug!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
-                        reason = %reason, "message dead-lettered");
-                    record_dead_letter(&env, &delivery, &reason).await;
-                    return;
-                }
-                Err(e) => {
-                    if let PublishError::Timeout { .. } = e {
-                        env.metrics.publish_timeouts.inc();
-                    }
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(60));
-                    warn!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
-                        reason = %reason, error = %e, retry_in = ?delay, "DLQ record not acknowledged; message parked");
-                    tokio::time::sleep(delay).await;
-                    delivery.attempt += 1;
-                }
-            }
+            warn!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
+                reason = %reason, error = %e, "DLQ record not acknowledged; message parked");
+            Err(Parked(format!("DLQ record not acknowledged: {e}")))
         }
     }
 }
@@ -795,12 +845,12 @@ impl<H: Handler> ConsumerLoop<H> {
             self.metrics.clone(),
             lag_stop.clone(),
         );
-        let env = JobEnv {
+        let env = Arc::new(JobEnv {
             handler: Arc::clone(&self.handler),
             publisher,
             metrics: self.metrics.clone(),
             job_timeout: self.job_timeout,
-        };
+        });
         let turn = Turn {
             shared: &shared,
             consumer: &consumer,
@@ -905,7 +955,7 @@ impl<H: Handler> ConsumerLoop<H> {
 struct Turn<'a, H> {
     shared: &'a Arc<Shared>,
     consumer: &'a Arc<LoopConsumer>,
-    env: &'a JobEnv<H>,
+    env: &'a Arc<JobEnv<H>>,
     concurrency: usize,
     per_partition: usize,
     commit_interval: Duration,
@@ -962,7 +1012,7 @@ impl<H: Handler> Turn<'_, H> {
         if state.stopping {
             return;
         }
-        let high = (self.per_partition * 2).max(MIN_BACKLOG);
+        let high = partition_backlog(state.slots.len());
         let mut to_pause = TopicPartitionList::new();
         let mut to_resume = TopicPartitionList::new();
         for (partition, slot) in state.slots.iter_mut() {
@@ -974,16 +1024,14 @@ impl<H: Handler> Turn<'_, H> {
                     break;
                 };
                 let offset = delivery.offset;
-                let env = self.env.clone();
-                let shared = Arc::clone(self.shared);
-                let key = partition.clone();
-                let epoch = slot.epoch;
+                let slot_ref = SlotRef {
+                    shared: Arc::clone(self.shared),
+                    partition: partition.clone(),
+                    epoch: slot.epoch,
+                };
                 // Spawned under the lock: the task's `finish` waits for the lock, so its
                 // handle is registered before it can be looked up.
-                let task = tokio::spawn(async move {
-                    run_job(env, delivery).await;
-                    shared.finish(&key, epoch, offset);
-                });
+                let task = tokio::spawn(run_job(Arc::clone(self.env), delivery, slot_ref));
                 slot.running
                     .insert(offset, (task.abort_handle(), Instant::now()));
                 state.running += 1;
@@ -1154,4 +1202,25 @@ fn spawn_lag_thread(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_is_bounded_per_process_whatever_the_partitions() {
+        assert_eq!(partition_backlog(0), PARTITION_BACKLOG);
+        assert_eq!(partition_backlog(1), PARTITION_BACKLOG);
+        assert_eq!(partition_backlog(4), PARTITION_BACKLOG);
+        for assigned in [5, 24, 1000, 4000] {
+            assert!(
+                partition_backlog(assigned) * assigned <= BACKLOG,
+                "{assigned}"
+            );
+        }
+        // Past BACKLOG partitions each still holds one message: a partition is never paused
+        // for good.
+        assert_eq!(partition_backlog(10_000), 1);
+    }
 }
