@@ -79,7 +79,7 @@ pub enum RowFailure {
 }
 
 struct Pending {
-    row: Row,
+    row: Box<Row>,
     done: oneshot::Sender<Result<(), RowFailure>>,
 }
 
@@ -112,15 +112,21 @@ impl Batcher {
     }
 
     /// Writes one row with the next batch and waits until its transaction committed.
-    pub async fn write(&self, row: Row) -> Result<(), RowFailure> {
-        let (done, outcome) = oneshot::channel();
-        self.tx
-            .send(Pending { row, done })
-            .await
-            .map_err(|_| RowFailure::Retry("the batcher has stopped".to_owned()))?;
-        outcome
-            .await
-            .unwrap_or_else(|_| Err(RowFailure::Retry("the batcher has stopped".to_owned())))
+    ///
+    /// The row is boxed before the future starts: a graph writer holds two batches of these
+    /// futures, and a row inline would sit in each of them twice (before and inside the send).
+    pub fn write(&self, row: Row) -> impl Future<Output = Result<(), RowFailure>> + Send + '_ {
+        let row = Box::new(row);
+        async move {
+            let (done, outcome) = oneshot::channel();
+            self.tx
+                .send(Pending { row, done })
+                .await
+                .map_err(|_| RowFailure::Retry("the batcher has stopped".to_owned()))?;
+            outcome
+                .await
+                .unwrap_or_else(|_| Err(RowFailure::Retry("the batcher has stopped".to_owned())))
+        }
     }
 }
 
@@ -186,7 +192,7 @@ impl Task {
 
     /// Writes a batch, isolating rows Neo4j refuses, and answers every row.
     async fn write_batch(&mut self, batch: Vec<Pending>) {
-        let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
+        let rows: Vec<&Row> = batch.iter().map(|p| p.row.as_ref()).collect();
         let mut outcomes: Vec<Option<Result<(), RowFailure>>> = vec![None; rows.len()];
         // A stack of ranges still to write, starting with the whole batch.
         let mut work: Vec<Range<usize>> = Vec::new();
