@@ -476,7 +476,10 @@ pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, Benc
             pool: &pool,
             index,
         };
-        let row = match tokio::time::timeout(args.point_timeout, run_point(&ctx, *point)).await {
+        let base = unique("bench", index);
+        let topics = Topics::named(&base);
+        let run = run_point(&ctx, *point, &base, &topics);
+        let row = match tokio::time::timeout(args.point_timeout, run).await {
             Ok(Ok(row)) => row,
             Ok(Err(e)) => failed_row(*point, e.to_string()),
             Err(_) => failed_row(
@@ -484,6 +487,11 @@ pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, Benc
                 format!("point timed out after {:?}", args.point_timeout),
             ),
         };
+        // Every point makes five topics; a full grid left behind would hold a broker's
+        // file descriptors (three per partition) past a common limit of 20,000.
+        if let Err(e) = crate::kafka::delete_topics(&args.kafka_brokers, &topics.names()).await {
+            tracing::warn!(index, error = %e, "cannot delete the point's topics");
+        }
         if row.error.is_empty() {
             tracing::info!(
                 index,
@@ -643,6 +651,26 @@ struct Topics {
 }
 
 impl Topics {
+    fn named(base: &str) -> Self {
+        Topics {
+            frontier: format!("{base}.frontier"),
+            results: format!("{base}.results"),
+            edges: format!("{base}.edges"),
+            dlq: format!("{base}.dlq"),
+            graph_dlq: format!("{base}.graph-dlq"),
+        }
+    }
+
+    fn names(&self) -> [&str; 5] {
+        [
+            &self.frontier,
+            &self.results,
+            &self.edges,
+            &self.dlq,
+            &self.graph_dlq,
+        ]
+    }
+
     fn env(&self) -> Vec<(String, String)> {
         [
             ("KAFKA_FRONTIER_TOPIC", &self.frontier),
@@ -668,17 +696,14 @@ const READY_STABLE: Duration = Duration::from_secs(3);
 /// Bound on one HTTP request to a local service.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn run_point(ctx: &PointContext<'_>, point: GridPoint) -> Result<Row, BenchError> {
+async fn run_point(
+    ctx: &PointContext<'_>,
+    point: GridPoint,
+    base: &str,
+    topics: &Topics,
+) -> Result<Row, BenchError> {
     let args = ctx.args;
-    let base = unique("bench", ctx.index);
-    let topics = Topics {
-        frontier: format!("{base}.frontier"),
-        results: format!("{base}.results"),
-        edges: format!("{base}.edges"),
-        dlq: format!("{base}.dlq"),
-        graph_dlq: format!("{base}.graph-dlq"),
-    };
-    create_topics(ctx, &topics).await?;
+    create_topics(ctx, topics).await?;
     let id_base = fresh_id_base();
     let http = reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
@@ -687,7 +712,7 @@ async fn run_point(ctx: &PointContext<'_>, point: GridPoint) -> Result<Row, Benc
             what: "client".to_owned(),
             detail: e.to_string(),
         })?;
-    let mut deployment = deploy(ctx, point, &topics, &base, id_base)?;
+    let mut deployment = deploy(ctx, point, topics, base, id_base)?;
     wait_ready(&http, &mut deployment).await?;
 
     let seeds = match point.limit {
@@ -775,7 +800,7 @@ async fn run_point(ctx: &PointContext<'_>, point: GridPoint) -> Result<Row, Benc
     let writer_metrics = loop {
         deployment.check_alive()?;
         stack_peak = stack_peak.max_rss(stack.sample());
-        let (results, edges) = message_counts(args, &topics).await?;
+        let (results, edges) = message_counts(args, topics).await?;
         let m = scrape(&http, &deployment.writer_url).await?;
         let nodes_done = m.sum("relentless_graph_writer_results_written_total", &[])
             + m.sum("relentless_graph_writer_results_failed_total", &[]);
