@@ -28,8 +28,8 @@
 //!   schema, and the graph writer's handler and start-up.
 //! - [`api`]: the HTTP API that creates, watches and cancels crawls; [`summary`]: what a
 //!   crawl left behind.
-//! - [`metrics`], [`health`], [`telemetry`], [`shutdown`]: what an operator sees, and how a
-//!   process stops.
+//! - [`metrics`], [`health`], [`telemetry`], [`shutdown`], [`runtime`]: what an operator
+//!   sees, how a process starts, and how it stops.
 //! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
 //! - [`ops`]: the operator commands (`bookworm seed`, `status`, `dlq`, `graph`).
 //! - [`bench`]: `bookworm bench`, the end-to-end capacity benchmark behind `docs/performance.md`.
@@ -54,6 +54,7 @@ pub mod openlibrary;
 pub mod ops;
 pub mod publish;
 pub mod robots;
+pub mod runtime;
 pub mod shutdown;
 pub mod sim;
 pub mod store;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use bookworm::config::GraphWriterArgs;
-use bookworm::{graph_writer, shutdown, telemetry};
+use bookworm::{graph_writer, runtime, shutdown, telemetry};
 use clap::Parser;
 
 /// Write the crawled graph into Neo4j: one of many graph writers sharing the topics.
@@ -15,19 +15,27 @@ struct Cli {
     args: GraphWriterArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let Cli { args } = Cli::parse();
-    telemetry::init(args.log.log_format);
-    match graph_writer::run(args, shutdown::on_signal()).await {
-        Ok(()) => {
-            tracing::info!("graph writer stopped");
-            ExitCode::SUCCESS
-        }
+    let runtime = match runtime::start() {
+        Ok(runtime) => runtime,
         Err(e) => {
-            tracing::error!(error = %e, "graph writer failed");
-            eprintln!("graph-writer: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("graph-writer: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
+    runtime.block_on(async move {
+        telemetry::init(args.log.log_format);
+        match graph_writer::run(args, shutdown::on_signal()).await {
+            Ok(()) => {
+                tracing::info!("graph writer stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "graph writer failed");
+                eprintln!("graph-writer: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

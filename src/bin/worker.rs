@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use bookworm::config::WorkerArgs;
-use bookworm::{shutdown, telemetry, worker};
+use bookworm::{runtime, shutdown, telemetry, worker};
 use clap::Parser;
 
 /// Crawl Open Library: one of many workers sharing the frontier topic.
@@ -15,19 +15,27 @@ struct Cli {
     args: WorkerArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let Cli { args } = Cli::parse();
-    telemetry::init(args.log.log_format);
-    match worker::run(args, shutdown::on_signal()).await {
-        Ok(()) => {
-            tracing::info!("worker stopped");
-            ExitCode::SUCCESS
-        }
+    let runtime = match runtime::start() {
+        Ok(runtime) => runtime,
         Err(e) => {
-            tracing::error!(error = %e, "worker failed");
-            eprintln!("worker: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("worker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
+    runtime.block_on(async move {
+        telemetry::init(args.log.log_format);
+        match worker::run(args, shutdown::on_signal()).await {
+            Ok(()) => {
+                tracing::info!("worker stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "worker failed");
+                eprintln!("worker: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
