@@ -5,55 +5,15 @@ mod common;
 
 use std::time::Duration;
 
-use bookworm::api::{self, ApiState};
-use bookworm::config::{CrawlArgs, KafkaArgs};
-use bookworm::health::{HealthState, Liveness, Readiness};
-use bookworm::metrics::ApiMetrics;
-use bookworm::store::CrawlStore;
-use clap::Parser;
-use common::{create_topic, eventually, message_count, stack_env, unique};
+use common::{create_topic, eventually, message_count, unique};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    crawl: CrawlArgs,
-}
 
 /// An API on a random port with its own frontier topic; returns its base URL and topic.
 async fn start_api() -> (String, String, CancellationToken) {
     let topic = unique("api-frontier");
     create_topic(&topic, 3).await;
-    let args = Args::parse_from([
-        "test",
-        "--kafka-brokers",
-        &stack_env("KAFKA_BROKERS"),
-        "--kafka-frontier-topic",
-        &topic,
-    ]);
-    let registry = prometheus::Registry::new();
-    let metrics = ApiMetrics::register(&registry).expect("metrics");
-    let store = CrawlStore::connect(&stack_env("REDIS_URL"))
-        .await
-        .expect("redis");
-    let producer =
-        bookworm::kafka::producer(&args.kafka, Duration::from_secs(30)).expect("producer");
-    let origin = url::Url::parse("https://openlibrary.org").expect("origin");
-    let state = ApiState::new(store, producer, &args.kafka, args.crawl, origin, metrics);
-    let health = HealthState {
-        registry,
-        liveness: Liveness::always(),
-        readiness: Readiness::default(),
-    };
-    let listener = api::bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let token = CancellationToken::new();
-    tokio::spawn(api::serve(listener, state, health, token.clone()));
+    let (base, token) = common::start_api(&topic).await;
     (base, topic, token)
 }
 

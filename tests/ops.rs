@@ -7,59 +7,13 @@ mod graph_common;
 use std::process::Output;
 use std::time::Duration;
 
-use bookworm::api::{self, ApiState};
-use bookworm::config::{CrawlArgs, KafkaArgs};
-use bookworm::health::{HealthState, Liveness, Readiness};
 use bookworm::message::{CrawlJob, Failure, FailureReason, Label, Rel, VERSION};
-use bookworm::metrics::ApiMetrics;
 use bookworm::store::{Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish};
 use chrono::Utc;
-use clap::Parser;
-use common::{TestTopics, eventually, message_count, stack_env, unique};
+use common::{TestTopics, eventually, message_count, stack_env, start_api, unique};
 use graph_common::{Keys, edge, node, store};
 use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    crawl: CrawlArgs,
-}
-
-/// An API on a random port writing to `topics`; returns its base URL.
-async fn start_api(topics: &TestTopics) -> (String, CancellationToken) {
-    let args = Args::parse_from([
-        "test",
-        "--kafka-brokers",
-        &stack_env("KAFKA_BROKERS"),
-        "--kafka-frontier-topic",
-        &topics.frontier,
-    ]);
-    let registry = prometheus::Registry::new();
-    let metrics = ApiMetrics::register(&registry).expect("metrics");
-    let store = CrawlStore::connect(&stack_env("REDIS_URL"))
-        .await
-        .expect("redis");
-    let producer =
-        bookworm::kafka::producer(&args.kafka, Duration::from_secs(30)).expect("producer");
-    let origin = url::Url::parse("https://openlibrary.org").expect("origin");
-    let state = ApiState::new(store, producer, &args.kafka, args.crawl, origin, metrics);
-    let health = HealthState {
-        registry,
-        liveness: Liveness::always(),
-        readiness: Readiness::default(),
-    };
-    let listener = api::bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let token = CancellationToken::new();
-    tokio::spawn(api::serve(listener, state, health, token.clone()));
-    (base, token)
-}
 
 /// Runs `bookworm args…` with `env` to completion (bounded) and returns its output.
 async fn bookworm(args: &[&str], env: &[(String, String)]) -> Output {
@@ -92,7 +46,7 @@ fn redis_url() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_prints_only_the_crawl_id_and_status_shows_the_crawl() {
     let topics = TestTopics::create("ops-seed", 3).await;
-    let (api, _token) = start_api(&topics).await;
+    let (api, _token) = start_api(&topics.frontier).await;
     let out = bookworm(
         &[
             "seed",
@@ -144,7 +98,7 @@ async fn seed_prints_only_the_crawl_id_and_status_shows_the_crawl() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_seed_exits_2_and_names_the_seed() {
     let topics = TestTopics::create("ops-bad-seed", 1).await;
-    let (api, _token) = start_api(&topics).await;
+    let (api, _token) = start_api(&topics.frontier).await;
     let out = bookworm(
         &[
             "seed",
@@ -170,7 +124,7 @@ async fn a_refused_seed_exits_2_and_names_the_seed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_of_an_unknown_crawl_exits_1() {
     let topics = TestTopics::create("ops-unknown", 1).await;
-    let (api, _token) = start_api(&topics).await;
+    let (api, _token) = start_api(&topics.frontier).await;
     let id = unique("no-such-crawl");
     for watch in [false, true] {
         let mut args = vec!["status", id.as_str(), "--api", api.as_str()];
@@ -192,7 +146,7 @@ async fn status_of_an_unknown_crawl_exits_1() {
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_follows_a_crawl_until_it_is_done() {
     let topics = TestTopics::create("ops-watch", 1).await;
-    let (api, _token) = start_api(&topics).await;
+    let (api, _token) = start_api(&topics.frontier).await;
     let created: Value = reqwest::Client::new()
         .post(format!("{api}/crawls"))
         .json(&json!({"seeds": ["/works/OL45804W"], "max_depth": 0}))
@@ -266,7 +220,17 @@ fn failure(crawl: &str, key: &str, depth: u32, reason: FailureReason) -> Failure
 
 /// Writes DLQ records (payload `None` for a record that is not JSON).
 async fn dead_letter(topic: &str, records: &[(String, Option<Failure>)]) {
-    let kafka = Args::parse_from(["test", "--kafka-brokers", &stack_env("KAFKA_BROKERS")]).kafka;
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        kafka: bookworm::config::KafkaArgs,
+    }
+    let kafka = <Args as clap::Parser>::parse_from([
+        "test",
+        "--kafka-brokers",
+        &stack_env("KAFKA_BROKERS"),
+    ])
+    .kafka;
     let producer = bookworm::kafka::producer(&kafka, Duration::from_secs(30)).expect("producer");
     for (key, failure) in records {
         let payload = match failure {

@@ -314,3 +314,51 @@ pub async fn graph_edges(
     }
     edges
 }
+
+/// The crawl API in this process on a random port, enqueueing seeds on `frontier_topic`;
+/// returns its base URL and the token that stops it.
+pub async fn start_api(frontier_topic: &str) -> (String, tokio_util::sync::CancellationToken) {
+    use bookworm::api::{self, ApiState};
+    use bookworm::config::{CrawlArgs, KafkaArgs};
+    use bookworm::health::{HealthState, Liveness, Readiness};
+    use bookworm::metrics::ApiMetrics;
+    use bookworm::store::CrawlStore;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        crawl: CrawlArgs,
+    }
+
+    let args = Args::parse_from([
+        "test",
+        "--kafka-brokers",
+        &stack_env("KAFKA_BROKERS"),
+        "--kafka-frontier-topic",
+        frontier_topic,
+    ]);
+    let registry = prometheus::Registry::new();
+    let metrics = ApiMetrics::register(&registry).expect("metrics");
+    let store = CrawlStore::connect(&stack_env("REDIS_URL"))
+        .await
+        .expect("redis");
+    let producer =
+        bookworm::kafka::producer(&args.kafka, Duration::from_secs(30)).expect("producer");
+    let origin = url::Url::parse("https://openlibrary.org").expect("origin");
+    let state = ApiState::new(store, producer, &args.kafka, args.crawl, origin, metrics);
+    let health = HealthState {
+        registry,
+        liveness: Liveness::always(),
+        readiness: Readiness::default(),
+    };
+    let listener = api::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let token = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(api::serve(listener, state, health, token.clone()));
+    (base, token)
+}
