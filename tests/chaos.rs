@@ -12,7 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use chaos_support::{Deployment, Options, chaos_seed, check_invariant, stack, wait_ok};
+use chaos_support::{Deployment, Options, chaos_seed, check_invariant, stack};
+use common::wait_ok;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;

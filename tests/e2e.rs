@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{
     Process, TestTopics, eventually, free_port, graph_edges, graph_nodes, neo4j, stack_env, unique,
+    wait_ok,
 };
 use serde_json::{Value, json};
 
@@ -111,44 +112,18 @@ async fn deploy(topics: &TestTopics, id_base: u64, workers: usize) -> Deployment
         worker_metrics,
         _processes: processes,
     };
-    let client = reqwest::Client::new();
-    for url in [
-        format!("{}/_sim/stats", deployment.sim_url),
-        format!("{}/readyz", deployment.api_url),
-    ] {
-        eventually(&format!("{url} answering"), Duration::from_secs(60), || {
-            let client = client.clone();
-            let url = url.clone();
-            async move {
-                client
-                    .get(&url)
-                    .send()
-                    .await
-                    .ok()?
-                    .status()
-                    .is_success()
-                    .then_some(())
-            }
-        })
-        .await;
-    }
+    wait_ok(
+        &format!("{}/_sim/stats", deployment.sim_url),
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_ok(
+        &format!("{}/readyz", deployment.api_url),
+        Duration::from_secs(60),
+    )
+    .await;
     for url in &deployment.worker_metrics {
-        let url = format!("{url}/readyz");
-        eventually(&format!("{url} ready"), Duration::from_secs(90), || {
-            let client = client.clone();
-            let url = url.clone();
-            async move {
-                client
-                    .get(&url)
-                    .send()
-                    .await
-                    .ok()?
-                    .status()
-                    .is_success()
-                    .then_some(())
-            }
-        })
-        .await;
+        wait_ok(&format!("{url}/readyz"), Duration::from_secs(90)).await;
     }
     deployment
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Process, TestTopics, eventually, free_port, stack_env, unique};
+use common::{Process, TestTopics, eventually, free_port, stack_env, unique, wait_ok};
 use serde_json::{Value, json};
 
 /// Starts the simulator (Open Library's limit on) and two workers at `rate` per minute per
@@ -75,22 +75,7 @@ async fn start(
             &worker_env,
         ));
     }
-    let client = reqwest::Client::new();
-    eventually("the simulator answering", Duration::from_secs(30), || {
-        let client = client.clone();
-        let url = format!("{sim_url}/robots.txt");
-        async move {
-            client
-                .get(&url)
-                .send()
-                .await
-                .ok()?
-                .status()
-                .is_success()
-                .then_some(())
-        }
-    })
-    .await;
+    wait_ok(&format!("{sim_url}/robots.txt"), Duration::from_secs(30)).await;
     (sim_url, id_base, processes)
 }
 

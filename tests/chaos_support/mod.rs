@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::common::{
     Process, TestTopics, eventually, free_port, graph_edges, graph_nodes, neo4j, stack_env, unique,
+    wait_ok,
 };
 
 /// Works, authors and subjects of the simulated catalogue (the e2e test's size: crawls of a
@@ -131,29 +132,6 @@ pub struct Deployment {
     _sim: Process,
     _api: Process,
     client: reqwest::Client,
-}
-
-/// Polls `url` until it answers 2xx.
-pub async fn wait_ok(url: &str, deadline: Duration) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("client");
-    eventually(&format!("{url} answering"), deadline, || {
-        let client = client.clone();
-        let url = url.to_owned();
-        async move {
-            client
-                .get(&url)
-                .send()
-                .await
-                .ok()?
-                .status()
-                .is_success()
-                .then_some(())
-        }
-    })
-    .await;
 }
 
 impl Deployment {

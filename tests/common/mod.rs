@@ -362,3 +362,26 @@ pub async fn start_api(frontier_topic: &str) -> (String, tokio_util::sync::Cance
     tokio::spawn(api::serve(listener, state, health, token.clone()));
     (base, token)
 }
+
+/// Polls `url` until it answers 2xx.
+pub async fn wait_ok(url: &str, deadline: Duration) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    eventually(&format!("{url} answering"), deadline, || {
+        let client = client.clone();
+        let url = url.to_owned();
+        async move {
+            client
+                .get(&url)
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        }
+    })
+    .await;
+}
