@@ -12,7 +12,7 @@ use bookworm::metrics::ApiMetrics;
 use bookworm::ops::crawls::{self, ApiClient, CrawlsError, WatchView};
 use bookworm::ops::{dlq, neighbourhood};
 use bookworm::store::CrawlStore;
-use bookworm::{shutdown, telemetry};
+use bookworm::{runtime, shutdown, telemetry};
 use clap::{Parser, Subcommand};
 
 /// Operate a Relentless Bookworm deployment.
@@ -186,21 +186,29 @@ enum TopicsCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log.log_format);
-    match run(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let runtime = match runtime::start() {
+        Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            // A seed the API refused is the operator's input, like a bad flag: exit 2.
-            match e.downcast_ref::<CrawlsError>() {
-                Some(CrawlsError::Rejected { .. }) => ExitCode::from(2),
-                _ => ExitCode::FAILURE,
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        telemetry::init(cli.log.log_format);
+        match run(cli.command).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                // A seed the API refused is the operator's input, like a bad flag: exit 2.
+                match e.downcast_ref::<CrawlsError>() {
+                    Some(CrawlsError::Rejected { .. }) => ExitCode::from(2),
+                    _ => ExitCode::FAILURE,
+                }
             }
         }
-    }
+    })
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
