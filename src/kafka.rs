@@ -35,8 +35,13 @@ pub enum KafkaSetupError {
 
 /// The base configuration of every client.
 fn base(kafka: &KafkaArgs) -> ClientConfig {
+    base_for(&kafka.kafka_brokers)
+}
+
+/// The base configuration of a client of the cluster at `brokers`.
+fn base_for(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.kafka_brokers);
+    config.set("bootstrap.servers", brokers);
     config
 }
 
@@ -158,10 +163,9 @@ pub async fn create_topics(
 /// For tools that make short-lived topics (`bookworm bench`): a broker keeps open files for
 /// every partition it holds, so topics left behind add up.
 pub async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), KafkaSetupError> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().map_err(KafkaSetupError::Client)?;
+    let admin: AdminClient<DefaultClientContext> = base_for(brokers)
+        .create()
+        .map_err(KafkaSetupError::Client)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .delete_topics(topics, &options)
