@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use bookworm::commit::{CommitTracker, TopicPartition};
+use bookworm::consumer::tracker::{CommitTracker, TopicPartition};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use bookworm::config::{ConsumerArgs, KafkaArgs};
 use bookworm::consumer::{ConsumerLoop, Delivery, HandleError, Handler};
-use bookworm::health::{Liveness, Readiness};
-use bookworm::metrics::ConsumerMetrics;
-use bookworm::publish::Record;
+use bookworm::kafka::publish::Record;
+use bookworm::process::health::{Liveness, Readiness};
+use bookworm::process::metrics::ConsumerMetrics;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

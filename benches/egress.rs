@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use bookworm::config::LimitScope;
-use bookworm::egress::limiter::Rate;
-use bookworm::egress::{ClientSettings, EgressPool, PoolSettings, parse_proxy_pool};
-use bookworm::metrics::WorkerMetrics;
+use bookworm::crawl::client::egress::limiter::Rate;
+use bookworm::crawl::client::egress::{ClientSettings, EgressPool, PoolSettings, parse_proxy_pool};
+use bookworm::process::metrics::WorkerMetrics;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn settings(scope: LimitScope) -> PoolSettings {
@@ -28,7 +28,7 @@ fn settings(scope: LimitScope) -> PoolSettings {
         block_max: Duration::from_secs(1),
         origin_addr: "127.0.0.1:1".to_owned(),
         client: ClientSettings {
-            user_agent: bookworm::fetch::DEFAULT_USER_AGENT.to_owned(),
+            user_agent: bookworm::crawl::client::DEFAULT_USER_AGENT.to_owned(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bookworm::config::{GraphArgs, Neo4jArgs};
+use bookworm::graph::migrate::{MIGRATIONS, MigrateOptions, migrate};
 use bookworm::graph::{Batcher, BatcherConfig, EdgeRow, GraphStore, NodeRow, Row};
-use bookworm::health::Readiness;
 use bookworm::message::{Edge, Label, Node, Rel};
-use bookworm::metrics::GraphWriterMetrics;
-use bookworm::migrate::{MIGRATIONS, MigrateOptions, migrate};
+use bookworm::process::health::Readiness;
+use bookworm::process::metrics::GraphWriterMetrics;
 use futures::StreamExt;
 use serde_json::json;
 

@@ -5,8 +5,8 @@
 
 use std::hint::black_box;
 
-use bookworm::crawl_limits::CrawlLimits;
-use bookworm::openlibrary::parse_record;
+use bookworm::crawl::limits::CrawlLimits;
+use bookworm::crawl::parse::parse_record;
 use bookworm::sim::{Catalogue, CatalogueSpec, SimArgs, spawn};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio_util::sync::CancellationToken;

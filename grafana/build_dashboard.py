@@ -7,7 +7,7 @@ panel gets the same data source, legend and unit handling. Run it after an edit:
     python3 grafana/build_dashboard.py
 
 `scripts/check-deploy.sh names` fails when the JSON is stale, and when a query names a
-metric the binaries do not export (src/metrics.rs). Queries use only `job` and
+metric the binaries do not export (src/process/metrics.rs). Queries use only `job` and
 `instance` labels from our targets, which exist both in Kubernetes (ServiceMonitor) and
 in the local stack; the resource panels use cAdvisor's container_* metrics filtered by
 the `namespace` variable, which exist only in Kubernetes.

@@ -389,7 +389,7 @@ PY
 }
 
 # --------------------------------------------------------------------------
-# names: every metric a query names is exported (src/metrics.rs); dashboard fresh
+# names: every metric a query names is exported (src/process/metrics.rs); dashboard fresh
 # --------------------------------------------------------------------------
 
 check_names() {

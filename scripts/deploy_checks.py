@@ -30,7 +30,7 @@ import yaml
 DASHBOARD = "grafana/dashboards/relentless-overview.json"
 RULES = "deploy/prometheus/alerts.yml"
 # The consumer loop's metrics are registered once per service under these namespaces
-# (ConsumerMetrics::register(registry, namespace) in src/metrics.rs).
+# (ConsumerMetrics::register(registry, namespace) in src/process/metrics.rs).
 CONSUMER_NAMESPACES = ("relentless_worker", "relentless_graph_writer")
 # Metrics from outside the binaries that queries may use: Prometheus' own `up` and cAdvisor's
 # container metrics (kubelet), which exist only in Kubernetes.
@@ -55,8 +55,8 @@ def queries(root):
 
 
 def exported(root):
-    """Metric names the binaries export, read from src/metrics.rs."""
-    text = (root / "src/metrics.rs").read_text()
+    """Metric names the binaries export, read from src/process/metrics.rs."""
+    text = (root / "src/process/metrics.rs").read_text()
     names = set(re.findall(r'"(relentless_[a-z0-9_]+)"', text))
     for suffix in re.findall(r'&name\("([a-z0-9_]+)"\)', text):
         names.update(f"{ns}_{suffix}" for ns in CONSUMER_NAMESPACES)
@@ -102,7 +102,7 @@ def check_names(root):
     if not bad:
         n = len(queries(root))
         print(f"[check-deploy] names: all {n} queries use only exported metrics "
-              f"({len(known)} series names from src/metrics.rs) or up/cAdvisor")
+              f"({len(known)} series names from src/process/metrics.rs) or up/cAdvisor")
     return 1 if bad else 0
 
 

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use bookworm::config::{ConsumerArgs, KafkaArgs};
 use bookworm::consumer::{ConsumerLoop, Delivery, HandleError, Handler};
-use bookworm::health::{HealthState, Liveness, Readiness};
-use bookworm::metrics::ConsumerMetrics;
-use bookworm::publish::Record;
+use bookworm::kafka::publish::Record;
+use bookworm::process::health::{HealthState, Liveness, Readiness};
+use bookworm::process::metrics::ConsumerMetrics;
 use common::{eventually, stack_env, unique};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -865,7 +865,7 @@ async fn a_wedged_loop_fails_healthz_and_shows_its_last_poll_age() {
     let metrics = ConsumerMetrics::register(&registry, "wedge").expect("metrics");
     let max_poll = consumer_args().max_poll_interval;
     let liveness = Liveness::new(max_poll / 2, Some(metrics.last_poll_age_seconds.clone()));
-    let addr = bookworm::health::spawn_server(
+    let addr = bookworm::process::health::spawn_server(
         "127.0.0.1:0".parse().expect("addr"),
         HealthState {
             registry,

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use bookworm::health::{HealthState, Liveness, Readiness, spawn_server};
-use bookworm::metrics::{ApiMetrics, ConsumerMetrics, GraphWriterMetrics, WorkerMetrics};
+use bookworm::process::health::{HealthState, Liveness, Readiness, spawn_server};
+use bookworm::process::metrics::{ApiMetrics, ConsumerMetrics, GraphWriterMetrics, WorkerMetrics};
 use prometheus::Registry;
 
 fn root() -> PathBuf {

@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bookworm::config::LimitScope;
-use bookworm::egress::limiter::Rate;
-use bookworm::egress::{EgressSpec, parse_proxy_pool};
-use bookworm::fetch::OpenLibraryClient;
+use bookworm::crawl::client::OpenLibraryClient;
+use bookworm::crawl::client::egress::limiter::Rate;
+use bookworm::crawl::client::egress::{EgressSpec, parse_proxy_pool};
 use egress_support::{Behaviour, TestServer, client, pool_settings, redis, stack_proxies};
 use futures::StreamExt;
 
@@ -25,7 +25,7 @@ async fn send_all(
     client: &OpenLibraryClient,
     paths: Vec<String>,
     concurrency: usize,
-) -> Vec<Result<bookworm::fetch::Fetched, bookworm::fetch::FetchError>> {
+) -> Vec<Result<bookworm::crawl::client::Fetched, bookworm::crawl::client::FetchError>> {
     futures::stream::iter(paths)
         .map(|path| {
             let client = client.clone();
@@ -312,7 +312,8 @@ async fn concurrent_429s_count_as_one_strike() {
         &common::unique("echo"),
     );
     let pool =
-        bookworm::egress::EgressPool::new(settings, None, egress_support::metrics()).unwrap();
+        bookworm::crawl::client::egress::EgressPool::new(settings, None, egress_support::metrics())
+            .unwrap();
     let slot = pool.acquire().await.unwrap();
     let first = pool.block(&slot, None).await;
     let mut echoes = Vec::new();

@@ -8,9 +8,9 @@ mod egress_support;
 use std::time::Instant;
 
 use bookworm::config::LimitScope;
-use bookworm::egress::limiter::Rate;
-use bookworm::egress::{EgressPool, EgressSpec};
-use bookworm::fetch::{FetchError, OpenLibraryClient};
+use bookworm::crawl::client::egress::limiter::Rate;
+use bookworm::crawl::client::egress::{EgressPool, EgressSpec};
+use bookworm::crawl::client::{FetchError, OpenLibraryClient};
 use bookworm::message::FailureReason;
 use egress_support::{
     Behaviour, TestServer, client, fetch_settings, metrics, pool_settings, redis, stack_proxies,

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use bookworm::config::GraphArgs;
 use bookworm::graph::{Batcher, BatcherConfig, GraphStore, Row, RowFailure};
-use bookworm::health::Readiness;
 use bookworm::message::Label::{Author, Work};
 use bookworm::message::Rel;
-use bookworm::metrics::GraphWriterMetrics;
+use bookworm::process::health::Readiness;
+use bookworm::process::metrics::GraphWriterMetrics;
 use common::eventually;
 use graph_common::{Keys, edge, neo4j_args, store};
 use tokio::net::{TcpListener, TcpStream};
@@ -241,11 +241,11 @@ mod with_kafka {
 
     use bookworm::config::{ConsumerArgs, KafkaArgs};
     use bookworm::consumer::ConsumerLoop;
-    use bookworm::graph_writer::GraphWriterHandler;
-    use bookworm::health::Liveness;
+    use bookworm::graph::handler::GraphWriterHandler;
+    use bookworm::kafka::publish::{Publisher, Record};
     use bookworm::kafka::{TopicLayout, create_topics};
-    use bookworm::metrics::ConsumerMetrics;
-    use bookworm::publish::{Publisher, Record};
+    use bookworm::process::health::Liveness;
+    use bookworm::process::metrics::ConsumerMetrics;
     use clap::Parser;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Offset, TopicPartitionList};

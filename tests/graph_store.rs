@@ -7,12 +7,12 @@ mod graph_common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bookworm::graph::migrate::{MigrateOptions, Migration, migrate};
 use bookworm::graph::rows::{PropValue, Scalar};
 use bookworm::graph::{Batcher, BatcherConfig, NodeRow, Row, RowFailure};
-use bookworm::health::Readiness;
 use bookworm::message::{Label, Rel};
-use bookworm::metrics::GraphWriterMetrics;
-use bookworm::migrate::{MigrateOptions, Migration, migrate};
+use bookworm::process::health::Readiness;
+use bookworm::process::metrics::GraphWriterMetrics;
 use futures::future::join_all;
 use graph_common::{Keys, edge, node, store};
 use neo4rs::query;

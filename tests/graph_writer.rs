@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use bookworm::config::{ConsumerArgs, GraphArgs, KafkaArgs};
 use bookworm::consumer::{ConsumerLoop, Delivery, HandleError, Handler};
+use bookworm::graph::handler::GraphWriterHandler;
 use bookworm::graph::{Batcher, BatcherConfig};
-use bookworm::graph_writer::GraphWriterHandler;
-use bookworm::health::{Liveness, Readiness};
+use bookworm::kafka::publish::{Publisher, Record};
 use bookworm::kafka::{TopicLayout, create_topics};
 use bookworm::message::Label::{Author, Subject, Work};
-use bookworm::metrics::{ConsumerMetrics, GraphWriterMetrics};
-use bookworm::publish::{Publisher, Record};
+use bookworm::process::health::{Liveness, Readiness};
+use bookworm::process::metrics::{ConsumerMetrics, GraphWriterMetrics};
 use clap::Parser;
 use common::{eventually, stack_env, unique};
 use graph_common::{Keys, store};

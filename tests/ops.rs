@@ -7,8 +7,8 @@ mod graph_common;
 use std::process::Output;
 use std::time::Duration;
 
+use bookworm::crawl::store::{Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish};
 use bookworm::message::{CrawlJob, Failure, FailureReason, Label, Rel, VERSION};
-use bookworm::store::{Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish};
 use chrono::Utc;
 use common::{TestTopics, eventually, message_count, stack_env, start_api, unique};
 use graph_common::{Keys, edge, node, store};

@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use bookworm::message::{Label, Rel};
-use bookworm::openlibrary::{
+use bookworm::crawl::parse::{
     Entity, ParseError, Record, parse_page, parse_record, parse_search, parse_subject,
 };
+use bookworm::message::{Label, Rel};
 use serde_json::json;
 
 fn fixture(name: &str) -> Vec<u8> {

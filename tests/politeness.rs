@@ -85,11 +85,11 @@ async fn crawl(topics: &TestTopics, id_base: u64, seeds: u64, deadline: Duration
     let works: Vec<String> = (1..=seeds)
         .map(|i| format!("/works/OL{}W", id_base + i))
         .collect();
-    let store = bookworm::store::CrawlStore::connect(&stack_env("REDIS_URL"))
+    let store = bookworm::crawl::store::CrawlStore::connect(&stack_env("REDIS_URL"))
         .await
         .expect("redis");
     let crawl_id = unique("polite-crawl");
-    let spec = bookworm::store::CrawlSpec {
+    let spec = bookworm::crawl::store::CrawlSpec {
         crawl_id: crawl_id.clone(),
         seeds: works.clone(),
         max_depth: 1,
@@ -104,11 +104,11 @@ async fn crawl(topics: &TestTopics, id_base: u64, seeds: u64, deadline: Duration
         kafka_dlq_topic: topics.dlq.clone(),
         kafka_graph_dlq_topic: topics.graph_dlq.clone(),
     };
-    let publisher =
-        bookworm::publish::Publisher::new(&kafka, Duration::from_secs(30)).expect("publisher");
-    let jobs: Vec<bookworm::publish::Record> = works
+    let publisher = bookworm::kafka::publish::Publisher::new(&kafka, Duration::from_secs(30))
+        .expect("publisher");
+    let jobs: Vec<bookworm::kafka::publish::Record> = works
         .iter()
-        .map(|key| bookworm::publish::Record {
+        .map(|key| bookworm::kafka::publish::Record {
             topic: topics.frontier.clone(),
             key: key.clone(),
             payload: json!({"v": 1, "crawl_id": crawl_id, "key": key, "depth": 0, "seed": key,
@@ -123,7 +123,7 @@ async fn crawl(topics: &TestTopics, id_base: u64, seeds: u64, deadline: Duration
         let crawl_id = crawl_id.clone();
         async move {
             let status = store.status(&crawl_id).await.ok()??;
-            (status.state == bookworm::store::CrawlState::Done)
+            (status.state == bookworm::crawl::store::CrawlState::Done)
                 .then(|| serde_json::to_value(status).ok())?
         }
     })

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use bookworm::crawl_limits::CrawlLimits;
+use bookworm::crawl::limits::CrawlLimits;
+use bookworm::crawl::parse::{Record, parse_page, parse_record, parse_search, parse_subject};
 use bookworm::message::{FailureReason, Label, Rel};
-use bookworm::openlibrary::{Record, parse_page, parse_record, parse_search, parse_subject};
 use bookworm::sim::{Outcome, ReachEdge, Reachable, RunningSim, SimArgs, spawn};
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;

@@ -3,8 +3,8 @@
 
 mod common;
 
+use bookworm::crawl::store::{Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish};
 use bookworm::message::{FailureReason, Label};
-use bookworm::store::{Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish};
 use common::{stack_env, unique};
 
 async fn store_with_crawl(seeds: &[&str], max_nodes: usize) -> (CrawlStore, String) {

@@ -5,14 +5,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bookworm::api::{self, ApiArgs, ApiState};
 use bookworm::config::{CrawlArgs, KafkaArgs, LogArgs, Neo4jArgs, RedisArgs};
-use bookworm::health::{HealthState, Liveness, Readiness};
+use bookworm::crawl::store::CrawlStore;
 use bookworm::kafka::{TopicLayout, create_topics, producer};
 use bookworm::message::FailureReason;
-use bookworm::metrics::ApiMetrics;
 use bookworm::ops::crawls::{self, ApiClient, CrawlsError, WatchView};
 use bookworm::ops::{dlq, neighbourhood};
-use bookworm::store::CrawlStore;
-use bookworm::{runtime, shutdown, telemetry};
+use bookworm::process::health::{HealthState, Liveness, Readiness};
+use bookworm::process::metrics::ApiMetrics;
+use bookworm::process::{runtime, shutdown, telemetry};
 use clap::{Parser, Subcommand};
 
 /// Operate a Relentless Bookworm deployment.
@@ -232,7 +232,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .context("connecting to Neo4j")?;
             let summary =
-                bookworm::summary::wait_for_graph(&store, &graph, &crawl_id, wait).await?;
+                bookworm::ops::summary::wait_for_graph(&store, &graph, &crawl_id, wait).await?;
             println!("{summary}");
             if !summary.graph_caught_up() {
                 anyhow::bail!("the graph has not caught up with the crawl's counters yet");
@@ -284,10 +284,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Migrate { neo4j } => {
             let store = bookworm::graph::GraphStore::connect(&neo4j).await?;
-            let report = bookworm::migrate::migrate(
+            let report = bookworm::graph::migrate::migrate(
                 &store,
-                bookworm::migrate::MIGRATIONS,
-                &bookworm::migrate::MigrateOptions::default(),
+                bookworm::graph::migrate::MIGRATIONS,
+                &bookworm::graph::migrate::MigrateOptions::default(),
             )
             .await
             .context("migrating the graph")?;

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use bookworm::config::GraphWriterArgs;
-use bookworm::{graph_writer, runtime, shutdown, telemetry};
+use bookworm::graph::handler as graph_writer;
+use bookworm::process::{runtime, shutdown, telemetry};
 use clap::Parser;
 
 /// Write the crawled graph into Neo4j: one of many graph writers sharing the topics.

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use bookworm::config::WorkerArgs;
-use bookworm::{runtime, shutdown, telemetry, worker};
+use bookworm::crawl::handler as worker;
+use bookworm::process::{runtime, shutdown, telemetry};
 use clap::Parser;
 
 /// Crawl Open Library: one of many workers sharing the frontier topic.

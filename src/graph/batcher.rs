@@ -25,8 +25,8 @@ use tokio::task::JoinHandle;
 
 use super::{GraphStore, Row, WriteError};
 use crate::config::GraphArgs;
-use crate::health::Readiness;
-use crate::metrics::GraphWriterMetrics;
+use crate::process::health::Readiness;
+use crate::process::metrics::GraphWriterMetrics;
 
 /// A failure faster than this is a refused or reset connection, not a timeout.
 const QUICK_FAILURE: Duration = Duration::from_secs(1);

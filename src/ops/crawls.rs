@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
-use crate::store::{CrawlState, CrawlStatus};
+use crate::crawl::store::{CrawlState, CrawlStatus};
 
 /// Bound on one API call: the API answers from Redis in milliseconds, or not at all.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -35,10 +35,10 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 use crate::config::KafkaArgs;
+use crate::crawl::store::{CrawlStore, Requeue, StoreError};
 use crate::kafka::KafkaSetupError;
+use crate::kafka::publish::{PublishError, Publisher, Record};
 use crate::message::{self, CrawlJob, Failure, FailureReason, VERSION};
-use crate::publish::{PublishError, Publisher, Record};
-use crate::store::{CrawlStore, Requeue, StoreError};
 
 /// Bound on metadata and watermark requests: a healthy broker answers in milliseconds.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);

@@ -12,3 +12,4 @@
 pub mod crawls;
 pub mod dlq;
 pub mod neighbourhood;
+pub mod summary;

@@ -2,7 +2,7 @@
 //! Open Library's real JSON shapes, and able to say exactly what a crawl must find.
 //!
 //! The truth ([`Catalogue::reachable`]) is computed by crawling the catalogue's own rendered
-//! responses through the project's parser ([`crate::openlibrary`]) under the contract's crawl
+//! responses through the project's parser ([`crate::crawl::parse`]) under the contract's crawl
 //! rules, so what the simulator serves and what it calls the truth cannot drift apart.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -12,11 +12,11 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::crawl_limits::CrawlLimits;
-use crate::message::{FailureReason, Label, Rel};
-use crate::openlibrary::{
+use crate::crawl::limits::CrawlLimits;
+use crate::crawl::parse::{
     Record, parse_page, parse_record, parse_search, parse_subject, subject_key,
 };
+use crate::message::{FailureReason, Label, Rel};
 
 /// How big a catalogue to generate, and from which seed. Same spec, same catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -36,7 +36,7 @@ pub use self::catalogue::{Catalogue, CatalogueSpec, Outcome, ReachEdge, Reachabl
 pub use self::faults::{Faults, Injected};
 use self::limiter::{Decision, Limiter};
 use self::stats::{InjectedRecord, Stats};
-pub use crate::crawl_limits::CrawlLimits;
+pub use crate::crawl::limits::CrawlLimits;
 
 /// Settings of `bookworm sim`; every flag also reads an environment variable `SIM_…`.
 #[derive(Args, Debug, Clone)]

@@ -320,9 +320,9 @@ pub async fn graph_edges(
 pub async fn start_api(frontier_topic: &str) -> (String, tokio_util::sync::CancellationToken) {
     use bookworm::api::{self, ApiState};
     use bookworm::config::{CrawlArgs, KafkaArgs};
-    use bookworm::health::{HealthState, Liveness, Readiness};
-    use bookworm::metrics::ApiMetrics;
-    use bookworm::store::CrawlStore;
+    use bookworm::crawl::store::CrawlStore;
+    use bookworm::process::health::{HealthState, Liveness, Readiness};
+    use bookworm::process::metrics::ApiMetrics;
     use clap::Parser;
 
     #[derive(Parser)]

@@ -13,12 +13,12 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, Uri, header};
 use bookworm::config::LimitScope;
-use bookworm::egress::limiter::Rate;
-use bookworm::egress::{
+use bookworm::crawl::client::egress::limiter::Rate;
+use bookworm::crawl::client::egress::{
     ClientSettings, EgressPool, EgressSpec, PoolSettings, ProxyPool, parse_proxy_pool,
 };
-use bookworm::fetch::{DEFAULT_USER_AGENT, FetchSettings, OpenLibraryClient};
-use bookworm::metrics::WorkerMetrics;
+use bookworm::crawl::client::{DEFAULT_USER_AGENT, FetchSettings, OpenLibraryClient};
+use bookworm::process::metrics::WorkerMetrics;
 use url::Url;
 
 /// One request the server saw.

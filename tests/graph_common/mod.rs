@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bookworm::config::Neo4jArgs;
+use bookworm::graph::migrate::{MIGRATIONS, MigrateOptions, migrate};
 use bookworm::graph::{EdgeRow, GraphStore, NodeRow, Row};
 use bookworm::message::{Label, Rel};
-use bookworm::migrate::{MIGRATIONS, MigrateOptions, migrate};
 use neo4rs::query;
 use serde_json::Value;
 

@@ -22,7 +22,7 @@ use redis::aio::ConnectionManager;
 use url::Url;
 
 use crate::config::{EgressArgs, LimitScope};
-use crate::metrics::WorkerMetrics;
+use crate::process::metrics::WorkerMetrics;
 use limiter::{Decision, Limiter, LocalLimiter, Rate, RedisLimiter};
 
 /// The longest Retry-After honoured; a larger value is a server bug, not advice.

@@ -21,14 +21,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{GraphArgs, KafkaArgs, Neo4jArgs};
 use crate::consumer::{Delivery, HandleError, Handler};
 use crate::graph::batcher::READINESS_NEO4J;
+use crate::graph::migrate::{self, MigrateError, MigrateOptions};
 use crate::graph::{
     Batcher, BatcherConfig, EdgeRow, GraphStore, NodeRow, Row, RowFailure, StoreError,
 };
-use crate::health::Readiness;
+use crate::kafka::publish::Record;
 use crate::message::{self, Edge, Node};
-use crate::metrics::GraphWriterMetrics;
-use crate::migrate::{self, MigrateError, MigrateOptions};
-use crate::publish::Record;
+use crate::process::health::Readiness;
+use crate::process::metrics::GraphWriterMetrics;
 
 /// The DLQ reason of a payload that is not a valid message.
 pub const REASON_PARSE: &str = "parse";
@@ -195,10 +195,10 @@ impl Handler for GraphWriterHandler {
 pub enum GraphWriterError {
     /// A metric could not be registered (a programming error).
     #[error("metrics: {0}")]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] crate::process::metrics::MetricsError),
     /// The health server could not start.
     #[error(transparent)]
-    Health(#[from] crate::health::HealthError),
+    Health(#[from] crate::process::health::HealthError),
     /// The store or its migrations failed at start-up.
     #[error(transparent)]
     Start(#[from] StartError),
@@ -215,9 +215,9 @@ pub async fn run(
 ) -> Result<(), GraphWriterError> {
     let registry = prometheus::Registry::new();
     let consumer_metrics =
-        crate::metrics::ConsumerMetrics::register(&registry, "relentless_graph_writer")?;
+        crate::process::metrics::ConsumerMetrics::register(&registry, "relentless_graph_writer")?;
     let metrics = GraphWriterMetrics::register(&registry)?;
-    let (liveness, readiness) = crate::health::spawn_consumer_server(
+    let (liveness, readiness) = crate::process::health::spawn_consumer_server(
         args.metrics_addr,
         registry,
         consumer_metrics.last_poll_age_seconds.clone(),

@@ -4,7 +4,7 @@
 //! (`RelentlessBookworm`), else the `*` group; within it the longest matching `Allow` or
 //! `Disallow` pattern decides (`*` matches any run, `$` anchors the end; on a tie `Allow`
 //! wins). `Crawl-delay`, which the RFC leaves out but many sites use, is kept so the client
-//! can slow the pool. Fetching is the client's job ([`crate::fetch`]); this module decides what
+//! can slow the pool. Fetching is the client's job ([`crate::crawl::client`]); this module decides what
 //! a fetched answer means: 2xx → these rules, 4xx → allow all, 5xx or unreachable → disallow
 //! all until a retry (keeping an earlier good copy if there is one).
 

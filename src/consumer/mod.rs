@@ -32,6 +32,8 @@
 //! runs inside librdkafka's callback) and needs other threads to finish the jobs. On a
 //! current-thread runtime the revoke commits only what is already complete.
 
+pub mod tracker;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -50,12 +52,12 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::commit::{CommitTracker, Delivered, Epoch, TopicPartition};
 use crate::config::{ConsumerArgs, KafkaArgs};
-use crate::health::{Liveness, Readiness};
+use crate::consumer::tracker::{CommitTracker, Delivered, Epoch, TopicPartition};
+use crate::kafka::publish::{PublishError, Publisher, Record};
 use crate::kafka::{KafkaSetupError, consumer_config};
-use crate::metrics::ConsumerMetrics;
-use crate::publish::{PublishError, Publisher, Record};
+use crate::process::health::{Liveness, Readiness};
+use crate::process::metrics::ConsumerMetrics;
 
 /// One Kafka message as a handler sees it (owned, so it can outlive the poll).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -236,20 +236,20 @@ pub struct ConsumerArgs {
 pub struct EgressArgs {
     /// The only origin the worker fetches from; jobs and redirects naming any other are refused.
     #[arg(long, env = "OPENLIBRARY_BASE_URL", default_value = "https://openlibrary.org",
-          value_parser = crate::fetch::parse_origin)]
+          value_parser = crate::crawl::client::parse_origin)]
     pub openlibrary_base_url: url::Url,
 
     /// Sent on every request. Must name the application and a contact (an email or a URL):
     /// Open Library grants 3 req/s only to such clients and answers 403 to some others.
-    #[arg(long, env = "USER_AGENT", default_value = crate::fetch::DEFAULT_USER_AGENT,
-          value_parser = crate::fetch::parse_user_agent)]
+    #[arg(long, env = "USER_AGENT", default_value = crate::crawl::client::DEFAULT_USER_AGENT,
+          value_parser = crate::crawl::client::parse_user_agent)]
     pub user_agent: String,
 
     /// Egress proxies, comma-separated `http://host:port` entries and/or the word `direct`;
     /// empty means direct. Each entry is one source IP with its own rate limit.
     #[arg(long, env = "PROXY_POOL", default_value = "",
-          value_parser = crate::egress::parse_proxy_pool)]
-    pub proxy_pool: crate::egress::ProxyPool,
+          value_parser = crate::crawl::client::egress::parse_proxy_pool)]
+    pub proxy_pool: crate::crawl::client::egress::ProxyPool,
 
     /// Requests per minute per egress. Open Library allows 180/min per IP; 150 leaves headroom
     /// for clock skew between its nginx and our limiter, so a paced pool sees no 429.
@@ -419,7 +419,10 @@ mod tests {
         assert_eq!(e.egress_limit_scope, LimitScope::Cluster);
         assert!(e.respect_robots_txt);
         assert!(e.user_agent.starts_with("RelentlessBookworm/"));
-        assert_eq!(e.proxy_pool.0, vec![crate::egress::EgressSpec::Direct]);
+        assert_eq!(
+            e.proxy_pool.0,
+            vec![crate::crawl::client::egress::EgressSpec::Direct]
+        );
         assert_eq!(e.user_agent_rate_per_minute, None);
     }
 }

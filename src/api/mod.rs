@@ -25,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::config::{CrawlArgs, KafkaArgs};
-use crate::health::{self, HealthState};
+use crate::crawl::store::{CrawlSpec, CrawlStore};
 use crate::message::{CrawlJob, VERSION};
-use crate::metrics::ApiMetrics;
-use crate::store::{CrawlSpec, CrawlStore};
+use crate::process::health::{self, HealthState};
+use crate::process::metrics::ApiMetrics;
 
 /// The most seeds one crawl may start from.
 pub const MAX_SEEDS: usize = 100;

@@ -14,14 +14,14 @@
 use chrono::Utc;
 
 use crate::consumer::{Delivery, HandleError, Handler, Outcome};
-use crate::crawl::{Expansion, Target, page_path};
-use crate::crawl_limits::CrawlLimits;
-use crate::fetch::{FetchError, OpenLibraryClient};
+use crate::crawl::client::{FetchError, OpenLibraryClient};
+use crate::crawl::limits::CrawlLimits;
+use crate::crawl::parse::{self, ParseError, Record as OpenLibraryRecord};
+use crate::crawl::rules::{Expansion, Target, page_path};
+use crate::crawl::store::{Begin, Child, CrawlStore, Finish, StoreError};
+use crate::kafka::publish::Record;
 use crate::message::{self, CrawlJob, Edge, Failure, FailureReason, Node, VERSION};
-use crate::metrics::WorkerMetrics;
-use crate::openlibrary::{self, ParseError, Record as OpenLibraryRecord};
-use crate::publish::Record;
-use crate::store::{Begin, Child, CrawlStore, Finish, StoreError};
+use crate::process::metrics::WorkerMetrics;
 
 /// Hops of Open Library's own redirect records (`/type/redirect`) followed before giving up.
 pub const MAX_RECORD_REDIRECTS: u32 = 5;
@@ -142,7 +142,7 @@ impl CrawlHandler {
                     .lookup(&target.record_path(&self.limits))
                     .await?;
                 Ok(Expansion::of_search(
-                    &openlibrary::parse_search(&fetched.body)?,
+                    &parse::parse_search(&fetched.body)?,
                     &self.limits,
                 ))
             }
@@ -151,7 +151,7 @@ impl CrawlHandler {
                 if fetched.status == 404 {
                     return Err(CrawlError::Gone(format!("{key}: not found")));
                 }
-                let page = openlibrary::parse_subject(&fetched.body)?;
+                let page = parse::parse_subject(&fetched.body)?;
                 Ok(Expansion::of_subject(key, &page, &self.limits))
             }
             Target::Work(key) | Target::Author(key) | Target::Edition(key) => {
@@ -164,7 +164,7 @@ impl CrawlHandler {
         let mut key = first_key.to_owned();
         for _ in 0..=MAX_RECORD_REDIRECTS {
             let fetched = self.client.get(&format!("{key}.json")).await?;
-            match openlibrary::parse_record(&fetched.body)? {
+            match parse::parse_record(&fetched.body)? {
                 OpenLibraryRecord::Entity(entity) => {
                     let mut expansion = Expansion::of_entity(&entity, &self.limits);
                     match Target::parse(&entity.key) {
@@ -206,13 +206,8 @@ impl CrawlHandler {
     }
 
     /// The first `wanted` entries of a paged list, page by page in Open Library's order.
-    async fn page(
-        &self,
-        key: &str,
-        list: &str,
-        wanted: usize,
-    ) -> Result<openlibrary::Page, CrawlError> {
-        let mut all = openlibrary::Page::default();
+    async fn page(&self, key: &str, list: &str, wanted: usize) -> Result<parse::Page, CrawlError> {
+        let mut all = parse::Page::default();
         while all.entries.len() < wanted {
             let remaining = wanted - all.entries.len();
             let fetched = self
@@ -222,7 +217,7 @@ impl CrawlHandler {
             if fetched.status == 404 {
                 break;
             }
-            let page = openlibrary::parse_page(&fetched.body)?;
+            let page = parse::parse_page(&fetched.body)?;
             let got = page.entries.len();
             all.entries.extend(page.entries);
             if got == 0 || page.next.is_none() {
@@ -464,10 +459,10 @@ impl Handler for CrawlHandler {
 pub enum WorkerError {
     /// A metric could not be registered (a programming error).
     #[error("metrics: {0}")]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] crate::process::metrics::MetricsError),
     /// The health server could not start.
     #[error(transparent)]
-    Health(#[from] crate::health::HealthError),
+    Health(#[from] crate::process::health::HealthError),
     /// Redis is unreachable at start-up.
     #[error("crawl store: {0}")]
     Store(#[from] StoreError),
@@ -476,7 +471,7 @@ pub enum WorkerError {
     Redis(#[from] redis::RedisError),
     /// The egress pool could not be built from `PROXY_POOL`.
     #[error(transparent)]
-    Egress(#[from] crate::egress::EgressError),
+    Egress(#[from] crate::crawl::client::egress::EgressError),
     /// The consumer loop failed.
     #[error(transparent)]
     Consumer(#[from] crate::consumer::ConsumerError),
@@ -490,9 +485,9 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let registry = prometheus::Registry::new();
     let consumer_metrics =
-        crate::metrics::ConsumerMetrics::register(&registry, "relentless_worker")?;
+        crate::process::metrics::ConsumerMetrics::register(&registry, "relentless_worker")?;
     let metrics = WorkerMetrics::register(&registry)?;
-    let (liveness, readiness) = crate::health::spawn_consumer_server(
+    let (liveness, readiness) = crate::process::health::spawn_consumer_server(
         args.metrics_addr,
         registry,
         consumer_metrics.last_poll_age_seconds.clone(),

@@ -3,6 +3,8 @@
 //! Every setting that matters for delivery is set here, with its reason, so the worker, the
 //! graph writer and the operator tool cannot drift apart.
 
+pub mod publish;
+
 use std::time::Duration;
 
 use rdkafka::ClientConfig;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use neo4rs::query;
 
+use crate::crawl::store::{CrawlStatus, CrawlStore, StoreError};
 use crate::graph::{GraphStore, WriteError};
-use crate::store::{CrawlStatus, CrawlStore, StoreError};
 
 /// Errors from building a summary.
 #[derive(Debug, thiserror::Error)]

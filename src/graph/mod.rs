@@ -11,6 +11,8 @@
 
 pub mod batcher;
 pub mod cypher;
+pub mod handler;
+pub mod migrate;
 pub mod rows;
 
 use std::collections::{BTreeMap, BTreeSet};

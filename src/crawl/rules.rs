@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::crawl_limits::CrawlLimits;
+use crate::crawl::limits::CrawlLimits;
+use crate::crawl::parse::{Entity, Page, SearchResults, SubjectPage, subject_key};
 use crate::message::{Label, Rel};
-use crate::openlibrary::{Entity, Page, SearchResults, SubjectPage, subject_key};
 
 /// The most entries Open Library returns in one page of a paged list.
 pub const MAX_PAGE_LIMIT: usize = 1000;

@@ -8,6 +8,9 @@
 //! connection and no rate-limit cell, and a retry budget caps the share of traffic that
 //! retries may take. Every final failure names its DLQ reason ([`FetchError::reason`]).
 
+pub mod egress;
+pub mod robots;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,11 +22,11 @@ use reqwest::StatusCode;
 use url::Url;
 
 use crate::config::EgressArgs;
-use crate::egress::limiter::Rate;
-use crate::egress::{EgressError, EgressPool, EgressSlot, PoolSettings};
+use crate::crawl::client::egress::limiter::Rate;
+use crate::crawl::client::egress::{EgressError, EgressPool, EgressSlot, PoolSettings};
+use crate::crawl::client::robots::{MAX_ROBOTS_BYTES, Robots, RobotsAnswer, RobotsCache};
 use crate::message::FailureReason;
-use crate::metrics::WorkerMetrics;
-use crate::robots::{MAX_ROBOTS_BYTES, Robots, RobotsAnswer, RobotsCache};
+use crate::process::metrics::WorkerMetrics;
 
 /// The default `USER_AGENT`: the product token, version, project URL and a contact.
 pub const DEFAULT_USER_AGENT: &str = concat!(
@@ -670,8 +673,11 @@ impl OpenLibraryClient {
                 return Err(error);
             }
             if backoff_needed {
-                let cap =
-                    crate::egress::backoff(settings.backoff_base, settings.backoff_max, retry);
+                let cap = crate::crawl::client::egress::backoff(
+                    settings.backoff_base,
+                    settings.backoff_max,
+                    retry,
+                );
                 let jittered = cap.mul_f64(rand::rng().random_range(0.0..=1.0));
                 tokio::time::sleep(jittered).await;
             }

@@ -32,7 +32,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "constraints",
-    cypher: include_str!("../migrations/0001_constraints.cypher"),
+    cypher: include_str!("../../migrations/0001_constraints.cypher"),
 }];
 
 /// The lock node's name.

@@ -1,0 +1,8 @@
+//! The crawl pipeline: what a worker does with one crawl job.
+
+pub mod client;
+pub mod handler;
+pub mod limits;
+pub mod parse;
+pub mod rules;
+pub mod store;
