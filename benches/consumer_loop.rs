@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bookworm::config::{ConsumerArgs, KafkaArgs};
-use bookworm::consumer::{ConsumerLoop, Delivery, HandleError, Handler};
+use bookworm::consumer::{
+    ConsumerLoop, Delivery, HandleError, Handler, LoopSettings, LoopTelemetry,
+};
 use bookworm::kafka::publish::Record;
 use bookworm::process::health::{Liveness, Readiness};
 use bookworm::process::metrics::ConsumerMetrics;
@@ -48,20 +49,13 @@ impl Handler for NoOp {
     }
 }
 
-fn kafka() -> KafkaArgs {
-    KafkaArgs {
-        kafka_brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
-        kafka_frontier_topic: "unused".into(),
-        kafka_results_topic: "unused".into(),
-        kafka_edges_topic: "unused".into(),
-        kafka_dlq_topic: "bench.dlq".into(),
-        kafka_graph_dlq_topic: "unused".into(),
-    }
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
 fn committed_total(group: &str, topic: &str) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka().kafka_brokers)
+        .set("bootstrap.servers", brokers())
         .set("group.id", group)
         .create()
         .expect("consumer");
@@ -94,7 +88,7 @@ fn main() {
             .unwrap_or_default();
         let topic = format!("bench-loop-{stamp}");
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", kafka().kafka_brokers)
+            .set("bootstrap.servers", brokers())
             .create()
             .expect("admin");
         admin
@@ -109,7 +103,7 @@ fn main() {
             .await
             .expect("create topic");
         let producer =
-            bookworm::kafka::producer(&kafka(), Duration::from_secs(60)).expect("producer");
+            bookworm::kafka::producer(&brokers(), Duration::from_secs(60)).expect("producer");
         let payload = vec![b'x'; 200];
         let sends = (0..messages).map(|i| {
             let key = format!("k{i}");
@@ -142,27 +136,26 @@ fn main() {
             let registry = prometheus::Registry::new();
             let metrics = ConsumerMetrics::register(&registry, "bench").expect("metrics");
             let token = CancellationToken::new();
-            let consumer_loop = ConsumerLoop {
-                kafka: kafka(),
-                consumer: ConsumerArgs {
-                    publish_timeout: Duration::from_secs(30),
-                    commit_interval: Duration::from_secs(1),
-                    drain_timeout: Duration::from_secs(10),
-                    revoke_drain_timeout: Duration::from_secs(5),
-                    partition_concurrency: Some(concurrency),
-                    max_poll_interval: Duration::from_secs(300),
-                    session_timeout: Duration::from_secs(45),
-                },
+            let settings = LoopSettings {
+                brokers: brokers(),
                 group_id: group.clone(),
                 topics: vec![topic.clone()],
                 concurrency,
                 per_partition: concurrency,
                 job_timeout: Duration::from_secs(30),
-                handler: Arc::clone(&handler),
+                publish_timeout: Duration::from_secs(30),
+                commit_interval: Duration::from_secs(1),
+                drain_timeout: Duration::from_secs(10),
+                revoke_drain_timeout: Duration::from_secs(5),
+                max_poll_interval: Duration::from_secs(300),
+                session_timeout: Duration::from_secs(45),
+            };
+            let telemetry = LoopTelemetry {
                 metrics,
                 liveness: Liveness::always(),
                 readiness: Readiness::default(),
             };
+            let consumer_loop = ConsumerLoop::new(settings, Arc::clone(&handler), telemetry);
             let task = tokio::spawn(consumer_loop.run(token.clone()));
             while handler.handled.load(Ordering::Relaxed) < messages {
                 tokio::time::sleep(Duration::from_millis(5)).await;

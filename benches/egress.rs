@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use bookworm::config::LimitScope;
+use bookworm::config::parse_proxy_pool;
 use bookworm::crawl::client::egress::limiter::Rate;
-use bookworm::crawl::client::egress::{ClientSettings, EgressPool, PoolSettings, parse_proxy_pool};
+use bookworm::crawl::client::egress::{ClientSettings, EgressPool, PoolSettings};
 use bookworm::process::metrics::WorkerMetrics;
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -28,7 +29,7 @@ fn settings(scope: LimitScope) -> PoolSettings {
         block_max: Duration::from_secs(1),
         origin_addr: "127.0.0.1:1".to_owned(),
         client: ClientSettings {
-            user_agent: bookworm::crawl::client::DEFAULT_USER_AGENT.to_owned(),
+            user_agent: bookworm::config::DEFAULT_USER_AGENT.to_owned(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bookworm::config::{ConsumerArgs, KafkaArgs};
-use bookworm::consumer::{ConsumerLoop, Delivery, HandleError, Handler};
+use bookworm::consumer::{
+    ConsumerLoop, Delivery, HandleError, Handler, LoopSettings, LoopTelemetry,
+};
 use bookworm::kafka::publish::Record;
 use bookworm::process::health::{HealthState, Liveness, Readiness};
 use bookworm::process::metrics::ConsumerMetrics;
@@ -32,25 +33,19 @@ use tokio_util::sync::CancellationToken;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn kafka_args(dlq: &str) -> KafkaArgs {
-    KafkaArgs {
-        kafka_brokers: stack_env("KAFKA_BROKERS"),
-        kafka_frontier_topic: "unused.frontier".to_owned(),
-        kafka_results_topic: "unused.results".to_owned(),
-        kafka_edges_topic: "unused.edges".to_owned(),
-        kafka_dlq_topic: dlq.to_owned(),
-        kafka_graph_dlq_topic: "unused.graph.dlq".to_owned(),
-    }
-}
-
-/// Short bounds so the scenarios play out in seconds.
-fn consumer_args() -> ConsumerArgs {
-    ConsumerArgs {
+/// A loop over `topic` in `group`, with short bounds so the scenarios play out in seconds.
+fn settings(group: &str, topic: &str, concurrency: usize, job_timeout: Duration) -> LoopSettings {
+    LoopSettings {
+        brokers: stack_env("KAFKA_BROKERS"),
+        group_id: group.to_owned(),
+        topics: vec![topic.to_owned()],
+        concurrency,
+        per_partition: concurrency,
+        job_timeout,
         publish_timeout: Duration::from_secs(2),
         commit_interval: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(10),
         revoke_drain_timeout: Duration::from_secs(3),
-        partition_concurrency: Some(4),
         // The broker's minimum session timeout is 6 s; max.poll.interval may not be lower.
         max_poll_interval: Duration::from_secs(10),
         session_timeout: Duration::from_secs(6),
@@ -87,7 +82,8 @@ async fn produce(topic: &str, partitions: i32, range: std::ops::Range<usize>) {
 
 async fn produce_payloads(topic: &str, partitions: i32, items: Vec<(usize, String)>) {
     let producer: FutureProducer =
-        bookworm::kafka::producer(&kafka_args("x"), Duration::from_secs(30)).expect("producer");
+        bookworm::kafka::producer(&stack_env("KAFKA_BROKERS"), Duration::from_secs(30))
+            .expect("producer");
     let sends = items.iter().map(|(i, payload)| {
         let partition = (*i as i32) % partitions;
         let key = format!("k{i}");
@@ -312,28 +308,18 @@ impl Running {
     }
 }
 
-fn start(
-    group: &str,
-    topic: &str,
-    dlq: &str,
-    concurrency: usize,
-    handler: Arc<TestHandler>,
-) -> Running {
+fn start(group: &str, topic: &str, concurrency: usize, handler: Arc<TestHandler>) -> Running {
     let (_, metrics) = metrics();
     let token = CancellationToken::new();
-    let consumer_loop = ConsumerLoop {
-        kafka: kafka_args(dlq),
-        consumer: consumer_args(),
-        group_id: group.to_owned(),
-        topics: vec![topic.to_owned()],
-        concurrency,
-        per_partition: concurrency,
-        job_timeout: Duration::from_secs(2),
+    let consumer_loop = ConsumerLoop::new(
+        settings(group, topic, concurrency, Duration::from_secs(2)),
         handler,
-        metrics: metrics.clone(),
-        liveness: Liveness::new(Duration::from_secs(5), None),
-        readiness: Readiness::default(),
-    };
+        LoopTelemetry {
+            metrics: metrics.clone(),
+            liveness: Liveness::new(Duration::from_secs(5), None),
+            readiness: Readiness::default(),
+        },
+    );
     let task = tokio::spawn(consumer_loop.run(token.clone()));
     Running {
         token,
@@ -389,21 +375,17 @@ fn child_consumer_process() {
             term.recv().await;
             on_term.cancel();
         });
-        let mut args = consumer_args();
-        args.drain_timeout = Duration::from_secs(15);
-        let consumer_loop = ConsumerLoop {
-            kafka: kafka_args(&dlq),
-            consumer: args,
-            group_id: group,
-            topics: vec![topic],
-            concurrency,
-            per_partition: concurrency,
-            job_timeout: Duration::from_secs(600),
-            handler: Arc::new(handler),
-            metrics,
-            liveness: Liveness::new(Duration::from_secs(5), None),
-            readiness: Readiness::default(),
-        };
+        let mut settings = settings(&group, &topic, concurrency, Duration::from_secs(600));
+        settings.drain_timeout = Duration::from_secs(15);
+        let consumer_loop = ConsumerLoop::new(
+            settings,
+            Arc::new(handler),
+            LoopTelemetry {
+                metrics,
+                liveness: Liveness::new(Duration::from_secs(5), None),
+                readiness: Readiness::default(),
+            },
+        );
         consumer_loop.run(token).await.expect("loop returns Ok");
     });
 }
@@ -473,7 +455,7 @@ async fn commits_past_a_message_whose_handler_hangs_once_it_is_dead_lettered() {
             Step::Done
         }
     }));
-    let running = start(&group, &topic, &dlq, 8, Arc::clone(&handler));
+    let running = start(&group, &topic, 8, Arc::clone(&handler));
 
     // JOB_TIMEOUT (2 s) + PUBLISH_TIMEOUT (2 s) + slack for the group join.
     let mut first_past = None;
@@ -532,7 +514,7 @@ async fn dead_letters_a_message_whose_outputs_cannot_be_published() {
             payload: vec![b'x'; size],
         })
     }));
-    let running = start(&group, &topic, &dlq, 4, Arc::clone(&handler));
+    let running = start(&group, &topic, 4, Arc::clone(&handler));
     eventually("everything is committed", Duration::from_secs(40), || {
         let offset = committed(&group, &topic, 1)[0];
         async move { (offset == 20).then_some(()) }
@@ -569,7 +551,7 @@ async fn dead_letters_a_message_whose_handler_panics() {
             Step::Done
         }
     }));
-    let running = start(&group, &topic, &dlq, 4, Arc::clone(&handler));
+    let running = start(&group, &topic, 4, Arc::clone(&handler));
     eventually("everything is committed", Duration::from_secs(40), || {
         let offset = committed(&group, &topic, 1)[0];
         async move { (offset == 20).then_some(()) }
@@ -601,7 +583,7 @@ async fn retries_a_message_while_its_dependency_is_down_and_holds_the_commit() {
             Step::Done
         }
     }));
-    let running = start(&group, &topic, &dlq, 4, Arc::clone(&handler));
+    let running = start(&group, &topic, 4, Arc::clone(&handler));
     eventually(
         "the parked message is retried",
         Duration::from_secs(30),
@@ -667,7 +649,7 @@ async fn after_kill_minus_nine_redelivers_no_more_than_was_in_flight() {
     assert_eq!(hanging.len(), in_flight);
 
     let handler = Arc::new(TestHandler::new("unused", |_| Step::Done));
-    let running = start(&group, &topic, "unused", 8, Arc::clone(&handler));
+    let running = start(&group, &topic, 8, Arc::clone(&handler));
     eventually(
         "the restarted consumer commits everything",
         Duration::from_secs(60),
@@ -738,7 +720,7 @@ async fn on_sigterm_finishes_in_flight_commits_and_exits_zero() {
     assert_eq!(started, done, "every job in flight at SIGTERM finished");
 
     let handler = Arc::new(TestHandler::new("unused", |_| Step::Done));
-    let running = start(&group, &topic, "unused", 8, Arc::clone(&handler));
+    let running = start(&group, &topic, 8, Arc::clone(&handler));
     eventually(
         "the restarted consumer commits everything",
         Duration::from_secs(60),
@@ -797,7 +779,7 @@ async fn a_consumer_joining_mid_stream_loses_nothing_and_never_moves_a_commit_ba
         })
     };
 
-    let a = start(&group, &topic, "unused", 4, Arc::clone(&first));
+    let a = start(&group, &topic, 4, Arc::clone(&first));
     eventually(
         "the first consumer is under way",
         Duration::from_secs(60),
@@ -807,7 +789,7 @@ async fn a_consumer_joining_mid_stream_loses_nothing_and_never_moves_a_commit_ba
         },
     )
     .await;
-    let b = start(&group, &topic, "unused", 4, Arc::clone(&second));
+    let b = start(&group, &topic, 4, Arc::clone(&second));
     eventually(
         "the group commits everything",
         Duration::from_secs(90),
@@ -863,7 +845,8 @@ async fn a_wedged_loop_fails_healthz_and_shows_its_last_poll_age() {
     };
     let registry = prometheus::Registry::new();
     let metrics = ConsumerMetrics::register(&registry, "wedge").expect("metrics");
-    let max_poll = consumer_args().max_poll_interval;
+    let settings = settings(&group, &topic, 4, Duration::from_secs(600));
+    let max_poll = settings.max_poll_interval;
     let liveness = Liveness::new(max_poll / 2, Some(metrics.last_poll_age_seconds.clone()));
     let addr = bookworm::process::health::spawn_server(
         "127.0.0.1:0".parse().expect("addr"),
@@ -877,19 +860,15 @@ async fn a_wedged_loop_fails_healthz_and_shows_its_last_poll_age() {
 
     // The loop runs on a single-threaded runtime of its own, which the handler will block.
     let token = CancellationToken::new();
-    let consumer_loop = ConsumerLoop {
-        kafka: kafka_args("unused"),
-        consumer: consumer_args(),
-        group_id: group.clone(),
-        topics: vec![topic.clone()],
-        concurrency: 4,
-        per_partition: 4,
-        job_timeout: Duration::from_secs(600),
-        handler: Arc::clone(&handler),
-        metrics,
-        liveness,
-        readiness: Readiness::default(),
-    };
+    let consumer_loop = ConsumerLoop::new(
+        settings,
+        Arc::clone(&handler),
+        LoopTelemetry {
+            metrics,
+            liveness,
+            readiness: Readiness::default(),
+        },
+    );
     let loop_token = token.clone();
     let thread = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
@@ -1003,7 +982,7 @@ async fn survives_a_broker_outage_without_losing_a_commit() {
     let handler = Arc::new(TestHandler::new("unused", |_| {
         Step::Sleep(Duration::from_millis(100))
     }));
-    let running = start(&group, &topic, "unused", 4, Arc::clone(&handler));
+    let running = start(&group, &topic, 4, Arc::clone(&handler));
     eventually("the consumer is under way", Duration::from_secs(60), || {
         let n = handler.started.lock().unwrap().len();
         async move { (n >= 40).then_some(()) }

@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bookworm::config::LimitScope;
+use bookworm::config::{EgressSpec, parse_proxy_pool};
 use bookworm::crawl::client::OpenLibraryClient;
 use bookworm::crawl::client::egress::limiter::Rate;
-use bookworm::crawl::client::egress::{EgressSpec, parse_proxy_pool};
 use egress_support::{Behaviour, TestServer, client, pool_settings, redis, stack_proxies};
 use futures::StreamExt;
 

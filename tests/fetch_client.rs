@@ -7,9 +7,10 @@ mod egress_support;
 
 use std::time::Instant;
 
+use bookworm::config::EgressSpec;
 use bookworm::config::LimitScope;
+use bookworm::crawl::client::egress::EgressPool;
 use bookworm::crawl::client::egress::limiter::Rate;
-use bookworm::crawl::client::egress::{EgressPool, EgressSpec};
 use bookworm::crawl::client::{FetchError, OpenLibraryClient};
 use bookworm::message::FailureReason;
 use egress_support::{

@@ -240,10 +240,12 @@ mod with_kafka {
     use std::collections::BTreeMap;
 
     use bookworm::config::{ConsumerArgs, KafkaArgs};
-    use bookworm::consumer::ConsumerLoop;
+    use bookworm::consumer::{ConsumerLoop, LoopTelemetry};
     use bookworm::graph::handler::GraphWriterHandler;
+    use bookworm::graph::service::graph_topics;
     use bookworm::kafka::publish::{Publisher, Record};
     use bookworm::kafka::{TopicLayout, create_topics};
+    use bookworm::process::boot::loop_settings;
     use bookworm::process::health::Liveness;
     use bookworm::process::metrics::ConsumerMetrics;
     use clap::Parser;
@@ -325,7 +327,8 @@ mod with_kafka {
             kafka_graph_dlq_topic: format!("{t}.graph-dlq"),
         };
         create_topics(
-            &kafka,
+            &kafka.kafka_brokers,
+            &kafka.all_topics(),
             TopicLayout {
                 partitions: PARTITIONS,
                 replication: 1,
@@ -344,17 +347,22 @@ mod with_kafka {
         config.probe_interval = Duration::from_millis(500);
         let (batcher, _task) =
             Batcher::spawn(store().await, config, metrics.clone(), readiness.clone());
-        let handler = Arc::new(GraphWriterHandler::new(batcher, &kafka, metrics.clone()));
+        let handler = Arc::new(GraphWriterHandler::new(
+            batcher,
+            graph_topics(&kafka),
+            metrics.clone(),
+        ));
         let shutdown = CancellationToken::new();
-        let looped = ConsumerLoop {
-            kafka: kafka.clone(),
-            consumer: Defaults::try_parse_from(["test"]).unwrap().consumer,
-            group_id: group.clone(),
-            topics: vec![kafka.kafka_edges_topic.clone()],
-            concurrency: 400,
-            per_partition: 200,
-            job_timeout: Duration::from_secs(120),
-            handler,
+        let mut settings = loop_settings(
+            &kafka,
+            &Defaults::try_parse_from(["test"]).unwrap().consumer,
+            group.clone(),
+            vec![kafka.kafka_edges_topic.clone()],
+            400,
+            Duration::from_secs(120),
+        );
+        settings.per_partition = 200;
+        let telemetry = LoopTelemetry {
             metrics: ConsumerMetrics::register(
                 &prometheus::Registry::new(),
                 "relentless_graph_writer",
@@ -363,6 +371,7 @@ mod with_kafka {
             liveness: Liveness::new(Duration::from_secs(300), None),
             readiness: readiness.clone(),
         };
+        let looped = ConsumerLoop::new(settings, handler, telemetry);
         let running = tokio::spawn(looped.run(shutdown.clone()));
 
         // A stream of 3,000 edges over about 60 s, keyed by their `from` key.
@@ -371,7 +380,8 @@ mod with_kafka {
             let kafka = kafka.clone();
             let tag = keys.tag.clone();
             tokio::spawn(async move {
-                let publisher = Publisher::new(&kafka, Duration::from_secs(60)).unwrap();
+                let publisher =
+                    Publisher::new(&kafka.kafka_brokers, Duration::from_secs(60)).unwrap();
                 for chunk in (0..EDGES).collect::<Vec<_>>().chunks(50) {
                     let records: Vec<Record> = chunk
                         .iter()

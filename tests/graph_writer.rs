@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bookworm::config::{ConsumerArgs, GraphArgs, KafkaArgs};
-use bookworm::consumer::{ConsumerLoop, Delivery, HandleError, Handler};
+use bookworm::consumer::{ConsumerLoop, Delivery, HandleError, Handler, LoopTelemetry};
 use bookworm::graph::handler::GraphWriterHandler;
+use bookworm::graph::service::graph_topics;
 use bookworm::graph::{Batcher, BatcherConfig};
 use bookworm::kafka::publish::{Publisher, Record};
 use bookworm::kafka::{TopicLayout, create_topics};
 use bookworm::message::Label::{Author, Subject, Work};
+use bookworm::process::boot::loop_settings;
 use bookworm::process::health::{Liveness, Readiness};
 use bookworm::process::metrics::{ConsumerMetrics, GraphWriterMetrics};
 use clap::Parser;
@@ -52,7 +54,11 @@ async fn handler(kafka: &KafkaArgs) -> (Arc<GraphWriterHandler>, GraphWriterMetr
     let (batcher, _task) =
         Batcher::spawn(store().await, config, metrics.clone(), Readiness::default());
     (
-        Arc::new(GraphWriterHandler::new(batcher, kafka, metrics.clone())),
+        Arc::new(GraphWriterHandler::new(
+            batcher,
+            graph_topics(kafka),
+            metrics.clone(),
+        )),
         metrics,
     )
 }
@@ -170,23 +176,25 @@ async fn the_dead_letter_carries_the_raw_payload_and_where_it_came_from() {
 async fn drain(kafka: &KafkaArgs, group: &str, done: impl Fn(&GraphWriterMetrics) -> bool) {
     let (handler, metrics) = handler(kafka).await;
     let shutdown = CancellationToken::new();
-    let looped = ConsumerLoop {
-        kafka: kafka.clone(),
-        consumer: Defaults::try_parse_from(["test"]).unwrap().consumer,
-        group_id: group.to_owned(),
-        topics: vec![
+    let mut settings = loop_settings(
+        kafka,
+        &Defaults::try_parse_from(["test"]).unwrap().consumer,
+        group.to_owned(),
+        vec![
             kafka.kafka_results_topic.clone(),
             kafka.kafka_edges_topic.clone(),
         ],
-        concurrency: 200,
-        per_partition: 100,
-        job_timeout: Duration::from_secs(60),
-        handler,
+        200,
+        Duration::from_secs(60),
+    );
+    settings.per_partition = 100;
+    let telemetry = LoopTelemetry {
         metrics: ConsumerMetrics::register(&prometheus::Registry::new(), "relentless_graph_writer")
             .unwrap(),
         liveness: Liveness::new(Duration::from_secs(300), None),
         readiness: Readiness::default(),
     };
+    let looped = ConsumerLoop::new(settings, handler, telemetry);
     let running = tokio::spawn(looped.run(shutdown.clone()));
     eventually("the stream to be written", Duration::from_secs(60), || {
         let ready = done(&metrics);
@@ -225,7 +233,8 @@ async fn dead_letters(kafka: &KafkaArgs, expected: usize) -> Vec<Value> {
 async fn a_stream_on_kafka_lands_in_the_graph_and_replays_without_duplicates() {
     let kafka = kafka_args();
     create_topics(
-        &kafka,
+        &kafka.kafka_brokers,
+        &kafka.all_topics(),
         TopicLayout {
             partitions: 3,
             replication: 1,
@@ -241,7 +250,7 @@ async fn a_stream_on_kafka_lands_in_the_graph_and_replays_without_duplicates() {
     };
     let (results, edges) = (&kafka.kafka_results_topic, &kafka.kafka_edges_topic);
     let w1 = keys.key(Work, "1");
-    let publisher = Publisher::new(&kafka, Duration::from_secs(30)).unwrap();
+    let publisher = Publisher::new(&kafka.kafka_brokers, Duration::from_secs(30)).unwrap();
     publisher
         .publish(&[
             record(

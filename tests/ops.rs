@@ -220,18 +220,8 @@ fn failure(crawl: &str, key: &str, depth: u32, reason: FailureReason) -> Failure
 
 /// Writes DLQ records (payload `None` for a record that is not JSON).
 async fn dead_letter(topic: &str, records: &[(String, Option<Failure>)]) {
-    #[derive(clap::Parser)]
-    struct Args {
-        #[command(flatten)]
-        kafka: bookworm::config::KafkaArgs,
-    }
-    let kafka = <Args as clap::Parser>::parse_from([
-        "test",
-        "--kafka-brokers",
-        &stack_env("KAFKA_BROKERS"),
-    ])
-    .kafka;
-    let producer = bookworm::kafka::producer(&kafka, Duration::from_secs(30)).expect("producer");
+    let producer = bookworm::kafka::producer(&stack_env("KAFKA_BROKERS"), Duration::from_secs(30))
+        .expect("producer");
     for (key, failure) in records {
         let payload = match failure {
             Some(f) => serde_json::to_vec(f).expect("json"),

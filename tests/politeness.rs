@@ -96,16 +96,11 @@ async fn crawl(topics: &TestTopics, id_base: u64, seeds: u64, deadline: Duration
         max_nodes: 100_000,
     };
     store.create(&spec).await.expect("crawl created");
-    let kafka = bookworm::config::KafkaArgs {
-        kafka_brokers: stack_env("KAFKA_BROKERS"),
-        kafka_frontier_topic: topics.frontier.clone(),
-        kafka_results_topic: topics.results.clone(),
-        kafka_edges_topic: topics.edges.clone(),
-        kafka_dlq_topic: topics.dlq.clone(),
-        kafka_graph_dlq_topic: topics.graph_dlq.clone(),
-    };
-    let publisher = bookworm::kafka::publish::Publisher::new(&kafka, Duration::from_secs(30))
-        .expect("publisher");
+    let publisher = bookworm::kafka::publish::Publisher::new(
+        &stack_env("KAFKA_BROKERS"),
+        Duration::from_secs(30),
+    )
+    .expect("publisher");
     let jobs: Vec<bookworm::kafka::publish::Record> = works
         .iter()
         .map(|key| bookworm::kafka::publish::Record {

@@ -46,7 +46,7 @@ async fn kafka_round_trip_with_a_group_commit() {
         .expect("create topics request");
     assert!(created[0].is_ok(), "{created:?}");
 
-    let producer = producer(&args.kafka, Duration::from_secs(30)).expect("producer");
+    let producer = producer(&args.kafka.kafka_brokers, Duration::from_secs(30)).expect("producer");
     producer
         .send(
             FutureRecord::to(&topic).key("k").payload("hello"),
@@ -55,10 +55,14 @@ async fn kafka_round_trip_with_a_group_commit() {
         .await
         .expect("acknowledged");
 
-    let consumer: StreamConsumer =
-        consumer_config(&args.kafka, &args.consumer, &unique("stack-group"))
-            .create()
-            .expect("consumer");
+    let consumer: StreamConsumer = consumer_config(
+        &args.kafka.kafka_brokers,
+        &unique("stack-group"),
+        args.consumer.session_timeout,
+        args.consumer.max_poll_interval,
+    )
+    .create()
+    .expect("consumer");
     consumer.subscribe(&[&topic]).expect("subscribe");
     let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
         .await

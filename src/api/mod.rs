@@ -6,6 +6,8 @@
 //! the client gets a 503 to retry. Every bad request answers 4xx with a JSON error, and
 //! nothing is enqueued unless every seed is valid.
 
+pub mod service;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::config::{CrawlArgs, KafkaArgs};
+use crate::config::CrawlArgs;
 use crate::crawl::store::{CrawlSpec, CrawlStore};
 use crate::message::{CrawlJob, VERSION};
 use crate::process::health::{self, HealthState};
@@ -39,22 +41,6 @@ pub const MAX_DEPTH_LIMIT: u32 = 10;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Free-text seeds are 3 to 200 characters: Open Library's search refuses fewer than 3.
 const TEXT_SEED_CHARS: std::ops::RangeInclusive<usize> = 3..=200;
-
-/// Settings of `bookworm serve`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ApiArgs {
-    /// Address of the HTTP API (also serves /metrics, /healthz, /readyz).
-    #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8080")]
-    pub api_addr: SocketAddr,
-
-    /// The Open Library origin seeds may name in URLs.
-    #[arg(
-        long,
-        env = "OPENLIBRARY_BASE_URL",
-        default_value = "https://openlibrary.org"
-    )]
-    pub openlibrary_base_url: Url,
-}
 
 /// Errors from starting or running the API server.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +75,7 @@ impl ApiState {
     pub fn new(
         store: CrawlStore,
         producer: FutureProducer,
-        kafka: &KafkaArgs,
+        frontier_topic: String,
         defaults: CrawlArgs,
         origin: Url,
         metrics: ApiMetrics,
@@ -97,7 +83,7 @@ impl ApiState {
         Self {
             store,
             producer,
-            frontier_topic: kafka.kafka_frontier_topic.clone(),
+            frontier_topic,
             defaults,
             origin,
             metrics,

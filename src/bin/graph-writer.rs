@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use bookworm::config::GraphWriterArgs;
-use bookworm::graph::handler as graph_writer;
+use bookworm::graph::service as graph_writer;
 use bookworm::process::{runtime, shutdown, telemetry};
 use clap::Parser;
 

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use bookworm::config::WorkerArgs;
-use bookworm::crawl::handler as worker;
+use bookworm::crawl::service as worker;
 use bookworm::process::{runtime, shutdown, telemetry};
 use clap::Parser;
 

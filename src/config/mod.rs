@@ -11,19 +11,18 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-/// Parses a humantime duration (`90s`, `5m`, `100ms`) for clap.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("expected a duration like 90s or 5m: {e}"))
-}
+mod api;
+mod egress;
+pub mod ops;
+mod parse;
 
-/// Parses a count that must be at least one: a zero limit would silently stop all work.
-pub fn parse_positive(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("expected a whole number: {e}")),
-    }
-}
+pub use api::{ApiArgs, ServeArgs};
+pub use egress::{
+    DEFAULT_USER_AGENT, EgressArgs, EgressSpec, LimitScope, ProxyPool, parse_proxy_pool,
+};
+pub use parse::{
+    parse_duration, parse_origin, parse_positive, parse_positive_u32, parse_ratio, parse_user_agent,
+};
 
 /// Kafka connection and topic names, shared by every binary.
 #[derive(Args, Debug, Clone)]
@@ -228,203 +227,6 @@ pub struct ConsumerArgs {
     /// Kafka's `session.timeout.ms`: how soon the group notices a dead consumer.
     #[arg(long, env = "SESSION_TIMEOUT", default_value = "45s", value_parser = parse_duration)]
     pub session_timeout: Duration,
-}
-
-/// Where the worker may fetch, how it identifies itself, and how politely it sends: the
-/// egress pool, its rate limits, robots.txt, and the bounds on every request.
-#[derive(Args, Debug, Clone)]
-pub struct EgressArgs {
-    /// The only origin the worker fetches from; jobs and redirects naming any other are refused.
-    #[arg(long, env = "OPENLIBRARY_BASE_URL", default_value = "https://openlibrary.org",
-          value_parser = crate::crawl::client::parse_origin)]
-    pub openlibrary_base_url: url::Url,
-
-    /// Sent on every request. Must name the application and a contact (an email or a URL):
-    /// Open Library grants 3 req/s only to such clients and answers 403 to some others.
-    #[arg(long, env = "USER_AGENT", default_value = crate::crawl::client::DEFAULT_USER_AGENT,
-          value_parser = crate::crawl::client::parse_user_agent)]
-    pub user_agent: String,
-
-    /// Egress proxies, comma-separated `http://host:port` entries and/or the word `direct`;
-    /// empty means direct. Each entry is one source IP with its own rate limit.
-    #[arg(long, env = "PROXY_POOL", default_value = "",
-          value_parser = crate::crawl::client::egress::parse_proxy_pool)]
-    pub proxy_pool: crate::crawl::client::egress::ProxyPool,
-
-    /// Requests per minute per egress. Open Library allows 180/min per IP; 150 leaves headroom
-    /// for clock skew between its nginx and our limiter, so a paced pool sees no 429.
-    #[arg(long, env = "EGRESS_RATE_PER_MINUTE", default_value = "150", value_parser = parse_positive_u32)]
-    pub egress_rate_per_minute: u32,
-
-    /// Requests an idle egress may send at once. Open Library's nginx passes 10 excess requests
-    /// undelayed (burst 25, delay 10), so 10 never meets a delay or a 429.
-    #[arg(long, env = "EGRESS_BURST", default_value = "10", value_parser = parse_positive_u32)]
-    pub egress_burst: u32,
-
-    /// `cluster`: each egress's limit is shared by every worker process through Redis, so
-    /// adding workers never exceeds the per-IP budget; `local`: per process.
-    #[arg(
-        long,
-        env = "EGRESS_LIMIT_SCOPE",
-        value_enum,
-        default_value = "cluster"
-    )]
-    pub egress_limit_scope: LimitScope,
-
-    /// Prefix of the Redis keys holding the cluster limit's state; workers that share a
-    /// prefix share the limit.
-    #[arg(long, env = "EGRESS_REDIS_PREFIX", default_value = "relentless:egress")]
-    pub egress_redis_prefix: String,
-
-    /// Optional cap on all requests together, per minute, across every egress (and, with
-    /// cluster scope, every process). Open Library also limits 400/min per User-Agent across
-    /// IPs; set this below that when the pool is large. Off by default.
-    #[arg(long, env = "USER_AGENT_RATE_PER_MINUTE", value_parser = parse_positive_u32)]
-    pub user_agent_rate_per_minute: Option<u32>,
-
-    /// Obey Open Library's robots.txt.
-    #[arg(long, env = "RESPECT_ROBOTS_TXT", default_value = "true", action = clap::ArgAction::Set)]
-    pub respect_robots_txt: bool,
-
-    /// How long a fetched robots.txt is trusted before it is fetched again (RFC 9309 suggests
-    /// not caching longer than 24 hours).
-    #[arg(long, env = "ROBOTS_REFRESH", default_value = "24h", value_parser = parse_duration)]
-    pub robots_refresh: Duration,
-
-    /// Largest response body read; past it the fetch fails. The largest real Open Library
-    /// pages (1000-entry lists) are a few MiB; a bigger answer is a fault, not data.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value = "8388608", value_parser = parse_positive)]
-    pub max_body_bytes: usize,
-
-    /// Bound on opening a TCP (and TLS) connection: a dead proxy shows within it and is
-    /// marked down, instead of holding the request for the whole request timeout.
-    #[arg(long, env = "CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-
-    /// Longest silence while reading an answer before the attempt counts as timed out.
-    #[arg(long, env = "READ_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
-    pub read_timeout: Duration,
-
-    /// Bound on one whole attempt (connect, send, read the body). Open Library answers in
-    /// well under a second when healthy; 30 s tolerates its slow pages without letting a
-    /// trickling answer hold a connection for long.
-    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
-
-    /// Retries of one request after a timeout, a connection error, a 5xx, or a 429 (which
-    /// moves it to another egress). Each retry needs the retry budget too.
-    #[arg(long, env = "FETCH_RETRIES", default_value = "3")]
-    pub fetch_retries: u32,
-
-    /// First backoff before a retry; it doubles per attempt, with full jitter.
-    #[arg(long, env = "RETRY_BACKOFF_BASE", default_value = "500ms", value_parser = parse_duration)]
-    pub retry_backoff_base: Duration,
-
-    /// Largest backoff before a retry, so a job never sleeps past its JOB_TIMEOUT for nothing.
-    #[arg(long, env = "RETRY_BACKOFF_MAX", default_value = "10s", value_parser = parse_duration)]
-    pub retry_backoff_max: Duration,
-
-    /// Retries may be at most this share of first attempts over the budget window (plus
-    /// RETRY_BUDGET_MIN). Beyond it a retryable failure fails at once with its reason, so keys
-    /// that always fail cannot take the rate budget from healthy ones.
-    #[arg(long, env = "RETRY_BUDGET_RATIO", default_value = "0.2", value_parser = parse_ratio)]
-    pub retry_budget_ratio: f64,
-
-    /// Retries always allowed per budget window, so a quiet worker can still retry.
-    #[arg(long, env = "RETRY_BUDGET_MIN", default_value = "10")]
-    pub retry_budget_min: u32,
-
-    /// The sliding window over which the retry budget is counted.
-    #[arg(long, env = "RETRY_BUDGET_WINDOW", default_value = "60s", value_parser = parse_duration)]
-    pub retry_budget_window: Duration,
-
-    /// First block of an egress after a 429 (or a 503 with Retry-After) without Retry-After,
-    /// and first wait before probing a proxy that failed to connect; doubles per repeat.
-    /// nginx's bucket drains at 3 req/s, so a few seconds empties what we overfilled.
-    #[arg(long, env = "EGRESS_BLOCK_BASE", default_value = "5s", value_parser = parse_duration)]
-    pub egress_block_base: Duration,
-
-    /// Longest block of an egress (Retry-After is honoured up to an hour regardless).
-    #[arg(long, env = "EGRESS_BLOCK_MAX", default_value = "5m", value_parser = parse_duration)]
-    pub egress_block_max: Duration,
-}
-
-/// Where the per-egress rate limit is kept.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitScope {
-    /// In Redis, shared by every worker process.
-    Cluster,
-    /// In this process only.
-    Local,
-}
-
-/// Parses a count that must be at least one, as a `u32`.
-pub fn parse_positive_u32(text: &str) -> Result<u32, String> {
-    match text.parse::<u32>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("expected a whole number: {e}")),
-    }
-}
-
-/// Parses a share between 0 and 1.
-pub fn parse_ratio(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        Ok(_) => Err("must be between 0 and 1".to_owned()),
-        Err(e) => Err(format!("expected a number like 0.2: {e}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    #[derive(Parser, Debug)]
-    struct Cli {
-        #[command(flatten)]
-        egress: EgressArgs,
-    }
-
-    /// Bad politeness settings stop the process at start-up with exit code 2, naming the flag.
-    #[test]
-    fn bad_egress_settings_exit_with_code_2() {
-        for bad in [
-            ["x", "--user-agent", "MyBot/1.0"],
-            ["x", "--proxy-pool", "proxy-0:3128"],
-            ["x", "--egress-rate-per-minute", "0"],
-            [
-                "x",
-                "--openlibrary-base-url",
-                "https://openlibrary.org/works",
-            ],
-            ["x", "--retry-budget-ratio", "1.5"],
-        ] {
-            let error = Cli::try_parse_from(bad).unwrap_err();
-            assert_eq!(error.exit_code(), 2, "{bad:?}");
-            assert!(error.to_string().contains(bad[1]), "{error}");
-        }
-    }
-
-    /// The defaults are the contract's: 150/min, burst 10, cluster scope, robots obeyed,
-    /// and a User-Agent with a contact.
-    #[test]
-    fn defaults_follow_the_contract() {
-        let cli = Cli::try_parse_from(["x", "--proxy-pool", ""]).unwrap();
-        let e = cli.egress;
-        assert_eq!(e.openlibrary_base_url.as_str(), "https://openlibrary.org/");
-        assert_eq!((e.egress_rate_per_minute, e.egress_burst), (150, 10));
-        assert_eq!(e.egress_limit_scope, LimitScope::Cluster);
-        assert!(e.respect_robots_txt);
-        assert!(e.user_agent.starts_with("RelentlessBookworm/"));
-        assert_eq!(
-            e.proxy_pool.0,
-            vec![crate::crawl::client::egress::EgressSpec::Direct]
-        );
-        assert_eq!(e.user_agent_rate_per_minute, None);
-    }
 }
 
 impl ConsumerArgs {

@@ -5,4 +5,5 @@ pub mod handler;
 pub mod limits;
 pub mod parse;
 pub mod rules;
+pub mod service;
 pub mod store;

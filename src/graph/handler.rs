@@ -12,22 +12,12 @@
 //! `key`, the raw `payload` (as JSON when it parses, else as text), `reason`, `detail`,
 //! `failed_at`.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::{GraphArgs, KafkaArgs, Neo4jArgs};
 use crate::consumer::{Delivery, HandleError, Handler};
-use crate::graph::batcher::READINESS_NEO4J;
-use crate::graph::migrate::{self, MigrateError, MigrateOptions};
-use crate::graph::{
-    Batcher, BatcherConfig, EdgeRow, GraphStore, NodeRow, Row, RowFailure, StoreError,
-};
+use crate::graph::{Batcher, EdgeRow, NodeRow, Row, RowFailure};
 use crate::kafka::publish::Record;
 use crate::message::{self, Edge, Node};
-use crate::process::health::Readiness;
 use crate::process::metrics::GraphWriterMetrics;
 
 /// The DLQ reason of a payload that is not a valid message.
@@ -37,18 +27,15 @@ pub const REASON_NEO4J_REJECTED: &str = "neo4j_rejected";
 /// The DLQ reason of a message from a topic the writer does not know.
 pub const REASON_UNKNOWN_TOPIC: &str = "unknown_topic";
 
-/// Errors from starting the graph writer.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The Neo4j settings are wrong.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Migrations could not be applied (refused, or locked for too long).
-    #[error(transparent)]
-    Migrate(#[from] MigrateError),
-    /// Shutdown was asked for before the schema was in place.
-    #[error("shut down before migrations completed")]
-    Cancelled,
+/// The topics a graph writer reads and dead-letters to.
+#[derive(Debug, Clone)]
+pub struct GraphTopics {
+    /// Fetched nodes.
+    pub results: String,
+    /// Relationships.
+    pub edges: String,
+    /// Rows that could not be written on their own.
+    pub dlq: String,
 }
 
 /// Turns results and edges messages into graph rows.
@@ -61,45 +48,15 @@ pub struct GraphWriterHandler {
 }
 
 impl GraphWriterHandler {
-    /// A handler writing through `batcher`, reading topic names from `kafka`.
-    pub fn new(batcher: Batcher, kafka: &KafkaArgs, metrics: GraphWriterMetrics) -> Self {
+    /// A handler writing the rows of `topics` through `batcher`.
+    pub fn new(batcher: Batcher, topics: GraphTopics, metrics: GraphWriterMetrics) -> Self {
         Self {
             batcher,
-            results_topic: kafka.kafka_results_topic.clone(),
-            edges_topic: kafka.kafka_edges_topic.clone(),
-            dlq_topic: kafka.kafka_graph_dlq_topic.clone(),
+            results_topic: topics.results,
+            edges_topic: topics.edges,
+            dlq_topic: topics.dlq,
             metrics,
         }
-    }
-
-    /// Everything the graph writer needs before its consumer loop starts: the store, the
-    /// schema migrated (waiting for Neo4j if it is not up yet), and the batcher task. Readiness
-    /// `neo4j` follows Neo4j from then on.
-    pub async fn start(
-        neo4j: &Neo4jArgs,
-        graph: &GraphArgs,
-        kafka: &KafkaArgs,
-        metrics: GraphWriterMetrics,
-        readiness: Readiness,
-        shutdown: &CancellationToken,
-    ) -> Result<(Self, JoinHandle<()>), StartError> {
-        readiness.set(READINESS_NEO4J, false);
-        let store = Arc::new(GraphStore::connect(neo4j).await?);
-        migrate::migrate_when_reachable(
-            &store,
-            migrate::MIGRATIONS,
-            &MigrateOptions::default(),
-            shutdown,
-        )
-        .await?
-        .ok_or(StartError::Cancelled)?;
-        let (batcher, task) = Batcher::spawn(
-            store,
-            BatcherConfig::from_args(graph),
-            metrics.clone(),
-            readiness,
-        );
-        Ok((Self::new(batcher, kafka, metrics), task))
     }
 
     /// The row a message carries, or why it has none.
@@ -188,79 +145,4 @@ impl Handler for GraphWriterHandler {
             payload: record.to_string().into_bytes(),
         }
     }
-}
-
-/// Errors that stop a graph writer.
-#[derive(Debug, thiserror::Error)]
-pub enum GraphWriterError {
-    /// A metric could not be registered (a programming error).
-    #[error("metrics: {0}")]
-    Metrics(#[from] crate::process::metrics::MetricsError),
-    /// The health server could not start.
-    #[error(transparent)]
-    Health(#[from] crate::process::health::HealthError),
-    /// The store or its migrations failed at start-up.
-    #[error(transparent)]
-    Start(#[from] StartError),
-    /// The consumer loop failed.
-    #[error(transparent)]
-    Consumer(#[from] crate::consumer::ConsumerError),
-}
-
-/// Runs a graph writer until `shutdown` is cancelled: health server, migrations, the batcher
-/// and the consumer loop over the results and edges topics.
-pub async fn run(
-    args: crate::config::GraphWriterArgs,
-    shutdown: CancellationToken,
-) -> Result<(), GraphWriterError> {
-    let registry = prometheus::Registry::new();
-    let consumer_metrics =
-        crate::process::metrics::ConsumerMetrics::register(&registry, "relentless_graph_writer")?;
-    let metrics = GraphWriterMetrics::register(&registry)?;
-    let (liveness, readiness) = crate::process::health::spawn_consumer_server(
-        args.metrics_addr,
-        registry,
-        consumer_metrics.last_poll_age_seconds.clone(),
-        args.consumer.max_poll_interval,
-        &[crate::consumer::ASSIGNMENT, READINESS_NEO4J],
-    )?;
-
-    let (handler, batcher_task) = GraphWriterHandler::start(
-        &args.neo4j,
-        &args.graph,
-        &args.kafka,
-        metrics,
-        readiness.clone(),
-        &shutdown,
-    )
-    .await?;
-    // Rows wait in the batcher for their transaction: two batches in flight keep one
-    // filling while the other is written.
-    let concurrency = args
-        .concurrent_jobs
-        .unwrap_or(args.graph.graph_batch_size * 2);
-    // A row waits for the batch ahead of it, then its own, each bounded by the query
-    // timeout; past three of them something is wrong beyond a slow Neo4j.
-    let job_timeout = args.neo4j.neo4j_query_timeout * 3 + args.graph.graph_batch_linger;
-    let per_partition = args.consumer.per_partition(concurrency);
-    crate::consumer::ConsumerLoop {
-        topics: vec![
-            args.kafka.kafka_results_topic.clone(),
-            args.kafka.kafka_edges_topic.clone(),
-        ],
-        kafka: args.kafka,
-        group_id: args.kafka_group_id,
-        concurrency,
-        per_partition,
-        job_timeout,
-        handler: Arc::new(handler),
-        metrics: consumer_metrics,
-        liveness,
-        readiness,
-        consumer: args.consumer,
-    }
-    .run(shutdown)
-    .await?;
-    batcher_task.abort();
-    Ok(())
 }

@@ -14,6 +14,7 @@ pub mod cypher;
 pub mod handler;
 pub mod migrate;
 pub mod rows;
+pub mod service;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;

@@ -14,8 +14,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::{ConsumerArgs, KafkaArgs};
-
 /// Errors from Kafka set-up and administration.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -35,13 +33,8 @@ pub enum KafkaSetupError {
     },
 }
 
-/// The base configuration of every client.
-fn base(kafka: &KafkaArgs) -> ClientConfig {
-    base_for(&kafka.kafka_brokers)
-}
-
-/// The base configuration of a client of the cluster at `brokers`.
-fn base_for(brokers: &str) -> ClientConfig {
+/// The base configuration of every client of the cluster at `brokers`.
+fn base(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     config
@@ -53,10 +46,10 @@ fn base_for(brokers: &str) -> ClientConfig {
 /// librdkafka; the publisher bounds the whole publish phase by the same value, so a record is
 /// never still queued after its job was abandoned.
 pub fn producer(
-    kafka: &KafkaArgs,
+    brokers: &str,
     publish_timeout: Duration,
 ) -> Result<FutureProducer, KafkaSetupError> {
-    base(kafka)
+    base(brokers)
         // Every in-sync replica must have the record before it counts as published: acks=0
         // lost data in the Go predecessor.
         .set("acks", "all")
@@ -74,8 +67,15 @@ pub fn producer(
 }
 
 /// The configuration of a consumer in `group_id` whose offsets the consumer loop commits.
-pub fn consumer_config(kafka: &KafkaArgs, consumer: &ConsumerArgs, group_id: &str) -> ClientConfig {
-    let mut config = base(kafka);
+/// `session_timeout` is how soon the group notices a dead consumer; `max_poll_interval` how
+/// long a consumer may go without polling before the group evicts it.
+pub fn consumer_config(
+    brokers: &str,
+    group_id: &str,
+    session_timeout: Duration,
+    max_poll_interval: Duration,
+) -> ClientConfig {
+    let mut config = base(brokers);
     config
         .set("group.id", group_id)
         // Offsets are committed by the commit tracker only after a message's outputs are
@@ -89,25 +89,27 @@ pub fn consumer_config(kafka: &KafkaArgs, consumer: &ConsumerArgs, group_id: &st
         .set("auto.offset.reset", "earliest")
         .set(
             "session.timeout.ms",
-            consumer.session_timeout.as_millis().to_string(),
+            session_timeout.as_millis().to_string(),
         )
         .set(
             "max.poll.interval.ms",
-            consumer.max_poll_interval.as_millis().to_string(),
+            max_poll_interval.as_millis().to_string(),
         )
         // The prefetch is memory the process holds beyond its jobs, so it is kept small:
         // librdkafka's defaults (100,000 messages per partition, 64 MiB, 1 MiB per partition
         // per fetch) cost the graph writer 50 MiB of fetched and decompressed batches over 24
         // partitions. A fetched message costs about 300 bytes of bookkeeping on top of its
         // payload, so the count per partition matters as much as the bytes. One fetch brings
-        // at most 64 KiB per partition and 1 MiB in all; a partition whose queue is full is
-        // looked at again after 100 ms instead of librdkafka's 1 s, so a small queue does not
-        // stall the consumer.
+        // at most 64 KiB per partition and 1 MiB in all.
         .set("queued.min.messages", "100")
         .set("queued.max.messages.kbytes", "1024")
         .set("fetch.message.max.bytes", "65536")
         .set("fetch.max.bytes", "1048576")
-        .set("fetch.queue.backoff.ms", "100")
+        // librdkafka postpones a partition's next fetch by this much when its queue is full
+        // (default 1 s). A loop busy enough to fill that small queue is also the one that
+        // pauses and resumes partitions, and each resume then stalled for the full second:
+        // 4k messages/s instead of 65k in benches/consumer_loop.rs.
+        .set("fetch.queue.backoff.ms", "50")
         // Partition EOF events are noise for a service that runs forever.
         .set("enable.partition.eof", "false");
     config
@@ -122,19 +124,19 @@ pub struct TopicLayout {
     pub replication: i32,
 }
 
-/// Creates every topic of the system; topics that already exist are left as they are, so the
+/// Creates `topics`; topics that already exist are left as they are, so the
 /// command can run on every deploy. Returns the topics it created.
 pub async fn create_topics(
-    kafka: &KafkaArgs,
+    brokers: &str,
+    topics: &[&str],
     layout: TopicLayout,
 ) -> Result<Vec<String>, KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> =
-        base(kafka).create().map_err(KafkaSetupError::Client)?;
+        base(brokers).create().map_err(KafkaSetupError::Client)?;
     // With replication 3 a record must reach two replicas before acks=all succeeds; with one
     // replica (a laptop) there is nothing else to require.
     let min_isr = (layout.replication - 1).clamp(1, 2).to_string();
-    let topics: Vec<NewTopic> = kafka
-        .all_topics()
+    let topics: Vec<NewTopic> = topics
         .iter()
         .map(|name| {
             NewTopic::new(
@@ -165,9 +167,8 @@ pub async fn create_topics(
 /// For tools that make short-lived topics (`bookworm bench`): a broker keeps open files for
 /// every partition it holds, so topics left behind add up.
 pub async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), KafkaSetupError> {
-    let admin: AdminClient<DefaultClientContext> = base_for(brokers)
-        .create()
-        .map_err(KafkaSetupError::Client)?;
+    let admin: AdminClient<DefaultClientContext> =
+        base(brokers).create().map_err(KafkaSetupError::Client)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .delete_topics(topics, &options)

@@ -13,7 +13,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-use crate::config::KafkaArgs;
 use crate::kafka::{self, KafkaSetupError};
 
 /// One record to produce.
@@ -69,9 +68,9 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher whose every batch is bounded by `timeout` (`PUBLISH_TIMEOUT`).
-    pub fn new(kafka: &KafkaArgs, timeout: Duration) -> Result<Self, KafkaSetupError> {
+    pub fn new(brokers: &str, timeout: Duration) -> Result<Self, KafkaSetupError> {
         Ok(Self {
-            producer: kafka::producer(kafka, timeout)?,
+            producer: kafka::producer(brokers, timeout)?,
             timeout,
         })
     }

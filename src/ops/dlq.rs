@@ -315,7 +315,7 @@ impl Replayer {
     ) -> Result<Self, DlqError> {
         let redis = ConnectionManager::new(redis::Client::open(redis_url)?).await?;
         Ok(Self {
-            publisher: Publisher::new(kafka, publish_timeout)?,
+            publisher: Publisher::new(&kafka.kafka_brokers, publish_timeout)?,
             store: CrawlStore::connect(redis_url).await?,
             redis,
             frontier_topic: kafka.kafka_frontier_topic.clone(),

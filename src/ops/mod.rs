@@ -9,6 +9,7 @@
 //! - [`neighbourhood`]: `bookworm graph`, a bounded neighbourhood of one node in Neo4j as
 //!   Graphviz DOT or JSON.
 
+pub mod commands;
 pub mod crawls;
 pub mod dlq;
 pub mod neighbourhood;

@@ -318,48 +318,33 @@ pub async fn graph_edges(
 /// The crawl API in this process on a random port, enqueueing seeds on `frontier_topic`;
 /// returns its base URL and the token that stops it.
 pub async fn start_api(frontier_topic: &str) -> (String, tokio_util::sync::CancellationToken) {
-    use bookworm::api::{self, ApiState};
-    use bookworm::config::{CrawlArgs, KafkaArgs};
-    use bookworm::crawl::store::CrawlStore;
-    use bookworm::process::health::{HealthState, Liveness, Readiness};
-    use bookworm::process::metrics::ApiMetrics;
+    use bookworm::api::service::Server;
+    use bookworm::config::ServeArgs;
     use clap::Parser;
 
     #[derive(Parser)]
     struct Args {
         #[command(flatten)]
-        kafka: KafkaArgs,
-        #[command(flatten)]
-        crawl: CrawlArgs,
+        serve: ServeArgs,
     }
 
     let args = Args::parse_from([
         "test",
+        "--api-addr",
+        "127.0.0.1:0",
         "--kafka-brokers",
         &stack_env("KAFKA_BROKERS"),
         "--kafka-frontier-topic",
         frontier_topic,
+        "--redis-url",
+        &stack_env("REDIS_URL"),
+        "--openlibrary-base-url",
+        "https://openlibrary.org",
     ]);
-    let registry = prometheus::Registry::new();
-    let metrics = ApiMetrics::register(&registry).expect("metrics");
-    let store = CrawlStore::connect(&stack_env("REDIS_URL"))
-        .await
-        .expect("redis");
-    let producer =
-        bookworm::kafka::producer(&args.kafka, Duration::from_secs(30)).expect("producer");
-    let origin = url::Url::parse("https://openlibrary.org").expect("origin");
-    let state = ApiState::new(store, producer, &args.kafka, args.crawl, origin, metrics);
-    let health = HealthState {
-        registry,
-        liveness: Liveness::always(),
-        readiness: Readiness::default(),
-    };
-    let listener = api::bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = Server::bind(&args.serve).await.expect("API starts");
+    let base = format!("http://{}", server.local_addr().expect("addr"));
     let token = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(api::serve(listener, state, health, token.clone()));
+    tokio::spawn(server.run(token.clone()));
     (base, token)
 }
 

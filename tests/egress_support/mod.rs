@@ -13,11 +13,10 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, Uri, header};
 use bookworm::config::LimitScope;
+use bookworm::config::{DEFAULT_USER_AGENT, EgressSpec, ProxyPool, parse_proxy_pool};
 use bookworm::crawl::client::egress::limiter::Rate;
-use bookworm::crawl::client::egress::{
-    ClientSettings, EgressPool, EgressSpec, PoolSettings, ProxyPool, parse_proxy_pool,
-};
-use bookworm::crawl::client::{DEFAULT_USER_AGENT, FetchSettings, OpenLibraryClient};
+use bookworm::crawl::client::egress::{ClientSettings, EgressPool, PoolSettings};
+use bookworm::crawl::client::{FetchSettings, OpenLibraryClient};
 use bookworm::process::metrics::WorkerMetrics;
 use url::Url;
 

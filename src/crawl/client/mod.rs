@@ -28,13 +28,6 @@ use crate::crawl::client::robots::{MAX_ROBOTS_BYTES, Robots, RobotsAnswer, Robot
 use crate::message::FailureReason;
 use crate::process::metrics::WorkerMetrics;
 
-/// The default `USER_AGENT`: the product token, version, project URL and a contact.
-pub const DEFAULT_USER_AGENT: &str = concat!(
-    "RelentlessBookworm/",
-    env!("CARGO_PKG_VERSION"),
-    " (+https://github.com/relentless-bookworm/relentless-bookworm; crawler@relentless-bookworm.org)"
-);
-
 /// Redirect hops followed before a fetch is refused (the contract's hop limit).
 pub const MAX_REDIRECTS: u32 = 5;
 
@@ -42,45 +35,6 @@ pub const MAX_REDIRECTS: u32 = 5;
 /// with reason `rate_limited`. Each blocks its egress with doubling backoff, so this many
 /// span many minutes: reaching it means the server refuses us whatever the pace.
 pub const MAX_THROTTLED_ANSWERS: u32 = 20;
-
-/// Parses `OPENLIBRARY_BASE_URL` for clap: an http(s) URL of an origin (nothing after `/`).
-pub fn parse_origin(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("{text:?}: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!("{text:?}: expected http(s)://host[:port]"));
-    }
-    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("{text:?}: expected an origin only, without a path"));
-    }
-    Ok(url)
-}
-
-/// Parses `USER_AGENT` for clap: printable ASCII, naming a contact (an email address or an
-/// http(s) URL), as Open Library asks of crawlers.
-pub fn parse_user_agent(text: &str) -> Result<String, String> {
-    let text = text.trim();
-    if text.is_empty() || !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return Err("must be non-empty printable ASCII".to_owned());
-    }
-    let has_url = text.contains("http://") || text.contains("https://");
-    let has_email = text
-        .split(|c: char| c.is_whitespace() || "();<>,".contains(c))
-        .any(|word| {
-            let word = word.strip_prefix("mailto:").unwrap_or(word);
-            word.split_once('@').is_some_and(|(user, domain)| {
-                !user.is_empty() && domain.contains('.') && !domain.ends_with('.')
-            })
-        });
-    if has_url || has_email {
-        Ok(text.to_owned())
-    } else {
-        Err(
-            "must name a contact (an email address or an http(s) URL), e.g. \
-             \"RelentlessBookworm/0.1 (+https://example.org/bot; ops@example.org)\""
-                .to_owned(),
-        )
-    }
-}
 
 /// A successful fetch: the final answer after redirects, a 2xx or a 404.
 #[derive(Debug, Clone)]
@@ -772,28 +726,6 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A User-Agent must name a contact; the default does.
-    #[test]
-    fn user_agent_needs_a_contact() {
-        assert!(parse_user_agent(DEFAULT_USER_AGENT).is_ok());
-        assert!(parse_user_agent("MyBot/1.0 (ops@example.org)").is_ok());
-        assert!(parse_user_agent("MyBot/1.0 (+https://example.org/bot)").is_ok());
-        assert!(parse_user_agent("MyBot/1.0 (mailto:ops@example.org)").is_ok());
-        assert!(parse_user_agent("MyBot/1.0").is_err());
-        assert!(parse_user_agent("MyBot/1.0 (me@localhost)").is_err());
-        assert!(parse_user_agent("").is_err());
-        assert!(parse_user_agent("Bot\n(ops@example.org)").is_err());
-    }
-
-    /// The base URL must be a bare http(s) origin.
-    #[test]
-    fn base_url_must_be_an_origin() {
-        assert!(parse_origin("https://openlibrary.org").is_ok());
-        assert!(parse_origin("http://127.0.0.1:8080/").is_ok());
-        assert!(parse_origin("https://openlibrary.org/works").is_err());
-        assert!(parse_origin("ftp://openlibrary.org").is_err());
-    }
 
     /// Retry-After in seconds and as an HTTP date.
     #[test]

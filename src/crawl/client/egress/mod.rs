@@ -13,14 +13,13 @@
 
 pub mod limiter;
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use url::Url;
 
+use crate::config::EgressSpec;
 use crate::config::{EgressArgs, LimitScope};
 use crate::process::metrics::WorkerMetrics;
 use limiter::{Decision, Limiter, LocalLimiter, Rate, RedisLimiter};
@@ -31,73 +30,6 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// How often a request re-checks the pool while every egress is blocked or down: short enough
 /// to notice a probe bringing a proxy back, cheap because it only reads local state.
 const ALL_BLOCKED_POLL: Duration = Duration::from_millis(250);
-
-/// One way out: a forward proxy or the host's own address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EgressSpec {
-    /// Connect to Open Library from this host.
-    Direct,
-    /// Go through an HTTP proxy at this URL (`http://host:port`).
-    Proxy(Url),
-}
-
-impl EgressSpec {
-    /// The metrics label: the proxy's `host:port`, or `direct`.
-    pub fn label(&self) -> String {
-        match self {
-            EgressSpec::Direct => "direct".to_owned(),
-            EgressSpec::Proxy(url) => format!(
-                "{}:{}",
-                url.host_str().unwrap_or_default(),
-                url.port_or_known_default().unwrap_or(80)
-            ),
-        }
-    }
-}
-
-/// The parsed `PROXY_POOL`: never empty (empty text means one direct egress).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyPool(pub Vec<EgressSpec>);
-
-impl FromStr for ProxyPool {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        parse_proxy_pool(text)
-    }
-}
-
-/// Parses `PROXY_POOL` for clap: comma-separated `http://host:port` entries and/or `direct`.
-pub fn parse_proxy_pool(text: &str) -> Result<ProxyPool, String> {
-    let mut specs = Vec::new();
-    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let spec = if entry.eq_ignore_ascii_case("direct") {
-            EgressSpec::Direct
-        } else {
-            let url = Url::parse(entry).map_err(|e| format!("{entry:?}: {e}"))?;
-            if url.scheme() != "http" {
-                return Err(format!("{entry:?}: only http:// proxies are supported"));
-            }
-            if url.host_str().is_none() || url.port().is_none() {
-                return Err(format!("{entry:?}: expected http://host:port"));
-            }
-            if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
-                return Err(format!(
-                    "{entry:?}: expected http://host:port and nothing else"
-                ));
-            }
-            EgressSpec::Proxy(url)
-        };
-        if specs.contains(&spec) {
-            return Err(format!("{entry:?} appears twice"));
-        }
-        specs.push(spec);
-    }
-    if specs.is_empty() {
-        specs.push(EgressSpec::Direct);
-    }
-    Ok(ProxyPool(specs))
-}
 
 /// Errors from building or using the pool.
 #[derive(Debug, thiserror::Error)]
@@ -590,6 +522,7 @@ fn build_client(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ProxyPool, parse_proxy_pool};
 
     /// Empty text means one direct egress; entries keep their order and labels.
     #[test]

@@ -1,0 +1,122 @@
+//! The API's start-up: the third service, started by `bookworm serve` and, in-process, by
+//! the tests.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiError, ApiState};
+use crate::config::ServeArgs;
+use crate::crawl::store::{CrawlStore, StoreError};
+use crate::kafka::{self, KafkaSetupError};
+use crate::process::boot;
+use crate::process::health::{HealthState, Liveness, Readiness};
+use crate::process::metrics::{ApiMetrics, MetricsError};
+
+/// Readiness condition: true while Redis answers; without it the API can neither create nor
+/// show crawls.
+pub const READINESS_REDIS: &str = "redis";
+
+/// How long a created crawl's seeds may wait for Kafka's acknowledgement: a client waits for
+/// its 201, half a minute is the most it should wait.
+const SEED_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the API could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A metric could not be registered (a programming error).
+    #[error("metrics: {0}")]
+    Metrics(#[from] MetricsError),
+    /// Redis is unreachable at start-up.
+    #[error("connecting to Redis at {url}: {source}")]
+    Redis {
+        /// The `REDIS_URL` used.
+        url: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The Kafka producer could not be created.
+    #[error("creating the Kafka producer: {0}")]
+    Kafka(#[from] KafkaSetupError),
+    /// The address could not be bound, or the server failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// A bound API with its dependencies connected, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    state: ApiState,
+    health: HealthState,
+    readiness: Readiness,
+    store: CrawlStore,
+}
+
+impl Server {
+    /// Connects to Redis and Kafka and binds `API_ADDR`.
+    pub async fn bind(args: &ServeArgs) -> Result<Self, ServeError> {
+        let registry = prometheus::Registry::new();
+        let metrics = ApiMetrics::register(&registry)?;
+        let store = CrawlStore::connect(&args.redis.redis_url)
+            .await
+            .map_err(|source| ServeError::Redis {
+                url: args.redis.redis_url.clone(),
+                source,
+            })?;
+        let producer = kafka::producer(&args.kafka.kafka_brokers, SEED_PUBLISH_TIMEOUT)?;
+        let readiness = Readiness::with_conditions(&[READINESS_REDIS]);
+        let health = HealthState {
+            registry,
+            liveness: Liveness::always(),
+            readiness: readiness.clone(),
+        };
+        let state = ApiState::new(
+            store.clone(),
+            producer,
+            args.kafka.kafka_frontier_topic.clone(),
+            args.crawl.clone(),
+            args.api.openlibrary_base_url.clone(),
+            metrics,
+        );
+        let listener = super::bind(args.api.api_addr).await?;
+        Ok(Self {
+            listener,
+            state,
+            health,
+            readiness,
+            store,
+        })
+    }
+
+    /// The address the API listens on (the port chosen when `API_ADDR` asks for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled; readiness follows Redis meanwhile.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
+        let store = self.store;
+        boot::follow_readiness(
+            self.readiness,
+            READINESS_REDIS,
+            move || {
+                let store = store.clone();
+                async move { store.ping().await.is_ok() }
+            },
+            shutdown.clone(),
+        );
+        super::serve(self.listener, self.state, self.health, shutdown).await?;
+        Ok(())
+    }
+}
+
+/// Runs `bookworm serve` until `shutdown` is cancelled.
+pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let server = Server::bind(&args).await?;
+    if let Ok(addr) = server.local_addr() {
+        tracing::info!(%addr, "API listening");
+    }
+    server.run(shutdown).await
+}

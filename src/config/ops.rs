@@ -1,0 +1,169 @@
+//! The settings of the operator commands of `bookworm` (everything but `serve`, `sim` and
+//! `bench`, which own theirs).
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use url::Url;
+
+use super::parse::{parse_duration, parse_positive};
+use super::{KafkaArgs, Neo4jArgs, RedisArgs};
+
+/// `bookworm summary`.
+#[derive(Args, Debug, Clone)]
+pub struct SummaryArgs {
+    /// The crawl's id.
+    pub crawl_id: String,
+    /// Wait up to this long for the graph writers to catch up with the crawl.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub wait: Duration,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub neo4j: Neo4jArgs,
+}
+
+/// `bookworm topics`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum TopicsCommand {
+    /// Create every topic the system uses; existing topics are left as they are.
+    Create(CreateTopicsArgs),
+}
+
+/// `bookworm topics create`.
+#[derive(Args, Debug, Clone)]
+pub struct CreateTopicsArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+    /// Partitions per topic: the most consumers of one group that can share the work.
+    #[arg(long, env = "TOPIC_PARTITIONS", default_value = "12")]
+    pub partitions: i32,
+    /// Copies of each partition (3 in production).
+    #[arg(long, env = "TOPIC_REPLICATION", default_value = "1")]
+    pub replication: i32,
+}
+
+/// `bookworm migrate`.
+#[derive(Args, Debug, Clone)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub neo4j: Neo4jArgs,
+}
+
+/// Where the HTTP API is, for the commands that are its clients.
+#[derive(Args, Debug, Clone)]
+pub struct ApiUrl {
+    /// Base URL of `bookworm serve`.
+    #[arg(
+        long = "api",
+        env = "BOOKWORM_API",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: Url,
+}
+
+/// `bookworm seed`.
+#[derive(Args, Debug, Clone)]
+pub struct SeedArgs {
+    /// Open Library keys or URLs of works, authors or editions, or free text.
+    #[arg(required = true)]
+    pub seeds: Vec<String>,
+    /// Crawl depth (default: the API's MAX_DEPTH).
+    #[arg(long)]
+    pub max_depth: Option<u32>,
+    /// Budget of fetched nodes (default: the API's MAX_NODES).
+    #[arg(long, value_parser = parse_positive)]
+    pub max_nodes: Option<usize>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub api: ApiUrl,
+}
+
+/// `bookworm status`.
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The crawl id `bookworm seed` printed.
+    pub crawl_id: String,
+    /// Follow the crawl: live on a terminal, one line every 5 s otherwise.
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub api: ApiUrl,
+}
+
+/// `bookworm dlq`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum DlqCommand {
+    /// Print the DLQ's failures, one a line: crawl, key, reason, attempts, detail.
+    List(DlqListArgs),
+    /// Put the matching dead-lettered jobs back on the frontier; a record is replayed once,
+    /// however often this runs.
+    Replay(DlqReplayArgs),
+}
+
+/// Which DLQ records a command takes.
+#[derive(Args, Debug, Clone)]
+pub struct DlqSelect {
+    /// Only failures with this reason (http_4xx, http_5xx, timeout, rate_limited, parse,
+    /// robots, invalid_job, publish); checked against the message contract's list.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only failures of this crawl.
+    #[arg(long = "crawl")]
+    pub crawl_id: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub kafka: KafkaArgs,
+}
+
+/// `bookworm dlq list`.
+#[derive(Args, Debug, Clone)]
+pub struct DlqListArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub select: DlqSelect,
+    /// Print at most this many.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// `bookworm dlq replay`.
+#[derive(Args, Debug, Clone)]
+pub struct DlqReplayArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub select: DlqSelect,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub redis: RedisArgs,
+}
+
+/// `bookworm graph`.
+#[derive(Args, Debug, Clone)]
+pub struct NeighbourhoodArgs {
+    /// The node's Open Library key (`/works/OL…W`, `/authors/OL…A`, `/subjects/…`).
+    pub key: String,
+    /// Hops from the node, in either direction.
+    #[arg(long, default_value = "1")]
+    pub depth: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "dot")]
+    pub format: GraphFormat,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub neo4j: Neo4jArgs,
+}
+
+/// How `bookworm graph` prints a neighbourhood.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum GraphFormat {
+    /// Graphviz (`| dot -Tsvg > graph.svg`).
+    Dot,
+    /// `{nodes: [...], relationships: [...]}`.
+    Json,
+}

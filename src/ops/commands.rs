@@ -1,0 +1,220 @@
+//! One function per `bookworm` subcommand: what it does and what it prints. The binary
+//! parses the flags and calls one of these; errors carry their context for the terminal.
+
+use anyhow::Context;
+
+use crate::config::ops::{
+    CreateTopicsArgs, DlqListArgs, DlqReplayArgs, DlqSelect, GraphFormat, MigrateArgs,
+    NeighbourhoodArgs, SeedArgs, StatusArgs, SummaryArgs,
+};
+use crate::crawl::store::CrawlStore;
+use crate::graph::GraphStore;
+use crate::graph::migrate::{self, MigrateOptions};
+use crate::kafka::{TopicLayout, create_topics};
+use crate::message::FailureReason;
+use crate::ops::crawls::{self, ApiClient, WatchView};
+use crate::ops::{dlq, neighbourhood, summary};
+
+/// A command's input is wrong in a way its flags' parsers could not see: like a bad flag, it
+/// exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// `bookworm summary`: what a crawl left behind, once the graph has caught up (or `--wait`
+/// passed).
+pub async fn summary(args: SummaryArgs) -> anyhow::Result<()> {
+    let store = CrawlStore::connect(&args.redis.redis_url)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", args.redis.redis_url))?;
+    let graph = GraphStore::connect(&args.neo4j)
+        .await
+        .context("connecting to Neo4j")?;
+    let summary = summary::wait_for_graph(&store, &graph, &args.crawl_id, args.wait).await?;
+    println!("{summary}");
+    if !summary.graph_caught_up() {
+        anyhow::bail!("the graph has not caught up with the crawl's counters yet");
+    }
+    Ok(())
+}
+
+/// `bookworm topics create`: every topic, idempotently; prints each with `created` or `exists`.
+pub async fn create_all_topics(args: CreateTopicsArgs) -> anyhow::Result<()> {
+    let topics = args.kafka.all_topics();
+    let created = create_topics(
+        &args.kafka.kafka_brokers,
+        &topics,
+        TopicLayout {
+            partitions: args.partitions,
+            replication: args.replication,
+        },
+    )
+    .await
+    .context("creating topics")?;
+    for topic in topics {
+        let state = if created.iter().any(|c| c == topic) {
+            "created"
+        } else {
+            "exists"
+        };
+        println!("{topic}\t{state}");
+    }
+    Ok(())
+}
+
+/// `bookworm migrate`: the graph's schema migrations not applied yet.
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let store = GraphStore::connect(&args.neo4j).await?;
+    let report = migrate::migrate(&store, migrate::MIGRATIONS, &MigrateOptions::default())
+        .await
+        .context("migrating the graph")?;
+    for version in report.already {
+        println!("{version:04}\talready applied");
+    }
+    for version in report.applied {
+        println!("{version:04}\tapplied");
+    }
+    Ok(())
+}
+
+/// `bookworm seed`: starts a crawl through the API; prints only its id on stdout.
+pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
+    let status = ApiClient::new(args.api.url)?
+        .create(&args.seeds, args.max_depth, args.max_nodes)
+        .await?;
+    eprintln!(
+        "crawl created: {} seed(s), depth {}, budget {} nodes",
+        status.seeds.len(),
+        status.max_depth,
+        status.max_nodes
+    );
+    println!("{}", status.crawl_id);
+    Ok(())
+}
+
+/// `bookworm status [--watch]`.
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(args.api.url)?;
+    let status = if args.watch {
+        crawls::watch(
+            &client,
+            &args.crawl_id,
+            WatchView::for_stdout(),
+            crawls::POLL_INTERVAL,
+        )
+        .await?
+    } else {
+        client.status(&args.crawl_id).await?
+    };
+    print!("{}", crawls::render_status(&status));
+    Ok(())
+}
+
+/// `bookworm dlq list`: the DLQ's failures, one a line.
+pub async fn dlq_list(args: DlqListArgs) -> anyhow::Result<()> {
+    let select = &args.select;
+    let scan = dlq::scan(
+        &select.kafka,
+        &select.kafka.kafka_dlq_topic,
+        &filter(select)?,
+        args.limit,
+    )
+    .await?;
+    for record in &scan.records {
+        println!("{}", dlq::render_line(record));
+    }
+    eprintln!(
+        "{} of {} DLQ record(s) shown{}",
+        scan.records.len(),
+        scan.read,
+        undecodable_note(scan.undecodable)
+    );
+    Ok(())
+}
+
+/// `bookworm dlq replay`: the matching jobs back on the frontier, each record once.
+pub async fn dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
+    let select = &args.select;
+    let scan = dlq::scan(
+        &select.kafka,
+        &select.kafka.kafka_dlq_topic,
+        &filter(select)?,
+        None,
+    )
+    .await?;
+    let replayer = dlq::Replayer::new(
+        &select.kafka,
+        &args.redis.redis_url,
+        dlq::REPLAY_PUBLISH_TIMEOUT,
+    )
+    .await?;
+    let report = replayer.replay(&scan.records).await?;
+    println!(
+        "replayed {} job(s) from {} matching DLQ record(s){}",
+        report.published,
+        scan.records.len(),
+        undecodable_note(scan.undecodable)
+    );
+    for (why, count) in &report.not_replayed {
+        println!("not replayed ({why:?}): {count}");
+    }
+    Ok(())
+}
+
+/// `bookworm graph`: the neighbourhood of one node as DOT or JSON.
+pub async fn graph(args: NeighbourhoodArgs) -> anyhow::Result<()> {
+    let store = GraphStore::connect(&args.neo4j).await?;
+    let view = neighbourhood::read(&store, &args.key, args.depth).await?;
+    match args.format {
+        GraphFormat::Dot => print!("{}", neighbourhood::to_dot(&view)),
+        GraphFormat::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+    }
+    if view.truncated {
+        eprintln!(
+            "truncated at {} relationships",
+            neighbourhood::MAX_RELATIONSHIPS
+        );
+    }
+    Ok(())
+}
+
+/// The records `select` asks for; an unknown `--reason` is a usage error.
+fn filter(select: &DlqSelect) -> Result<dlq::DlqFilter, UsageError> {
+    let reason = match &select.reason {
+        None => None,
+        Some(text) => Some(FailureReason::parse(text).ok_or_else(|| {
+            let all: Vec<_> = FailureReason::ALL.iter().map(|r| r.as_str()).collect();
+            UsageError(format!(
+                "invalid value '{text}' for '--reason': expected one of {}",
+                all.join(", ")
+            ))
+        })?),
+    };
+    Ok(dlq::DlqFilter {
+        reason,
+        crawl_id: select.crawl_id.clone(),
+    })
+}
+
+fn undecodable_note(undecodable: u64) -> String {
+    if undecodable == 0 {
+        String::new()
+    } else {
+        format!(" ({undecodable} undecodable record(s) skipped)")
+    }
+}
+
+/// `bookworm bench`: the grid, its CSV, plots and report; fails if any point failed.
+pub async fn bench(args: crate::bench::BenchArgs) -> anyhow::Result<()> {
+    // The report quotes the command that produced it.
+    let command_line = std::iter::once("target/release/bookworm".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let rows = crate::bench::run(args, command_line)
+        .await
+        .context("running the benchmark")?;
+    let failed = rows.iter().filter(|r| !r.error.is_empty()).count();
+    anyhow::ensure!(failed == 0, "{failed} grid point(s) failed; see the report");
+    Ok(())
+}
