@@ -108,15 +108,36 @@ fn bookworm_help_lists_the_api_variables() {
 /// An invalid value exits 2 with a message naming the variable, before anything connects.
 #[test]
 fn an_invalid_value_exits_2_naming_the_variable() {
-    let cases: [(&str, &str, &str); 5] = [
-        (env!("CARGO_BIN_EXE_worker"), "MAX_DEPTH", "abc"),
-        (env!("CARGO_BIN_EXE_worker"), "JOB_TIMEOUT", "soon"),
-        (env!("CARGO_BIN_EXE_worker"), "PROXY_POOL", "ftp://proxy:21"),
-        (env!("CARGO_BIN_EXE_graph-writer"), "GRAPH_BATCH_SIZE", "0"),
-        (env!("CARGO_BIN_EXE_worker"), "EGRESS_LIMIT_SCOPE", "galaxy"),
+    let worker = env!("CARGO_BIN_EXE_worker");
+    let bookworm = env!("CARGO_BIN_EXE_bookworm");
+    let cases: [(&str, &[&str], &str, &str); 7] = [
+        (worker, &[], "MAX_DEPTH", "abc"),
+        (worker, &[], "JOB_TIMEOUT", "soon"),
+        (worker, &[], "PROXY_POOL", "ftp://proxy:21"),
+        (
+            env!("CARGO_BIN_EXE_graph-writer"),
+            &[],
+            "GRAPH_BATCH_SIZE",
+            "0",
+        ),
+        (worker, &[], "EGRESS_LIMIT_SCOPE", "galaxy"),
+        // The API parses the origin as the worker does: a path is not an origin.
+        (
+            worker,
+            &[],
+            "OPENLIBRARY_BASE_URL",
+            "https://openlibrary.org/works",
+        ),
+        (
+            bookworm,
+            &["serve"],
+            "OPENLIBRARY_BASE_URL",
+            "https://openlibrary.org/works",
+        ),
     ];
-    for (binary, name, value) in cases {
+    for (binary, args, name, value) in cases {
         let output = Command::new(binary)
+            .args(args)
             .env(name, value)
             .output()
             .expect("binary runs");
@@ -124,4 +145,21 @@ fn an_invalid_value_exits_2_naming_the_variable() {
         assert_eq!(output.status.code(), Some(2), "{name}={value}: {stderr}");
         assert!(stderr.contains(name), "{name}={value} not named: {stderr}");
     }
+}
+
+/// A DLQ reason outside the contract's list is refused like a bad flag: exit 2, naming the
+/// flag and the reasons it accepts, before anything connects.
+#[test]
+fn an_unknown_dlq_reason_exits_2() {
+    let output = Command::new(env!("CARGO_BIN_EXE_bookworm"))
+        .args(["dlq", "list", "--reason", "bogus"])
+        .env("KAFKA_BROKERS", "127.0.0.1:1")
+        .output()
+        .expect("binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--reason") && stderr.contains("http_4xx"),
+        "{stderr}"
+    );
 }

@@ -9,10 +9,14 @@
 //! retries may take. Every final failure names its DLQ reason ([`FetchError::reason`]).
 
 pub mod egress;
+mod error;
+mod retry_budget;
 pub mod robots;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+pub use error::FetchError;
+pub use retry_budget::RetryBudget;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -25,7 +29,6 @@ use crate::config::EgressArgs;
 use crate::crawl::client::egress::limiter::Rate;
 use crate::crawl::client::egress::{EgressError, EgressPool, EgressSlot, PoolSettings};
 use crate::crawl::client::robots::{MAX_ROBOTS_BYTES, Robots, RobotsAnswer, RobotsCache};
-use crate::message::FailureReason;
 use crate::process::metrics::WorkerMetrics;
 
 /// Redirect hops followed before a fetch is refused (the contract's hop limit).
@@ -49,126 +52,6 @@ pub struct Fetched {
     pub egress: String,
     /// Attempts made in all, over all hops (robots.txt not counted).
     pub attempts: u32,
-}
-
-/// Why a fetch failed. Each variant says what the caller does: all are final for this job
-/// (dead-letter with [`FetchError::reason`]), except that [`FetchError::Limiter`] and
-/// [`FetchError::RobotsUnavailable`] may succeed on a later redelivery.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// The job names a URL that cannot be parsed.
-    #[error("invalid URL {input:?}: {detail}")]
-    InvalidUrl {
-        /// What the job gave.
-        input: String,
-        /// Why it does not parse.
-        detail: String,
-    },
-    /// The job names another origin than `OPENLIBRARY_BASE_URL`'s; nothing was fetched.
-    #[error("refused {url}: not on the configured origin")]
-    ForeignOrigin {
-        /// The refused URL.
-        url: String,
-    },
-    /// Open Library redirected off its origin; the target was not fetched.
-    #[error("refused redirect from {from} to {to}: not on the configured origin")]
-    ForeignRedirect {
-        /// The URL that redirected.
-        from: String,
-        /// Where it pointed.
-        to: String,
-    },
-    /// More than [`MAX_REDIRECTS`] hops, or a redirect without a usable Location.
-    #[error("bad redirect at {url}: {detail}")]
-    BadRedirect {
-        /// The URL that redirected.
-        url: String,
-        /// What was wrong.
-        detail: String,
-    },
-    /// robots.txt disallows the path; nothing was fetched.
-    #[error("robots.txt disallows {path}")]
-    Robots {
-        /// The disallowed path.
-        path: String,
-    },
-    /// robots.txt could not be fetched (5xx or unreachable), so everything is disallowed for
-    /// now; nothing was fetched. Worth trying again later.
-    #[error("robots.txt unavailable; disallowing {path} for now")]
-    RobotsUnavailable {
-        /// The path not fetched.
-        path: String,
-    },
-    /// A 4xx other than 404 and 429: the request itself is wrong; not retried.
-    #[error("HTTP {status} from {url}")]
-    Client {
-        /// The status.
-        status: u16,
-        /// The URL.
-        url: String,
-    },
-    /// 5xx on every attempt (or the retry budget was empty).
-    #[error("HTTP {status} from {url} after {attempts} attempts")]
-    Server {
-        /// The last status.
-        status: u16,
-        /// The URL.
-        url: String,
-        /// Attempts made.
-        attempts: u32,
-    },
-    /// 429 (or 503 with Retry-After) on every attempt, across egresses.
-    #[error("rate limited ({status}) at {url} after {attempts} attempts")]
-    RateLimited {
-        /// The last status.
-        status: u16,
-        /// The URL.
-        url: String,
-        /// Attempts made.
-        attempts: u32,
-    },
-    /// No answer in time (or no connection) on every attempt.
-    #[error("no answer from {url} after {attempts} attempts: {detail}")]
-    Timeout {
-        /// The URL.
-        url: String,
-        /// Attempts made.
-        attempts: u32,
-        /// The last transport error.
-        detail: String,
-    },
-    /// The body exceeded `MAX_BODY_BYTES`; reading stopped there.
-    #[error("body of {url} exceeds {limit} bytes")]
-    BodyTooLarge {
-        /// The URL.
-        url: String,
-        /// The cap.
-        limit: usize,
-    },
-    /// The shared rate limiter (Redis) could not be asked; nothing was sent.
-    #[error(transparent)]
-    Limiter(#[from] EgressError),
-}
-
-impl FetchError {
-    /// The DLQ reason for this failure.
-    pub fn reason(&self) -> FailureReason {
-        match self {
-            FetchError::InvalidUrl { .. }
-            | FetchError::ForeignOrigin { .. }
-            | FetchError::ForeignRedirect { .. }
-            | FetchError::BadRedirect { .. } => FailureReason::InvalidJob,
-            FetchError::Robots { .. } => FailureReason::Robots,
-            FetchError::RobotsUnavailable { .. } | FetchError::Server { .. } => {
-                FailureReason::Http5xx
-            }
-            FetchError::Client { .. } => FailureReason::Http4xx,
-            FetchError::RateLimited { .. } => FailureReason::RateLimited,
-            FetchError::Timeout { .. } | FetchError::Limiter(_) => FailureReason::Timeout,
-            // The answer cannot be used as a record: the closest DLQ reason.
-            FetchError::BodyTooLarge { .. } => FailureReason::Parse,
-        }
-    }
 }
 
 /// The client's settings beyond the pool's.
@@ -211,79 +94,6 @@ impl FetchSettings {
             budget_min: args.retry_budget_min,
             budget_window: args.retry_budget_window,
         }
-    }
-}
-
-/// Caps retries at `ratio` of first attempts plus `min`, over a sliding window (kept as ten
-/// buckets), per process. When it is empty a retryable failure fails at once.
-#[derive(Debug)]
-pub struct RetryBudget {
-    ratio: f64,
-    min: u32,
-    bucket: Duration,
-    /// (bucket number, first attempts, retries), oldest first.
-    buckets: Mutex<VecDeque<(u64, u64, u64)>>,
-    epoch: Instant,
-}
-
-impl RetryBudget {
-    /// A budget of `ratio · requests + min` retries per `window`.
-    pub fn new(ratio: f64, min: u32, window: Duration) -> Self {
-        Self {
-            ratio,
-            min,
-            bucket: (window / 10).max(Duration::from_millis(10)),
-            buckets: Mutex::new(VecDeque::new()),
-            epoch: Instant::now(),
-        }
-    }
-
-    fn with_current<T>(&self, f: impl FnOnce(&mut VecDeque<(u64, u64, u64)>) -> T) -> T {
-        let now = u64::try_from(self.epoch.elapsed().as_nanos() / self.bucket.as_nanos().max(1))
-            .unwrap_or(u64::MAX);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        while buckets.front().is_some_and(|&(n, _, _)| n + 10 <= now) {
-            buckets.pop_front();
-        }
-        if buckets.back().is_none_or(|&(n, _, _)| n != now) {
-            buckets.push_back((now, 0, 0));
-        }
-        f(&mut buckets)
-    }
-
-    /// Counts a first attempt.
-    pub fn record_request(&self) {
-        self.with_current(|b| {
-            if let Some(last) = b.back_mut() {
-                last.1 += 1;
-            }
-        });
-    }
-
-    /// Takes one retry from the budget if it has one.
-    pub fn try_retry(&self) -> bool {
-        self.with_current(|b| {
-            let (firsts, retries) = b
-                .iter()
-                .fold((0, 0), |(f, r), &(_, bf, br)| (f + bf, r + br));
-            let allowed = self.ratio * firsts as f64 + f64::from(self.min);
-            if (retries + 1) as f64 <= allowed {
-                if let Some(last) = b.back_mut() {
-                    last.2 += 1;
-                }
-                true
-            } else {
-                false
-            }
-        })
-    }
-
-    /// (first attempts, retries) in the current window, for tests and reports.
-    pub fn counts(&self) -> (u64, u64) {
-        self.with_current(|b| {
-            b.iter()
-                .fold((0, 0), |(f, r), &(_, bf, br)| (f + bf, r + br))
-        })
     }
 }
 
@@ -740,56 +550,5 @@ mod tests {
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
-    }
-
-    /// The budget allows `min` retries with no traffic, then `ratio` of first attempts.
-    #[test]
-    fn retry_budget_caps_retries_at_a_share_of_requests() {
-        let budget = RetryBudget::new(0.2, 2, Duration::from_secs(60));
-        assert!(budget.try_retry());
-        assert!(budget.try_retry());
-        assert!(!budget.try_retry(), "min spent");
-        for _ in 0..10 {
-            budget.record_request();
-        }
-        assert!(budget.try_retry());
-        assert!(budget.try_retry());
-        assert!(!budget.try_retry(), "2 + 20% of 10 spent");
-    }
-
-    /// Each failure names its DLQ reason.
-    #[test]
-    fn errors_map_to_dlq_reasons() {
-        let url = "http://x/".to_owned();
-        assert_eq!(
-            FetchError::ForeignOrigin { url: url.clone() }.reason(),
-            FailureReason::InvalidJob
-        );
-        assert_eq!(
-            FetchError::Robots { path: url.clone() }.reason(),
-            FailureReason::Robots
-        );
-        assert_eq!(
-            FetchError::RateLimited {
-                status: 429,
-                url: url.clone(),
-                attempts: 4
-            }
-            .reason(),
-            FailureReason::RateLimited
-        );
-        assert_eq!(
-            FetchError::Server {
-                status: 503,
-                url: url.clone(),
-                attempts: 4
-            }
-            .reason(),
-            FailureReason::Http5xx
-        );
-        assert_eq!(
-            FetchError::Client { status: 403, url }.reason(),
-            FailureReason::Http4xx
-        );
     }
 }
