@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use bookworm::crawl::parse::{
-    Entity, ParseError, Record, parse_page, parse_record, parse_search, parse_subject,
+    Entity, ParseError, RecordAnswer, parse_page, parse_record, parse_search, parse_subject,
 };
 use bookworm::message::{Label, Rel};
 use serde_json::json;
@@ -19,7 +19,7 @@ fn fixture(name: &str) -> Vec<u8> {
 
 fn entity(name: &str) -> Entity {
     match parse_record(&fixture(name)) {
-        Ok(Record::Entity(e)) => e,
+        Ok(RecordAnswer::Entity(e)) => e,
         other => panic!("{name}: expected an entity, got {other:?}"),
     }
 }
@@ -150,7 +150,7 @@ fn parses_an_edition_and_its_links() {
 fn parses_a_redirect() {
     assert_eq!(
         parse_record(&fixture("redirect.json")).ok(),
-        Some(Record::Redirect {
+        Some(RecordAnswer::Redirect {
             key: "/works/OL15832983W".to_owned(),
             location: "/works/OL15832982W".to_owned(),
         })
@@ -169,13 +169,13 @@ fn a_redirect_without_location_is_a_parse_error() {
 fn parses_delete_and_notfound() {
     assert_eq!(
         parse_record(&fixture("delete.json")).ok(),
-        Some(Record::Deleted {
+        Some(RecordAnswer::Deleted {
             key: "/authors/OL9999999A".to_owned()
         })
     );
     assert_eq!(
         parse_record(&fixture("notfound.json")).ok(),
-        Some(Record::NotFound {
+        Some(RecordAnswer::NotFound {
             key: Some("/works/OL0000000W".to_owned())
         })
     );
@@ -294,7 +294,7 @@ fn every_real_sample_parses() {
             || name.starts_with("edition_")
         {
             match parse_record(&body) {
-                Ok(Record::Entity(e)) => {
+                Ok(RecordAnswer::Entity(e)) => {
                     assert!(!e.props.is_empty(), "{name}: no properties");
                     assert_eq!(Label::of_key(&e.key), Some(e.label), "{name}");
                 }
@@ -317,7 +317,7 @@ fn real_samples_give_the_expected_values() {
     };
     let read = |name: &str| std::fs::read(dir.join(name)).ok();
     if let Some(body) = read("author_OL1111490A.json") {
-        let Ok(Record::Entity(a)) = parse_record(&body) else {
+        let Ok(RecordAnswer::Entity(a)) = parse_record(&body) else {
             panic!("author_OL1111490A")
         };
         assert_eq!(
@@ -326,7 +326,7 @@ fn real_samples_give_the_expected_values() {
         );
     }
     if let Some(body) = read("author_OL101176A.json") {
-        let Ok(Record::Entity(a)) = parse_record(&body) else {
+        let Ok(RecordAnswer::Entity(a)) = parse_record(&body) else {
             panic!("author_OL101176A")
         };
         assert!(
@@ -337,14 +337,14 @@ fn real_samples_give_the_expected_values() {
         );
     }
     if let Some(body) = read("edition_OL22951843M.json") {
-        let Ok(Record::Entity(e)) = parse_record(&body) else {
+        let Ok(RecordAnswer::Entity(e)) = parse_record(&body) else {
             panic!("edition_OL22951843M")
         };
         assert_eq!(e.links.works, ["/works/OL15832982W"]);
         assert_eq!(e.props["number_of_pages"], json!(491));
     }
     if let Some(body) = read("work_OL15832982W.json") {
-        let Ok(Record::Entity(w)) = parse_record(&body) else {
+        let Ok(RecordAnswer::Entity(w)) = parse_record(&body) else {
             panic!("work_OL15832982W")
         };
         assert_eq!(w.links.authors, ["/authors/OL382982A"]);

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use bookworm::crawl::limits::CrawlLimits;
-use bookworm::crawl::parse::{Record, parse_page, parse_record, parse_search, parse_subject};
+use bookworm::crawl::parse::{RecordAnswer, parse_page, parse_record, parse_search, parse_subject};
 use bookworm::message::{FailureReason, Label, Rel};
 use bookworm::sim::{Outcome, ReachEdge, Reachable, RunningSim, SimArgs, spawn};
 use reqwest::StatusCode;
@@ -106,7 +106,7 @@ async fn every_served_shape_parses_with_the_parser() {
 
     let (status, body) = get(&http, &sim, "/works/OL1W.json").await;
     assert_eq!(status, StatusCode::OK);
-    let Ok(Record::Entity(work)) = parse_record(&body) else {
+    let Ok(RecordAnswer::Entity(work)) = parse_record(&body) else {
         panic!("work does not parse")
     };
     assert_eq!(work.label, Label::Work);
@@ -115,14 +115,14 @@ async fn every_served_shape_parses_with_the_parser() {
 
     let author = &work.links.authors[0];
     let (_, body) = get(&http, &sim, &format!("{author}.json")).await;
-    let Ok(Record::Entity(a)) = parse_record(&body) else {
+    let Ok(RecordAnswer::Entity(a)) = parse_record(&body) else {
         panic!("author does not parse")
     };
     assert_eq!((a.label, a.key.as_str()), (Label::Author, author.as_str()));
     assert!(a.props.contains_key("name"));
 
     let (_, body) = get(&http, &sim, "/books/OL1M.json").await;
-    let Ok(Record::Entity(e)) = parse_record(&body) else {
+    let Ok(RecordAnswer::Entity(e)) = parse_record(&body) else {
         panic!("edition does not parse")
     };
     assert_eq!(e.label, Label::Edition);
@@ -138,7 +138,7 @@ async fn every_served_shape_parses_with_the_parser() {
     assert_eq!(status, StatusCode::OK, "a redirect is a 200 record");
     assert_eq!(
         parse_record(&body).ok(),
-        Some(Record::Redirect {
+        Some(RecordAnswer::Redirect {
             key: redirect,
             location: target
         })
@@ -148,14 +148,14 @@ async fn every_served_shape_parses_with_the_parser() {
     let (_, body) = get(&http, &sim, &format!("{deleted}.json")).await;
     assert_eq!(
         parse_record(&body).ok(),
-        Some(Record::Deleted { key: deleted })
+        Some(RecordAnswer::Deleted { key: deleted })
     );
 
     let (status, body) = get(&http, &sim, "/works/OL999999W.json").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(
         parse_record(&body).ok(),
-        Some(Record::NotFound {
+        Some(RecordAnswer::NotFound {
             key: Some("/works/OL999999W".to_owned())
         })
     );

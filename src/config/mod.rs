@@ -150,40 +150,61 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// The contract's crawl limits, written once: the flags' defaults below and
+/// `CrawlLimits::default` (the simulator's truth) both read them.
+pub mod defaults {
+    /// `MAX_DEPTH`.
+    pub const MAX_DEPTH: u32 = 3;
+    /// `MAX_NODES`.
+    pub const MAX_NODES: usize = 100_000;
+    /// `MAX_SEARCH_RESULTS`.
+    pub const MAX_SEARCH_RESULTS: usize = 20;
+    /// `MAX_SUBJECTS_PER_NODE`.
+    pub const MAX_SUBJECTS_PER_NODE: usize = 10;
+    /// `MAX_WORKS_PER_AUTHOR`.
+    pub const MAX_WORKS_PER_AUTHOR: usize = 50;
+    /// `MAX_WORKS_PER_SUBJECT`.
+    pub const MAX_WORKS_PER_SUBJECT: usize = 50;
+    /// `CRAWL_EDITIONS`.
+    pub const CRAWL_EDITIONS: bool = false;
+    /// `MAX_EDITIONS_PER_WORK`.
+    pub const MAX_EDITIONS_PER_WORK: usize = 20;
+}
+
 /// Limits of a crawl. The API stamps them on every crawl it creates; a crawl may set its own
 /// depth and node budget, the per-node fan-out limits are the worker's.
 #[derive(Args, Debug, Clone)]
 pub struct CrawlArgs {
     /// Default crawl depth (a crawl may set its own).
-    #[arg(long, env = "MAX_DEPTH", default_value = "3")]
+    #[arg(long, env = "MAX_DEPTH", default_value_t = defaults::MAX_DEPTH)]
     pub max_depth: u32,
 
     /// Default per-crawl budget of fetched nodes.
-    #[arg(long, env = "MAX_NODES", default_value = "100000", value_parser = parse_positive)]
+    #[arg(long, env = "MAX_NODES", default_value_t = defaults::MAX_NODES, value_parser = parse_positive)]
     pub max_nodes: usize,
 
     /// Works enqueued from a free-text seed's search.
-    #[arg(long, env = "MAX_SEARCH_RESULTS", default_value = "20")]
+    #[arg(long, env = "MAX_SEARCH_RESULTS", default_value_t = defaults::MAX_SEARCH_RESULTS)]
     pub max_search_results: usize,
 
     /// Subjects followed from one work or edition.
-    #[arg(long, env = "MAX_SUBJECTS_PER_NODE", default_value = "10")]
+    #[arg(long, env = "MAX_SUBJECTS_PER_NODE", default_value_t = defaults::MAX_SUBJECTS_PER_NODE)]
     pub max_subjects_per_node: usize,
 
     /// Works followed from one author.
-    #[arg(long, env = "MAX_WORKS_PER_AUTHOR", default_value = "50")]
+    #[arg(long, env = "MAX_WORKS_PER_AUTHOR", default_value_t = defaults::MAX_WORKS_PER_AUTHOR)]
     pub max_works_per_author: usize,
 
     /// Works followed from one subject.
-    #[arg(long, env = "MAX_WORKS_PER_SUBJECT", default_value = "50")]
+    #[arg(long, env = "MAX_WORKS_PER_SUBJECT", default_value_t = defaults::MAX_WORKS_PER_SUBJECT)]
     pub max_works_per_subject: usize,
 
     /// Whether works expand to their editions.
-    #[arg(long, env = "CRAWL_EDITIONS", default_value = "false", action = clap::ArgAction::Set)]
+    #[arg(long, env = "CRAWL_EDITIONS", default_value_t = defaults::CRAWL_EDITIONS, action = clap::ArgAction::Set)]
     pub crawl_editions: bool,
 
     /// Editions followed from one work when `CRAWL_EDITIONS` is on.
-    #[arg(long, env = "MAX_EDITIONS_PER_WORK", default_value = "20")]
+    #[arg(long, env = "MAX_EDITIONS_PER_WORK", default_value_t = defaults::MAX_EDITIONS_PER_WORK)]
     pub max_editions_per_work: usize,
 }
 

@@ -16,7 +16,7 @@ use chrono::Utc;
 use crate::consumer::{Delivery, HandleError, Handler, Outcome};
 use crate::crawl::client::{FetchError, OpenLibraryClient};
 use crate::crawl::limits::CrawlLimits;
-use crate::crawl::parse::{self, ParseError, Record as OpenLibraryRecord};
+use crate::crawl::parse::{self, ParseError, RecordAnswer};
 use crate::crawl::rules::{Expansion, Target, page_path};
 use crate::crawl::store::{Begin, Child, CrawlStore, Finish, StoreError};
 use crate::kafka::publish::Record;
@@ -165,7 +165,7 @@ impl CrawlHandler {
         for _ in 0..=MAX_RECORD_REDIRECTS {
             let fetched = self.client.get(&format!("{key}.json")).await?;
             match parse::parse_record(&fetched.body)? {
-                OpenLibraryRecord::Entity(entity) => {
+                RecordAnswer::Entity(entity) => {
                     let mut expansion = Expansion::of_entity(&entity, &self.limits);
                     match Target::parse(&entity.key) {
                         Ok(Target::Author(_)) => {
@@ -184,7 +184,7 @@ impl CrawlHandler {
                     }
                     return Ok(expansion);
                 }
-                OpenLibraryRecord::Redirect { location, .. } => {
+                RecordAnswer::Redirect { location, .. } => {
                     let same_kind = matches!(
                         (Target::parse(&key), Target::parse(&location)),
                         (Ok(from), Ok(to)) if std::mem::discriminant(&from) == std::mem::discriminant(&to)
@@ -194,10 +194,10 @@ impl CrawlHandler {
                     }
                     key = location;
                 }
-                OpenLibraryRecord::Deleted { key } => {
+                RecordAnswer::Deleted { key } => {
                     return Err(CrawlError::Gone(format!("{key}: deleted")));
                 }
-                OpenLibraryRecord::NotFound { .. } => {
+                RecordAnswer::NotFound { .. } => {
                     return Err(CrawlError::Gone(format!("{key}: not found")));
                 }
             }
@@ -295,7 +295,7 @@ impl CrawlHandler {
     }
 
     /// Runs `job`; `attempt` is the loop's try of this delivery (1 on the first).
-    async fn run(&self, job: CrawlJob, attempt: u32) -> Result<Vec<Record>, HandleError> {
+    async fn crawl(&self, job: CrawlJob, attempt: u32) -> Result<Vec<Record>, HandleError> {
         let target =
             Target::parse(&job.key).map_err(|why| dead_letter(FailureReason::InvalidJob, why))?;
         if matches!(target, Target::Search(_)) && job.depth > 0 {
@@ -386,7 +386,7 @@ impl Handler for CrawlHandler {
         self.metrics.jobs_received.inc();
         let job: CrawlJob = message::decode(delivery.payload.as_deref())
             .map_err(|e| dead_letter(FailureReason::InvalidJob, e.to_string()))?;
-        self.run(job, delivery.attempt).await
+        self.crawl(job, delivery.attempt).await
     }
 
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {

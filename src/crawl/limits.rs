@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::CrawlArgs;
+use crate::config::{CrawlArgs, defaults};
 
 /// How far and how wide a crawl expands from its seeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,13 +35,13 @@ impl Default for CrawlLimits {
     /// The contract's defaults.
     fn default() -> Self {
         CrawlLimits {
-            max_depth: 3,
-            max_search_results: 20,
-            max_subjects_per_node: 10,
-            max_works_per_author: 50,
-            max_works_per_subject: 50,
-            crawl_editions: false,
-            max_editions_per_work: 20,
+            max_depth: defaults::MAX_DEPTH,
+            max_search_results: defaults::MAX_SEARCH_RESULTS,
+            max_subjects_per_node: defaults::MAX_SUBJECTS_PER_NODE,
+            max_works_per_author: defaults::MAX_WORKS_PER_AUTHOR,
+            max_works_per_subject: defaults::MAX_WORKS_PER_SUBJECT,
+            crawl_editions: defaults::CRAWL_EDITIONS,
+            max_editions_per_work: defaults::MAX_EDITIONS_PER_WORK,
         }
     }
 }

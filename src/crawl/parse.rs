@@ -48,7 +48,7 @@ impl ParseError {
 
 /// One answer of `/works/{id}.json`, `/authors/{id}.json` or `/books/{id}.json`.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Record {
+pub enum RecordAnswer {
     /// A live work, author or edition.
     Entity(Entity),
     /// A merged record (`/type/redirect`, HTTP 200): crawl `location` in place of `key`.
@@ -266,7 +266,7 @@ fn decode_bytes<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<
 
 /// Parses the body of `/works/{id}.json`, `/authors/{id}.json` or `/books/{id}.json`
 /// (whatever the HTTP status: a 404's body is the `notfound` record).
-pub fn parse_record(body: &[u8]) -> Result<Record, ParseError> {
+pub fn parse_record(body: &[u8]) -> Result<RecordAnswer, ParseError> {
     const WHAT: &str = "record";
     let value: Value = decode_bytes(WHAT, body)?;
     if !value.is_object() {
@@ -277,7 +277,7 @@ pub fn parse_record(body: &[u8]) -> Result<Record, ParseError> {
     }
     let envelope: Envelope = decode(WHAT, value.clone())?;
     if envelope.error.as_deref() == Some("notfound") {
-        return Ok(Record::NotFound { key: envelope.key });
+        return Ok(RecordAnswer::NotFound { key: envelope.key });
     }
     let key = envelope.key.ok_or_else(|| ParseError::Shape {
         what: WHAT,
@@ -290,9 +290,9 @@ pub fn parse_record(body: &[u8]) -> Result<Record, ParseError> {
                 what: WHAT,
                 detail: format!("redirect {key} without `location`"),
             })?;
-            return Ok(Record::Redirect { key, location });
+            return Ok(RecordAnswer::Redirect { key, location });
         }
-        "/type/delete" => return Ok(Record::Deleted { key }),
+        "/type/delete" => return Ok(RecordAnswer::Deleted { key }),
         "/type/work" => {
             let w: RawWork = decode(WHAT, value)?;
             let mut p = Props::default();
@@ -341,7 +341,7 @@ pub fn parse_record(body: &[u8]) -> Result<Record, ParseError> {
             });
         }
     };
-    Ok(Record::Entity(Entity {
+    Ok(RecordAnswer::Entity(Entity {
         key,
         label,
         props,

@@ -2,7 +2,7 @@
 //! a fetched record expands into (a node, its relationships, and the keys to crawl next).
 //!
 //! Pure functions over parsed responses, so the rules can be tested without a network and
-//! read in one place (DESIGN.md, "Crawl rules"): work → authors (`WRITTEN_BY`) and its first
+//! read in one place (the contract's "Crawl rules"): work → authors (`WRITTEN_BY`) and its first
 //! subjects (`ABOUT`), and with `CRAWL_EDITIONS` its editions (`EDITION_OF`); author → its
 //! works (`WRITTEN_BY`); subject → its works (`ABOUT`); edition → its works and authors;
 //! free text → the works its search finds, at depth 0 only (robots.txt disallows

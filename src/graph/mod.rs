@@ -30,7 +30,7 @@ use crate::message::{Label, Rel};
 
 /// Errors from setting up the store: the configuration itself is wrong, retrying cannot help.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum ConnectError {
     /// The URI, user or pool settings were refused by the driver.
     #[error("invalid Neo4j configuration: {0}")]
     Config(#[source] neo4rs::Error),
@@ -101,17 +101,17 @@ pub struct GraphStore {
 impl GraphStore {
     /// Builds the store. Connections are opened lazily, so this succeeds while Neo4j is down;
     /// [`GraphStore::ping`] checks it is reachable.
-    pub async fn connect(args: &Neo4jArgs) -> Result<Self, StoreError> {
+    pub async fn connect(args: &Neo4jArgs) -> Result<Self, ConnectError> {
         let config = ConfigBuilder::default()
             .uri(&args.neo4j_uri)
             .user(&args.neo4j_user)
             .password(&args.neo4j_password)
             .max_connections(args.neo4j_max_connections)
             .build()
-            .map_err(StoreError::Config)?;
+            .map_err(ConnectError::Config)?;
         let graph = Graph::connect(config.clone())
             .await
-            .map_err(StoreError::Config)?;
+            .map_err(ConnectError::Config)?;
         Ok(Self {
             config,
             graph: Mutex::new(graph),

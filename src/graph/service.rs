@@ -15,7 +15,7 @@ use crate::consumer::{ConsumerError, ConsumerLoop};
 use crate::graph::batcher::READINESS_NEO4J;
 use crate::graph::handler::{GraphTopics, GraphWriterHandler};
 use crate::graph::migrate::{self, MigrateError, MigrateOptions};
-use crate::graph::{Batcher, BatcherConfig, GraphStore, StoreError};
+use crate::graph::{Batcher, BatcherConfig, ConnectError, GraphStore};
 use crate::process::boot::{self, BootError};
 use crate::process::health::Readiness;
 use crate::process::metrics::GraphWriterMetrics;
@@ -25,7 +25,7 @@ use crate::process::metrics::GraphWriterMetrics;
 pub enum StartError {
     /// The Neo4j settings are wrong.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] ConnectError),
     /// Migrations could not be applied (refused, or locked for too long).
     #[error(transparent)]
     Migrate(#[from] MigrateError),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::config::parse_duration;
+use crate::config::{parse_duration, parse_ratio};
 use crate::message::FailureReason;
 
 /// The faults the simulator injects. Changeable at run time through `POST /_sim/faults`
@@ -28,29 +28,29 @@ pub struct Faults {
     #[serde(with = "millis")]
     pub spike_latency: Duration,
     /// Share of requests (0..1) that get the spike.
-    #[arg(long, env = "SIM_SPIKE_RATE", default_value = "0", value_parser = parse_share)]
+    #[arg(long, env = "SIM_SPIKE_RATE", default_value = "0", value_parser = parse_ratio)]
     pub spike_rate: f64,
     /// Share of requests (0..1) answered with `error_status`.
-    #[arg(long, env = "SIM_ERROR_RATE", default_value = "0", value_parser = parse_share)]
+    #[arg(long, env = "SIM_ERROR_RATE", default_value = "0", value_parser = parse_ratio)]
     pub error_rate: f64,
     /// Status of injected errors (Open Library's load balancers answer 503).
     #[arg(long, env = "SIM_ERROR_STATUS", default_value = "503")]
     pub error_status: u16,
     /// Share of requests (0..1) answered 200 with a truncated JSON body.
-    #[arg(long, env = "SIM_MALFORMED_RATE", default_value = "0", value_parser = parse_share)]
+    #[arg(long, env = "SIM_MALFORMED_RATE", default_value = "0", value_parser = parse_ratio)]
     pub malformed_rate: f64,
     /// Share of requests (0..1) whose connection is cut before the body completes.
-    #[arg(long, env = "SIM_RESET_RATE", default_value = "0", value_parser = parse_share)]
+    #[arg(long, env = "SIM_RESET_RATE", default_value = "0", value_parser = parse_ratio)]
     pub reset_rate: f64,
     /// Share of keys (0..1, by key hash) that always answer `always_fail_status`.
-    #[arg(long, env = "SIM_ALWAYS_FAIL_SHARE", default_value = "0", value_parser = parse_share)]
+    #[arg(long, env = "SIM_ALWAYS_FAIL_SHARE", default_value = "0", value_parser = parse_ratio)]
     pub always_fail_share: f64,
     /// Status of always-failing keys.
     #[arg(long, env = "SIM_ALWAYS_FAIL_STATUS", default_value = "503")]
     pub always_fail_status: u16,
     /// Share of keys (0..1, by key hash, disjoint from the failing ones) that always answer
     /// malformed JSON.
-    #[arg(long, env = "SIM_ALWAYS_MALFORMED_SHARE", default_value = "0", value_parser = parse_share)]
+    #[arg(long, env = "SIM_ALWAYS_MALFORMED_SHARE", default_value = "0", value_parser = parse_ratio)]
     pub always_malformed_share: f64,
     /// Seed of the fault draws: same seed, same faults for the same (key, attempt).
     #[arg(long, env = "SIM_FAULT_SEED", default_value = "7")]
@@ -86,15 +86,6 @@ mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
-    }
-}
-
-/// Parses a share between 0 and 1 for clap: a rate of 1.5 is a typo, not a storm.
-pub fn parse_share(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-        Ok(_) => Err("must be between 0 and 1".to_owned()),
-        Err(e) => Err(format!("expected a number between 0 and 1: {e}")),
     }
 }
 

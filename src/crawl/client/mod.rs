@@ -182,7 +182,7 @@ impl OpenLibraryClient {
     /// Fetches a user's own lookup, a free-text seed's one search at depth 0, like
     /// [`OpenLibraryClient::get`] but without consulting robots.txt: robots.txt governs what
     /// the crawler discovers by itself, and the crawl rules never expand through search
-    /// (DESIGN.md, "Crawl rules"). Every other politeness rule applies.
+    /// (the contract's "Crawl rules"). Every other politeness rule applies.
     pub async fn lookup(&self, path_and_query: &str) -> Result<Fetched, FetchError> {
         self.timed(path_and_query, false).await
     }
@@ -407,8 +407,7 @@ impl OpenLibraryClient {
                     // each would wait out the timeout. Block it like a throttled egress
                     // instead (doubling per repeat, reset by a success) and retry elsewhere
                     // at once. Direct has no elsewhere: it only backs off.
-                    let proxied = slot.label() != "direct";
-                    if proxied {
+                    if slot.is_proxy() {
                         inner.pool.block(&slot, None).await;
                     }
                     let error = FetchError::Timeout {
@@ -416,7 +415,7 @@ impl OpenLibraryClient {
                         attempts: *attempts,
                         detail,
                     };
-                    (error, !proxied)
+                    (error, !slot.is_proxy())
                 }
                 Err(AttemptError::Transport(detail)) => {
                     inner.pool.record_error(&slot);

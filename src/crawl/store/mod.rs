@@ -1,7 +1,7 @@
 //! Per-crawl state in Redis: who claimed which key at what depth, what is still in flight,
 //! and the status counters an operator watches.
 //!
-//! The rules (DESIGN.md, "Crawl rules") that this module makes true:
+//! The rules (the contract's "Crawl rules") that this module makes true:
 //! - A key is claimed once per crawl when it is first enqueued, with its depth. Reaching it
 //!   again by a shorter path lowers the depth and re-enqueues it, so the set crawled is the
 //!   keys whose shortest distance from a seed is within the max depth, however jobs
@@ -216,131 +216,18 @@ impl CrawlKeys {
 /// Claims are stored as `depth|claimer`: the claimer (the parent job) may re-enqueue its own
 /// pending children when it is redelivered, while siblings reaching the same pending key do
 /// not enqueue it again (that would fetch one key once per sibling).
-const BEGIN: &str = r#"
-local meta, claims, pending, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local key, depth = ARGV[1], tonumber(ARGV[2])
-local state = redis.call('HGET', meta, 'state')
-if not state then return {'unknown'} end
-if state == 'cancelled' then
-  if redis.call('SREM', pending, key) == 1 then redis.call('HINCRBY', counters, 'skipped', 1) end
-  return {'cancelled'}
-end
-local claim = redis.call('HGET', claims, key)
-if not claim then
-  -- A job nobody claimed (a replayed DLQ record): claim it for itself.
-  redis.call('HSET', claims, key, depth .. '|replay')
-  redis.call('SADD', pending, key)
-  if state == 'done' then redis.call('HSET', meta, 'state', 'running') end
-elseif tonumber(string.match(claim, '^(%d+)')) < depth
-    or redis.call('SISMEMBER', pending, key) == 0 then
-  redis.call('HINCRBY', counters, 'duplicates', 1)
-  return {'duplicate'}
-end
-return {'run', redis.call('HGET', meta, 'max_depth'), redis.call('HGET', meta, 'max_nodes')}
-"#;
+const BEGIN: &str = include_str!("begin.lua");
 
-const CLAIM: &str = r#"
-local meta, claims, pending, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local max_nodes, claimer = tonumber(ARGV[1]), ARGV[2]
-local state = redis.call('HGET', meta, 'state')
-local out = {}
-for i = 3, #ARGV, 2 do
-  local key, depth = ARGV[i], tonumber(ARGV[i + 1])
-  local claim = redis.call('HGET', claims, key)
-  local enqueue = 0
-  if state ~= 'running' then
-    enqueue = 0
-  elseif not claim then
-    if redis.call('HLEN', claims) < max_nodes then
-      enqueue = 1
-    else
-      redis.call('HINCRBY', counters, 'skipped', 1)
-    end
-  else
-    local claimed_depth, claimed_by = string.match(claim, '^(%d+)|(.*)$')
-    if tonumber(claimed_depth) > depth then
-      enqueue = 1
-    elseif tonumber(claimed_depth) == depth and claimed_by == claimer
-        and redis.call('SISMEMBER', pending, key) == 1 then
-      enqueue = 1
-    end
-  end
-  if enqueue == 1 then
-    redis.call('HSET', claims, key, depth .. '|' .. claimer)
-    redis.call('SADD', pending, key)
-    redis.call('HINCRBY', counters, 'enqueued', 1)
-  end
-  out[#out + 1] = enqueue
-end
-return out
-"#;
+const CLAIM: &str = include_str!("claim.lua");
 
-const FINISH: &str = r#"
-local meta, claims, pending, counters, nodes, edges, failures =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local key, depth, outcome, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
--- A job of an unknown (expired) crawl leaves no trace.
-if redis.call('EXISTS', meta) == 0 then return 0 end
-local claim = redis.call('HGET', claims, key)
--- A shorter path may have re-claimed the key meanwhile: its own job clears it.
-if not claim or tonumber(string.match(claim, '^(%d+)')) >= depth then
-  redis.call('SREM', pending, key)
-end
-if outcome == 'node' then
-  local node_key, label = ARGV[5], ARGV[6]
-  if redis.call('HSETNX', nodes, node_key, label) == 1 then
-    redis.call('HINCRBY', counters, 'nodes:' .. label, 1)
-    redis.call('HINCRBY', counters, 'fetched', 1)
-  end
-  for i = 7, #ARGV do
-    if redis.call('SADD', edges, ARGV[i]) == 1 then redis.call('HINCRBY', counters, 'edges', 1) end
-  end
-elseif outcome == 'failed' then
-  local reason = ARGV[5]
-  if redis.call('HSETNX', failures, key, reason) == 1 then
-    redis.call('HINCRBY', counters, 'failed:' .. reason, 1)
-  end
-end
-redis.call('HSET', meta, 'updated_at', now)
-if redis.call('SCARD', pending) == 0 and redis.call('HGET', meta, 'state') == 'running' then
-  redis.call('HSET', meta, 'state', 'done')
-end
-return 1
-"#;
+const FINISH: &str = include_str!("finish.lua");
 
-const CANCEL: &str = r#"
-local meta = KEYS[1]
-local state = redis.call('HGET', meta, 'state')
-if not state then return 0 end
-if state == 'running' then
-  redis.call('HSET', meta, 'state', 'cancelled', 'updated_at', ARGV[1])
-end
-return 1
-"#;
+const CANCEL: &str = include_str!("cancel.lua");
 
 /// Puts a dead-lettered key back in flight for `bookworm dlq replay`: its failure is taken
 /// off the counters, it is claimed at the job's depth and pending again, and a `done` crawl is
 /// `running` again, so the replayed job passes BEGIN and the crawl is not `done` before it ends.
-const REQUEUE: &str = r#"
-local meta, claims, pending, counters, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local key, depth, now = ARGV[1], ARGV[2], ARGV[3]
-local state = redis.call('HGET', meta, 'state')
-if not state then return 'unknown' end
-if state == 'cancelled' then return 'cancelled' end
-if redis.call('SISMEMBER', pending, key) == 1 then return 'pending' end
-local reason = redis.call('HGET', failures, key)
-if reason then
-  redis.call('HDEL', failures, key)
-  if redis.call('HINCRBY', counters, 'failed:' .. reason, -1) <= 0 then
-    redis.call('HDEL', counters, 'failed:' .. reason)
-  end
-end
-redis.call('HSET', claims, key, depth .. '|replay')
-redis.call('SADD', pending, key)
-redis.call('HINCRBY', counters, 'enqueued', 1)
-redis.call('HSET', meta, 'state', 'running', 'updated_at', now)
-return 'requeued'
-"#;
+const REQUEUE: &str = include_str!("requeue.lua");
 
 /// What [`CrawlStore::requeue`] did with a dead-lettered key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::crawl::limits::CrawlLimits;
 use crate::crawl::parse::{
-    Record, parse_page, parse_record, parse_search, parse_subject, subject_key,
+    RecordAnswer, parse_page, parse_record, parse_search, parse_subject, subject_key,
 };
 use crate::message::{FailureReason, Label, Rel};
 

@@ -129,13 +129,13 @@ impl Catalogue {
                 None => json!({"error": "notfound", "key": current}).to_string(),
             };
             let entity = match parse_record(body.as_bytes()) {
-                Ok(Record::Entity(e)) => e,
-                Ok(Record::Redirect { location, .. }) => {
+                Ok(RecordAnswer::Entity(e)) => e,
+                Ok(RecordAnswer::Redirect { location, .. }) => {
                     current = location;
                     continue;
                 }
-                Ok(Record::Deleted { .. }) => return (Outcome::Deleted, Vec::new()),
-                Ok(Record::NotFound { .. }) => return (Outcome::NotFound, Vec::new()),
+                Ok(RecordAnswer::Deleted { .. }) => return (Outcome::Deleted, Vec::new()),
+                Ok(RecordAnswer::NotFound { .. }) => return (Outcome::NotFound, Vec::new()),
                 Err(_) => {
                     return (
                         Outcome::Failed {

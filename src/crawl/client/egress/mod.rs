@@ -158,10 +158,16 @@ pub struct EgressPool {
 pub struct EgressSlot {
     index: usize,
     label: String,
+    proxied: bool,
     client: reqwest::Client,
 }
 
 impl EgressSlot {
+    /// Whether this egress is a proxy (another one may be tried) rather than direct.
+    pub fn is_proxy(&self) -> bool {
+        self.proxied
+    }
+
     /// The egress's label (`host:port` or `direct`).
     pub fn label(&self) -> &str {
         &self.label
@@ -280,6 +286,7 @@ impl EgressPool {
                     return Ok(EgressSlot {
                         index,
                         label: egress.label.clone(),
+                        proxied: matches!(egress.spec, EgressSpec::Proxy(_)),
                         client: egress.client.clone(),
                     });
                 }

@@ -1,0 +1,20 @@
+local meta, claims, pending, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local key, depth = ARGV[1], tonumber(ARGV[2])
+local state = redis.call('HGET', meta, 'state')
+if not state then return {'unknown'} end
+if state == 'cancelled' then
+  if redis.call('SREM', pending, key) == 1 then redis.call('HINCRBY', counters, 'skipped', 1) end
+  return {'cancelled'}
+end
+local claim = redis.call('HGET', claims, key)
+if not claim then
+  -- A job nobody claimed (a replayed DLQ record): claim it for itself.
+  redis.call('HSET', claims, key, depth .. '|replay')
+  redis.call('SADD', pending, key)
+  if state == 'done' then redis.call('HSET', meta, 'state', 'running') end
+elseif tonumber(string.match(claim, '^(%d+)')) < depth
+    or redis.call('SISMEMBER', pending, key) == 0 then
+  redis.call('HINCRBY', counters, 'duplicates', 1)
+  return {'duplicate'}
+end
+return {'run', redis.call('HGET', meta, 'max_depth'), redis.call('HGET', meta, 'max_nodes')}

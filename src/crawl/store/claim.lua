@@ -1,0 +1,33 @@
+local meta, claims, pending, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local max_nodes, claimer = tonumber(ARGV[1]), ARGV[2]
+local state = redis.call('HGET', meta, 'state')
+local out = {}
+for i = 3, #ARGV, 2 do
+  local key, depth = ARGV[i], tonumber(ARGV[i + 1])
+  local claim = redis.call('HGET', claims, key)
+  local enqueue = 0
+  if state ~= 'running' then
+    enqueue = 0
+  elseif not claim then
+    if redis.call('HLEN', claims) < max_nodes then
+      enqueue = 1
+    else
+      redis.call('HINCRBY', counters, 'skipped', 1)
+    end
+  else
+    local claimed_depth, claimed_by = string.match(claim, '^(%d+)|(.*)$')
+    if tonumber(claimed_depth) > depth then
+      enqueue = 1
+    elseif tonumber(claimed_depth) == depth and claimed_by == claimer
+        and redis.call('SISMEMBER', pending, key) == 1 then
+      enqueue = 1
+    end
+  end
+  if enqueue == 1 then
+    redis.call('HSET', claims, key, depth .. '|' .. claimer)
+    redis.call('SADD', pending, key)
+    redis.call('HINCRBY', counters, 'enqueued', 1)
+  end
+  out[#out + 1] = enqueue
+end
+return out

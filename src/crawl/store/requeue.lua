@@ -1,0 +1,18 @@
+local meta, claims, pending, counters, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local key, depth, now = ARGV[1], ARGV[2], ARGV[3]
+local state = redis.call('HGET', meta, 'state')
+if not state then return 'unknown' end
+if state == 'cancelled' then return 'cancelled' end
+if redis.call('SISMEMBER', pending, key) == 1 then return 'pending' end
+local reason = redis.call('HGET', failures, key)
+if reason then
+  redis.call('HDEL', failures, key)
+  if redis.call('HINCRBY', counters, 'failed:' .. reason, -1) <= 0 then
+    redis.call('HDEL', counters, 'failed:' .. reason)
+  end
+end
+redis.call('HSET', claims, key, depth .. '|replay')
+redis.call('SADD', pending, key)
+redis.call('HINCRBY', counters, 'enqueued', 1)
+redis.call('HSET', meta, 'state', 'running', 'updated_at', now)
+return 'requeued'
