@@ -110,6 +110,11 @@ pub fn consumer_config(
         // pauses and resumes partitions, and each resume then stalled for the full second:
         // 4k messages/s instead of 65k in benches/consumer_loop.rs.
         .set("fetch.queue.backoff.ms", "50")
+        // A subscribed topic that does not exist yet (a pod started before the topics job
+        // finished, a 1,000-partition topic still being created) is looked up again on this
+        // period; librdkafka's default, 5 minutes, left a graph writer without its edges topic
+        // for that long in the chaos suite. A metadata request per 10 s is nothing to a broker.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         // Partition EOF events are noise for a service that runs forever.
         .set("enable.partition.eof", "false");
     config
