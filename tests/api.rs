@@ -1,19 +1,19 @@
 //! The HTTP API against real Redis and Kafka: crawls are created with their seeds
 //! enqueued, and every malformed request is refused with a JSON error and enqueues nothing.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{create_topic, eventually, message_count, unique};
 use serde_json::{Value, json};
+use support::{create_topic, eventually, message_count, unique};
 use tokio_util::sync::CancellationToken;
 
 /// An API on a random port with its own frontier topic; returns its base URL and topic.
 async fn start_api() -> (String, String, CancellationToken) {
     let topic = unique("api-frontier");
     create_topic(&topic, 3).await;
-    let (base, token) = common::start_api(&topic).await;
+    let (base, token) = support::start_api(&topic).await;
     (base, topic, token)
 }
 

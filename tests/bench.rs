@@ -2,12 +2,12 @@
 //! real binaries, and leaves a CSV, a Markdown table, three PNG plots and a report that parse
 //! and agree with each other. Speed is not asserted; only that the numbers are there.
 
-mod common;
+mod support;
 
 use std::path::Path;
 
 use bookworm::bench::report::{self, CSV_HEADER, READING_MARKER};
-use common::stack_env;
+use support::stack_env;
 
 fn column<'a>(header: &[&str], row: &'a [&'a str], name: &str) -> &'a str {
     let index = header

@@ -1,22 +1,21 @@
 //! The chaos suite (issue 7): crawls of a simulated catalogue with known truth while faults
 //! are injected into the real binaries and services, each ending with the invariant check of
-//! `chaos_support::check_invariant` — nothing reachable is lost, nothing is written twice,
+//! `support::chaos::check_invariant` — nothing reachable is lost, nothing is written twice,
 //! the counters equal the graph, and every offset is committed.
 //!
 //! `fast_*` scenarios touch only processes the test owns and run in parallel with other
 //! tests. `stops_*` scenarios stop a shared service of the stack: they are `#[ignore]` and
 //! run alone through `scripts/chaos.sh`.
 
-mod chaos_support;
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use chaos_support::{Deployment, Options, chaos_seed, check_invariant, stack};
-use common::wait_ok;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use support::chaos::{Deployment, Options, chaos_seed, check_invariant, stack};
+use support::wait_ok;
 
 /// Environment pairs from literals.
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -113,8 +112,8 @@ fn blackhole() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_a_dead_and_a_blackholed_proxy_lose_nothing() {
     let (hole, accepted) = blackhole();
-    let dead = format!("http://127.0.0.1:{}", common::free_port());
-    let squid = common::stack_env("PROXY_POOL")
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let squid = support::stack_env("PROXY_POOL")
         .split(',')
         .next()
         .expect("a squid")

@@ -5,7 +5,7 @@
 //! `--exact child_consumer_process` and `CONSUMER_CHILD=<role>`; that test does nothing when the
 //! variable is absent.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -20,7 +20,6 @@ use bookworm::consumer::{
 use bookworm::kafka::publish::Record;
 use bookworm::process::health::{HealthState, Liveness, Readiness};
 use bookworm::process::metrics::ConsumerMetrics;
-use common::{eventually, stack_env, unique};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -28,6 +27,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use support::{eventually, stack_env, unique};
 use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------------------------------------

@@ -2,16 +2,16 @@
 //! writer and the API) against the real Kafka, Redis, Neo4j and Squid proxies. A crawl ends
 //! `done`, and the graph is exactly the simulator's truth.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{
+use serde_json::{Value, json};
+use support::{
     Process, TestTopics, eventually, free_port, graph_edges, graph_nodes, neo4j, stack_env, unique,
     wait_ok,
 };
-use serde_json::{Value, json};
 
 /// Everything a crawl needs, started for one test and stopped when dropped.
 struct Deployment {

@@ -1,8 +1,7 @@
 //! The egress pool through the stack's three real Squid proxies (and its real Redis for the
 //! cluster limit), against a small recording stand-in for Open Library.
 
-mod common;
-mod egress_support;
+mod support;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,8 +11,8 @@ use bookworm::config::LimitScope;
 use bookworm::config::{EgressSpec, parse_proxy_pool};
 use bookworm::crawl::client::OpenLibraryClient;
 use bookworm::crawl::client::egress::limiter::Rate;
-use egress_support::{Behaviour, TestServer, client, pool_settings, redis, stack_proxies};
 use futures::StreamExt;
+use support::egress::{Behaviour, TestServer, client, pool_settings, redis, stack_proxies};
 
 /// Fast limits so a test sends many requests in seconds: 600/min = 10/s per egress, burst 5.
 fn test_rate() -> Rate {
@@ -68,7 +67,7 @@ async fn spreads_requests_evenly_over_the_three_proxies_within_the_limit() {
         proxies.0,
         rate,
         LimitScope::Cluster,
-        &common::unique("egress"),
+        &support::unique("egress"),
     );
     let (client, metrics) = client(&server, settings, Some(redis().await));
 
@@ -116,7 +115,7 @@ async fn two_pools_sharing_redis_stay_within_one_limit_per_egress() {
     })
     .await;
     let (proxies, _) = stack_proxies();
-    let prefix = common::unique("egress");
+    let prefix = support::unique("egress");
     let settings = pool_settings(proxies.0, rate, LimitScope::Cluster, &prefix);
     let (first, _) = client(&server, settings.clone(), Some(redis().await));
     let (second, _) = client(&server, settings, Some(redis().await));
@@ -190,7 +189,7 @@ async fn a_429_blocks_that_egress_and_the_request_succeeds_via_another() {
         proxies.0,
         test_rate(),
         LimitScope::Cluster,
-        &common::unique("egress"),
+        &support::unique("egress"),
     );
     settings.block_base = Duration::from_secs(30);
     let (client, metrics) = client(&server, settings, Some(redis().await));
@@ -272,7 +271,7 @@ async fn a_proxy_that_is_down_is_marked_down_and_no_request_fails() {
         egresses,
         test_rate(),
         LimitScope::Cluster,
-        &common::unique("egress"),
+        &support::unique("egress"),
     );
     let (client, metrics) = client(&server, settings, Some(redis().await));
 
@@ -309,11 +308,14 @@ async fn concurrent_429s_count_as_one_strike() {
         proxies.0,
         test_rate(),
         LimitScope::Local,
-        &common::unique("echo"),
+        &support::unique("echo"),
     );
-    let pool =
-        bookworm::crawl::client::egress::EgressPool::new(settings, None, egress_support::metrics())
-            .unwrap();
+    let pool = bookworm::crawl::client::egress::EgressPool::new(
+        settings,
+        None,
+        support::egress::metrics(),
+    )
+    .unwrap();
     let slot = pool.acquire().await.unwrap();
     let first = pool.block(&slot, None).await;
     let mut echoes = Vec::new();
@@ -356,7 +358,7 @@ async fn a_blackholed_proxy_is_blocked_after_a_timeout_and_no_request_fails() {
         egresses,
         test_rate(),
         LimitScope::Local,
-        &common::unique("egress"),
+        &support::unique("egress"),
     );
     settings.client.read_timeout = Duration::from_secs(1);
     settings.client.request_timeout = Duration::from_secs(2);

@@ -2,8 +2,7 @@
 //! origin, redirects, robots.txt, body cap, statuses, retries, and that keys which always
 //! fail cannot starve healthy ones.
 
-mod common;
-mod egress_support;
+mod support;
 
 use std::time::Instant;
 
@@ -13,10 +12,10 @@ use bookworm::crawl::client::egress::EgressPool;
 use bookworm::crawl::client::egress::limiter::Rate;
 use bookworm::crawl::client::{FetchError, OpenLibraryClient};
 use bookworm::message::FailureReason;
-use egress_support::{
+use futures::StreamExt;
+use support::egress::{
     Behaviour, TestServer, client, fetch_settings, metrics, pool_settings, redis, stack_proxies,
 };
-use futures::StreamExt;
 
 /// A direct, locally limited client with a generous rate: these tests are about rules.
 fn direct(server: &TestServer) -> OpenLibraryClient {
@@ -307,7 +306,7 @@ async fn keys_that_always_fail_do_not_starve_healthy_ones() {
     let (proxies, _) = stack_proxies();
     let healthy_only: Vec<String> = (0..140).map(|i| format!("/works/OL{i}W.json")).collect();
     // One prefix for both phases: the same three IPs, so the same shared limit.
-    let prefix = common::unique("egress");
+    let prefix = support::unique("egress");
     let settings = pool_settings(proxies.0.clone(), rate, LimitScope::Cluster, &prefix);
     let (baseline, _) = client(&server, settings, Some(redis().await));
     let (ok, failed, _, _, seconds) = run_mix(&baseline, healthy_only, 32).await;

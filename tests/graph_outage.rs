@@ -5,8 +5,7 @@
 //! `#[ignore]`d: run it alone (`cargo test --test graph_outage --
 //! --ignored`), it disturbs every other user of the stack.
 
-mod common;
-mod graph_common;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +18,8 @@ use bookworm::message::Label::{Author, Work};
 use bookworm::message::Rel;
 use bookworm::process::health::Readiness;
 use bookworm::process::metrics::GraphWriterMetrics;
-use common::eventually;
-use graph_common::{Keys, edge, neo4j_args, store};
+use support::eventually;
+use support::graph::{Keys, edge, neo4j_args, store};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -254,7 +253,7 @@ mod with_kafka {
     use serde_json::json;
 
     use super::*;
-    use crate::common::{stack_env, unique};
+    use crate::support::{stack_env, unique};
 
     const PARTITIONS: i32 = 3;
 

@@ -1,8 +1,7 @@
 //! The batch writer against the real Neo4j: merge semantics, idempotence, isolation of a row
 //! Neo4j refuses, and migrations run by several processes at once.
 
-mod common;
-mod graph_common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,9 +13,9 @@ use bookworm::message::{Label, Rel};
 use bookworm::process::health::Readiness;
 use bookworm::process::metrics::GraphWriterMetrics;
 use futures::future::join_all;
-use graph_common::{Keys, edge, node, store};
 use neo4rs::query;
 use serde_json::json;
+use support::graph::{Keys, edge, node, store};
 
 use Label::{Author, Edition, Subject, Work};
 

@@ -1,8 +1,7 @@
 //! The graph writer's handler: messages to rows, dead letters, and a stream drained from real
 //! Kafka into the real Neo4j through the consumer loop, replayed with no duplicates.
 
-mod common;
-mod graph_common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +18,11 @@ use bookworm::process::boot::loop_settings;
 use bookworm::process::health::{Liveness, Readiness};
 use bookworm::process::metrics::{ConsumerMetrics, GraphWriterMetrics};
 use clap::Parser;
-use common::{eventually, stack_env, unique};
-use graph_common::{Keys, store};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
+use support::graph::{Keys, store};
+use support::{eventually, stack_env, unique};
 use tokio_util::sync::CancellationToken;
 
 /// Topic names no other test uses.

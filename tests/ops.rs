@@ -1,8 +1,7 @@
 //! The operator commands (`bookworm seed`, `status`, `dlq list|replay`, `graph`) run as the
 //! real binary against a real API (in-process, on a random port), Kafka, Redis and Neo4j.
 
-mod common;
-mod graph_common;
+mod support;
 
 use std::process::Output;
 use std::time::Duration;
@@ -10,10 +9,10 @@ use std::time::Duration;
 use bookworm::crawl::store::{Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish};
 use bookworm::message::{CrawlJob, Failure, FailureReason, Label, Rel, VERSION};
 use chrono::Utc;
-use common::{TestTopics, eventually, message_count, stack_env, start_api, unique};
-use graph_common::{Keys, edge, node, store};
 use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
+use support::graph::{Keys, edge, node, store};
+use support::{TestTopics, eventually, message_count, stack_env, start_api, unique};
 
 /// Runs `bookworm args…` with `env` to completion (bounded) and returns its output.
 async fn bookworm(args: &[&str], env: &[(String, String)]) -> Output {

@@ -2,12 +2,12 @@
 //! Library's per-IP limit, through the three Squid proxies of the stack (each leaving from its
 //! own loopback address, so the simulator sees three client IPs).
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{Process, TestTopics, eventually, free_port, stack_env, unique, wait_ok};
 use serde_json::{Value, json};
+use support::{Process, TestTopics, eventually, free_port, stack_env, unique, wait_ok};
 
 /// Starts the simulator (Open Library's limit on) and two workers at `rate` per minute per
 /// egress; returns the simulator's URL, its id base and the processes.

@@ -1,7 +1,7 @@
 //! Proves the local stack: every real service the other tests stand on answers, and the
 //! egress proxies leave from their own loopback addresses.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -12,12 +12,12 @@ use axum::extract::ConnectInfo;
 use bookworm::config::{ConsumerArgs, KafkaArgs};
 use bookworm::kafka::{consumer_config, producer};
 use clap::Parser;
-use common::{eventually, stack_env, unique};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use support::{eventually, stack_env, unique};
 
 #[derive(Parser)]
 struct Args {

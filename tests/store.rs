@@ -1,11 +1,11 @@
 //! The crawl store against the real Redis: dedupe by shortest path, redelivery-safe
 //! counters, and the end of a crawl.
 
-mod common;
+mod support;
 
 use bookworm::crawl::store::{Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish};
 use bookworm::message::{FailureReason, Label};
-use common::{stack_env, unique};
+use support::{stack_env, unique};
 
 async fn store_with_crawl(seeds: &[&str], max_nodes: usize) -> (CrawlStore, String) {
     let store = CrawlStore::connect(&stack_env("REDIS_URL"))

@@ -1,7 +1,6 @@
 //! The chaos suite's deployment and invariant: the real binaries as separate processes
 //! (simulator, workers, graph writer, API) that a scenario can kill, freeze, scale and
 //! restart, and the check every scenario ends with — nothing reachable is lost.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{
+use super::{
     Process, TestTopics, eventually, free_port, graph_edges, graph_nodes, neo4j, stack_env, unique,
     wait_ok,
 };

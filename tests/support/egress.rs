@@ -2,7 +2,6 @@
 //! replace it): it records every request with the client's peer IP, can enforce a per-IP
 //! limit like Open Library's nginx (429 JSON, no Retry-After), and answers the faults the
 //! client must handle: 429/503/5xx, redirects, oversized bodies.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

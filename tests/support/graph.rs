@@ -1,6 +1,5 @@
 //! Helpers for the graph tests: a store on the stack's Neo4j, keys unique to one test, a
 //! normalised snapshot of the part of the graph a test wrote, and clean-up.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use bookworm::message::{Label, Rel};
 use neo4rs::query;
 use serde_json::Value;
 
-use crate::common::{stack_env, unique};
+use super::{stack_env, unique};
 
 /// Neo4j settings of the local stack.
 pub fn neo4j_args() -> Neo4jArgs {

@@ -2,6 +2,10 @@
 //! with a deadline instead of sleeping.
 #![allow(dead_code)]
 
+pub mod chaos;
+pub mod egress;
+pub mod graph;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
