@@ -67,7 +67,7 @@ write_config() {
   mkdir -p "$STATE"
   # crun (podman's default) fails on these machines: the cgroups are in hybrid mode and
   # setting rlimits is refused. runc with cgroupfs and no default ulimits runs.
-  cat > "$STATE/containers.conf.tmp" <<'EOF'
+  cat > "$STATE/containers.conf.$$" <<'EOF'
 # Written by scripts/image.sh: podman on a machine without systemd or a usable crun.
 [containers]
 default_ulimits = []
@@ -78,15 +78,16 @@ events_logger = "file"
 runtime = "runc"
 EOF
   # vfs: no overlay mounts (which need kernel support or fuse-overlayfs); slower, always works.
-  cat > "$STATE/storage.conf.tmp" <<EOF
+  cat > "$STATE/storage.conf.$$" <<EOF
 # Written by scripts/image.sh.
 [storage]
 driver = "vfs"
 runroot = "$(storage_path runroot)"
 graphroot = "$(storage_path graphroot)"
 EOF
-  mv "$STATE/containers.conf.tmp" "$STATE/containers.conf"
-  mv "$STATE/storage.conf.tmp" "$STATE/storage.conf"
+  # Renamed into place: other runs (parallel tests) may be reading or writing them too.
+  mv "$STATE/containers.conf.$$" "$STATE/containers.conf"
+  mv "$STATE/storage.conf.$$" "$STATE/storage.conf"
   export CONTAINERS_CONF=$STATE/containers.conf CONTAINERS_STORAGE_CONF=$STATE/storage.conf
 }
 
@@ -198,6 +199,9 @@ prune_rootfs() {
 cmd_base() {
   local base
   base=$BASE_NAME:$(base_tag)
+  # One build of a base at a time (tests may build images in parallel).
+  exec 9>"$STATE/base.lock"
+  flock 9
   if [[ ${REBUILD_BASE:-0} != 1 ]] && podman image exists "$base"; then
     say "base $base (cached)"
   else
