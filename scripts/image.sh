@@ -41,6 +41,11 @@ BASE_PACKAGES=(libc6 libgcc-s1 zlib1g ca-certificates)
 BASE_NAME=relentless-bookworm-base
 NONROOT_UID=65532
 
+# Scratch space of this run (the base's root file system, the build context), removed at exit.
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/bookworm-image.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+scratch() { mkdir -p "$WORK/$1" && echo "$WORK/$1"; }
+
 say() { printf '[image] %s\n' "$*" >&2; }
 die() { printf '[image] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -122,9 +127,7 @@ base_tag() {
 
 build_base() {
   local base=$1 work rootfs sources
-  work=$(mktemp -d "${TMPDIR:-/tmp}/bookworm-base.XXXXXX")
-  # shellcheck disable=SC2064
-  trap "rm -rf '$work'" RETURN
+  work=$(scratch base)
   rootfs=$work/rootfs
   # The host's apt sources (its mirror and signing keys); deb.debian.org where it has none.
   sources=/etc/apt/sources.list.d/debian.sources
@@ -208,6 +211,9 @@ cmd_base() {
     local start=$SECONDS
     build_base "$base"
     say "base $base built in $((SECONDS - start))s"
+    # Bases of older recipes, unless an image still stands on them (vfs stores full copies).
+    podman images --format '{{.Repository}}:{{.Tag}}' | grep "^localhost/$BASE_NAME:" |
+      grep -v ":${base#*:}\$" | xargs -r podman rmi >/dev/null 2>&1 || true
   fi
   echo "$base"
 }
@@ -228,12 +234,10 @@ bin_dir() {
 }
 
 cmd_build() {
-  local base bins context version revision source start=$SECONDS bin size
+  local base bins context version revision source start=$SECONDS bin size old
   base=$(cmd_base)
   bins=$(bin_dir)
-  context=$(mktemp -d "${TMPDIR:-/tmp}/bookworm-image.XXXXXX")
-  # shellcheck disable=SC2064
-  trap "rm -rf '$context'" EXIT
+  context=$(scratch context)
   mkdir -p "$context/bin"
   for bin in worker graph-writer bookworm; do
     [[ -x $bins/$bin ]] || die "$bins/$bin: not built"
@@ -245,12 +249,23 @@ cmd_build() {
   revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
   source=${IMAGE_SOURCE:-$(git -C "$ROOT" remote get-url origin 2>/dev/null || echo "file://$ROOT")}
   say "podman build $IMAGE from $bins on $base"
-  podman build --quiet --pull=never \
+  old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+  # --layers=false: no intermediate images (vfs stores each as a full copy of the tree).
+  podman build --quiet --pull=never --layers=false \
     --build-arg "BASE=$base" \
     --build-arg "VERSION=$version" \
     --build-arg "REVISION=$revision" \
     --build-arg "SOURCE=$source" \
     -t "$IMAGE" -f "$context/Containerfile" "$context" >/dev/null
+  # Each binary starts in it, as it will run: read-only, the image's user, no network.
+  for bin in worker graph-writer bookworm; do
+    podman run --rm --read-only --network none --entrypoint "/usr/local/bin/$bin" "$IMAGE" --help >/dev/null ||
+      die "$bin does not start in $IMAGE"
+  done
+  # The image this tag named before, now untagged (it fails, harmlessly, if still in use).
+  if [[ -n $old && $old != $(podman image inspect --format '{{.Id}}' "$IMAGE") ]]; then
+    podman rmi "$old" >/dev/null 2>&1 || true
+  fi
   size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
   say "built $IMAGE in $((SECONDS - start))s: $((size / 1024 / 1024)) MiB ($size bytes)"
   echo "$IMAGE"

@@ -342,7 +342,11 @@ fn the_image_is_non_root_labelled_and_has_no_shell_or_package_manager() {
     // A bad setting: exit 2 and a message naming it, as on the host.
     let bad = [("MAX_DEPTH".to_owned(), "abc".to_owned())];
     for entrypoint in [Some("/usr/local/bin/worker"), None] {
-        let cmd: &[&str] = if entrypoint.is_none() { &["serve"] } else { &[] };
+        let cmd: &[&str] = if entrypoint.is_none() {
+            &["serve"]
+        } else {
+            &[]
+        };
         let out = image.run(entrypoint, &bad, cmd);
         assert_eq!(out.status.code(), Some(2), "MAX_DEPTH=abc: {out:?}");
         assert!(text(&out.stderr).contains("MAX_DEPTH"), "{out:?}");
@@ -524,7 +528,14 @@ async fn a_crawl_through_the_containers_builds_exactly_the_reachable_graph() {
     let out = image.run(
         None,
         &env,
-        &["topics", "create", "--partitions", "4", "--replication", "1"],
+        &[
+            "topics",
+            "create",
+            "--partitions",
+            "4",
+            "--replication",
+            "1",
+        ],
     );
     assert!(out.status.success(), "topics create: {out:?}");
 
@@ -568,12 +579,7 @@ async fn a_crawl_through_the_containers_builds_exactly_the_reachable_graph() {
         ]
         .map(|(k, v)| (k.to_owned(), v)),
     );
-    names.push(image.start(
-        "worker",
-        Some("/usr/local/bin/worker"),
-        &worker_env,
-        &[],
-    ));
+    names.push(image.start("worker", Some("/usr/local/bin/worker"), &worker_env, &[]));
     let mut writer_env = env.clone();
     writer_env.extend(
         [
@@ -611,7 +617,12 @@ async fn a_crawl_through_the_containers_builds_exactly_the_reachable_graph() {
             row.split_whitespace().eq(["nonroot", "65532"]),
             "{name} runs as {top}"
         );
-        let read_only = image.podman_ok(&["inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", name]);
+        let read_only = image.podman_ok(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.ReadonlyRootfs}}",
+            name,
+        ]);
         assert_eq!(read_only.trim(), "true", "{name}");
     }
 
@@ -685,7 +696,11 @@ async fn a_crawl_through_the_containers_builds_exactly_the_reachable_graph() {
             )
         })
         .collect();
-    assert!(truth_nodes.len() > 20, "a real graph: {}", truth_nodes.len());
+    assert!(
+        truth_nodes.len() > 20,
+        "a real graph: {}",
+        truth_nodes.len()
+    );
 
     // The graph writer lags the crawl: wait until every relationship is written.
     let graph = neo4j().await;
@@ -716,14 +731,20 @@ async fn a_crawl_through_the_containers_builds_exactly_the_reachable_graph() {
         .filter(|(_, (_, stub))| *stub)
         .map(|(k, _)| k.clone())
         .collect();
-    assert_eq!(full, truth_nodes, "fetched nodes differ from the reachable set");
+    assert_eq!(
+        full, truth_nodes,
+        "fetched nodes differ from the reachable set"
+    );
     assert_eq!(stubs, truth_stubs, "stubs differ from the depth edge");
     assert_eq!(
         edges.keys().cloned().collect::<BTreeSet<_>>(),
         truth_edges,
         "relationships differ"
     );
-    assert!(edges.values().all(|n| *n == 1), "a relationship written twice");
+    assert!(
+        edges.values().all(|n| *n == 1),
+        "a relationship written twice"
+    );
     let counters = &status["counters"];
     assert_eq!(counters["fetched"], truth_nodes.len(), "{status}");
     assert_eq!(counters["edges"], truth_edges.len(), "{status}");
