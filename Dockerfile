@@ -1,11 +1,16 @@
 # syntax=docker/dockerfile:1
 # One image with the three binaries of Relentless Bookworm: worker, graph-writer, bookworm.
 #
-#   docker build -t relentless-bookworm:dev .
-#   docker run --rm relentless-bookworm:dev bookworm --help
+#   docker build -t relentless-bookworm:dev \
+#     --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
+#     --build-arg SOURCE=https://your.git.host/relentless-bookworm .
+#   docker run --rm relentless-bookworm:dev --help          (the entrypoint is bookworm)
 #
 # Kubernetes runs each binary by its `command` (/usr/local/bin/<name>); the image runs as
 # uid 65532 and writes nothing outside /tmp, so a read-only root file system works.
+# Without a registry (or a Rust toolchain in containers), scripts/image.sh builds the same
+# runtime from host-built binaries with Containerfile.runtime: keep the two runtime stages
+# equal (tests/image.rs compares them).
 
 # ---- build: the official Rust image (Debian 12), same glibc as the runtime ----------------
 FROM rust:1-bookworm AS build
@@ -36,10 +41,22 @@ RUN multiarch=$(gcc -print-multiarch) \
 # check-deploy: runtime-packages libc6 libgcc-s1 libgomp1 libstdc++6 libssl3 ca-certificates
 # check-deploy: copied-libs libz.so.1
 FROM gcr.io/distroless/cc-debian12:nonroot
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="relentless-bookworm" \
+      org.opencontainers.image.description="A distributed, polite crawler of the Open Library API that builds a Neo4j graph" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
 COPY --from=build /out/ /
 # distroless "nonroot": uid/gid 65532, no shell, no package manager.
 USER 65532:65532
 ENV PATH=/usr/local/bin \
     LOG_FORMAT=json
 EXPOSE 8080 9101 9102
-CMD ["bookworm", "--help"]
+# `bookworm` runs by default (serve, sim, topics, crawl...); the worker and the graph writer
+# replace the entrypoint (compose `entrypoint:`, Kubernetes `command:`).
+ENTRYPOINT ["/usr/local/bin/bookworm"]
+CMD ["--help"]

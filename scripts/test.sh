@@ -15,10 +15,16 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup
 cargo fmt --version >/dev/null && cargo clippy --version >/dev/null
 
 # Graphviz lets the `bookworm graph` test check its DOT output with `dot` itself; the bench
-# test draws its plots with DejaVu Sans.
+# test draws its plots with DejaVu Sans; the image test builds and runs the container image
+# with podman (runc as its runtime: crun fails on these machines), its base made from
+# Debian's packages by mmdebstrap (see scripts/image.sh).
 missing=()
 command -v dot >/dev/null || missing+=(graphviz)
 [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+command -v newuidmap >/dev/null || missing+=(uidmap)
 if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
