@@ -17,7 +17,7 @@
 #   PROFILE          cargo profile of the binaries (default release)
 #   BOOKWORM_BIN_DIR take worker, graph-writer and bookworm from here instead of running
 #                    cargo (the image test passes the binaries cargo test built)
-#   IMAGE_SOURCE     org.opencontainers.image.source (default: the git remote, or the checkout)
+#   IMAGE_SOURCE     org.opencontainers.image.source (default: the git remote, else Cargo.toml's repository)
 #   REBUILD_BASE=1   make the base again even if one with the same recipe exists (security
 #                    updates of the Debian packages)
 #
@@ -247,7 +247,9 @@ cmd_build() {
   cp "$ROOT/Containerfile.runtime" "$context/Containerfile"
   version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n1)
   revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
-  source=${IMAGE_SOURCE:-$(git -C "$ROOT" remote get-url origin 2>/dev/null || echo "file://$ROOT")}
+  source=${IMAGE_SOURCE:-$(git -C "$ROOT" remote get-url origin 2>/dev/null ||
+    sed -n 's/^repository = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml")}
+  source=${source:-file://$ROOT}
   say "podman build $IMAGE from $bins on $base"
   old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   # --layers=false: no intermediate images (vfs stores each as a full copy of the tree).
