@@ -11,27 +11,23 @@
 //!                         [results]+[edges] ─▶ graph-writer ×M ─▶ Neo4j
 //! ```
 //!
-//! Layout, in data-flow order (consume → crawl → publish → write):
-//! - [`config`]: every setting, as a clap flag with an environment variable of the same name.
-//! - [`message`]: the JSON messages on the topics.
-//! - [`kafka`]: clients configured for at-least-once delivery; topic creation.
-//! - [`consumer`]: the consumer loop shared by the worker and the graph writer, built on
-//!   [`commit`] (in-order commit tracking, a pure state machine) and [`publish`]
-//!   (acknowledged, bounded publishing).
-//! - [`store`]: per-crawl dedupe by shortest path, progress counters and state in Redis.
-//! - [`crawl`], [`crawl_limits`]: the crawl rules; [`openlibrary`]: Open Library's JSON
-//!   shapes parsed into node properties and links.
-//! - [`fetch`], [`egress`], [`robots`]: the polite Open Library client, its egress pool with
-//!   per-IP rate limits, and robots.txt.
-//! - [`worker`]: the worker's handler and start-up.
-//! - [`graph`], [`migrate`], [`graph_writer`]: batched, idempotent Neo4j writes, the graph's
-//!   schema, and the graph writer's handler and start-up.
-//! - [`api`]: the HTTP API that creates, watches and cancels crawls; [`summary`]: what a
-//!   crawl left behind.
-//! - [`metrics`], [`health`], [`telemetry`], [`shutdown`], [`runtime`]: what an operator
-//!   sees, how a process starts, and how it stops.
+//! Layout: the folders are the data flow, and dependencies point one way (binaries →
+//! services → pipeline → consumer → kafka → message; `tests/layout.rs` checks it):
+//! - [`config`]: every setting, as a clap flag with an environment variable of the same name,
+//!   and every value parser; a leaf that imports nothing else of the crate.
+//! - [`message`]: the JSON messages on the topics, the only thing the two pipelines share.
+//! - [`kafka`]: clients configured for at-least-once delivery, acknowledged publishing,
+//!   topic admin.
+//! - [`consumer`]: the consumer loop shared by the worker and the graph writer, split by role,
+//!   with the pure in-order commit tracker.
+//! - [`crawl`]: the crawl pipeline (the worker): start-up, handler, crawl rules, the Redis crawl
+//!   state, the polite Open Library client and the response parsers.
+//! - [`graph`]: the graph pipeline (the graph writer): start-up, handler, rows, Cypher, batcher,
+//!   the Neo4j store and migrations. It never uses [`crawl`], nor [`crawl`] it.
+//! - [`api`]: the HTTP API, the third service.
+//! - [`ops`]: the operator commands of `bookworm`.
+//! - [`process`]: how a process starts and stops and what an operator sees of it.
 //! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
-//! - [`ops`]: the operator commands (`bookworm seed`, `status`, `dlq`, `graph`).
 //! - [`bench`]: `bookworm bench`, the end-to-end capacity benchmark behind `docs/performance.md`.
 
 pub mod api;
