@@ -4,13 +4,13 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{
-    Process, TestTopics, eventually, free_port, graph_edges, graph_nodes, neo4j, stack_env, unique,
-    wait_ok,
+    Process, TestTopics, assert_graph_is_exactly, eventually, free_port, fresh_id_base,
+    reachable_truth, stack_env, unique, wait_ok,
 };
 
 /// Everything a crawl needs, started for one test and stopped when dropped.
@@ -19,16 +19,6 @@ struct Deployment {
     api_url: String,
     worker_metrics: Vec<String>,
     _processes: Vec<Process>,
-}
-
-/// An id base no earlier run used, so this run's keys are its own in the shared Neo4j.
-fn fresh_id_base() -> u64 {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default();
-    // Open Library ids are up to eight digits; ours sit far above them.
-    1_000_000_000 + (micros % 1_000_000_000) * 1000
 }
 
 async fn deploy(topics: &TestTopics, id_base: u64, workers: usize) -> Deployment {
@@ -178,99 +168,32 @@ async fn a_crawl_to_depth_two_builds_exactly_the_reachable_graph() {
     })
     .await;
 
-    let truth: Value = client
-        .get(format!(
-            "{}/_sim/reachable?seed={}&seed=search:{}&depth=2",
-            deployment.sim_url,
-            seed_work,
-            url::form_urlencoded::byte_serialize(search.as_bytes()).collect::<String>()
-        ))
-        .send()
-        .await
-        .expect("truth")
-        .json()
-        .await
-        .expect("json");
-    let truth_nodes: BTreeMap<String, String> =
-        serde_json::from_value(truth["nodes"].clone()).expect("truth nodes");
-    let truth_stubs: BTreeSet<String> =
-        serde_json::from_value(truth["stubs"].clone()).expect("truth stubs");
-    let truth_edges: BTreeSet<String> = truth["edges"]
-        .as_array()
-        .expect("truth edges")
-        .iter()
-        .map(|e| {
-            format!(
-                "{}|{}|{}",
-                e["from"].as_str().unwrap_or(""),
-                e["rel"].as_str().unwrap_or(""),
-                e["to"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
-    assert!(
-        truth_nodes.len() > 20,
-        "the crawl should reach a real graph: {}",
-        truth_nodes.len()
-    );
-
-    // The graph writer lags the crawl: wait until every relationship is written.
-    let graph = neo4j().await;
-    let (want_edges, want_nodes) = (truth_edges.len(), truth_nodes.len());
-    let edges = eventually(
-        "the graph writer to catch up",
-        Duration::from_secs(120),
-        || {
-            let graph = graph.clone();
-            let crawl_id = crawl_id.clone();
-            async move {
-                let edges = graph_edges(&graph, &crawl_id).await;
-                let nodes = graph_nodes(&graph, &crawl_id).await;
-                let full = nodes.values().filter(|(_, stub)| !stub).count();
-                (edges.len() >= want_edges && full >= want_nodes).then_some(edges)
-            }
-        },
+    let truth = reachable_truth(
+        &deployment.sim_url,
+        &[&seed_work, &format!("search:{search}")],
+        2,
     )
     .await;
-    let nodes = graph_nodes(&graph, &crawl_id).await;
-
-    let full: BTreeMap<String, String> = nodes
-        .iter()
-        .filter(|(_, (_, stub))| !stub)
-        .map(|(k, (label, _))| (k.clone(), label.clone()))
-        .collect();
-    let stubs: BTreeSet<String> = nodes
-        .iter()
-        .filter(|(_, (_, stub))| *stub)
-        .map(|(k, _)| k.clone())
-        .collect();
-    assert_eq!(
-        full, truth_nodes,
-        "fetched nodes differ from the reachable set"
-    );
-    assert_eq!(stubs, truth_stubs, "stubs differ from the depth edge");
-    assert_eq!(
-        edges.keys().cloned().collect::<BTreeSet<_>>(),
-        truth_edges,
-        "relationships differ"
-    );
     assert!(
-        edges.values().all(|n| *n == 1),
-        "a relationship was written twice"
+        truth.nodes.len() > 20,
+        "the crawl should reach a real graph: {}",
+        truth.nodes.len()
     );
+    assert_graph_is_exactly(&truth, &crawl_id).await;
 
     let counters = &status["counters"];
-    assert_eq!(counters["fetched"], truth_nodes.len(), "{status}");
-    assert_eq!(counters["edges"], truth_edges.len(), "{status}");
+    assert_eq!(counters["fetched"], truth.nodes.len(), "{status}");
+    assert_eq!(counters["edges"], truth.edges.len(), "{status}");
     assert_eq!(counters["in_flight"], 0, "{status}");
     let mut by_label: BTreeMap<String, u64> = BTreeMap::new();
-    for label in truth_nodes.values() {
+    for label in truth.nodes.values() {
         *by_label.entry(label.clone()).or_default() += 1;
     }
     let counted: BTreeMap<String, u64> =
         serde_json::from_value(counters["nodes"].clone()).expect("nodes by label");
     assert_eq!(counted, by_label, "{status}");
-    let failed_keys = truth["outcomes"]
+    let failed_keys = truth
+        .outcomes
         .as_object()
         .expect("outcomes")
         .values()

@@ -6,15 +6,19 @@
 //! Self-contained on purpose: its helpers are small copies of tests/common's, so the image
 //! test depends on nothing but the binaries, the stack and podman.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::{
+    assert_graph_is_exactly, eventually, free_port, fresh_id_base, reachable_truth, stack_env,
+    unique, wait_ok,
+};
+
+mod support;
 
 /// Where the three binaries are: cargo builds them next to each other for integration tests.
 fn bin_dir() -> PathBuf {
@@ -26,76 +30,6 @@ fn bin_dir() -> PathBuf {
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A name no other test (in this run or an earlier one) uses: tags, containers, topics.
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or_default();
-    format!("{prefix}-{}-{stamp}-{n}", std::process::id())
-}
-
-/// An address set by `scripts/stack.sh env`, or the stack's default.
-fn stack_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        match name {
-            "KAFKA_BROKERS" => "127.0.0.1:9092",
-            "NEO4J_URI" => "bolt://127.0.0.1:7687",
-            "NEO4J_USER" => "neo4j",
-            "NEO4J_PASSWORD" => "bookworm-local",
-            "REDIS_URL" => "redis://127.0.0.1:6379",
-            "PROXY_POOL" => "http://127.0.0.1:3128,http://127.0.0.1:3129,http://127.0.0.1:3130",
-            other => panic!("no stack default for {other}"),
-        }
-        .to_owned()
-    })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
-async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls `url` until it answers 2xx.
-async fn wait_ok(url: &str, deadline: Duration) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("client");
-    eventually(&format!("{url} answering"), deadline, || {
-        let client = client.clone();
-        let url = url.to_owned();
-        async move {
-            let response = client.get(&url).send().await.ok()?;
-            response.status().is_success().then_some(())
-        }
-    })
-    .await;
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -428,72 +362,6 @@ fn runtime_settings(path: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// An id base no earlier run used, so this run's keys are its own in the shared Neo4j.
-fn fresh_id_base() -> u64 {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default();
-    2_000_000_000 + (micros % 1_000_000_000) * 1000
-}
-
-async fn neo4j() -> neo4rs::Graph {
-    neo4rs::Graph::new(
-        stack_env("NEO4J_URI"),
-        stack_env("NEO4J_USER"),
-        stack_env("NEO4J_PASSWORD"),
-    )
-    .await
-    .expect("neo4j reachable")
-}
-
-/// The crawl's nodes: key → (label, stub).
-async fn graph_nodes(graph: &neo4rs::Graph, crawl_id: &str) -> BTreeMap<String, (String, bool)> {
-    let mut rows = graph
-        .execute(
-            neo4rs::query(
-                "MATCH (n) WHERE $crawl IN n.crawls \
-                 RETURN n.key AS key, labels(n)[0] AS label, coalesce(n.stub, false) AS stub",
-            )
-            .param("crawl", crawl_id),
-        )
-        .await
-        .expect("query nodes");
-    let mut nodes = BTreeMap::new();
-    while let Some(row) = rows.next().await.expect("row") {
-        nodes.insert(
-            row.get::<String>("key").expect("key"),
-            (
-                row.get("label").expect("label"),
-                row.get("stub").expect("stub"),
-            ),
-        );
-    }
-    nodes
-}
-
-/// The crawl's relationships as `from|REL|to`, with their multiplicity.
-async fn graph_edges(graph: &neo4rs::Graph, crawl_id: &str) -> BTreeMap<String, i64> {
-    let mut rows = graph
-        .execute(
-            neo4rs::query(
-                "MATCH (a)-[r]->(b) WHERE $crawl IN r.crawls \
-                 RETURN a.key + '|' + type(r) + '|' + b.key AS edge, count(*) AS n",
-            )
-            .param("crawl", crawl_id),
-        )
-        .await
-        .expect("query edges");
-    let mut edges = BTreeMap::new();
-    while let Some(row) = rows.next().await.expect("row") {
-        edges.insert(
-            row.get::<String>("edge").expect("edge"),
-            row.get::<i64>("n").expect("n"),
-        );
-    }
-    edges
-}
-
 /// The simulator, the topics, a worker, the graph writer and `bookworm serve`, each a
 /// container of the image (read-only root file system, uid 65532, the host's network),
 /// against the local Kafka, Redis, Neo4j and Squid: a crawl to depth 2 ends `done` and
@@ -668,85 +536,15 @@ async fn a_crawl_through_the_containers_builds_exactly_the_reachable_graph() {
     })
     .await;
 
-    let truth: Value = client
-        .get(format!(
-            "{sim_url}/_sim/reachable?seed={seed_work}&seed=search:{}&depth=2",
-            url::form_urlencoded::byte_serialize(search.as_bytes()).collect::<String>()
-        ))
-        .send()
-        .await
-        .expect("truth")
-        .json()
-        .await
-        .expect("json");
-    let truth_nodes: BTreeMap<String, String> =
-        serde_json::from_value(truth["nodes"].clone()).expect("truth nodes");
-    let truth_stubs: BTreeSet<String> =
-        serde_json::from_value(truth["stubs"].clone()).expect("truth stubs");
-    let truth_edges: BTreeSet<String> = truth["edges"]
-        .as_array()
-        .expect("truth edges")
-        .iter()
-        .map(|e| {
-            format!(
-                "{}|{}|{}",
-                e["from"].as_str().unwrap_or(""),
-                e["rel"].as_str().unwrap_or(""),
-                e["to"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    let truth = reachable_truth(&sim_url, &[&seed_work, &format!("search:{search}")], 2).await;
     assert!(
-        truth_nodes.len() > 20,
+        truth.nodes.len() > 20,
         "a real graph: {}",
-        truth_nodes.len()
+        truth.nodes.len()
     );
-
-    // The graph writer lags the crawl: wait until every relationship is written.
-    let graph = neo4j().await;
-    let (want_edges, want_nodes) = (truth_edges.len(), truth_nodes.len());
-    let edges = eventually(
-        "the graph writer to catch up",
-        Duration::from_secs(120),
-        || {
-            let graph = graph.clone();
-            let crawl_id = crawl_id.clone();
-            async move {
-                let edges = graph_edges(&graph, &crawl_id).await;
-                let nodes = graph_nodes(&graph, &crawl_id).await;
-                let full = nodes.values().filter(|(_, stub)| !stub).count();
-                (edges.len() >= want_edges && full >= want_nodes).then_some(edges)
-            }
-        },
-    )
-    .await;
-    let nodes = graph_nodes(&graph, &crawl_id).await;
-    let full: BTreeMap<String, String> = nodes
-        .iter()
-        .filter(|(_, (_, stub))| !stub)
-        .map(|(k, (label, _))| (k.clone(), label.clone()))
-        .collect();
-    let stubs: BTreeSet<String> = nodes
-        .iter()
-        .filter(|(_, (_, stub))| *stub)
-        .map(|(k, _)| k.clone())
-        .collect();
-    assert_eq!(
-        full, truth_nodes,
-        "fetched nodes differ from the reachable set"
-    );
-    assert_eq!(stubs, truth_stubs, "stubs differ from the depth edge");
-    assert_eq!(
-        edges.keys().cloned().collect::<BTreeSet<_>>(),
-        truth_edges,
-        "relationships differ"
-    );
-    assert!(
-        edges.values().all(|n| *n == 1),
-        "a relationship written twice"
-    );
+    assert_graph_is_exactly(&truth, &crawl_id).await;
     let counters = &status["counters"];
-    assert_eq!(counters["fetched"], truth_nodes.len(), "{status}");
-    assert_eq!(counters["edges"], truth_edges.len(), "{status}");
+    assert_eq!(counters["fetched"], truth.nodes.len(), "{status}");
+    assert_eq!(counters["edges"], truth.edges.len(), "{status}");
     assert_eq!(counters["in_flight"], 0, "{status}");
 }

@@ -142,9 +142,6 @@ impl Topics {
     }
 }
 
-/// How often the crawl's status and the processes are polled: fine enough that a point's
-/// times are exact to a tenth of a second, coarse enough to cost the API nothing.
-
 pub(super) async fn create_topics(
     ctx: &PointContext<'_>,
     topics: &Topics,

@@ -3,6 +3,8 @@
 
 use super::*;
 
+/// How often the crawl's status and the processes are polled: fine enough that a point's
+/// times are exact to a tenth of a second, coarse enough to cost the API nothing.
 pub(super) const POLL: Duration = Duration::from_millis(100);
 /// Bound on the processes becoming ready (a worker joins its group and gets partitions).
 pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(120);

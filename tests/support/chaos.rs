@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{
-    Process, TestTopics, eventually, free_port, graph_edges, graph_nodes, neo4j, stack_env, unique,
-    wait_ok,
+    Process, TestTopics, eventually, free_port, fresh_id_base, graph_edges, graph_nodes, neo4j,
+    stack_env, unique, wait_ok,
 };
 
 /// Works, authors and subjects of the simulated catalogue (the e2e test's size: crawls of a
@@ -24,15 +24,6 @@ const CATALOGUE: [(&str, &str); 3] = [
 /// How long a crawl may take under faults before the scenario fails (a stuck crawl is the
 /// failure this suite exists to catch, so the bound is generous but finite).
 pub const CRAWL_DEADLINE: Duration = Duration::from_secs(300);
-
-/// An id base no earlier run used, so this run's keys are its own in the shared Neo4j.
-pub fn fresh_id_base() -> u64 {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default();
-    1_000_000_000 + (micros % 1_000_000_000) * 1000
-}
 
 /// The seed of a scenario's random choices: `CHAOS_SEED` to replay a run, else the clock
 /// (printed, so a failure can be replayed).

@@ -374,3 +374,109 @@ pub async fn wait_ok(url: &str, deadline: Duration) {
     })
     .await;
 }
+
+/// An id base no earlier run used, so this run's keys are its own in the shared Neo4j.
+pub fn fresh_id_base() -> u64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default();
+    // Open Library ids are up to eight digits; ours sit far above them.
+    1_000_000_000 + (micros % 1_000_000_000) * 1000
+}
+
+/// What a crawl must find, as the simulator computes it (`/_sim/reachable`): fetched nodes
+/// (key → label), stubs, and relationships as `from|REL|to`.
+pub struct Truth {
+    pub nodes: std::collections::BTreeMap<String, String>,
+    pub stubs: std::collections::BTreeSet<String>,
+    pub edges: std::collections::BTreeSet<String>,
+    /// Each key's outcome (`node`, `search`, or the failure it ends in).
+    pub outcomes: serde_json::Value,
+}
+
+/// The truth of a crawl of `seeds` to `depth`, from the simulator at `sim_url`.
+pub async fn reachable_truth(sim_url: &str, seeds: &[&str], depth: u32) -> Truth {
+    let query: String = seeds
+        .iter()
+        .map(|seed| {
+            let seed: String = url::form_urlencoded::byte_serialize(seed.as_bytes()).collect();
+            format!("seed={seed}&")
+        })
+        .collect();
+    let truth: serde_json::Value =
+        reqwest::get(format!("{sim_url}/_sim/reachable?{query}depth={depth}"))
+            .await
+            .expect("truth")
+            .json()
+            .await
+            .expect("json");
+    let edges = truth["edges"]
+        .as_array()
+        .expect("truth edges")
+        .iter()
+        .map(|e| {
+            format!(
+                "{}|{}|{}",
+                e["from"].as_str().unwrap_or(""),
+                e["rel"].as_str().unwrap_or(""),
+                e["to"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    Truth {
+        nodes: serde_json::from_value(truth["nodes"].clone()).expect("truth nodes"),
+        stubs: serde_json::from_value(truth["stubs"].clone()).expect("truth stubs"),
+        edges,
+        outcomes: truth["outcomes"].clone(),
+    }
+}
+
+/// Waits until the graph writer caught up with the crawl, then asserts that Neo4j holds
+/// exactly `truth` for it: the fetched nodes with their labels, the stubs, and every
+/// relationship once.
+pub async fn assert_graph_is_exactly(truth: &Truth, crawl_id: &str) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let graph = neo4j().await;
+    let (want_edges, want_nodes) = (truth.edges.len(), truth.nodes.len());
+    let edges = eventually(
+        "the graph writer to catch up",
+        Duration::from_secs(120),
+        || {
+            let graph = graph.clone();
+            let crawl_id = crawl_id.to_owned();
+            async move {
+                let edges = graph_edges(&graph, &crawl_id).await;
+                let nodes = graph_nodes(&graph, &crawl_id).await;
+                let full = nodes.values().filter(|(_, stub)| !stub).count();
+                (edges.len() >= want_edges && full >= want_nodes).then_some(edges)
+            }
+        },
+    )
+    .await;
+    let nodes = graph_nodes(&graph, crawl_id).await;
+    let full: BTreeMap<String, String> = nodes
+        .iter()
+        .filter(|(_, (_, stub))| !stub)
+        .map(|(k, (label, _))| (k.clone(), label.clone()))
+        .collect();
+    let stubs: BTreeSet<String> = nodes
+        .iter()
+        .filter(|(_, (_, stub))| *stub)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(
+        full, truth.nodes,
+        "fetched nodes differ from the reachable set"
+    );
+    assert_eq!(stubs, truth.stubs, "stubs differ from the depth edge");
+    assert_eq!(
+        edges.keys().cloned().collect::<BTreeSet<_>>(),
+        truth.edges,
+        "relationships differ"
+    );
+    assert!(
+        edges.values().all(|n| *n == 1),
+        "a relationship was written twice"
+    );
+}
