@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bookworm::config::{GraphArgs, Neo4jArgs};
+use bookworm::config::Neo4jArgs;
 use bookworm::graph::migrate::{MIGRATIONS, MigrateOptions, migrate};
 use bookworm::graph::{Batcher, BatcherConfig, EdgeRow, GraphStore, NodeRow, Row};
 use bookworm::message::{Edge, Label, Node, Rel};
@@ -149,10 +149,7 @@ async fn main() {
         let tag = format!("bench{}x{batch_size}x", std::process::id());
         let (rows, nodes, edges) = stream(&tag, works);
         let metrics = GraphWriterMetrics::register(&prometheus::Registry::new()).expect("metrics");
-        let config = BatcherConfig::from_args(&GraphArgs {
-            graph_batch_size: batch_size,
-            graph_batch_linger: Duration::from_millis(100),
-        });
+        let config = BatcherConfig::new(batch_size, Duration::from_millis(100));
         let (batcher, _task) =
             Batcher::spawn(store.clone(), config, metrics.clone(), Readiness::default());
         let started = Instant::now();

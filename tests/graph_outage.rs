@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bookworm::config::GraphArgs;
 use bookworm::graph::{Batcher, BatcherConfig, GraphStore, Row, RowFailure};
 use bookworm::message::Label::{Author, Work};
 use bookworm::message::Rel;
@@ -90,10 +89,7 @@ async fn store_at(addr: SocketAddr, timeout: Duration) -> Arc<GraphStore> {
 fn spawn_batcher(store: Arc<GraphStore>) -> (Batcher, GraphWriterMetrics, Readiness) {
     let metrics = GraphWriterMetrics::register(&prometheus::Registry::new()).unwrap();
     let readiness = Readiness::with_conditions(&["neo4j"]);
-    let mut config = BatcherConfig::from_args(&GraphArgs {
-        graph_batch_size: 50,
-        graph_batch_linger: Duration::from_millis(20),
-    });
+    let mut config = BatcherConfig::new(50, Duration::from_millis(20));
     config.probe_interval = Duration::from_millis(200);
     let (batcher, _task) = Batcher::spawn(store, config, metrics.clone(), readiness.clone());
     (batcher, metrics, readiness)
@@ -339,10 +335,7 @@ mod with_kafka {
         let group = unique("graph-writer");
         let metrics = GraphWriterMetrics::register(&prometheus::Registry::new()).unwrap();
         let readiness = Readiness::with_conditions(&["neo4j"]);
-        let mut config = BatcherConfig::from_args(&GraphArgs {
-            graph_batch_size: 200,
-            graph_batch_linger: Duration::from_millis(50),
-        });
+        let mut config = BatcherConfig::new(200, Duration::from_millis(50));
         config.probe_interval = Duration::from_millis(500);
         let (batcher, _task) =
             Batcher::spawn(store().await, config, metrics.clone(), readiness.clone());

@@ -64,10 +64,7 @@ fn batcher(
     let config = BatcherConfig {
         batch_size,
         linger,
-        ..BatcherConfig::from_args(&bookworm::config::GraphArgs {
-            graph_batch_size: batch_size,
-            graph_batch_linger: linger,
-        })
+        ..BatcherConfig::new(batch_size, linger)
     };
     let (batcher, _task) = Batcher::spawn(store, config, metrics.clone(), readiness.clone());
     (batcher, metrics, readiness)

@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bookworm::config::{ConsumerArgs, GraphArgs, KafkaArgs};
+use bookworm::config::{ConsumerArgs, KafkaArgs};
 use bookworm::consumer::{ConsumerLoop, Delivery, HandleError, Handler, LoopTelemetry};
 use bookworm::graph::handler::GraphWriterHandler;
 use bookworm::graph::service::graph_topics;
@@ -46,10 +46,7 @@ struct Defaults {
 
 async fn handler(kafka: &KafkaArgs) -> (Arc<GraphWriterHandler>, GraphWriterMetrics) {
     let metrics = GraphWriterMetrics::register(&prometheus::Registry::new()).unwrap();
-    let config = BatcherConfig::from_args(&GraphArgs {
-        graph_batch_size: 100,
-        graph_batch_linger: Duration::from_millis(50),
-    });
+    let config = BatcherConfig::new(100, Duration::from_millis(50));
     let (batcher, _task) =
         Batcher::spawn(store().await, config, metrics.clone(), Readiness::default());
     (

@@ -77,7 +77,7 @@ impl Server {
             producer,
             args.kafka.kafka_frontier_topic.clone(),
             args.crawl.clone(),
-            args.api.openlibrary_base_url.clone(),
+            args.api.origin.openlibrary_base_url.clone(),
             metrics,
         );
         let listener = super::bind(args.api.api_addr).await?;

@@ -2,11 +2,9 @@
 
 use std::net::SocketAddr;
 
-use clap::Args;
-use url::Url;
-
-use super::parse::parse_origin;
+use super::egress::OriginArgs;
 use super::{CrawlArgs, KafkaArgs, RedisArgs};
+use clap::Args;
 
 /// Where the API listens and which origin its seeds may name.
 #[derive(Args, Debug, Clone)]
@@ -15,14 +13,9 @@ pub struct ApiArgs {
     #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8080")]
     pub api_addr: SocketAddr,
 
-    /// The Open Library origin seeds may name in URLs: the worker's, so parsed the same way.
-    #[arg(
-        long,
-        env = "OPENLIBRARY_BASE_URL",
-        default_value = "https://openlibrary.org",
-        value_parser = parse_origin
-    )]
-    pub openlibrary_base_url: Url,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub origin: OriginArgs,
 }
 
 /// Everything `bookworm serve` reads.

@@ -17,14 +17,28 @@ pub const DEFAULT_USER_AGENT: &str = concat!(
     " (+https://github.com/relentless-bookworm/relentless-bookworm; crawler@relentless-bookworm.org)"
 );
 
+/// The Open Library origin, declared once for the worker and the API: the only origin the
+/// worker fetches from (jobs and redirects naming any other are refused), and the one seeds
+/// may name in URLs.
+#[derive(Args, Debug, Clone)]
+pub struct OriginArgs {
+    /// The Open Library origin: the only one fetched from, and the one seed URLs may name.
+    #[arg(
+        long,
+        env = "OPENLIBRARY_BASE_URL",
+        default_value = "https://openlibrary.org",
+        value_parser = parse_origin
+    )]
+    pub openlibrary_base_url: Url,
+}
+
 /// Where the worker may fetch, how it identifies itself, and how politely it sends: the
 /// egress pool, its rate limits, robots.txt, and the bounds on every request.
 #[derive(Args, Debug, Clone)]
 pub struct EgressArgs {
-    /// The only origin the worker fetches from; jobs and redirects naming any other are refused.
-    #[arg(long, env = "OPENLIBRARY_BASE_URL", default_value = "https://openlibrary.org",
-          value_parser = parse_origin)]
-    pub openlibrary_base_url: url::Url,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub origin: OriginArgs,
 
     /// Sent on every request. Must name the application and a contact (an email or a URL):
     /// Open Library grants 3 req/s only to such clients and answers 403 to some others.
@@ -250,7 +264,10 @@ mod tests {
     fn defaults_follow_the_contract() {
         let cli = Cli::try_parse_from(["x", "--proxy-pool", ""]).unwrap();
         let e = cli.egress;
-        assert_eq!(e.openlibrary_base_url.as_str(), "https://openlibrary.org/");
+        assert_eq!(
+            e.origin.openlibrary_base_url.as_str(),
+            "https://openlibrary.org/"
+        );
         assert_eq!((e.egress_rate_per_minute, e.egress_burst), (150, 10));
         assert_eq!(e.egress_limit_scope, LimitScope::Cluster);
         assert!(e.respect_robots_txt);

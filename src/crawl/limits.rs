@@ -3,12 +3,12 @@
 //! The crawl expansion (worker) and the simulator's truth computation
 //! ([`crate::sim::Catalogue::reachable`]) both take this struct, so the graph a crawl builds
 //! and the graph a test expects are computed under the same limits. It is built from the
-//! command line ([`CrawlArgs`]) or, in the simulator's `/_sim/reachable`, from a query string
+//! command line (`CrawlArgs`, by the worker's start-up) or, in the simulator's `/_sim/reachable`, from a query string
 //! whose missing fields take the contract's defaults.
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CrawlArgs, defaults};
+use crate::config::defaults;
 
 /// How far and how wide a crawl expands from its seeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,20 +42,6 @@ impl Default for CrawlLimits {
             max_works_per_subject: defaults::MAX_WORKS_PER_SUBJECT,
             crawl_editions: defaults::CRAWL_EDITIONS,
             max_editions_per_work: defaults::MAX_EDITIONS_PER_WORK,
-        }
-    }
-}
-
-impl From<&CrawlArgs> for CrawlLimits {
-    fn from(args: &CrawlArgs) -> Self {
-        CrawlLimits {
-            max_depth: args.max_depth,
-            max_search_results: args.max_search_results,
-            max_subjects_per_node: args.max_subjects_per_node,
-            max_works_per_author: args.max_works_per_author,
-            max_works_per_subject: args.max_works_per_subject,
-            crawl_editions: args.crawl_editions,
-            max_editions_per_work: args.max_editions_per_work,
         }
     }
 }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{LimitScope, WorkerArgs};
+use crate::config::{CrawlArgs, EgressArgs, LimitScope, WorkerArgs};
 use crate::consumer::{ConsumerError, ConsumerLoop};
-use crate::crawl::client::OpenLibraryClient;
-use crate::crawl::client::egress::EgressError;
+use crate::crawl::client::egress::limiter::Rate;
+use crate::crawl::client::egress::{ClientSettings, EgressError, EgressPool, PoolSettings};
+use crate::crawl::client::{FetchSettings, OpenLibraryClient};
 use crate::crawl::handler::{CrawlHandler, OutputTopics};
 use crate::crawl::limits::CrawlLimits;
 use crate::crawl::store::{CrawlStore, StoreError};
@@ -59,7 +60,8 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> Result<(), Wo
         ),
         LimitScope::Local => None,
     };
-    let client = OpenLibraryClient::from_args(&args.egress, limiter_redis, metrics.clone())?;
+    let pool = EgressPool::new(pool_settings(&args.egress), limiter_redis, metrics.clone())?;
+    let client = OpenLibraryClient::new(pool, fetch_settings(&args.egress), metrics.clone());
     let worker_name = args
         .worker_name
         .clone()
@@ -74,7 +76,7 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> Result<(), Wo
     let handler = CrawlHandler::new(
         client,
         store.clone(),
-        CrawlLimits::from(&args.crawl),
+        crawl_limits(&args.crawl),
         topics,
         metrics,
         worker_name,
@@ -101,4 +103,60 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> Result<(), Wo
         .run(shutdown)
         .await?;
     Ok(())
+}
+
+/// The Open Library client's settings from `EgressArgs`.
+fn fetch_settings(args: &EgressArgs) -> FetchSettings {
+    FetchSettings {
+        origin: args.origin.openlibrary_base_url.clone(),
+        respect_robots: args.respect_robots_txt,
+        robots_refresh: args.robots_refresh,
+        max_body_bytes: args.max_body_bytes,
+        retries: args.fetch_retries,
+        backoff_base: args.retry_backoff_base,
+        backoff_max: args.retry_backoff_max,
+        budget_ratio: args.retry_budget_ratio,
+        budget_min: args.retry_budget_min,
+        budget_window: args.retry_budget_window,
+    }
+}
+
+/// The egress pool's settings from `EgressArgs`.
+fn pool_settings(args: &EgressArgs) -> PoolSettings {
+    let origin = &args.origin.openlibrary_base_url;
+    PoolSettings {
+        egresses: args.proxy_pool.0.clone(),
+        rate: Rate::per_minute(args.egress_rate_per_minute, args.egress_burst),
+        overall: args
+            .user_agent_rate_per_minute
+            .map(|per_minute| Rate::per_minute(per_minute, args.egress_burst)),
+        scope: args.egress_limit_scope,
+        redis_prefix: args.egress_redis_prefix.clone(),
+        block_base: args.egress_block_base,
+        block_max: args.egress_block_max,
+        origin_addr: format!(
+            "{}:{}",
+            origin.host_str().unwrap_or_default(),
+            origin.port_or_known_default().unwrap_or(443)
+        ),
+        client: ClientSettings {
+            user_agent: args.user_agent.clone(),
+            connect_timeout: args.connect_timeout,
+            read_timeout: args.read_timeout,
+            request_timeout: args.request_timeout,
+        },
+    }
+}
+
+/// The crawl limits from `CrawlArgs`.
+fn crawl_limits(args: &CrawlArgs) -> CrawlLimits {
+    CrawlLimits {
+        max_depth: args.max_depth,
+        max_search_results: args.max_search_results,
+        max_subjects_per_node: args.max_subjects_per_node,
+        max_works_per_author: args.max_works_per_author,
+        max_works_per_subject: args.max_works_per_subject,
+        crawl_editions: args.crawl_editions,
+        max_editions_per_work: args.max_editions_per_work,
+    }
 }

@@ -24,7 +24,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{GraphStore, Row, WriteError};
-use crate::config::GraphArgs;
 use crate::process::health::Readiness;
 use crate::process::metrics::GraphWriterMetrics;
 
@@ -54,11 +53,12 @@ pub struct BatcherConfig {
 }
 
 impl BatcherConfig {
-    /// The configuration from the command line, with the retry settings' defaults.
-    pub fn from_args(args: &GraphArgs) -> Self {
+    /// Batches of at most `batch_size` rows, each waiting at most `linger` to fill
+    /// (`GRAPH_BATCH_SIZE`, `GRAPH_BATCH_LINGER`), with the retry settings' defaults.
+    pub fn new(batch_size: usize, linger: Duration) -> Self {
         Self {
-            batch_size: args.graph_batch_size,
-            linger: args.graph_batch_linger,
+            batch_size,
+            linger,
             transient_attempts: 4,
             retry_backoff: Duration::from_millis(50),
             probe_interval: Duration::from_secs(2),

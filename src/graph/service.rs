@@ -119,7 +119,7 @@ pub async fn start_handler(
     .ok_or(StartError::Cancelled)?;
     let (batcher, task) = Batcher::spawn(
         store,
-        BatcherConfig::from_args(graph),
+        BatcherConfig::new(graph.graph_batch_size, graph.graph_batch_linger),
         metrics.clone(),
         readiness,
     );

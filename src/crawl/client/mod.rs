@@ -21,13 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rand::Rng;
-use redis::aio::ConnectionManager;
 use reqwest::StatusCode;
 use url::Url;
 
-use crate::config::EgressArgs;
 use crate::crawl::client::egress::limiter::Rate;
-use crate::crawl::client::egress::{EgressError, EgressPool, EgressSlot, PoolSettings};
+use crate::crawl::client::egress::{EgressPool, EgressSlot};
 use crate::crawl::client::robots::{MAX_ROBOTS_BYTES, Robots, RobotsAnswer, RobotsCache};
 use crate::process::metrics::WorkerMetrics;
 
@@ -79,24 +77,6 @@ pub struct FetchSettings {
     pub budget_window: Duration,
 }
 
-impl FetchSettings {
-    /// The settings `EgressArgs` describes.
-    pub fn from_args(args: &EgressArgs) -> Self {
-        Self {
-            origin: args.openlibrary_base_url.clone(),
-            respect_robots: args.respect_robots_txt,
-            robots_refresh: args.robots_refresh,
-            max_body_bytes: args.max_body_bytes,
-            retries: args.fetch_retries,
-            backoff_base: args.retry_backoff_base,
-            backoff_max: args.retry_backoff_max,
-            budget_ratio: args.retry_budget_ratio,
-            budget_min: args.retry_budget_min,
-            budget_window: args.retry_budget_window,
-        }
-    }
-}
-
 struct Inner {
     pool: EgressPool,
     settings: FetchSettings,
@@ -132,18 +112,8 @@ enum AttemptError {
 }
 
 impl OpenLibraryClient {
-    /// Builds the client from the worker's configuration. `redis` is needed with
-    /// `EGRESS_LIMIT_SCOPE=cluster`; `metrics` are the worker's.
-    pub fn from_args(
-        args: &EgressArgs,
-        redis: Option<ConnectionManager>,
-        metrics: WorkerMetrics,
-    ) -> Result<Self, EgressError> {
-        let pool = EgressPool::new(PoolSettings::from_args(args), redis, metrics.clone())?;
-        Ok(Self::new(pool, FetchSettings::from_args(args), metrics))
-    }
-
-    /// Builds the client on a pool (tests build both from their own settings).
+    /// Builds the client on a pool (the worker's start-up and the tests build both from
+    /// their settings).
     pub fn new(pool: EgressPool, settings: FetchSettings, metrics: WorkerMetrics) -> Self {
         let budget = RetryBudget::new(
             settings.budget_ratio,

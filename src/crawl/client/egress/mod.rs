@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 
-use crate::config::EgressSpec;
-use crate::config::{EgressArgs, LimitScope};
+use crate::config::{EgressSpec, LimitScope};
 use crate::process::metrics::WorkerMetrics;
 use limiter::{Decision, Limiter, LocalLimiter, Rate, RedisLimiter};
 
@@ -84,35 +83,6 @@ pub struct PoolSettings {
     pub origin_addr: String,
     /// HTTP client settings.
     pub client: ClientSettings,
-}
-
-impl PoolSettings {
-    /// The settings `EgressArgs` describes.
-    pub fn from_args(args: &EgressArgs) -> Self {
-        let origin = &args.openlibrary_base_url;
-        Self {
-            egresses: args.proxy_pool.0.clone(),
-            rate: Rate::per_minute(args.egress_rate_per_minute, args.egress_burst),
-            overall: args
-                .user_agent_rate_per_minute
-                .map(|per_minute| Rate::per_minute(per_minute, args.egress_burst)),
-            scope: args.egress_limit_scope,
-            redis_prefix: args.egress_redis_prefix.clone(),
-            block_base: args.egress_block_base,
-            block_max: args.egress_block_max,
-            origin_addr: format!(
-                "{}:{}",
-                origin.host_str().unwrap_or_default(),
-                origin.port_or_known_default().unwrap_or(443)
-            ),
-            client: ClientSettings {
-                user_agent: args.user_agent.clone(),
-                connect_timeout: args.connect_timeout,
-                read_timeout: args.read_timeout,
-                request_timeout: args.request_timeout,
-            },
-        }
-    }
 }
 
 /// Mutable health of one egress.
