@@ -282,7 +282,7 @@ mod with_kafka {
     /// The group's committed offset per partition of `topic` (-1 when none).
     fn committed(kafka: &KafkaArgs, group: &str, topic: &str) -> BTreeMap<i32, i64> {
         let reader: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &kafka.kafka_brokers)
+            .set("bootstrap.servers", &kafka.brokers.kafka_brokers)
             .set("group.id", group)
             .create()
             .unwrap();
@@ -314,7 +314,9 @@ mod with_kafka {
     async fn the_graph_writer_rides_out_a_neo4j_outage_without_losing_or_committing_rows() {
         let t = unique("graph-outage");
         let kafka = KafkaArgs {
-            kafka_brokers: stack_env("KAFKA_BROKERS"),
+            brokers: bookworm::config::BrokerArgs {
+                kafka_brokers: stack_env("KAFKA_BROKERS"),
+            },
             kafka_frontier_topic: format!("{t}.frontier"),
             kafka_results_topic: format!("{t}.results"),
             kafka_edges_topic: format!("{t}.edges"),
@@ -322,7 +324,7 @@ mod with_kafka {
             kafka_graph_dlq_topic: format!("{t}.graph-dlq"),
         };
         create_topics(
-            &kafka.kafka_brokers,
+            &kafka.brokers.kafka_brokers,
             &kafka.all_topics(),
             TopicLayout {
                 partitions: PARTITIONS,
@@ -373,7 +375,7 @@ mod with_kafka {
             let tag = keys.tag.clone();
             tokio::spawn(async move {
                 let publisher =
-                    Publisher::new(&kafka.kafka_brokers, Duration::from_secs(60)).unwrap();
+                    Publisher::new(&kafka.brokers.kafka_brokers, Duration::from_secs(60)).unwrap();
                 for chunk in (0..EDGES).collect::<Vec<_>>().chunks(50) {
                     let records: Vec<Record> = chunk
                         .iter()

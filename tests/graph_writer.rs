@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 fn kafka_args() -> KafkaArgs {
     let t = unique("graph");
     KafkaArgs {
-        kafka_brokers: stack_env("KAFKA_BROKERS"),
+        brokers: bookworm::config::BrokerArgs {
+            kafka_brokers: stack_env("KAFKA_BROKERS"),
+        },
         kafka_frontier_topic: format!("{t}.frontier"),
         kafka_results_topic: format!("{t}.results"),
         kafka_edges_topic: format!("{t}.edges"),
@@ -204,7 +206,7 @@ async fn drain(kafka: &KafkaArgs, group: &str, done: impl Fn(&GraphWriterMetrics
 /// Reads the dead letters on the graph DLQ topic (waits until `expected` arrived).
 async fn dead_letters(kafka: &KafkaArgs, expected: usize) -> Vec<Value> {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &kafka.kafka_brokers)
+        .set("bootstrap.servers", &kafka.brokers.kafka_brokers)
         .set("group.id", unique("graph-dlq-reader"))
         .set("auto.offset.reset", "earliest")
         .create()
@@ -229,7 +231,7 @@ async fn dead_letters(kafka: &KafkaArgs, expected: usize) -> Vec<Value> {
 async fn a_stream_on_kafka_lands_in_the_graph_and_replays_without_duplicates() {
     let kafka = kafka_args();
     create_topics(
-        &kafka.kafka_brokers,
+        &kafka.brokers.kafka_brokers,
         &kafka.all_topics(),
         TopicLayout {
             partitions: 3,
@@ -246,7 +248,7 @@ async fn a_stream_on_kafka_lands_in_the_graph_and_replays_without_duplicates() {
     };
     let (results, edges) = (&kafka.kafka_results_topic, &kafka.kafka_edges_topic);
     let w1 = keys.key(Work, "1");
-    let publisher = Publisher::new(&kafka.kafka_brokers, Duration::from_secs(30)).unwrap();
+    let publisher = Publisher::new(&kafka.brokers.kafka_brokers, Duration::from_secs(30)).unwrap();
     publisher
         .publish(&[
             record(

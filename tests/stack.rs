@@ -34,7 +34,7 @@ async fn kafka_round_trip_with_a_group_commit() {
     let args = Args::parse_from(["test", "--kafka-brokers", &stack_env("KAFKA_BROKERS")]);
     let topic = unique("stack-topic");
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka.kafka_brokers)
+        .set("bootstrap.servers", &args.kafka.brokers.kafka_brokers)
         .create()
         .expect("admin client");
     let created = admin
@@ -46,7 +46,8 @@ async fn kafka_round_trip_with_a_group_commit() {
         .expect("create topics request");
     assert!(created[0].is_ok(), "{created:?}");
 
-    let producer = producer(&args.kafka.kafka_brokers, Duration::from_secs(30)).expect("producer");
+    let producer =
+        producer(&args.kafka.brokers.kafka_brokers, Duration::from_secs(30)).expect("producer");
     producer
         .send(
             FutureRecord::to(&topic).key("k").payload("hello"),
@@ -56,7 +57,7 @@ async fn kafka_round_trip_with_a_group_commit() {
         .expect("acknowledged");
 
     let consumer: StreamConsumer = consumer_config(
-        &args.kafka.kafka_brokers,
+        &args.kafka.brokers.kafka_brokers,
         &unique("stack-group"),
         args.consumer.session_timeout,
         args.consumer.max_poll_interval,

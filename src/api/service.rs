@@ -65,7 +65,7 @@ impl Server {
                 url: args.redis.redis_url.clone(),
                 source,
             })?;
-        let producer = kafka::producer(&args.kafka.kafka_brokers, SEED_PUBLISH_TIMEOUT)?;
+        let producer = kafka::producer(&args.kafka.brokers.kafka_brokers, SEED_PUBLISH_TIMEOUT)?;
         let readiness = Readiness::with_conditions(&[READINESS_REDIS]);
         let health = HealthState {
             registry,

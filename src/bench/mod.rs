@@ -163,15 +163,17 @@ pub struct BenchArgs {
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub point_timeout: Duration,
     /// All proxies of the stack; a point with N proxies uses the first N.
+    /// Parsed as the worker parses it; the default is the local stack's three Squids.
     #[arg(
         long,
         env = "PROXY_POOL",
-        default_value = "http://127.0.0.1:3128,http://127.0.0.1:3129,http://127.0.0.1:3130"
+        default_value = "http://127.0.0.1:3128,http://127.0.0.1:3129,http://127.0.0.1:3130",
+        value_parser = crate::config::parse_proxy_pool
     )]
-    pub proxy_pool: String,
+    pub proxy_pool: crate::config::ProxyPool,
     /// Kafka, for the topics' message counts.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
+    #[command(flatten)]
+    pub brokers: crate::config::BrokerArgs,
     /// Where `scripts/stack.sh` keeps `kafka.pid` and `neo4j.pid`, to read their `/proc`.
     #[arg(long, default_value = ".stack/run")]
     pub stack_run_dir: PathBuf,
@@ -442,10 +444,12 @@ pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, Benc
     }
     let pool: Vec<String> = args
         .proxy_pool
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
+        .0
+        .iter()
+        .map(|spec| match spec {
+            crate::config::EgressSpec::Direct => "direct".to_owned(),
+            crate::config::EgressSpec::Proxy(url) => url.as_str().trim_end_matches('/').to_owned(),
+        })
         .collect();
     if let Some(p) = points.iter().find(|p| p.proxies as usize > pool.len()) {
         return Err(BenchError::Args(format!(
@@ -493,7 +497,9 @@ pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, Benc
         };
         // Every point makes five topics; a full grid left behind would hold a broker's
         // file descriptors (three per partition) past a common limit of 20,000.
-        if let Err(e) = crate::kafka::delete_topics(&args.kafka_brokers, &topics.names()).await {
+        if let Err(e) =
+            crate::kafka::delete_topics(&args.brokers.kafka_brokers, &topics.names()).await
+        {
             tracing::warn!(index, error = %e, "cannot delete the point's topics");
         }
         if row.error.is_empty() {

@@ -247,7 +247,7 @@ pub(super) async fn message_counts(
     args: &BenchArgs,
     topics: &Topics,
 ) -> Result<(i64, i64), BenchError> {
-    let brokers = args.kafka_brokers.clone();
+    let brokers = args.brokers.kafka_brokers.clone();
     let names = [topics.results.clone(), topics.edges.clone()];
     tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::{BaseConsumer, Consumer};

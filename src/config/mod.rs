@@ -24,12 +24,21 @@ pub use parse::{
     parse_duration, parse_origin, parse_positive, parse_positive_u32, parse_ratio, parse_user_agent,
 };
 
-/// Kafka connection and topic names, shared by every binary.
+/// Where the Kafka cluster is: every binary and tool that talks to Kafka flattens this one
+/// declaration.
 #[derive(Args, Debug, Clone)]
-pub struct KafkaArgs {
+pub struct BrokerArgs {
     /// Bootstrap servers, comma-separated.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
+}
+
+/// Kafka connection and topic names, shared by every binary.
+#[derive(Args, Debug, Clone)]
+pub struct KafkaArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub brokers: BrokerArgs,
 
     /// Topic of crawl jobs, keyed by the Open Library key.
     #[arg(

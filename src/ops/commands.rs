@@ -42,7 +42,7 @@ pub async fn summary(args: SummaryArgs) -> anyhow::Result<()> {
 pub async fn create_all_topics(args: CreateTopicsArgs) -> anyhow::Result<()> {
     let topics = args.kafka.all_topics();
     let created = create_topics(
-        &args.kafka.kafka_brokers,
+        &args.kafka.brokers.kafka_brokers,
         &topics,
         TopicLayout {
             partitions: args.partitions,

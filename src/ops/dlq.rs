@@ -162,7 +162,7 @@ fn scan_blocking(
     limit: Option<usize>,
 ) -> Result<DlqScan, DlqError> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.kafka_brokers)
+        .set("bootstrap.servers", &kafka.brokers.kafka_brokers)
         // librdkafka wants a group id, but partitions are assigned, never subscribed, so the
         // group is never joined, and nothing is ever committed to it.
         .set("group.id", "bookworm-dlq-reader")
@@ -315,7 +315,7 @@ impl Replayer {
     ) -> Result<Self, DlqError> {
         let redis = ConnectionManager::new(redis::Client::open(redis_url)?).await?;
         Ok(Self {
-            publisher: Publisher::new(&kafka.kafka_brokers, publish_timeout)?,
+            publisher: Publisher::new(&kafka.brokers.kafka_brokers, publish_timeout)?,
             store: CrawlStore::connect(redis_url).await?,
             redis,
             frontier_topic: kafka.kafka_frontier_topic.clone(),
