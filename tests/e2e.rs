@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{
-    Process, TestTopics, assert_graph_is_exactly, eventually, free_port, fresh_id_base,
-    reachable_truth, stack_env, unique, wait_ok,
+    Process, TestTopics, assert_graph_is_exactly, eventually, first_work_seeds, free_port,
+    fresh_id_base, reachable_truth, stack_env, unique, wait_ok,
 };
 
 /// Everything a crawl needs, started for one test and stopped when dropped.
@@ -129,23 +129,7 @@ async fn a_crawl_to_depth_two_builds_exactly_the_reachable_graph() {
     let client = reqwest::Client::new();
 
     // The simulator's first work title makes a search seed that finds something.
-    let seed_work = format!("/works/OL{}W", id_base + 1);
-    let title = client
-        .get(format!("{}{seed_work}.json", deployment.sim_url))
-        .send()
-        .await
-        .expect("sim answers")
-        .json::<Value>()
-        .await
-        .expect("json")["title"]
-        .as_str()
-        .expect("a title")
-        .to_owned();
-    let search = title
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let (seed_work, search) = first_work_seeds(&deployment.sim_url, id_base).await;
 
     let created: Value = client
         .post(format!("{}/crawls", deployment.api_url))

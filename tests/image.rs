@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{
-    assert_graph_is_exactly, eventually, free_port, fresh_id_base, reachable_truth, stack_env,
-    unique, wait_ok,
+    TestTopics, assert_graph_is_exactly, eventually, first_work_seeds, free_port, fresh_id_base,
+    reachable_truth, stack_env, unique, wait_ok,
 };
 
 mod support;
@@ -370,27 +370,8 @@ fn runtime_settings(path: &Path) -> BTreeSet<String> {
 async fn a_crawl_through_the_containers_builds_exactly_the_reachable_graph() {
     let image = Image::build();
     let id_base = fresh_id_base();
-    let base = unique("image");
-    let mut env: Vec<(String, String)> = [
-        ("KAFKA_FRONTIER_TOPIC", format!("{base}.frontier")),
-        ("KAFKA_RESULTS_TOPIC", format!("{base}.results")),
-        ("KAFKA_EDGES_TOPIC", format!("{base}.edges")),
-        ("KAFKA_DLQ_TOPIC", format!("{base}.dlq")),
-        ("KAFKA_GRAPH_DLQ_TOPIC", format!("{base}.graph-dlq")),
-        ("RUST_LOG", "info".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    for name in [
-        "KAFKA_BROKERS",
-        "REDIS_URL",
-        "NEO4J_URI",
-        "NEO4J_USER",
-        "NEO4J_PASSWORD",
-    ] {
-        env.push((name.to_owned(), stack_env(name)));
-    }
+    let mut env = TestTopics::named("image").env();
+    env.push(("RUST_LOG".to_owned(), "info".to_owned()));
 
     // The topics, by the image's `bookworm topics create`.
     let out = image.run(
@@ -495,23 +476,7 @@ async fn a_crawl_through_the_containers_builds_exactly_the_reachable_graph() {
     }
 
     let client = reqwest::Client::new();
-    let seed_work = format!("/works/OL{}W", id_base + 1);
-    let title = client
-        .get(format!("{sim_url}{seed_work}.json"))
-        .send()
-        .await
-        .expect("sim answers")
-        .json::<Value>()
-        .await
-        .expect("json")["title"]
-        .as_str()
-        .expect("a title")
-        .to_owned();
-    let search = title
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let (seed_work, search) = first_work_seeds(&sim_url, id_base).await;
     let created: Value = client
         .post(format!("{api_url}/crawls"))
         .json(&json!({"seeds": [seed_work, search], "max_depth": 2}))

@@ -198,6 +198,18 @@ pub struct TestTopics {
 }
 
 impl TestTopics {
+    /// Unique names, not created (for a test that creates them its own way).
+    pub fn named(prefix: &str) -> TestTopics {
+        let base = unique(prefix);
+        TestTopics {
+            frontier: format!("{base}.frontier"),
+            results: format!("{base}.results"),
+            edges: format!("{base}.edges"),
+            dlq: format!("{base}.dlq"),
+            graph_dlq: format!("{base}.graph-dlq"),
+        }
+    }
+
     /// Creates the topics.
     pub async fn create(prefix: &str, partitions: i32) -> TestTopics {
         TestTopics::create_with(prefix, partitions, None).await
@@ -210,14 +222,7 @@ impl TestTopics {
         partitions: i32,
         frontier_partitions: Option<i32>,
     ) -> TestTopics {
-        let base = unique(prefix);
-        let topics = TestTopics {
-            frontier: format!("{base}.frontier"),
-            results: format!("{base}.results"),
-            edges: format!("{base}.edges"),
-            dlq: format!("{base}.dlq"),
-            graph_dlq: format!("{base}.graph-dlq"),
-        };
+        let topics = TestTopics::named(prefix);
         create_topic(&topics.frontier, frontier_partitions.unwrap_or(partitions)).await;
         for topic in [
             &topics.results,
@@ -479,4 +484,23 @@ pub async fn assert_graph_is_exactly(truth: &Truth, crawl_id: &str) {
         edges.values().all(|n| *n == 1),
         "a relationship was written twice"
     );
+}
+
+/// The seeds of the end-to-end crawls: the simulator's first work (`/works/OL<id_base+1>W`)
+/// and a search for the first two words of its title, which finds it and its neighbours.
+pub async fn first_work_seeds(sim_url: &str, id_base: u64) -> (String, String) {
+    let seed_work = format!("/works/OL{}W", id_base + 1);
+    let record: serde_json::Value = reqwest::get(format!("{sim_url}{seed_work}.json"))
+        .await
+        .expect("sim answers")
+        .json()
+        .await
+        .expect("json");
+    let title = record["title"].as_str().expect("a title");
+    let search = title
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    (seed_work, search)
 }
