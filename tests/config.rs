@@ -163,3 +163,46 @@ fn an_unknown_dlq_reason_exits_2() {
         "{stderr}"
     );
 }
+
+/// Towards openlibrary.org itself the worker keeps Open Library's published rules before it
+/// connects to anything: five egresses, the built-in User-Agent (it names this project, not
+/// the operator), and a User-Agent without a contact each exit 2 naming the variable.
+#[test]
+fn the_worker_refuses_to_crawl_openlibrary_org_against_its_rules() {
+    let five = "http://127.0.0.1:3128,http://127.0.0.1:3129,http://127.0.0.1:3130,\
+                http://127.0.0.1:3131,http://127.0.0.1:3132";
+    let mine = "MyCrawler/1.0 (ops@example.org)";
+    // (the variables set, the variable named, why)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 3] = [
+        (
+            &[("PROXY_POOL", five), ("USER_AGENT", mine)],
+            "PROXY_POOL",
+            "more than 4",
+        ),
+        (&[("PROXY_POOL", "")], "USER_AGENT", "built-in"),
+        (
+            &[("PROXY_POOL", ""), ("USER_AGENT", "MyCrawler/1.0")],
+            "USER_AGENT",
+            "contact",
+        ),
+    ];
+    for (env, name, why) in cases {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_worker"));
+        command
+            .env_remove("OPENLIBRARY_BASE_URL")
+            .env_remove("USER_AGENT")
+            .env("KAFKA_BROKERS", "127.0.0.1:1")
+            .env("REDIS_URL", "redis://127.0.0.1:1");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
+        assert!(
+            stderr.contains(name) && stderr.contains(why),
+            "{env:?}: {stderr}"
+        );
+    }
+}

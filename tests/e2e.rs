@@ -52,6 +52,8 @@ async fn deploy(topics: &TestTopics, id_base: u64, workers: usize) -> Deployment
             ("OPENLIBRARY_BASE_URL", sim_url.clone()),
             ("PROXY_POOL", stack_env("PROXY_POOL")),
             ("EGRESS_RATE_PER_MINUTE", "6000".to_owned()),
+            // Far above the stand-in's pace: these tests are about the pipeline, not politeness.
+            ("USER_AGENT_RATE_PER_MINUTE", "60000".to_owned()),
             ("EGRESS_BURST", "50".to_owned()),
             ("EGRESS_REDIS_PREFIX", unique("e2e-egress")),
             ("COMMIT_INTERVAL", "200ms".to_owned()),

@@ -117,7 +117,7 @@ async fn ignores_robots_when_told_to() {
     .unwrap();
     let mut settings = fetch_settings(server.origin());
     settings.respect_robots = false;
-    let client = OpenLibraryClient::new(pool, settings, metrics());
+    let client = OpenLibraryClient::new(pool, settings, metrics(), None);
     assert_eq!(client.get("/search.json?q=dune").await.unwrap().status, 200);
     assert!(server.hits_under("/robots.txt").is_empty());
 }
@@ -238,7 +238,7 @@ async fn an_unreachable_origin_fails_as_timeout() {
     let mut fetch = fetch_settings(origin);
     fetch.respect_robots = false;
     fetch.retries = 0;
-    let client = OpenLibraryClient::new(pool, fetch, metrics());
+    let client = OpenLibraryClient::new(pool, fetch, metrics(), None);
     let error = client.get("/works/OL1W.json").await.unwrap_err();
     assert_eq!(error.reason(), FailureReason::Timeout, "{error}");
     assert!(client.pool().is_down("direct"));

@@ -419,6 +419,8 @@ async fn a_crawl_through_the_containers_builds_exactly_the_reachable_graph() {
             ("OPENLIBRARY_BASE_URL", sim_url.clone()),
             ("PROXY_POOL", stack_env("PROXY_POOL")),
             ("EGRESS_RATE_PER_MINUTE", "6000".to_owned()),
+            // Far above the stand-in's pace: these tests are about the pipeline, not politeness.
+            ("USER_AGENT_RATE_PER_MINUTE", "60000".to_owned()),
             ("EGRESS_BURST", "50".to_owned()),
             ("EGRESS_REDIS_PREFIX", unique("image-egress")),
             ("COMMIT_INTERVAL", "200ms".to_owned()),

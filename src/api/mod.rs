@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::config::CrawlArgs;
-use crate::crawl::store::{CrawlSpec, CrawlStore};
+use crate::crawl::client::block;
+use crate::crawl::store::{CrawlSpec, CrawlState, CrawlStore};
 use crate::message::{CrawlJob, VERSION};
 use crate::process::health::{self, HealthState};
 use crate::process::metrics::ApiMetrics;
@@ -66,18 +67,21 @@ pub struct ApiState {
     frontier_topic: String,
     defaults: CrawlArgs,
     origin: Url,
+    egress_prefix: String,
     metrics: ApiMetrics,
     publish_timeout: Duration,
 }
 
 impl ApiState {
-    /// Builds the state from its parts.
+    /// Builds the state from its parts; `egress_prefix` is the workers' `EGRESS_REDIS_PREFIX`,
+    /// under which a User-Agent block shows as the running crawls' state.
     pub fn new(
         store: CrawlStore,
         producer: FutureProducer,
         frontier_topic: String,
         defaults: CrawlArgs,
         origin: Url,
+        egress_prefix: String,
         metrics: ApiMetrics,
     ) -> Self {
         Self {
@@ -86,6 +90,7 @@ impl ApiState {
             frontier_topic,
             defaults,
             origin,
+            egress_prefix,
             metrics,
             // A client waits for its 201; half a minute is the most it should wait for Kafka.
             publish_timeout: Duration::from_secs(30),
@@ -342,7 +347,18 @@ async fn get_crawl(
     Path(crawl_id): Path<String>,
 ) -> Result<Response, Problem> {
     match state.store.status(&crawl_id).await {
-        Ok(Some(status)) => Ok(axum::Json(status).into_response()),
+        Ok(Some(mut status)) => {
+            if status.state == CrawlState::Running {
+                let mut redis = state.store.connection();
+                let blocked = block::current(&mut redis, &state.egress_prefix)
+                    .await
+                    .map_err(|e| Problem::unavailable(format!("crawl store unavailable: {e}")))?;
+                if blocked.is_some() {
+                    status.state = CrawlState::Blocked;
+                }
+            }
+            Ok(axum::Json(status).into_response())
+        }
         Ok(None) => Err(Problem::not_found(&crawl_id)),
         Err(e) => Err(Problem::unavailable(format!(
             "crawl store unavailable: {e}"
@@ -514,7 +530,7 @@ pub fn openapi_document() -> Value {
                     "required": ["crawl_id", "state", "seeds", "max_depth", "max_nodes", "counters", "created_at", "updated_at"],
                     "properties": {
                         "crawl_id": {"type": "string"},
-                        "state": {"type": "string", "enum": ["running", "done", "cancelled"]},
+                        "state": {"type": "string", "enum": ["running", "blocked", "done", "cancelled"]},
                         "seeds": {"type": "array", "items": {"type": "string"}},
                         "max_depth": {"type": "integer", "minimum": 0},
                         "max_nodes": {"type": "integer", "minimum": 1},

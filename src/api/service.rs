@@ -78,6 +78,7 @@ impl Server {
             args.kafka.kafka_frontier_topic.clone(),
             args.crawl.clone(),
             args.api.origin.openlibrary_base_url.clone(),
+            args.api.egress_state.egress_redis_prefix.clone(),
             metrics,
         );
         let listener = super::bind(args.api.api_addr).await?;

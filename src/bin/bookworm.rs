@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bookworm::config::ops::{
     DlqCommand, MigrateArgs, NeighbourhoodArgs, SeedArgs, StatusArgs, SummaryArgs, TopicsCommand,
+    UnblockArgs,
 };
 use bookworm::config::{LogArgs, ServeArgs};
 use bookworm::ops::commands::{self, UsageError};
@@ -49,6 +50,9 @@ enum Command {
     Dlq(DlqCommand),
     /// Print the neighbourhood of a node of the graph as Graphviz DOT or JSON.
     Graph(NeighbourhoodArgs),
+    /// Lift Open Library's User-Agent block: every worker sends again (within a second), and
+    /// blocked crawls go on where they stopped. Run it once the cause is fixed.
+    Unblock(UnblockArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,5 +98,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dlq(DlqCommand::List(args)) => commands::dlq_list(args).await,
         Command::Dlq(DlqCommand::Replay(args)) => commands::dlq_replay(args).await,
         Command::Graph(args) => commands::graph(args).await,
+        Command::Unblock(args) => commands::unblock(args).await,
     }
 }

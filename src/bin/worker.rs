@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use bookworm::config::WorkerArgs;
 use bookworm::crawl::service as worker;
 use bookworm::process::{runtime, shutdown, telemetry};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 /// Crawl Open Library: one of many workers sharing the frontier topic.
 #[derive(Parser, Debug)]
@@ -18,6 +18,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let Cli { args } = Cli::parse();
+    if let Err(rule) = args.egress.check_openlibrary_rules() {
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, rule)
+            .exit();
+    }
     let runtime = match runtime::start() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::egress::OriginArgs;
+use super::egress::{EgressStateArgs, OriginArgs};
 use super::{CrawlArgs, KafkaArgs, RedisArgs};
 use clap::Args;
 
@@ -16,6 +16,10 @@ pub struct ApiArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub origin: OriginArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub egress_state: EgressStateArgs,
 }
 
 /// Everything `bookworm serve` reads.

@@ -32,6 +32,17 @@ pub struct OriginArgs {
     pub openlibrary_base_url: Url,
 }
 
+/// Where the egress pool's shared state lives in Redis: the per-egress limits, the User-Agent
+/// budget and the User-Agent block. Declared once for the worker, the API (which shows a block
+/// in the crawls' state) and `bookworm unblock`.
+#[derive(Args, Debug, Clone)]
+pub struct EgressStateArgs {
+    /// Prefix of the Redis keys of the egress pool's shared state (per-egress limits,
+    /// User-Agent budget and block); workers that share a prefix share all three.
+    #[arg(long, env = "EGRESS_REDIS_PREFIX", default_value = "relentless:egress")]
+    pub egress_redis_prefix: String,
+}
+
 /// Where the worker may fetch, how it identifies itself, and how politely it sends: the
 /// egress pool, its rate limits, robots.txt, and the bounds on every request.
 #[derive(Args, Debug, Clone)]
@@ -72,16 +83,32 @@ pub struct EgressArgs {
     )]
     pub egress_limit_scope: LimitScope,
 
-    /// Prefix of the Redis keys holding the cluster limit's state; workers that share a
-    /// prefix share the limit.
-    #[arg(long, env = "EGRESS_REDIS_PREFIX", default_value = "relentless:egress")]
-    pub egress_redis_prefix: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub state: EgressStateArgs,
 
-    /// Optional cap on all requests together, per minute, across every egress (and, with
-    /// cluster scope, every process). Open Library also limits 400/min per User-Agent across
-    /// IPs; set this below that when the pool is large. Off by default.
-    #[arg(long, env = "USER_AGENT_RATE_PER_MINUTE", value_parser = parse_positive_u32)]
-    pub user_agent_rate_per_minute: Option<u32>,
+    /// One budget for every request under our User-Agent, per minute: all egresses and (with
+    /// cluster scope) all worker replicas draw from it. Open Library limits 400/min per
+    /// User-Agent across IPs; 360 leaves the same headroom as the per-egress rate.
+    #[arg(long, env = "USER_AGENT_RATE_PER_MINUTE", default_value = "360", value_parser = parse_positive_u32)]
+    pub user_agent_rate_per_minute: u32,
+
+    /// A record fetched more recently than this, by any crawl, is taken from the shared record
+    /// cache (Redis) instead of being fetched again, so a new crawl over known ground costs
+    /// Open Library almost nothing. `0s` turns the cache off.
+    #[arg(long, env = "REFETCH_AFTER", default_value = "7d", value_parser = parse_duration)]
+    pub refetch_after: Duration,
+
+    /// Ceiling on the record cache's bytes in Redis; past it the oldest records are evicted
+    /// first, so the cache stays bounded however large the catalogue crawled.
+    #[arg(long, env = "RECORD_CACHE_MAX_BYTES", default_value = "268435456", value_parser = parse_positive)]
+    pub record_cache_max_bytes: usize,
+
+    /// After Open Library refuses our User-Agent (403), every worker stops sending until an
+    /// operator runs `bookworm unblock`, or until this long has passed, when one request probes
+    /// whether the block was lifted.
+    #[arg(long, env = "BLOCKED_PROBE_INTERVAL", default_value = "6h", value_parser = parse_duration)]
+    pub blocked_probe_interval: Duration,
 
     /// Obey Open Library's robots.txt.
     #[arg(long, env = "RESPECT_ROBOTS_TXT", default_value = "true", action = clap::ArgAction::Set)]
@@ -148,6 +175,47 @@ pub struct EgressArgs {
     /// Longest block of an egress (Retry-After is honoured up to an hour regardless).
     #[arg(long, env = "EGRESS_BLOCK_MAX", default_value = "5m", value_parser = parse_duration)]
     pub egress_block_max: Duration,
+}
+
+/// Egress IPs Open Library allows one client to spread its requests over ("do not distribute
+/// traffic across 5 or more IPs").
+pub const MAX_OPENLIBRARY_EGRESSES: usize = 4;
+
+/// Whether `origin` is Open Library itself, whose published rules then apply on top of the
+/// rate limits (a mirror or the simulator is not bound by them).
+pub fn is_openlibrary(origin: &Url) -> bool {
+    origin
+        .host_str()
+        .is_some_and(|host| host == "openlibrary.org" || host.ends_with(".openlibrary.org"))
+}
+
+impl EgressArgs {
+    /// Checks the rules Open Library publishes for its API that no single variable can check
+    /// alone, when the origin is openlibrary.org: at most [`MAX_OPENLIBRARY_EGRESSES`] egresses
+    /// and a User-Agent the operator chose (the built-in one names this project, not the
+    /// person Open Library should contact). The message names the variable.
+    pub fn check_openlibrary_rules(&self) -> Result<(), String> {
+        if !is_openlibrary(&self.origin.openlibrary_base_url) {
+            return Ok(());
+        }
+        let egresses = self.proxy_pool.0.len();
+        if egresses > MAX_OPENLIBRARY_EGRESSES {
+            return Err(format!(
+                "PROXY_POOL has {egresses} egresses; Open Library asks clients not to spread \
+                 over more than {MAX_OPENLIBRARY_EGRESSES} IPs (or point OPENLIBRARY_BASE_URL at \
+                 a mirror)"
+            ));
+        }
+        if self.user_agent == DEFAULT_USER_AGENT {
+            return Err(
+                "USER_AGENT must be set to your own application and contact before crawling \
+                 openlibrary.org, e.g. \"MyCrawler/1.0 (ops@example.org)\": the built-in one \
+                 names this project, not you"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Where the per-egress rate limit is kept.
@@ -258,6 +326,36 @@ mod tests {
         }
     }
 
+    /// With openlibrary.org as origin: five egresses or the built-in User-Agent are refused,
+    /// each naming its variable; four egresses and an operator's User-Agent pass; another
+    /// origin is not limited.
+    #[test]
+    fn openlibrary_rules_need_four_egresses_at_most_and_our_own_user_agent() {
+        let five = "http://p:1,http://p:2,http://p:3,http://p:4,http://p:5";
+        let four = "http://p:1,http://p:2,http://p:3,http://p:4";
+        let mine = "MyCrawler/1.0 (ops@example.org)";
+        let check = |flags: &[&str]| {
+            let mut argv = vec!["x"];
+            argv.extend_from_slice(flags);
+            Cli::try_parse_from(argv)
+                .unwrap()
+                .egress
+                .check_openlibrary_rules()
+        };
+        let refused = check(&["--proxy-pool", five, "--user-agent", mine]).unwrap_err();
+        assert!(refused.starts_with("PROXY_POOL"), "{refused}");
+        let refused = check(&["--proxy-pool", four]).unwrap_err();
+        assert!(refused.starts_with("USER_AGENT"), "{refused}");
+        assert_eq!(check(&["--proxy-pool", four, "--user-agent", mine]), Ok(()));
+        let sim = [
+            "--openlibrary-base-url",
+            "http://127.0.0.1:8090",
+            "--proxy-pool",
+            five,
+        ];
+        assert_eq!(check(&sim), Ok(()));
+    }
+
     /// The defaults are the contract's: 150/min, burst 10, cluster scope, robots obeyed,
     /// and a User-Agent with a contact.
     #[test]
@@ -273,6 +371,7 @@ mod tests {
         assert!(e.respect_robots_txt);
         assert!(e.user_agent.starts_with("RelentlessBookworm/"));
         assert_eq!(e.proxy_pool.0, vec![EgressSpec::Direct]);
-        assert_eq!(e.user_agent_rate_per_minute, None);
+        assert_eq!(e.user_agent_rate_per_minute, 360);
+        assert_eq!(e.refetch_after, Duration::from_secs(7 * 24 * 3600));
     }
 }

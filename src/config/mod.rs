@@ -18,7 +18,8 @@ mod parse;
 
 pub use api::{ApiArgs, ServeArgs};
 pub use egress::{
-    DEFAULT_USER_AGENT, EgressArgs, EgressSpec, LimitScope, OriginArgs, ProxyPool, parse_proxy_pool,
+    DEFAULT_USER_AGENT, EgressArgs, EgressSpec, EgressStateArgs, LimitScope,
+    MAX_OPENLIBRARY_EGRESSES, OriginArgs, ProxyPool, is_openlibrary, parse_proxy_pool,
 };
 pub use parse::{
     parse_duration, parse_origin, parse_positive, parse_positive_u32, parse_ratio, parse_user_agent,

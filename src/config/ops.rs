@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use url::Url;
 
+use super::egress::EgressStateArgs;
 use super::parse::{parse_duration, parse_positive};
 use super::{KafkaArgs, Neo4jArgs, RedisArgs};
 
@@ -23,6 +24,17 @@ pub struct SummaryArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub neo4j: Neo4jArgs,
+}
+
+/// `bookworm unblock`.
+#[derive(Args, Debug, Clone)]
+pub struct UnblockArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub egress_state: EgressStateArgs,
 }
 
 /// `bookworm topics`.

@@ -49,12 +49,26 @@ pub fn parse_origin(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// Parses `USER_AGENT` for clap: printable ASCII, naming a contact (an email address or an
-/// http(s) URL), as Open Library asks of crawlers.
+/// Parses `USER_AGENT` for clap: printable ASCII, naming the application first and then a
+/// contact (an email address or an http(s) URL), as Open Library asks of crawlers.
 pub fn parse_user_agent(text: &str) -> Result<String, String> {
     let text = text.trim();
     if text.is_empty() || !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Err("must be non-empty printable ASCII".to_owned());
+    }
+    let application = text
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or_default();
+    if application.is_empty()
+        || application.contains('@')
+        || application.contains("://")
+        || !application.chars().any(|c| c.is_ascii_alphabetic())
+    {
+        return Err(
+            "must start with the application's name, e.g. \"MyCrawler/1.0 (ops@example.org)\""
+                .to_owned(),
+        );
     }
     let has_url = text.contains("http://") || text.contains("https://");
     let has_email = text
@@ -91,6 +105,9 @@ mod tests {
         assert!(parse_user_agent("MyBot/1.0").is_err());
         assert!(parse_user_agent("MyBot/1.0 (me@localhost)").is_err());
         assert!(parse_user_agent("").is_err());
+        assert!(parse_user_agent("(ops@example.org)").is_err());
+        assert!(parse_user_agent("ops@example.org").is_err());
+        assert!(parse_user_agent("https://example.org/bot").is_err());
         assert!(parse_user_agent("Bot\n(ops@example.org)").is_err());
     }
 

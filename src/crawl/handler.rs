@@ -63,11 +63,16 @@ enum CrawlError {
 
 impl CrawlError {
     /// Whether trying again later may succeed without anything else changing: the shared
-    /// rate limiter or robots.txt being unreachable says nothing about the key.
+    /// rate limiter or robots.txt being unreachable, or Open Library refusing our User-Agent,
+    /// says nothing about the key.
     fn is_transient(&self) -> bool {
         matches!(
             self,
-            CrawlError::Fetch(FetchError::Limiter(_) | FetchError::RobotsUnavailable { .. })
+            CrawlError::Fetch(
+                FetchError::Limiter(_)
+                    | FetchError::RobotsUnavailable { .. }
+                    | FetchError::UserAgentBlocked { .. }
+            )
         )
     }
 

@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CrawlArgs, EgressArgs, LimitScope, WorkerArgs};
 use crate::consumer::{ConsumerError, ConsumerLoop};
 use crate::crawl::client::egress::limiter::Rate;
-use crate::crawl::client::egress::{ClientSettings, EgressError, EgressPool, PoolSettings};
+use crate::crawl::client::egress::{
+    ALL_UNAVAILABLE_GRACE, ClientSettings, EgressError, EgressPool, PoolSettings,
+};
 use crate::crawl::client::{FetchSettings, OpenLibraryClient};
 use crate::crawl::handler::{CrawlHandler, OutputTopics};
 use crate::crawl::limits::CrawlLimits;
@@ -21,6 +23,9 @@ use crate::process::metrics::WorkerMetrics;
 /// Readiness condition: true while Redis answers; without it no job can start or finish.
 pub const READINESS_REDIS: &str = "redis";
 
+/// Readiness condition: true while some egress can send (its jobs park while none can).
+pub const READINESS_EGRESS: &str = "egress";
+
 /// Errors that stop a worker at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -30,8 +35,8 @@ pub enum WorkerError {
     /// Redis is unreachable at start-up.
     #[error("crawl store: {0}")]
     Store(#[from] StoreError),
-    /// Redis is unreachable for the rate limiter at start-up.
-    #[error("rate limiter: {0}")]
+    /// Redis is unreachable for the client's shared state at start-up.
+    #[error("record cache, User-Agent block and rate limiter: {0}")]
     Redis(#[from] redis::RedisError),
     /// The egress pool could not be built from `PROXY_POOL`.
     #[error(transparent)]
@@ -48,20 +53,49 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> Result<(), Wo
         "relentless_worker",
         args.metrics_addr,
         args.consumer.max_poll_interval,
-        &[READINESS_REDIS],
+        &[READINESS_REDIS, READINESS_EGRESS],
         WorkerMetrics::register,
     )?;
 
     let store = CrawlStore::connect(&args.redis.redis_url).await?;
+    // One connection for the client's shared state: the record cache, the User-Agent block
+    // and, with cluster scope, the egress limits.
+    let shared =
+        redis::aio::ConnectionManager::new(redis::Client::open(args.redis.redis_url.as_str())?)
+            .await?;
     let limiter_redis = match args.egress.egress_limit_scope {
-        LimitScope::Cluster => Some(
-            redis::aio::ConnectionManager::new(redis::Client::open(args.redis.redis_url.as_str())?)
-                .await?,
-        ),
+        LimitScope::Cluster => Some(shared.clone()),
         LimitScope::Local => None,
     };
     let pool = EgressPool::new(pool_settings(&args.egress), limiter_redis, metrics.clone())?;
-    let client = OpenLibraryClient::new(pool, fetch_settings(&args.egress), metrics.clone());
+    boot::follow_readiness(
+        telemetry.readiness.clone(),
+        READINESS_EGRESS,
+        {
+            // Not ready once no egress has been usable for the grace a request waits: a
+            // brief block of every egress after a 429 is not an outage.
+            let pool = pool.clone();
+            let unusable_since = std::sync::Mutex::new(None::<std::time::Instant>);
+            move || {
+                let mut since = unusable_since.lock().unwrap_or_else(|e| e.into_inner());
+                let ready = if pool.any_usable() {
+                    *since = None;
+                    true
+                } else {
+                    since.get_or_insert_with(std::time::Instant::now).elapsed()
+                        < ALL_UNAVAILABLE_GRACE
+                };
+                async move { ready }
+            }
+        },
+        shutdown.clone(),
+    );
+    let client = OpenLibraryClient::new(
+        pool,
+        fetch_settings(&args.egress),
+        metrics.clone(),
+        Some(shared),
+    );
     let worker_name = args
         .worker_name
         .clone()
@@ -118,6 +152,9 @@ fn fetch_settings(args: &EgressArgs) -> FetchSettings {
         budget_ratio: args.retry_budget_ratio,
         budget_min: args.retry_budget_min,
         budget_window: args.retry_budget_window,
+        refetch_after: args.refetch_after,
+        record_cache_max_bytes: args.record_cache_max_bytes,
+        blocked_probe_interval: args.blocked_probe_interval,
     }
 }
 
@@ -127,11 +164,12 @@ fn pool_settings(args: &EgressArgs) -> PoolSettings {
     PoolSettings {
         egresses: args.proxy_pool.0.clone(),
         rate: Rate::per_minute(args.egress_rate_per_minute, args.egress_burst),
-        overall: args
-            .user_agent_rate_per_minute
-            .map(|per_minute| Rate::per_minute(per_minute, args.egress_burst)),
+        overall: Some(Rate::per_minute(
+            args.user_agent_rate_per_minute,
+            args.egress_burst,
+        )),
         scope: args.egress_limit_scope,
-        redis_prefix: args.egress_redis_prefix.clone(),
+        redis_prefix: args.state.egress_redis_prefix.clone(),
         block_base: args.egress_block_base,
         block_max: args.egress_block_max,
         origin_addr: format!(

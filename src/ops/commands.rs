@@ -5,8 +5,9 @@ use anyhow::Context;
 
 use crate::config::ops::{
     CreateTopicsArgs, DlqListArgs, DlqReplayArgs, DlqSelect, GraphFormat, MigrateArgs,
-    NeighbourhoodArgs, SeedArgs, StatusArgs, SummaryArgs,
+    NeighbourhoodArgs, SeedArgs, StatusArgs, SummaryArgs, UnblockArgs,
 };
+use crate::crawl::client::block;
 use crate::crawl::store::CrawlStore;
 use crate::graph::GraphStore;
 use crate::graph::migrate::{self, MigrateOptions};
@@ -216,5 +217,28 @@ pub async fn bench(args: crate::bench::BenchArgs) -> anyhow::Result<()> {
         .context("running the benchmark")?;
     let failed = rows.iter().filter(|r| !r.error.is_empty()).count();
     anyhow::ensure!(failed == 0, "{failed} grid point(s) failed; see the report");
+    Ok(())
+}
+
+/// `bookworm unblock`: lifts the User-Agent block for every worker sharing the prefix.
+pub async fn unblock(args: UnblockArgs) -> anyhow::Result<()> {
+    let store = CrawlStore::connect(&args.redis.redis_url)
+        .await
+        .context("connecting to Redis")?;
+    let mut redis = store.connection();
+    let prefix = &args.egress_state.egress_redis_prefix;
+    match block::unblock(&mut redis, prefix)
+        .await
+        .context("lifting the User-Agent block")?
+    {
+        Some(record) => println!(
+            "lifted the block of {:?} set at {} ({}); workers send again within {:?}",
+            record.user_agent,
+            record.since.to_rfc3339(),
+            record.detail,
+            block::REFRESH
+        ),
+        None => println!("no User-Agent block is in force under {prefix}"),
+    }
     Ok(())
 }

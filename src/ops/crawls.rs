@@ -201,11 +201,7 @@ pub fn render_status(status: &CrawlStatus) -> String {
 
 /// A state as the API spells it.
 pub fn state_name(state: CrawlState) -> &'static str {
-    match state {
-        CrawlState::Running => "running",
-        CrawlState::Done => "done",
-        CrawlState::Cancelled => "cancelled",
-    }
+    state.as_str()
 }
 
 /// Fetched nodes per second over a sliding window of samples.

@@ -155,6 +155,13 @@ pub struct WorkerMetrics {
     pub egress_requests: IntCounterVec,
     /// 1 while an egress is blocked by backoff or marked down.
     pub egress_blocked: IntGaugeVec,
+    /// 1 while Open Library refuses our User-Agent and nothing is sent (the alert's signal).
+    pub user_agent_blocked: IntGauge,
+    /// Record cache lookups by result (`hit`, `miss`, `error`): the hit rate is what the
+    /// cache saves Open Library.
+    pub record_cache_lookups: IntCounterVec,
+    /// Bytes the record cache holds in Redis, as of this process's last store.
+    pub record_cache_bytes: IntGauge,
 }
 
 impl WorkerMetrics {
@@ -205,6 +212,22 @@ impl WorkerMetrics {
                 "relentless_worker_egress_blocked",
                 "1 while an egress is blocked by backoff or marked down.",
                 &["egress"],
+            )?,
+            user_agent_blocked: gauge(
+                registry,
+                "relentless_worker_user_agent_blocked",
+                "1 while Open Library refuses our User-Agent and no worker sends.",
+            )?,
+            record_cache_lookups: counter_vec(
+                registry,
+                "relentless_worker_record_cache_lookups_total",
+                "Record cache lookups, by result (hit, miss, error).",
+                &["result"],
+            )?,
+            record_cache_bytes: gauge(
+                registry,
+                "relentless_worker_record_cache_bytes",
+                "Bytes the record cache holds in Redis, as of this process's last store.",
             )?,
         })
     }

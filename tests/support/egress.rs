@@ -357,6 +357,9 @@ pub fn fetch_settings(origin: Url) -> FetchSettings {
         budget_ratio: 0.2,
         budget_min: 10,
         budget_window: Duration::from_secs(60),
+        refetch_after: Duration::ZERO,
+        record_cache_max_bytes: 1 << 20,
+        blocked_probe_interval: Duration::from_secs(3600),
     }
 }
 
@@ -379,7 +382,12 @@ pub fn client(
     redis: Option<redis::aio::ConnectionManager>,
 ) -> (OpenLibraryClient, WorkerMetrics) {
     let metrics = metrics();
-    let pool = EgressPool::new(settings, redis, metrics.clone()).unwrap();
-    let client = OpenLibraryClient::new(pool, fetch_settings(server.origin()), metrics.clone());
+    let pool = EgressPool::new(settings, redis.clone(), metrics.clone()).unwrap();
+    let client = OpenLibraryClient::new(
+        pool,
+        fetch_settings(server.origin()),
+        metrics.clone(),
+        redis,
+    );
     (client, metrics)
 }

@@ -4,8 +4,9 @@ use crate::crawl::client::egress::EgressError;
 use crate::message::FailureReason;
 
 /// Why a fetch failed. Each variant says what the caller does: all are final for this job
-/// (dead-letter with [`FetchError::reason`]), except that [`FetchError::Limiter`] and
-/// [`FetchError::RobotsUnavailable`] may succeed on a later redelivery.
+/// (dead-letter with [`FetchError::reason`]), except that [`FetchError::Limiter`],
+/// [`FetchError::RobotsUnavailable`] and [`FetchError::UserAgentBlocked`] may succeed on a
+/// later redelivery.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The job names a URL that cannot be parsed.
@@ -97,6 +98,13 @@ pub enum FetchError {
         /// The cap.
         limit: usize,
     },
+    /// Open Library refused our User-Agent (403), now or earlier and still in force: nothing is
+    /// sent by any worker until the block is lifted, so the job waits rather than fails.
+    #[error("Open Library refuses our User-Agent; {url} not sent until the block is lifted")]
+    UserAgentBlocked {
+        /// The URL not sent (or refused).
+        url: String,
+    },
     /// The shared rate limiter (Redis) could not be asked; nothing was sent.
     #[error(transparent)]
     Limiter(#[from] EgressError),
@@ -115,7 +123,9 @@ impl FetchError {
                 FailureReason::Http5xx
             }
             FetchError::Client { .. } => FailureReason::Http4xx,
-            FetchError::RateLimited { .. } => FailureReason::RateLimited,
+            FetchError::RateLimited { .. } | FetchError::UserAgentBlocked { .. } => {
+                FailureReason::RateLimited
+            }
             FetchError::Timeout { .. } | FetchError::Limiter(_) => FailureReason::Timeout,
             // The answer cannot be used as a record: the closest DLQ reason.
             FetchError::BodyTooLarge { .. } => FailureReason::Parse,

@@ -7,7 +7,14 @@
 //! but never at the expense of healthy requests: a request waiting to retry holds no
 //! connection and no rate-limit cell, and a retry budget caps the share of traffic that
 //! retries may take. Every final failure names its DLQ reason ([`FetchError::reason`]).
+//!
+//! Two pieces of shared state stand in front of the network: the record cache ([`cache`]):
+//! a path fetched by any crawl within `REFETCH_AFTER` is answered from Redis; and the
+//! User-Agent block ([`block`]): after a 403 nothing is sent by any worker until an operator
+//! lifts it.
 
+pub mod block;
+pub mod cache;
 pub mod egress;
 mod error;
 mod retry_budget;
@@ -24,6 +31,8 @@ use rand::Rng;
 use reqwest::StatusCode;
 use url::Url;
 
+use crate::crawl::client::block::UserAgentBlock;
+use crate::crawl::client::cache::{CachedRecord, RecordCache};
 use crate::crawl::client::egress::limiter::Rate;
 use crate::crawl::client::egress::{EgressPool, EgressSlot};
 use crate::crawl::client::robots::{MAX_ROBOTS_BYTES, Robots, RobotsAnswer, RobotsCache};
@@ -75,6 +84,12 @@ pub struct FetchSettings {
     pub budget_min: u32,
     /// Retry budget: the window.
     pub budget_window: Duration,
+    /// A path fetched this recently is answered from the record cache; zero: no cache.
+    pub refetch_after: Duration,
+    /// Ceiling on the record cache's bytes.
+    pub record_cache_max_bytes: usize,
+    /// How long a User-Agent block holds before one request probes it.
+    pub blocked_probe_interval: Duration,
 }
 
 struct Inner {
@@ -82,6 +97,8 @@ struct Inner {
     settings: FetchSettings,
     budget: RetryBudget,
     robots: tokio::sync::Mutex<RobotsCache>,
+    cache: Option<RecordCache>,
+    block: UserAgentBlock,
     metrics: WorkerMetrics,
 }
 
@@ -113,12 +130,37 @@ enum AttemptError {
 
 impl OpenLibraryClient {
     /// Builds the client on a pool (the worker's start-up and the tests build both from
-    /// their settings).
-    pub fn new(pool: EgressPool, settings: FetchSettings, metrics: WorkerMetrics) -> Self {
+    /// their settings). With `redis`, the record cache and the User-Agent block are shared
+    /// with every worker; without it there is no cache and a block holds in this process only.
+    pub fn new(
+        pool: EgressPool,
+        settings: FetchSettings,
+        metrics: WorkerMetrics,
+        redis: Option<redis::aio::ConnectionManager>,
+    ) -> Self {
         let budget = RetryBudget::new(
             settings.budget_ratio,
             settings.budget_min,
             settings.budget_window,
+        );
+        let cache = redis
+            .clone()
+            .filter(|_| !settings.refetch_after.is_zero())
+            .map(|redis| {
+                RecordCache::new(
+                    redis,
+                    pool.redis_prefix(),
+                    &settings.origin,
+                    settings.refetch_after,
+                    settings.record_cache_max_bytes,
+                )
+            });
+        let block = UserAgentBlock::new(
+            redis,
+            pool.redis_prefix(),
+            pool.user_agent().to_owned(),
+            settings.blocked_probe_interval,
+            metrics.user_agent_blocked.clone(),
         );
         Self {
             inner: Arc::new(Inner {
@@ -126,6 +168,8 @@ impl OpenLibraryClient {
                 settings,
                 budget,
                 robots: tokio::sync::Mutex::new(RobotsCache::default()),
+                cache,
+                block,
                 metrics,
             }),
         }
@@ -158,13 +202,73 @@ impl OpenLibraryClient {
     }
 
     async fn timed(&self, path_and_query: &str, obey_robots: bool) -> Result<Fetched, FetchError> {
+        if let Some(hit) = self.cached(path_and_query, obey_robots).await {
+            return Ok(hit);
+        }
         let started = Instant::now();
         let result = self.get_inner(path_and_query, obey_robots).await;
         self.inner
             .metrics
             .fetch_latency
             .observe(started.elapsed().as_secs_f64());
+        if let Ok(fetched) = &result {
+            self.remember(path_and_query, fetched).await;
+        }
         result
+    }
+
+    /// The record cache's answer for `path`, if it has a fresh one that robots.txt still
+    /// allows (a disallowed path is left to the network path, which refuses it with reason).
+    async fn cached(&self, path: &str, obey_robots: bool) -> Option<Fetched> {
+        let cache = self.inner.cache.as_ref()?;
+        let lookups = &self.inner.metrics.record_cache_lookups;
+        let record = match cache.get(path).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                lookups.with_label_values(&["miss"]).inc();
+                return None;
+            }
+            Err(error) => {
+                tracing::debug!(%error, path, "record cache unreadable; fetching");
+                lookups.with_label_values(&["error"]).inc();
+                return None;
+            }
+        };
+        if obey_robots && self.check_robots(&record.url).await.is_err() {
+            lookups.with_label_values(&["miss"]).inc();
+            return None;
+        }
+        lookups.with_label_values(&["hit"]).inc();
+        Some(Fetched {
+            status: 200,
+            body: record.body,
+            final_url: record.url,
+            egress: "cache".to_owned(),
+            attempts: 0,
+        })
+    }
+
+    /// Keeps a 200 answer in the record cache (a 404 or a failure is asked again next time).
+    async fn remember(&self, path: &str, fetched: &Fetched) {
+        let Some(cache) = &self.inner.cache else {
+            return;
+        };
+        if fetched.status != 200 {
+            return;
+        }
+        let record = CachedRecord {
+            url: fetched.final_url.clone(),
+            body: fetched.body.clone(),
+        };
+        match cache.put(path, &record).await {
+            Ok(None) => {}
+            Ok(Some(bytes)) => self
+                .inner
+                .metrics
+                .record_cache_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            Err(error) => tracing::debug!(%error, path, "record cache unwritable"),
+        }
     }
 
     async fn get_inner(&self, input: &str, obey_robots: bool) -> Result<Fetched, FetchError> {
@@ -175,6 +279,12 @@ impl OpenLibraryClient {
         })?;
         if !same_origin(origin, &url) {
             return Err(FetchError::ForeignOrigin {
+                url: url.to_string(),
+            });
+        }
+        // Before robots.txt too: a robots.txt refused by the block would disallow everything.
+        if self.inner.block.is_blocked().await {
+            return Err(FetchError::UserAgentBlocked {
                 url: url.to_string(),
             });
         }
@@ -312,7 +422,18 @@ impl OpenLibraryClient {
         let mut retry = 0u32;
         let mut throttled_answers = 0u32;
         loop {
+            // Before waiting for a cell, and again before sending: the wait may outlast the view.
+            if inner.block.is_blocked().await {
+                return Err(FetchError::UserAgentBlocked {
+                    url: url.to_string(),
+                });
+            }
             let slot = inner.pool.acquire().await?;
+            if inner.block.is_blocked().await {
+                return Err(FetchError::UserAgentBlocked {
+                    url: url.to_string(),
+                });
+            }
             *attempts += 1;
             let outcome = self.attempt(&slot, url).await;
             let (error, backoff_needed) = match outcome {
@@ -322,6 +443,13 @@ impl OpenLibraryClient {
                     let throttled = status == StatusCode::TOO_MANY_REQUESTS
                         || (status == StatusCode::SERVICE_UNAVAILABLE
                             && answer.retry_after.is_some());
+                    if status == StatusCode::FORBIDDEN {
+                        // Open Library's verdict on our User-Agent, not on this record.
+                        inner.block.block(format!("HTTP 403 from {url}")).await;
+                        return Err(FetchError::UserAgentBlocked {
+                            url: url.to_string(),
+                        });
+                    }
                     if throttled {
                         // This egress is over its limit at the server: block it, go elsewhere
                         // at once (the block itself is the wait).

@@ -53,6 +53,9 @@ pub enum CrawlState {
     Done,
     /// Cancelled by an operator; remaining jobs are dropped and counted as skipped.
     Cancelled,
+    /// Running, but Open Library refuses our User-Agent: its jobs wait until an operator
+    /// lifts the block. Never stored: the API shows it over `Running` while the block holds.
+    Blocked,
 }
 
 impl CrawlState {
@@ -62,6 +65,7 @@ impl CrawlState {
             Self::Running => "running",
             Self::Done => "done",
             Self::Cancelled => "cancelled",
+            Self::Blocked => "blocked",
         }
     }
 
@@ -474,6 +478,11 @@ impl CrawlStore {
                 detail: format!("unexpected reply from the requeue script: {other}"),
             }),
         }
+    }
+
+    /// The connection, for state kept beside the crawls (the User-Agent block).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     /// The crawl's status, or `None` if it is unknown.

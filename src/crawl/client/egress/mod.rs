@@ -30,6 +30,12 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// to notice a probe bringing a proxy back, cheap because it only reads local state.
 const ALL_BLOCKED_POLL: Duration = Duration::from_millis(250);
 
+/// How long a request waits for an egress while every one is blocked or down. Past it the
+/// request fails with [`EgressError::Unavailable`] and its job is parked and tried again
+/// later: a pool outage is not the job's fault, and waiting on would hold the job's slot
+/// until `JOB_TIMEOUT` dead-lettered it and skipped its subtree.
+pub const ALL_UNAVAILABLE_GRACE: Duration = Duration::from_secs(5);
+
 /// Errors from building or using the pool.
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -47,6 +53,9 @@ pub enum EgressError {
     /// The shared limit in Redis could not be asked; the request may be retried later.
     #[error("rate limiter unavailable: {0}")]
     Limiter(#[from] redis::RedisError),
+    /// Every egress stayed blocked or down for [`ALL_UNAVAILABLE_GRACE`]; nothing was sent.
+    #[error("every egress is blocked or down")]
+    Unavailable,
 }
 
 /// What the HTTP clients of every egress share.
@@ -200,6 +209,16 @@ impl EgressPool {
         })
     }
 
+    /// The prefix of the pool's shared state in Redis (its User-Agent block lives there too).
+    pub fn redis_prefix(&self) -> &str {
+        &self.inner.settings.redis_prefix
+    }
+
+    /// The User-Agent every egress sends.
+    pub fn user_agent(&self) -> &str {
+        &self.inner.settings.client.user_agent
+    }
+
     /// The labels of all egresses, in pool order.
     pub fn labels(&self) -> Vec<String> {
         self.inner
@@ -220,10 +239,12 @@ impl EgressPool {
     }
 
     /// Waits for the egress that can send soonest and takes a cell of its limit. Holds no
-    /// connection while waiting. Fails only when the shared limiter (Redis) cannot be asked.
+    /// connection while waiting. Fails when the shared limiter (Redis) cannot be asked, or
+    /// when every egress stays blocked or down for [`ALL_UNAVAILABLE_GRACE`].
     pub async fn acquire(&self) -> Result<EgressSlot, EgressError> {
         let inner = &self.inner;
         let _turn = inner.acquiring.lock().await;
+        let mut unavailable_since: Option<Instant> = None;
         loop {
             let now = Instant::now();
             let n = inner.egresses.len();
@@ -240,6 +261,10 @@ impl EgressPool {
                 }
             }
             if candidates.is_empty() {
+                let since = *unavailable_since.get_or_insert(now);
+                if now - since >= ALL_UNAVAILABLE_GRACE {
+                    return Err(EgressError::Unavailable);
+                }
                 let wait = soonest_unblock.unwrap_or(ALL_BLOCKED_POLL);
                 tokio::time::sleep(wait.min(ALL_BLOCKED_POLL)).await;
                 continue;
@@ -414,6 +439,13 @@ impl EgressPool {
                 }
             }
         });
+    }
+
+    /// Whether some egress is neither blocked nor down now (readiness: a worker whose whole
+    /// pool is out cannot fetch, and says so on `/readyz`).
+    pub fn any_usable(&self) -> bool {
+        let now = Instant::now();
+        (0..self.inner.egresses.len()).any(|index| self.available_in(index, now).is_none())
     }
 
     /// Whether an egress is marked down now (for tests and readiness).
