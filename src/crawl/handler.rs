@@ -152,6 +152,9 @@ impl CrawlHandler {
                     return Err(CrawlError::Gone(format!("{key}: not found")));
                 }
                 let page = parse::parse_subject(&fetched.body)?;
+                if !page.dropped.is_empty() {
+                    tracing::debug!(%key, dropped = ?page.dropped, "subject works of the wrong shape left out");
+                }
                 Ok(Expansion::of_subject(key, &page, &self.limits))
             }
             Target::Work(key) | Target::Author(key) | Target::Edition(key) => {
@@ -166,6 +169,9 @@ impl CrawlHandler {
             let fetched = self.client.get(&format!("{key}.json")).await?;
             match parse::parse_record(&fetched.body)? {
                 RecordAnswer::Entity(entity) => {
+                    if !entity.dropped.is_empty() {
+                        tracing::debug!(key = %entity.key, dropped = ?entity.dropped, "record values of the wrong shape left out");
+                    }
                     let mut expansion = Expansion::of_entity(&entity, &self.limits);
                     match Target::parse(&entity.key) {
                         Ok(Target::Author(_)) => {
@@ -218,6 +224,9 @@ impl CrawlHandler {
                 break;
             }
             let page = parse::parse_page(&fetched.body)?;
+            if !page.dropped.is_empty() {
+                tracing::debug!(%key, list, dropped = ?page.dropped, "page entries of the wrong shape left out");
+            }
             let got = page.entries.len();
             all.entries.extend(page.entries);
             if got == 0 || page.next.is_none() {
