@@ -288,6 +288,23 @@ fn a_list_of_nothing_valid_is_no_property() {
     assert_eq!(work.dropped, ["covers[0]"]);
 }
 
+/// A key whose prefix names another kind than the record's type is not a node the graph
+/// could file under one label: the record is a `parse` error, not a node the graph writer
+/// would reject while the crawl counts it fetched.
+#[test]
+fn a_key_that_disagrees_with_its_type_is_a_parse_error() {
+    for body in [
+        json!({"key": "/works/OL1W", "type": {"key": "/type/author"}, "name": "x"}),
+        json!({"key": "/authors/OL1A", "type": {"key": "/type/work"}, "title": "x"}),
+        json!({"key": "/subjects/foxes", "type": {"key": "/type/edition"}}),
+    ] {
+        let err = parse_record(body.to_string().as_bytes())
+            .expect_err("a key of another kind than its type");
+        assert!(matches!(err, ParseError::Shape { .. }), "{body}: {err:?}");
+        assert_eq!(err.reason().as_str(), "parse");
+    }
+}
+
 /// One entry of a page, subject or search without its key costs that entry, not the page.
 #[test]
 fn one_bad_entry_of_a_list_page_costs_that_entry_only() {

@@ -59,6 +59,8 @@ enum CrawlError {
     RedirectLoop(String),
     #[error("{key} redirects to {location}, which is not a key of the same kind")]
     BadRedirect { key: String, location: String },
+    #[error("{asked} answered a record whose key is {answered}")]
+    WrongRecord { asked: String, answered: String },
 }
 
 impl CrawlError {
@@ -82,6 +84,7 @@ impl CrawlError {
         match self {
             CrawlError::Fetch(e) => e.reason(),
             CrawlError::Parse(e) => e.reason(),
+            CrawlError::WrongRecord { .. } => FailureReason::Parse,
             CrawlError::Gone(_) => FailureReason::Http4xx,
             CrawlError::RedirectLoop(_) | CrawlError::BadRedirect { .. } => {
                 FailureReason::InvalidJob
@@ -163,12 +166,28 @@ impl CrawlHandler {
         }
     }
 
+    /// Fetches a record, following its redirect records, and expands it.
+    ///
+    /// The node is published under the key of the record that was asked for, never under one
+    /// the body merely claims: the key of the URL that answered (after HTTP redirects, which
+    /// like redirect records put their target in place of the source, and must stay within
+    /// the same kind) must be the body's `key`. A body naming another key is not the record
+    /// asked for and fails the job as `parse`: publishing it under its own key would mark the
+    /// asked key done without its node, and under the asked key would file another record's
+    /// data there. So the crawl store counts a node exactly when the graph gets one.
     async fn expand_record(&self, first_key: &str) -> Result<Expansion, CrawlError> {
         let mut key = first_key.to_owned();
         for _ in 0..=MAX_RECORD_REDIRECTS {
             let fetched = self.client.get(&format!("{key}.json")).await?;
+            let answering = answering_key(&key, &fetched.final_url)?;
             match parse::parse_record(&fetched.body)? {
                 RecordAnswer::Entity(entity) => {
+                    if entity.key != answering {
+                        return Err(CrawlError::WrongRecord {
+                            asked: answering,
+                            answered: entity.key,
+                        });
+                    }
                     if !entity.dropped.is_empty() {
                         tracing::debug!(key = %entity.key, dropped = ?entity.dropped, "record values of the wrong shape left out");
                     }
@@ -390,6 +409,31 @@ impl CrawlHandler {
     }
 }
 
+/// The record key a URL that answered `asked` names (`/works/OL1W.json` → `/works/OL1W`).
+/// An HTTP redirect to another key of the same kind puts that key in place of the one asked
+/// for, like a redirect record; one to anything else is a bad redirect.
+fn answering_key(asked: &str, final_url: &url::Url) -> Result<String, CrawlError> {
+    let path = final_url.path();
+    let Some(answering) = path.strip_suffix(".json") else {
+        return Err(CrawlError::BadRedirect {
+            key: asked.to_owned(),
+            location: path.to_owned(),
+        });
+    };
+    if answering == asked {
+        return Ok(answering.to_owned());
+    }
+    match (Target::parse(asked), Target::parse(answering)) {
+        (Ok(from), Ok(to)) if std::mem::discriminant(&from) == std::mem::discriminant(&to) => {
+            Ok(answering.to_owned())
+        }
+        _ => Err(CrawlError::BadRedirect {
+            key: asked.to_owned(),
+            location: answering.to_owned(),
+        }),
+    }
+}
+
 impl Handler for CrawlHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<Vec<Record>, HandleError> {
         self.metrics.jobs_received.inc();
@@ -465,7 +509,40 @@ impl Handler for CrawlHandler {
 
 #[cfg(test)]
 mod tests {
-    use super::{CrawlError, ParseError};
+    use super::{CrawlError, ParseError, answering_key};
+
+    fn url(path: &str) -> url::Url {
+        url::Url::parse("http://ol.test")
+            .and_then(|base| base.join(path))
+            .expect("a URL")
+    }
+
+    /// The record that answers is the one its URL names: the key asked for, or the target of
+    /// an HTTP redirect to a key of the same kind (crawled in place of the source).
+    #[test]
+    fn the_answering_url_names_the_record() {
+        assert_eq!(
+            answering_key("/works/OL1W", &url("/works/OL1W.json")).ok(),
+            Some("/works/OL1W".to_owned())
+        );
+        assert_eq!(
+            answering_key("/works/OL1W", &url("/works/OL2W.json")).ok(),
+            Some("/works/OL2W".to_owned())
+        );
+    }
+
+    /// An HTTP redirect to another kind of key, or off the record paths, is a bad redirect
+    /// (`invalid_job`), like a redirect record of another kind.
+    #[test]
+    fn an_http_redirect_to_another_kind_is_a_bad_redirect() {
+        for path in ["/authors/OL1A.json", "/works/OL2W", "/search.json"] {
+            let error = answering_key("/works/OL1W", &url(path)).expect_err(path);
+            assert!(
+                matches!(error, CrawlError::BadRedirect { .. }),
+                "{path}: {error}"
+            );
+        }
+    }
 
     fn json_error(body: &str) -> CrawlError {
         let source = serde_json::from_str::<serde_json::Value>(body).expect_err("invalid JSON");

@@ -311,9 +311,11 @@ fn decode_bytes<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<
 /// (whatever the HTTP status: a 404's body is the `notfound` record).
 ///
 /// What fails a record as a whole is only what makes it unusable: a body that is not a JSON
-/// object, an envelope field of the wrong type, no `key`, an unknown `type`, or a redirect
-/// without `location`. Every other field is read on its own: what has the wrong shape is left
-/// out and listed in [`Entity::dropped`].
+/// object, an envelope field of the wrong type, no `key`, an unknown `type`, a redirect
+/// without `location`, or a `key` whose prefix names another kind than its `type` (a
+/// `/works/…` key typed `/type/author` would be filed by the graph under neither, so it is
+/// a `parse` failure rather than a node the graph writer rejects). Every other field is read
+/// on its own: what has the wrong shape is left out and listed in [`Entity::dropped`].
 pub fn parse_record(body: &[u8]) -> Result<RecordAnswer, ParseError> {
     const WHAT: &str = "record";
     let value: Value = decode_bytes(WHAT, body)?;
@@ -385,6 +387,12 @@ pub fn parse_record(body: &[u8]) -> Result<RecordAnswer, ParseError> {
             });
         }
     };
+    if Label::of_key(&key) != Some(label) {
+        return Err(ParseError::Shape {
+            what: WHAT,
+            detail: format!("{key} is typed {kind}, which is not a {}", label.as_str()),
+        });
+    }
     Ok(RecordAnswer::Entity(Entity {
         key,
         label,
