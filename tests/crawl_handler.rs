@@ -203,3 +203,31 @@ async fn a_record_with_one_bad_value_is_published_without_it() {
         ["/authors/OL1A", "/subjects/foxes"]
     );
 }
+
+/// A crawl whose stored state cannot be read (a `max_depth` that is not a number) is not a
+/// Redis outage: the job is dead-lettered as `invalid_job` saying the state is corrupt,
+/// instead of being retried forever while its partition's commits wait.
+#[tokio::test]
+async fn a_job_of_a_crawl_with_corrupt_state_is_dead_lettered() {
+    let origin = open_library(vec![(
+        "/works/OL1W.json",
+        work("/works/OL1W", &["/authors/OL1A"], &[]),
+    )])
+    .await;
+    let (handler, crawl) = handler_with_crawl(origin, &["/works/OL1W"], 2).await;
+    let mut redis = support::egress::redis().await;
+    redis::cmd("HSET")
+        .arg(format!("bookworm:crawl:{{{crawl}}}:meta"))
+        .arg("max_depth")
+        .arg("deep")
+        .query_async::<()>(&mut redis)
+        .await
+        .expect("meta broken");
+    match handler.handle(&delivery(&crawl, "/works/OL1W", 0)).await {
+        Err(HandleError::DeadLetter { reason, detail }) => {
+            assert_eq!(reason, "invalid_job");
+            assert!(detail.contains("corrupt crawl state"), "{detail}");
+        }
+        other => panic!("expected an invalid_job dead letter, got {other:?}"),
+    }
+}

@@ -3,7 +3,7 @@
 
 mod support;
 
-use bookworm::crawl::store::{Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish};
+use bookworm::crawl::store::{Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish, StoreError};
 use bookworm::message::{FailureReason, Label};
 use support::{stack_env, unique};
 
@@ -239,4 +239,69 @@ async fn budget_and_cancel_stop_new_work() {
             .unwrap(),
         Begin::UnknownCrawl
     );
+}
+
+/// A claim that does not read as `depth|claimer` is corrupt crawl state, reported as such
+/// and not as a Redis outage (which the worker would retry forever); nothing is half-claimed.
+#[tokio::test]
+async fn a_claim_that_does_not_parse_is_corrupt_state() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    let mut redis = support::egress::redis().await;
+    redis::cmd("HSET")
+        .arg(format!("bookworm:crawl:{{{id}}}:claims"))
+        .arg("/authors/OL1A")
+        .arg("garbage")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let err = store
+        .claim(
+            &id,
+            "0|/works/OL1W",
+            100,
+            &[child("/subjects/x", 1), child("/authors/OL1A", 1)],
+        )
+        .await
+        .expect_err("a corrupt claim");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    let err = store
+        .begin(&id, "/authors/OL1A", 1)
+        .await
+        .expect_err("a corrupt claim");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    let err = store
+        .finish(&id, "/authors/OL1A", 1, &Finish::NoNode)
+        .await
+        .expect_err("a corrupt claim");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(
+        status.counters.enqueued, 1,
+        "nothing half-claimed: {status:?}"
+    );
+}
+
+/// A crawl key holding another Redis type (hand-edited, or another program's key) is corrupt
+/// crawl state too.
+#[tokio::test]
+async fn a_crawl_key_of_another_type_is_corrupt_state() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    let mut redis = support::egress::redis().await;
+    let meta = format!("bookworm:crawl:{{{id}}}:meta");
+    redis::cmd("DEL")
+        .arg(&meta)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    redis::cmd("SET")
+        .arg(&meta)
+        .arg("not a hash")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let err = store
+        .begin(&id, "/works/OL1W", 0)
+        .await
+        .expect_err("meta is not a hash");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
 }

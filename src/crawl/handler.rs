@@ -93,8 +93,15 @@ impl CrawlError {
     }
 }
 
-fn retry(error: StoreError) -> HandleError {
-    HandleError::Retry(format!("crawl store: {error}"))
+/// What the loop should do about a crawl-store error: wait for Redis to come back, unless
+/// the crawl's own state is corrupt. Corruption does not heal by waiting, and a job retried
+/// forever holds its partition's commits (and with them every other crawl's jobs there), so
+/// such a job is dead-lettered as `invalid_job`, with a detail that says the state is corrupt.
+fn store_error(error: StoreError) -> HandleError {
+    match error {
+        StoreError::Corrupt { .. } => dead_letter(FailureReason::InvalidJob, error.to_string()),
+        StoreError::Redis(_) => HandleError::Retry(format!("crawl store: {error}")),
+    }
 }
 
 fn dead_letter(reason: FailureReason, detail: impl Into<String>) -> HandleError {
@@ -337,7 +344,7 @@ impl CrawlHandler {
             .store
             .begin(&job.crawl_id, &job.key, job.depth)
             .await
-            .map_err(retry)?
+            .map_err(store_error)?
         {
             Begin::Run {
                 max_depth,
@@ -371,7 +378,7 @@ impl CrawlHandler {
                 .store
                 .claim(&job.crawl_id, &claimer, max_nodes, &children)
                 .await
-                .map_err(retry)?;
+                .map_err(store_error)?;
             children
                 .into_iter()
                 .zip(wins)
@@ -493,7 +500,7 @@ impl Handler for CrawlHandler {
         self.store
             .finish(&job.crawl_id, &job.key, job.depth, &finish)
             .await
-            .map_err(retry)?;
+            .map_err(store_error)?;
         match &finish {
             Finish::Failed(reason) => {
                 tracing::debug!(crawl_id = %job.crawl_id, key = %job.key, reason = reason.as_str(), "job dead-lettered")

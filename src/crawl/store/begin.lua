@@ -12,9 +12,14 @@ if not claim then
   redis.call('HSET', claims, key, depth .. '|replay')
   redis.call('SADD', pending, key)
   if state == 'done' then redis.call('HSET', meta, 'state', 'running') end
-elseif tonumber(string.match(claim, '^(%d+)')) < depth
-    or redis.call('SISMEMBER', pending, key) == 0 then
-  redis.call('HINCRBY', counters, 'duplicates', 1)
-  return {'duplicate'}
+else
+  local claimed_depth = tonumber(string.match(claim, '^(%d+)|'))
+  if not claimed_depth then
+    return redis.error_reply('CORRUPT claim of ' .. key .. ' is ' .. claim)
+  end
+  if claimed_depth < depth or redis.call('SISMEMBER', pending, key) == 0 then
+    redis.call('HINCRBY', counters, 'duplicates', 1)
+    return {'duplicate'}
+  end
 end
 return {'run', redis.call('HGET', meta, 'max_depth'), redis.call('HGET', meta, 'max_nodes')}

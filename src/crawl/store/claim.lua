@@ -1,6 +1,14 @@
 local meta, claims, pending, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local max_nodes, claimer = tonumber(ARGV[1]), ARGV[2]
 local state = redis.call('HGET', meta, 'state')
+-- Read everything that could be corrupt before writing anything, so a corrupt reply never
+-- leaves half a claim behind.
+for i = 3, #ARGV, 2 do
+  local claim = redis.call('HGET', claims, ARGV[i])
+  if claim and not string.match(claim, '^%d+|') then
+    return redis.error_reply('CORRUPT claim of ' .. ARGV[i] .. ' is ' .. claim)
+  end
+end
 local out = {}
 for i = 3, #ARGV, 2 do
   local key, depth = ARGV[i], tonumber(ARGV[i + 1])

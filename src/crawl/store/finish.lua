@@ -4,8 +4,12 @@ local key, depth, outcome, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 -- A job of an unknown (expired) crawl leaves no trace.
 if redis.call('EXISTS', meta) == 0 then return 0 end
 local claim = redis.call('HGET', claims, key)
+local claimed_depth = claim and tonumber(string.match(claim, '^(%d+)|'))
+if claim and not claimed_depth then
+  return redis.error_reply('CORRUPT claim of ' .. key .. ' is ' .. claim)
+end
 -- A shorter path may have re-claimed the key meanwhile: its own job clears it.
-if not claim or tonumber(string.match(claim, '^(%d+)')) >= depth then
+if not claim or claimed_depth >= depth then
   redis.call('SREM', pending, key)
 end
 if outcome == 'node' then

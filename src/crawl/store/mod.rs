@@ -10,6 +10,8 @@
 //!   (a published node, or a DLQ record) is acknowledged and [`CrawlStore::finish`] is
 //!   called. A job that crashed or timed out is therefore redelivered and run again, never
 //!   lost to its own claim (the Go predecessor's lesson).
+//! - A reply that says the crawl's stored state is broken is [`StoreError::Corrupt`], not a
+//!   Redis outage: retrying it cannot help.
 //! - Counters are idempotent: nodes, edges and failures are counted once per key (or edge)
 //!   however often a job is redelivered, so the final counters equal the graph's counts.
 //! - The crawl is `done` when nothing is pending.
@@ -41,6 +43,26 @@ pub enum StoreError {
         /// What was wrong.
         detail: String,
     },
+}
+
+impl StoreError {
+    /// Sorts a Redis error: Redis being unreachable or busy is worth retrying, but an answer
+    /// that says the crawl's own state is broken is not, and retrying it forever would hold
+    /// every partition its jobs touch. Corrupt are: a reply that does not parse as what the
+    /// script returns, a crawl key holding another Redis type (`WRONGTYPE`), and a script's
+    /// own `CORRUPT` error (a stored claim it cannot read).
+    fn of_redis(crawl_id: &str, error: redis::RedisError) -> Self {
+        let corrupt = error.kind() == redis::ErrorKind::UnexpectedReturnType
+            || matches!(error.code(), Some("WRONGTYPE" | "CORRUPT"));
+        if corrupt {
+            StoreError::Corrupt {
+                crawl_id: crawl_id.to_owned(),
+                detail: error.to_string(),
+            }
+        } else {
+            StoreError::Redis(error)
+        }
+    }
 }
 
 /// The life of a crawl.
@@ -200,6 +222,7 @@ impl CrawlKeys {
         }
     }
 
+    /// Every key of the crawl, in the order the FINISH script takes them.
     fn all(&self) -> [&str; 7] {
         [
             &self.meta,
@@ -331,7 +354,8 @@ impl CrawlStore {
             .arg(key)
             .arg(depth)
             .invoke_async(&mut conn)
-            .await?;
+            .await
+            .map_err(|e| StoreError::of_redis(crawl_id, e))?;
         let corrupt = |detail: &str| StoreError::Corrupt {
             crawl_id: crawl_id.to_owned(),
             detail: detail.to_owned(),
@@ -384,7 +408,20 @@ impl CrawlStore {
             invocation.arg(&child.key).arg(child.depth);
         }
         let mut conn = self.conn.clone();
-        let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        let reply: Vec<i64> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::of_redis(crawl_id, e))?;
+        if reply.len() != children.len() {
+            return Err(StoreError::Corrupt {
+                crawl_id: crawl_id.to_owned(),
+                detail: format!(
+                    "the claim script answered {} decisions for {} children",
+                    reply.len(),
+                    children.len()
+                ),
+            });
+        }
         Ok(reply.into_iter().map(|v| v == 1).collect())
     }
 
@@ -425,7 +462,10 @@ impl CrawlStore {
             }
         }
         let mut conn = self.conn.clone();
-        invocation.invoke_async::<i64>(&mut conn).await?;
+        invocation
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| StoreError::of_redis(crawl_id, e))?;
         Ok(())
     }
 
@@ -438,7 +478,8 @@ impl CrawlStore {
             .key(&keys.meta)
             .arg(Utc::now().to_rfc3339())
             .invoke_async(&mut conn)
-            .await?;
+            .await
+            .map_err(|e| StoreError::of_redis(crawl_id, e))?;
         Ok(found == 1)
     }
 
@@ -463,7 +504,8 @@ impl CrawlStore {
             .arg(depth)
             .arg(Utc::now().to_rfc3339())
             .invoke_async(&mut conn)
-            .await?;
+            .await
+            .map_err(|e| StoreError::of_redis(crawl_id, e))?;
         match reply.as_str() {
             "requeued" => Ok(Requeue::Requeued),
             "pending" => Ok(Requeue::AlreadyPending),
@@ -486,7 +528,8 @@ impl CrawlStore {
                 .hgetall(&keys.counters)
                 .scard(&keys.pending)
                 .query_async(&mut conn)
-                .await?;
+                .await
+                .map_err(|e| StoreError::of_redis(crawl_id, e))?;
         if meta.is_empty() {
             return Ok(None);
         }
