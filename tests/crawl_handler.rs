@@ -12,13 +12,13 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use bookworm::config::{EgressSpec, LimitScope};
-use bookworm::consumer::{Delivery, HandleError, Handler};
+use bookworm::consumer::{Delivery, HandleError, Handler, Outcome};
 use bookworm::crawl::client::OpenLibraryClient;
 use bookworm::crawl::client::egress::EgressPool;
 use bookworm::crawl::client::egress::limiter::Rate;
 use bookworm::crawl::handler::{CrawlHandler, OutputTopics};
 use bookworm::crawl::limits::CrawlLimits;
-use bookworm::crawl::store::{CrawlSpec, CrawlStore};
+use bookworm::crawl::store::{CrawlSpec, CrawlState, CrawlStore};
 use bookworm::kafka::publish::Record;
 use bookworm::message::{CrawlJob, Node, VERSION};
 use chrono::Utc;
@@ -106,6 +106,12 @@ async fn handler_with_crawl(origin: Url, seeds: &[&str], max_depth: u32) -> (Cra
         "test-worker".to_owned(),
     );
     (handler, crawl_id)
+}
+
+async fn store() -> CrawlStore {
+    CrawlStore::connect(&stack_env("REDIS_URL"))
+        .await
+        .expect("redis reachable")
 }
 
 fn delivery(crawl_id: &str, key: &str, depth: u32) -> Delivery {
@@ -230,4 +236,93 @@ async fn a_job_of_a_crawl_with_corrupt_state_is_dead_lettered() {
         }
         other => panic!("expected an invalid_job dead letter, got {other:?}"),
     }
+}
+
+/// A job whose children were claimed but whose outputs were then dead-lettered (the
+/// frontier did not acknowledge in time) releases those claims when the loop records its
+/// DLQ outcome: the crawl ends `done` with the parent in the DLQ, instead of waiting forever
+/// on children no job was published for.
+#[tokio::test]
+async fn a_dead_lettered_job_leaves_no_child_pending() {
+    let origin = open_library(vec![(
+        "/works/OL1W.json",
+        work(
+            "/works/OL1W",
+            &["/authors/OL1A", "/authors/OL2A"],
+            &["Foxes"],
+        ),
+    )])
+    .await;
+    let (handler, crawl) = handler_with_crawl(origin, &["/works/OL1W"], 2).await;
+    let job = delivery(&crawl, "/works/OL1W", 0);
+    let records = handler.handle(&job).await.expect("the work is crawled");
+    assert_eq!(
+        frontier_keys(&records),
+        ["/authors/OL1A", "/authors/OL2A", "/subjects/foxes"]
+    );
+    // The loop could not publish `records` within PUBLISH_TIMEOUT; it published the DLQ
+    // record instead and reports that.
+    handler
+        .finished(&job, Outcome::DeadLettered { reason: "publish" })
+        .await
+        .expect("outcome recorded");
+    let status = store()
+        .await
+        .status(&crawl)
+        .await
+        .expect("status")
+        .expect("known");
+    assert_eq!(status.counters.in_flight, 0, "{status:?}");
+    assert_eq!(status.state, CrawlState::Done, "{status:?}");
+    assert_eq!(status.counters.failed.get("publish"), Some(&1));
+    assert_eq!(status.counters.enqueued, 1, "only the seed's job exists");
+}
+
+/// A child whose frontier record was delivered after all (a publish that timed out may still
+/// deliver part of its records) runs when it arrives, after its parent released its claim:
+/// it claims itself anew, and the crawl is done again once it finishes.
+#[tokio::test]
+async fn a_released_child_whose_job_arrives_late_still_runs() {
+    let origin = open_library(vec![
+        ("/works/OL1W.json", work("/works/OL1W", &[], &["Foxes"])),
+        (
+            "/subjects/foxes.json",
+            json!({"key": "/subjects/foxes", "name": "Foxes", "work_count": 0, "works": []}),
+        ),
+    ])
+    .await;
+    let (handler, crawl) = handler_with_crawl(origin, &["/works/OL1W"], 2).await;
+    let parent = delivery(&crawl, "/works/OL1W", 0);
+    handler.handle(&parent).await.expect("the work is crawled");
+    handler
+        .finished(&parent, Outcome::DeadLettered { reason: "publish" })
+        .await
+        .expect("outcome recorded");
+
+    let child = delivery(&crawl, "/subjects/foxes", 1);
+    let records = handler
+        .handle(&child)
+        .await
+        .expect("the subject is crawled");
+    assert!(records.iter().any(|r| r.topic == "results"), "{records:?}");
+    let running = store()
+        .await
+        .status(&crawl)
+        .await
+        .expect("status")
+        .expect("known");
+    assert_eq!(running.state, CrawlState::Running);
+    assert_eq!(running.counters.in_flight, 1);
+    handler
+        .finished(&child, Outcome::Published(&records))
+        .await
+        .expect("outcome recorded");
+    let done = store()
+        .await
+        .status(&crawl)
+        .await
+        .expect("status")
+        .expect("known");
+    assert_eq!(done.state, CrawlState::Done, "{done:?}");
+    assert_eq!(done.counters.nodes.get("Subject"), Some(&1));
 }

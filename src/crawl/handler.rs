@@ -9,7 +9,10 @@
 //!    frontier jobs;
 //! 4. the consumer loop publishes the node, the edges and the jobs and waits for Kafka;
 //! 5. only then [`CrawlStore::finish`] records the outcome. A crash anywhere before step 5
-//!    leaves the key pending, so the job is redelivered and run again.
+//!    leaves the key pending, so the job is redelivered and run again. A job dead-lettered
+//!    instead of published (its publish timed out, `JOB_TIMEOUT` fired after its claim)
+//!    releases there the claims of step 3 whose jobs never began, so its children do not
+//!    wait forever for jobs nobody published.
 
 use chrono::Utc;
 
@@ -18,7 +21,7 @@ use crate::crawl::client::{FetchError, OpenLibraryClient};
 use crate::crawl::limits::CrawlLimits;
 use crate::crawl::parse::{self, ParseError, RecordAnswer};
 use crate::crawl::rules::{Expansion, Target, page_path};
-use crate::crawl::store::{Begin, Child, CrawlStore, Finish, StoreError};
+use crate::crawl::store::{self, Begin, Child, CrawlStore, Finish, StoreError};
 use crate::kafka::publish::Record;
 use crate::message::{self, CrawlJob, Edge, Failure, FailureReason, Node, VERSION};
 use crate::process::metrics::WorkerMetrics;
@@ -373,7 +376,7 @@ impl CrawlHandler {
                     depth: job.depth + 1,
                 })
                 .collect();
-            let claimer = format!("{}|{}", job.depth, job.key);
+            let claimer = store::claimer(&job.key, job.depth);
             let wins = self
                 .store
                 .claim(&job.crawl_id, &claimer, max_nodes, &children)

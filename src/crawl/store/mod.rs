@@ -10,6 +10,11 @@
 //!   (a published node, or a DLQ record) is acknowledged and [`CrawlStore::finish`] is
 //!   called. A job that crashed or timed out is therefore redelivered and run again, never
 //!   lost to its own claim (the Go predecessor's lesson).
+//! - Every claimed key ends in exactly one outcome. A job's children are claimed before its
+//!   outputs are published, so a job that is dead-lettered instead (its publish timed out or
+//!   was refused, or `JOB_TIMEOUT` fired around the claim) releases, when its failure is
+//!   recorded, every child it still holds whose job never began; a frontier record of such a
+//!   child that was delivered after all claims the key anew when its job begins.
 //! - A reply that says the crawl's stored state is broken is [`StoreError::Corrupt`], not a
 //!   Redis outage: retrying it cannot help.
 //! - Counters are idempotent: nodes, edges and failures are counted once per key (or edge)
@@ -134,7 +139,8 @@ pub struct CrawlStatus {
 /// Progress counters of a crawl.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
-    /// Jobs enqueued (seeds, children, and re-enqueues by a shorter path).
+    /// Jobs enqueued (seeds, children, and re-enqueues by a shorter path), less the claims a
+    /// dead-lettered parent released, plus the jobs that claimed themselves when they began.
     pub enqueued: u64,
     /// Distinct keys whose node was published.
     pub fetched: u64,
@@ -206,6 +212,8 @@ struct CrawlKeys {
     nodes: String,
     edges: String,
     failures: String,
+    started: String,
+    offspring: String,
 }
 
 impl CrawlKeys {
@@ -219,11 +227,13 @@ impl CrawlKeys {
             nodes: format!("{base}:nodes"),
             edges: format!("{base}:edges"),
             failures: format!("{base}:failures"),
+            started: format!("{base}:started"),
+            offspring: format!("{base}:offspring"),
         }
     }
 
     /// Every key of the crawl, in the order the FINISH script takes them.
-    fn all(&self) -> [&str; 7] {
+    fn all(&self) -> [&str; 9] {
         [
             &self.meta,
             &self.claims,
@@ -232,6 +242,8 @@ impl CrawlKeys {
             &self.nodes,
             &self.edges,
             &self.failures,
+            &self.started,
+            &self.offspring,
         ]
     }
 }
@@ -263,6 +275,12 @@ pub enum Requeue {
     Cancelled,
     /// No such crawl (expired): a job for it would be dropped.
     UnknownCrawl,
+}
+
+/// How a job names itself when it claims children: `depth|key`. [`CrawlStore::finish`]
+/// finds the job's claims under the same name, so a handler must claim under this one.
+pub fn claimer(key: &str, depth: u32) -> String {
+    format!("{depth}|{key}")
 }
 
 /// The crawl state of every crawl, in Redis.
@@ -351,6 +369,7 @@ impl CrawlStore {
             .key(&keys.claims)
             .key(&keys.pending)
             .key(&keys.counters)
+            .key(&keys.started)
             .arg(key)
             .arg(depth)
             .invoke_async(&mut conn)
@@ -381,10 +400,13 @@ impl CrawlStore {
         }
     }
 
-    /// Claims children found by a job (`claimer` names that job, e.g. `depth|key`) and
-    /// returns, per child, whether its job must be published: new keys within the budget,
-    /// keys reached by a shorter path, and this claimer's own still-pending children (its
-    /// redelivery re-enqueues them, since the first run may have died before publishing).
+    /// Claims children found by a job (`claimer` names that job: [`claimer`] of its key and
+    /// depth) and returns, per child, whether its job must be published: new keys within the
+    /// budget, keys reached by a shorter path, and this claimer's own still-pending children
+    /// (its redelivery re-enqueues them, since the first run may have died before
+    /// publishing). The claims won are remembered under the claimer until its
+    /// [`CrawlStore::finish`]: if the job ends dead-lettered, the claims whose job never
+    /// began are released, so no child waits forever for a job nobody published.
     pub async fn claim(
         &self,
         crawl_id: &str,
@@ -402,6 +424,7 @@ impl CrawlStore {
             .key(&keys.claims)
             .key(&keys.pending)
             .key(&keys.counters)
+            .key(&keys.offspring)
             .arg(max_nodes)
             .arg(claimer);
         for child in children {
