@@ -181,16 +181,10 @@ fn parses_delete_and_notfound() {
     );
 }
 
-/// Broken bodies are `parse` errors, never panics.
+/// Bodies that cannot be a record at all are `parse` errors, never panics.
 #[test]
 fn malformed_and_mistyped_records_are_parse_errors() {
-    for name in [
-        "malformed.json",
-        "wrong_types.json",
-        "wrong_text_type.json",
-        "unknown_type.json",
-        "not_an_object.json",
-    ] {
+    for name in ["malformed.json", "unknown_type.json", "not_an_object.json"] {
         let err = parse_record(&fixture(name))
             .err()
             .unwrap_or_else(|| panic!("{name} should not parse"));
@@ -205,6 +199,138 @@ fn malformed_and_mistyped_records_are_parse_errors() {
     assert!(parse_page(&fixture("malformed.json")).is_err());
     assert!(parse_subject(&fixture("work_bare.json")).is_err());
     assert!(parse_search(&fixture("subject.json")).is_err());
+}
+
+/// A value of the wrong shape costs that value, not the record: the title that is a number
+/// and the covers that are a string are left out and named, the rest is the node.
+#[test]
+fn mistyped_values_are_left_out_and_named() {
+    let work = entity("wrong_types.json");
+    assert_eq!(work.key, "/works/OL45805W");
+    assert!(work.props.is_empty(), "{:?}", work.props);
+    assert_eq!(work.dropped, ["title", "covers"]);
+    let author = entity("wrong_text_type.json");
+    assert_eq!(author.props["name"], json!("Someone"));
+    assert!(!author.props.contains_key("bio"));
+    assert_eq!(author.dropped, ["bio"]);
+}
+
+/// Real records carry a `null` among the covers or the subjects, and author roles without
+/// `author`: each bad item is left out and named, the valid ones are kept in order, and the
+/// record is still a node with its links.
+#[test]
+fn one_bad_item_of_a_list_costs_that_item_only() {
+    let body = json!({
+        "key": "/works/OL7W",
+        "type": {"key": "/type/work"},
+        "title": "Kept",
+        "covers": [11, null, 12],
+        "authors": [
+            {"author": {"key": "/authors/OL1A"}, "type": {"key": "/type/author_role"}},
+            {"type": {"key": "/type/author_role"}},
+            {"author": {"key": "/works/OL9W"}},
+            {"author": {"key": "/authors/OL2A"}}
+        ],
+        "subjects": ["Foxes", null, 7, "Hens"]
+    });
+    let Ok(RecordAnswer::Entity(work)) = parse_record(body.to_string().as_bytes()) else {
+        panic!("the work should parse")
+    };
+    assert_eq!(work.props["title"], json!("Kept"));
+    assert_eq!(work.props["covers"], json!([11, 12]));
+    assert_eq!(work.links.authors, ["/authors/OL1A", "/authors/OL2A"]);
+    assert_eq!(work.links.subjects, ["Foxes", "Hens"]);
+    assert_eq!(
+        work.dropped,
+        [
+            "covers[1]",
+            "authors[1]",
+            "authors[2]",
+            "subjects[1]",
+            "subjects[2]"
+        ]
+    );
+
+    let edition = json!({
+        "key": "/books/OL7M",
+        "type": {"key": "/type/edition"},
+        "isbn_13": [null, "9780140328721"],
+        "authors": [{"name": "no key"}, {"key": "/authors/OL1A"}],
+        "works": [{"key": "/works/OL7W"}, null],
+        "number_of_pages": "many"
+    });
+    let Ok(RecordAnswer::Entity(edition)) = parse_record(edition.to_string().as_bytes()) else {
+        panic!("the edition should parse")
+    };
+    assert_eq!(edition.props["isbn_13"], json!(["9780140328721"]));
+    assert!(!edition.props.contains_key("number_of_pages"));
+    assert_eq!(edition.links.authors, ["/authors/OL1A"]);
+    assert_eq!(edition.links.works, ["/works/OL7W"]);
+    assert_eq!(
+        edition.dropped,
+        ["isbn_13[0]", "number_of_pages", "authors[0]", "works[1]"]
+    );
+}
+
+/// A list whose every item is bad leaves no property behind (a node never carries a list of
+/// nothing valid), while a list that was empty stays empty; `null` fields are just absent.
+#[test]
+fn a_list_of_nothing_valid_is_no_property() {
+    let body = json!({
+        "key": "/works/OL8W", "type": {"key": "/type/work"},
+        "covers": [null], "subtitle": null, "subjects": []
+    });
+    let Ok(RecordAnswer::Entity(work)) = parse_record(body.to_string().as_bytes()) else {
+        panic!("the work should parse")
+    };
+    assert!(!work.props.contains_key("covers"));
+    assert!(!work.props.contains_key("subtitle"));
+    assert_eq!(work.dropped, ["covers[0]"]);
+}
+
+/// A key whose prefix names another kind than the record's type is not a node the graph
+/// could file under one label: the record is a `parse` error, not a node the graph writer
+/// would reject while the crawl counts it fetched.
+#[test]
+fn a_key_that_disagrees_with_its_type_is_a_parse_error() {
+    for body in [
+        json!({"key": "/works/OL1W", "type": {"key": "/type/author"}, "name": "x"}),
+        json!({"key": "/authors/OL1A", "type": {"key": "/type/work"}, "title": "x"}),
+        json!({"key": "/subjects/foxes", "type": {"key": "/type/edition"}}),
+    ] {
+        let err = parse_record(body.to_string().as_bytes())
+            .expect_err("a key of another kind than its type");
+        assert!(matches!(err, ParseError::Shape { .. }), "{body}: {err:?}");
+        assert_eq!(err.reason().as_str(), "parse");
+    }
+}
+
+/// One entry of a page, subject or search without its key costs that entry, not the page.
+#[test]
+fn one_bad_entry_of_a_list_page_costs_that_entry_only() {
+    let page = json!({
+        "links": {"self": "/authors/OL1A/works.json"}, "size": 3,
+        "entries": [{"key": "/works/OL1W"}, {"title": "no key"}, null, {"key": "/works/OL2W"}]
+    });
+    let page = parse_page(page.to_string().as_bytes()).expect("the page parses");
+    let keys: Vec<_> = page.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["/works/OL1W", "/works/OL2W"]);
+    assert_eq!(page.dropped, ["entries[1]", "entries[2]"]);
+
+    let subject = json!({
+        "key": "/subjects/foxes", "name": "Foxes", "work_count": 2,
+        "works": [{"key": "/works/OL1W", "authors": [{"name": "no key"}]}, {"key": "/works/OL2W"}, {"title": "no key"}]
+    });
+    let subject = parse_subject(subject.to_string().as_bytes()).expect("the subject parses");
+    let keys: Vec<_> = subject.works.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["/works/OL1W", "/works/OL2W"]);
+    assert!(subject.works[0].authors.is_empty());
+    assert_eq!(subject.dropped, ["works[0].authors[0]", "works[2]"]);
+
+    let search = json!({"numFound": 2, "docs": [{"title": "no key"}, {"key": "/works/OL3W"}]});
+    let search = parse_search(search.to_string().as_bytes()).expect("the search parses");
+    assert_eq!(search.work_keys(), ["/works/OL3W"]);
+    assert_eq!(search.dropped, ["docs[0]"]);
 }
 
 /// Paged lists give their entries in order and the next page, absent on the last page.

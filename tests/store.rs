@@ -3,7 +3,9 @@
 
 mod support;
 
-use bookworm::crawl::store::{Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish};
+use bookworm::crawl::store::{
+    self, Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish, StoreError,
+};
 use bookworm::message::{FailureReason, Label};
 use support::{stack_env, unique};
 
@@ -239,4 +241,180 @@ async fn budget_and_cancel_stop_new_work() {
             .unwrap(),
         Begin::UnknownCrawl
     );
+}
+
+/// A job dead-lettered after claiming its children (its publish timed out) releases every
+/// child whose job never began, so the crawl is done with the job in the DLQ instead of
+/// waiting forever on children nobody published; a child whose job began is left to finish.
+#[tokio::test]
+async fn a_dead_lettered_job_releases_the_children_whose_job_never_began() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    assert!(matches!(
+        store.begin(&id, "/works/OL1W", 0).await.unwrap(),
+        Begin::Run { .. }
+    ));
+    let children = [child("/authors/OL1A", 1), child("/subjects/x", 1)];
+    let claimer = store::claimer("/works/OL1W", 0);
+    assert_eq!(
+        store.claim(&id, &claimer, 100, &children).await.unwrap(),
+        vec![true, true]
+    );
+    // The author's frontier record got out before the publish timed out, and its job began.
+    assert!(matches!(
+        store.begin(&id, "/authors/OL1A", 1).await.unwrap(),
+        Begin::Run { .. }
+    ));
+    store
+        .finish(
+            &id,
+            "/works/OL1W",
+            0,
+            &Finish::Failed(FailureReason::Publish),
+        )
+        .await
+        .unwrap();
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(status.state, CrawlState::Running, "{status:?}");
+    assert_eq!(status.counters.in_flight, 1, "only the author is in flight");
+    assert_eq!(status.counters.enqueued, 2, "the seed and the author");
+
+    store
+        .finish(
+            &id,
+            "/authors/OL1A",
+            1,
+            &node("/authors/OL1A", Label::Author, &[]),
+        )
+        .await
+        .unwrap();
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(status.state, CrawlState::Done, "{status:?}");
+    assert_eq!(status.counters.failed.get("publish"), Some(&1));
+}
+
+/// A job that published its outputs keeps its children's claims, and a release never touches
+/// a child that another job claimed meanwhile by a shorter path.
+#[tokio::test]
+async fn only_a_failed_claimers_own_unstarted_claims_are_released() {
+    let (store, id) = store_with_crawl(&["/works/OL1W", "/works/OL2W"], 100).await;
+    let one = store::claimer("/works/OL1W", 0);
+    let two = store::claimer("/authors/OL9A", 1);
+    assert_eq!(
+        store
+            .claim(&id, &two, 100, &[child("/works/OL5W", 2)])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store
+            .claim(
+                &id,
+                &one,
+                100,
+                &[child("/works/OL5W", 1), child("/works/OL6W", 1)]
+            )
+            .await
+            .unwrap(),
+        vec![true, true]
+    );
+    // The deeper claimer fails: OL5W is now OL1W's, so it stays.
+    store
+        .finish(
+            &id,
+            "/authors/OL9A",
+            1,
+            &Finish::Failed(FailureReason::Publish),
+        )
+        .await
+        .unwrap();
+    // OL1W published: its children's jobs exist, nothing is released later.
+    store
+        .finish(
+            &id,
+            "/works/OL1W",
+            0,
+            &node("/works/OL1W", Label::Work, &[]),
+        )
+        .await
+        .unwrap();
+    store
+        .finish(
+            &id,
+            "/works/OL1W",
+            0,
+            &Finish::Failed(FailureReason::Publish),
+        )
+        .await
+        .unwrap();
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(
+        status.counters.in_flight, 3,
+        "OL2W, OL5W and OL6W: {status:?}"
+    );
+}
+
+/// A claim that does not read as `depth|claimer` is corrupt crawl state, reported as such
+/// and not as a Redis outage (which the worker would retry forever); nothing is half-claimed.
+#[tokio::test]
+async fn a_claim_that_does_not_parse_is_corrupt_state() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    let mut redis = support::egress::redis().await;
+    redis::cmd("HSET")
+        .arg(format!("bookworm:crawl:{{{id}}}:claims"))
+        .arg("/authors/OL1A")
+        .arg("garbage")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let err = store
+        .claim(
+            &id,
+            "0|/works/OL1W",
+            100,
+            &[child("/subjects/x", 1), child("/authors/OL1A", 1)],
+        )
+        .await
+        .expect_err("a corrupt claim");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    let err = store
+        .begin(&id, "/authors/OL1A", 1)
+        .await
+        .expect_err("a corrupt claim");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    let err = store
+        .finish(&id, "/authors/OL1A", 1, &Finish::NoNode)
+        .await
+        .expect_err("a corrupt claim");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(
+        status.counters.enqueued, 1,
+        "nothing half-claimed: {status:?}"
+    );
+}
+
+/// A crawl key holding another Redis type (hand-edited, or another program's key) is corrupt
+/// crawl state too.
+#[tokio::test]
+async fn a_crawl_key_of_another_type_is_corrupt_state() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    let mut redis = support::egress::redis().await;
+    let meta = format!("bookworm:crawl:{{{id}}}:meta");
+    redis::cmd("DEL")
+        .arg(&meta)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    redis::cmd("SET")
+        .arg(&meta)
+        .arg("not a hash")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let err = store
+        .begin(&id, "/works/OL1W", 0)
+        .await
+        .expect_err("meta is not a hash");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
 }

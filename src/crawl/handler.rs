@@ -9,7 +9,10 @@
 //!    frontier jobs;
 //! 4. the consumer loop publishes the node, the edges and the jobs and waits for Kafka;
 //! 5. only then [`CrawlStore::finish`] records the outcome. A crash anywhere before step 5
-//!    leaves the key pending, so the job is redelivered and run again.
+//!    leaves the key pending, so the job is redelivered and run again. A job dead-lettered
+//!    instead of published (its publish timed out, `JOB_TIMEOUT` fired after its claim)
+//!    releases there the claims of step 3 whose jobs never began, so its children do not
+//!    wait forever for jobs nobody published.
 
 use chrono::Utc;
 
@@ -18,7 +21,7 @@ use crate::crawl::client::{FetchError, OpenLibraryClient};
 use crate::crawl::limits::CrawlLimits;
 use crate::crawl::parse::{self, ParseError, RecordAnswer};
 use crate::crawl::rules::{Expansion, Target, page_path};
-use crate::crawl::store::{Begin, Child, CrawlStore, Finish, StoreError};
+use crate::crawl::store::{self, Begin, Child, CrawlStore, Finish, StoreError};
 use crate::kafka::publish::Record;
 use crate::message::{self, CrawlJob, Edge, Failure, FailureReason, Node, VERSION};
 use crate::process::metrics::WorkerMetrics;
@@ -59,6 +62,8 @@ enum CrawlError {
     RedirectLoop(String),
     #[error("{key} redirects to {location}, which is not a key of the same kind")]
     BadRedirect { key: String, location: String },
+    #[error("{asked} answered a record whose key is {answered}")]
+    WrongRecord { asked: String, answered: String },
 }
 
 impl CrawlError {
@@ -87,6 +92,7 @@ impl CrawlError {
         match self {
             CrawlError::Fetch(e) => e.reason(),
             CrawlError::Parse(e) => e.reason(),
+            CrawlError::WrongRecord { .. } => FailureReason::Parse,
             CrawlError::Gone(_) => FailureReason::Http4xx,
             CrawlError::RedirectLoop(_) | CrawlError::BadRedirect { .. } => {
                 FailureReason::InvalidJob
@@ -95,8 +101,15 @@ impl CrawlError {
     }
 }
 
-fn retry(error: StoreError) -> HandleError {
-    HandleError::Retry(format!("crawl store: {error}"))
+/// What the loop should do about a crawl-store error: wait for Redis to come back, unless
+/// the crawl's own state is corrupt. Corruption does not heal by waiting, and a job retried
+/// forever holds its partition's commits (and with them every other crawl's jobs there), so
+/// such a job is dead-lettered as `invalid_job`, with a detail that says the state is corrupt.
+fn store_error(error: StoreError) -> HandleError {
+    match error {
+        StoreError::Corrupt { .. } => dead_letter(FailureReason::InvalidJob, error.to_string()),
+        StoreError::Redis(_) => HandleError::Retry(format!("crawl store: {error}")),
+    }
 }
 
 fn dead_letter(reason: FailureReason, detail: impl Into<String>) -> HandleError {
@@ -157,6 +170,9 @@ impl CrawlHandler {
                     return Err(CrawlError::Gone(format!("{key}: not found")));
                 }
                 let page = parse::parse_subject(&fetched.body)?;
+                if !page.dropped.is_empty() {
+                    tracing::debug!(%key, dropped = ?page.dropped, "subject works of the wrong shape left out");
+                }
                 Ok(Expansion::of_subject(key, &page, &self.limits))
             }
             Target::Work(key) | Target::Author(key) | Target::Edition(key) => {
@@ -165,12 +181,31 @@ impl CrawlHandler {
         }
     }
 
+    /// Fetches a record, following its redirect records, and expands it.
+    ///
+    /// The node is published under the key of the record that was asked for, never under one
+    /// the body merely claims: the key of the URL that answered (after HTTP redirects, which
+    /// like redirect records put their target in place of the source, and must stay within
+    /// the same kind) must be the body's `key`. A body naming another key is not the record
+    /// asked for and fails the job as `parse`: publishing it under its own key would mark the
+    /// asked key done without its node, and under the asked key would file another record's
+    /// data there. So the crawl store counts a node exactly when the graph gets one.
     async fn expand_record(&self, first_key: &str) -> Result<Expansion, CrawlError> {
         let mut key = first_key.to_owned();
         for _ in 0..=MAX_RECORD_REDIRECTS {
             let fetched = self.client.get(&format!("{key}.json")).await?;
+            let answering = answering_key(&key, &fetched.final_url)?;
             match parse::parse_record(&fetched.body)? {
                 RecordAnswer::Entity(entity) => {
+                    if entity.key != answering {
+                        return Err(CrawlError::WrongRecord {
+                            asked: answering,
+                            answered: entity.key,
+                        });
+                    }
+                    if !entity.dropped.is_empty() {
+                        tracing::debug!(key = %entity.key, dropped = ?entity.dropped, "record values of the wrong shape left out");
+                    }
                     let mut expansion = Expansion::of_entity(&entity, &self.limits);
                     match Target::parse(&entity.key) {
                         Ok(Target::Author(_)) => {
@@ -223,6 +258,9 @@ impl CrawlHandler {
                 break;
             }
             let page = parse::parse_page(&fetched.body)?;
+            if !page.dropped.is_empty() {
+                tracing::debug!(%key, list, dropped = ?page.dropped, "page entries of the wrong shape left out");
+            }
             let got = page.entries.len();
             all.entries.extend(page.entries);
             if got == 0 || page.next.is_none() {
@@ -314,7 +352,7 @@ impl CrawlHandler {
             .store
             .begin(&job.crawl_id, &job.key, job.depth)
             .await
-            .map_err(retry)?
+            .map_err(store_error)?
         {
             Begin::Run {
                 max_depth,
@@ -343,12 +381,12 @@ impl CrawlHandler {
                     depth: job.depth + 1,
                 })
                 .collect();
-            let claimer = format!("{}|{}", job.depth, job.key);
+            let claimer = store::claimer(&job.key, job.depth);
             let wins = self
                 .store
                 .claim(&job.crawl_id, &claimer, max_nodes, &children)
                 .await
-                .map_err(retry)?;
+                .map_err(store_error)?;
             children
                 .into_iter()
                 .zip(wins)
@@ -383,6 +421,31 @@ impl CrawlHandler {
             },
             None => Finish::NoNode,
         }
+    }
+}
+
+/// The record key a URL that answered `asked` names (`/works/OL1W.json` → `/works/OL1W`).
+/// An HTTP redirect to another key of the same kind puts that key in place of the one asked
+/// for, like a redirect record; one to anything else is a bad redirect.
+fn answering_key(asked: &str, final_url: &url::Url) -> Result<String, CrawlError> {
+    let path = final_url.path();
+    let Some(answering) = path.strip_suffix(".json") else {
+        return Err(CrawlError::BadRedirect {
+            key: asked.to_owned(),
+            location: path.to_owned(),
+        });
+    };
+    if answering == asked {
+        return Ok(answering.to_owned());
+    }
+    match (Target::parse(asked), Target::parse(answering)) {
+        (Ok(from), Ok(to)) if std::mem::discriminant(&from) == std::mem::discriminant(&to) => {
+            Ok(answering.to_owned())
+        }
+        _ => Err(CrawlError::BadRedirect {
+            key: asked.to_owned(),
+            location: answering.to_owned(),
+        }),
     }
 }
 
@@ -445,7 +508,7 @@ impl Handler for CrawlHandler {
         self.store
             .finish(&job.crawl_id, &job.key, job.depth, &finish)
             .await
-            .map_err(retry)?;
+            .map_err(store_error)?;
         match &finish {
             Finish::Failed(reason) => {
                 tracing::debug!(crawl_id = %job.crawl_id, key = %job.key, reason = reason.as_str(), "job dead-lettered")
@@ -461,7 +524,40 @@ impl Handler for CrawlHandler {
 
 #[cfg(test)]
 mod tests {
-    use super::{CrawlError, ParseError};
+    use super::{CrawlError, ParseError, answering_key};
+
+    fn url(path: &str) -> url::Url {
+        url::Url::parse("http://ol.test")
+            .and_then(|base| base.join(path))
+            .expect("a URL")
+    }
+
+    /// The record that answers is the one its URL names: the key asked for, or the target of
+    /// an HTTP redirect to a key of the same kind (crawled in place of the source).
+    #[test]
+    fn the_answering_url_names_the_record() {
+        assert_eq!(
+            answering_key("/works/OL1W", &url("/works/OL1W.json")).ok(),
+            Some("/works/OL1W".to_owned())
+        );
+        assert_eq!(
+            answering_key("/works/OL1W", &url("/works/OL2W.json")).ok(),
+            Some("/works/OL2W".to_owned())
+        );
+    }
+
+    /// An HTTP redirect to another kind of key, or off the record paths, is a bad redirect
+    /// (`invalid_job`), like a redirect record of another kind.
+    #[test]
+    fn an_http_redirect_to_another_kind_is_a_bad_redirect() {
+        for path in ["/authors/OL1A.json", "/works/OL2W", "/search.json"] {
+            let error = answering_key("/works/OL1W", &url(path)).expect_err(path);
+            assert!(
+                matches!(error, CrawlError::BadRedirect { .. }),
+                "{path}: {error}"
+            );
+        }
+    }
 
     fn json_error(body: &str) -> CrawlError {
         let source = serde_json::from_str::<serde_json::Value>(body).expect_err("invalid JSON");

@@ -6,8 +6,11 @@
 //! Owns the knowledge of Open Library's JSON shapes so the rest of the crawler sees only
 //! node properties (the contract's graph table) and the keys a record links to. Real data
 //! is messy: text fields come as a plain string or as `{"type": "/type/text", "value": …}`,
-//! records carry dozens of fields we do not use (ignored), and a record that does not
-//! parse is a [`ParseError`] (dead-lettered with reason `parse`), never a panic.
+//! records carry dozens of fields we do not use (ignored), single values come with the wrong
+//! shape (a `null` among the covers, an author role without `author`). Fields are read one
+//! by one: a bad value is left out and listed in [`Entity::dropped`], and only a body that
+//! cannot be a record at all is a [`ParseError`] (dead-lettered with reason `parse`), never
+//! a panic.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,6 +19,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::message::{FailureReason, Label, Rel};
+
+mod fields;
+
+use fields::{Fields, each};
 
 /// Why a response body could not be turned into a typed result. Every variant is a
 /// `parse` failure for the DLQ: retrying the same body cannot help.
@@ -81,6 +88,10 @@ pub struct Entity {
     pub props: BTreeMap<String, Value>,
     /// The keys it names, for expansion.
     pub links: Links,
+    /// Values left out because they had the wrong shape, as `field` or `field[index]` (a
+    /// `null` cover is `covers[2]`). A bad value costs itself, not the record: the handler
+    /// logs these at debug so a source of bad data can be found.
+    pub dropped: Vec<String>,
 }
 
 /// The keys a record names, in the order Open Library lists them (so "first N" is
@@ -169,33 +180,13 @@ pub fn subject_key(subject: &str) -> Option<String> {
     }
 }
 
-/// A text field: Open Library writes both forms, often within one dump.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum Text {
-    Plain(String),
-    Typed { value: String },
-}
-
-impl Text {
-    fn into_string(self) -> String {
-        match self {
-            Text::Plain(s) | Text::Typed { value: s } => s,
-        }
-    }
-}
-
 #[derive(Debug, Deserialize)]
 struct KeyRef {
     key: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct AuthorRole {
-    author: KeyRef,
-}
-
-/// The envelope every record shares: enough to tell its kind.
+/// The envelope every record shares: enough to tell its kind. Only these fields can fail a
+/// record as a whole; every other field is read on its own ([`Fields`]).
 #[derive(Debug, Deserialize)]
 struct Envelope {
     key: Option<String>,
@@ -203,44 +194,6 @@ struct Envelope {
     kind: Option<KeyRef>,
     error: Option<String>,
     location: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawWork {
-    title: Option<String>,
-    subtitle: Option<String>,
-    first_publish_date: Option<String>,
-    description: Option<Text>,
-    covers: Option<Vec<i64>>,
-    #[serde(default)]
-    authors: Vec<AuthorRole>,
-    #[serde(default)]
-    subjects: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawAuthor {
-    name: Option<String>,
-    personal_name: Option<String>,
-    birth_date: Option<String>,
-    death_date: Option<String>,
-    bio: Option<Text>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawEdition {
-    title: Option<String>,
-    publish_date: Option<String>,
-    publishers: Option<Vec<String>>,
-    isbn_10: Option<Vec<String>>,
-    isbn_13: Option<Vec<String>>,
-    number_of_pages: Option<i64>,
-    #[serde(default)]
-    authors: Vec<KeyRef>,
-    #[serde(default)]
-    works: Vec<KeyRef>,
-    #[serde(default)]
-    subjects: Vec<String>,
 }
 
 /// Collects the properties that are present, so a node never carries nulls.
@@ -266,15 +219,22 @@ fn decode_bytes<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<
 
 /// Parses the body of `/works/{id}.json`, `/authors/{id}.json` or `/books/{id}.json`
 /// (whatever the HTTP status: a 404's body is the `notfound` record).
+///
+/// What fails a record as a whole is only what makes it unusable: a body that is not a JSON
+/// object, an envelope field of the wrong type, no `key`, an unknown `type`, a redirect
+/// without `location`, or a `key` whose prefix names another kind than its `type` (a
+/// `/works/…` key typed `/type/author` would be filed by the graph under neither, so it is
+/// a `parse` failure rather than a node the graph writer rejects). Every other field is read
+/// on its own: what has the wrong shape is left out and listed in [`Entity::dropped`].
 pub fn parse_record(body: &[u8]) -> Result<RecordAnswer, ParseError> {
     const WHAT: &str = "record";
     let value: Value = decode_bytes(WHAT, body)?;
-    if !value.is_object() {
+    let Some(record) = value.as_object() else {
         return Err(ParseError::Shape {
             what: WHAT,
             detail: "not a JSON object".to_owned(),
         });
-    }
+    };
     let envelope: Envelope = decode(WHAT, value.clone())?;
     if envelope.error.as_deref() == Some("notfound") {
         return Ok(RecordAnswer::NotFound { key: envelope.key });
@@ -284,7 +244,9 @@ pub fn parse_record(body: &[u8]) -> Result<RecordAnswer, ParseError> {
         detail: "no `key`".to_owned(),
     })?;
     let kind = envelope.kind.map(|k| k.key).unwrap_or_default();
-    let (label, props, links) = match kind.as_str() {
+    let mut fields = Fields::new(record);
+    let mut p = Props::default();
+    let (label, links) = match kind.as_str() {
         "/type/redirect" => {
             let location = envelope.location.ok_or_else(|| ParseError::Shape {
                 what: WHAT,
@@ -294,45 +256,39 @@ pub fn parse_record(body: &[u8]) -> Result<RecordAnswer, ParseError> {
         }
         "/type/delete" => return Ok(RecordAnswer::Deleted { key }),
         "/type/work" => {
-            let w: RawWork = decode(WHAT, value)?;
-            let mut p = Props::default();
-            p.put("title", w.title)
-                .put("subtitle", w.subtitle)
-                .put("first_publish_date", w.first_publish_date)
-                .put("description", w.description.map(Text::into_string))
-                .put("covers", w.covers);
+            p.put("title", fields.string("title"))
+                .put("subtitle", fields.string("subtitle"))
+                .put("first_publish_date", fields.string("first_publish_date"))
+                .put("description", fields.text("description"))
+                .put("covers", fields.list("covers", Value::as_i64));
             let links = Links {
-                authors: w.authors.into_iter().map(|a| a.author.key).collect(),
+                authors: fields.keys("authors", Label::Author, &["author", "key"]),
                 works: Vec::new(),
-                subjects: w.subjects,
+                subjects: fields.strings("subjects").unwrap_or_default(),
             };
-            (Label::Work, p.0, links)
+            (Label::Work, links)
         }
         "/type/author" => {
-            let a: RawAuthor = decode(WHAT, value)?;
-            let mut p = Props::default();
-            p.put("name", a.name)
-                .put("personal_name", a.personal_name)
-                .put("birth_date", a.birth_date)
-                .put("death_date", a.death_date)
-                .put("bio", a.bio.map(Text::into_string));
-            (Label::Author, p.0, Links::default())
+            p.put("name", fields.string("name"))
+                .put("personal_name", fields.string("personal_name"))
+                .put("birth_date", fields.string("birth_date"))
+                .put("death_date", fields.string("death_date"))
+                .put("bio", fields.text("bio"));
+            (Label::Author, Links::default())
         }
         "/type/edition" => {
-            let e: RawEdition = decode(WHAT, value)?;
-            let mut p = Props::default();
-            p.put("title", e.title)
-                .put("publish_date", e.publish_date)
-                .put("publishers", e.publishers)
-                .put("isbn_10", e.isbn_10)
-                .put("isbn_13", e.isbn_13)
-                .put("number_of_pages", e.number_of_pages);
+            p.put("title", fields.string("title"))
+                .put("publish_date", fields.string("publish_date"))
+                .put("publishers", fields.strings("publishers"))
+                .put("isbn_10", fields.strings("isbn_10"))
+                .put("isbn_13", fields.strings("isbn_13"))
+                .put("number_of_pages", fields.integer("number_of_pages"));
             let links = Links {
-                authors: e.authors.into_iter().map(|a| a.key).collect(),
-                works: e.works.into_iter().map(|w| w.key).collect(),
-                subjects: e.subjects,
+                authors: fields.keys("authors", Label::Author, &["key"]),
+                works: fields.keys("works", Label::Work, &["key"]),
+                subjects: fields.strings("subjects").unwrap_or_default(),
             };
-            (Label::Edition, p.0, links)
+            (Label::Edition, links)
         }
         other => {
             return Err(ParseError::Shape {
@@ -341,11 +297,18 @@ pub fn parse_record(body: &[u8]) -> Result<RecordAnswer, ParseError> {
             });
         }
     };
+    if Label::of_key(&key) != Some(label) {
+        return Err(ParseError::Shape {
+            what: WHAT,
+            detail: format!("{key} is typed {kind}, which is not a {}", label.as_str()),
+        });
+    }
     Ok(RecordAnswer::Entity(Entity {
         key,
         label,
-        props,
+        props: p.0,
         links,
+        dropped: fields.dropped,
     }))
 }
 
@@ -360,6 +323,8 @@ pub struct Page {
     pub size: Option<u64>,
     /// The entries of this page, in Open Library's order.
     pub entries: Vec<PageEntry>,
+    /// Entries left out because they did not have the expected shape, as `entries[index]`.
+    pub dropped: Vec<String>,
 }
 
 /// One entry of a paged list: the crawler only needs its key (it fetches the record itself).
@@ -388,25 +353,26 @@ struct RawEntry {
 struct RawPage {
     links: Option<RawPageLinks>,
     size: Option<u64>,
-    entries: Vec<RawEntry>,
+    entries: Vec<Value>,
 }
 
 /// Parses a page of `/authors/{id}/works.json` or `/works/{id}/editions.json`.
 pub fn parse_page(body: &[u8]) -> Result<Page, ParseError> {
     let raw: RawPage = decode_bytes("page", body)?;
     let (self_link, next) = raw.links.map(|l| (l.self_link, l.next)).unwrap_or_default();
+    let (entries, dropped) = each::<RawEntry>("entries", raw.entries);
     Ok(Page {
         self_link,
         next,
         size: raw.size,
-        entries: raw
-            .entries
+        entries: entries
             .into_iter()
             .map(|e| PageEntry {
                 key: e.key,
                 title: e.title,
             })
             .collect(),
+        dropped,
     })
 }
 
@@ -421,6 +387,9 @@ pub struct SubjectPage {
     pub work_count: Option<u64>,
     /// The works on this page, in Open Library's order.
     pub works: Vec<SubjectWork>,
+    /// Works (`works[i]`) and their authors (`works[i].authors[j]`) left out because they
+    /// did not have the expected shape.
+    pub dropped: Vec<String>,
 }
 
 impl SubjectPage {
@@ -431,15 +400,13 @@ impl SubjectPage {
 }
 
 /// A work as a subject page lists it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SubjectWork {
     /// `/works/OL…W`.
     pub key: String,
     /// Its title.
-    #[serde(default)]
     pub title: Option<String>,
     /// Its authors as `{key, name}`.
-    #[serde(default)]
     pub authors: Vec<NamedRef>,
 }
 
@@ -459,17 +426,46 @@ struct RawSubject {
     name: String,
     work_count: Option<u64>,
     #[serde(default)]
-    works: Vec<SubjectWork>,
+    works: Vec<Value>,
 }
 
-/// Parses `/subjects/{name}.json`.
+/// Parses `/subjects/{name}.json`. A listed work without a key is left out, and so is an
+/// author of a work that is not `{key, name}`; each is named in [`SubjectPage::dropped`],
+/// and the rest is kept.
 pub fn parse_subject(body: &[u8]) -> Result<SubjectPage, ParseError> {
     let raw: RawSubject = decode_bytes("subject", body)?;
+    let mut works = Vec::with_capacity(raw.works.len());
+    let mut dropped = Vec::new();
+    for (i, work) in raw.works.iter().enumerate() {
+        let Some(key) = work.get("key").and_then(Value::as_str) else {
+            dropped.push(format!("works[{i}]"));
+            continue;
+        };
+        let mut authors = Vec::new();
+        for (j, author) in work
+            .get("authors")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            match serde_json::from_value::<NamedRef>(author.clone()) {
+                Ok(author) => authors.push(author),
+                Err(_) => dropped.push(format!("works[{i}].authors[{j}]")),
+            }
+        }
+        works.push(SubjectWork {
+            key: key.to_owned(),
+            title: work.get("title").and_then(Value::as_str).map(str::to_owned),
+            authors,
+        });
+    }
     Ok(SubjectPage {
         key: raw.key,
         name: raw.name,
         work_count: raw.work_count,
-        works: raw.works,
+        works,
+        dropped,
     })
 }
 
@@ -482,6 +478,8 @@ pub struct SearchResults {
     pub start: u64,
     /// The docs, in Open Library's (relevance) order.
     pub docs: Vec<SearchDoc>,
+    /// Docs left out because they did not have the expected shape, as `docs[index]`.
+    pub dropped: Vec<String>,
 }
 
 impl SearchResults {
@@ -521,17 +519,19 @@ struct RawSearch {
     num_found: u64,
     #[serde(default)]
     start: u64,
-    docs: Vec<RawDoc>,
+    docs: Vec<Value>,
 }
 
-/// Parses `/search.json`.
+/// Parses `/search.json`. A doc that does not have the expected shape is left out (and
+/// named in [`SearchResults::dropped`]); the others are kept.
 pub fn parse_search(body: &[u8]) -> Result<SearchResults, ParseError> {
     let raw: RawSearch = decode_bytes("search", body)?;
+    let (docs, dropped) = each::<RawDoc>("docs", raw.docs);
     Ok(SearchResults {
         num_found: raw.num_found,
         start: raw.start,
-        docs: raw
-            .docs
+        dropped,
+        docs: docs
             .into_iter()
             .map(|d| SearchDoc {
                 key: d.key,

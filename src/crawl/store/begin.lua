@@ -1,4 +1,4 @@
-local meta, claims, pending, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, claims, pending, counters, started = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local key, depth = ARGV[1], tonumber(ARGV[2])
 local state = redis.call('HGET', meta, 'state')
 if not state then return {'unknown'} end
@@ -8,13 +8,22 @@ if state == 'cancelled' then
 end
 local claim = redis.call('HGET', claims, key)
 if not claim then
-  -- A job nobody claimed (a replayed DLQ record): claim it for itself.
+  -- A job nobody claimed (a replayed DLQ record, or the late job of a child whose failed
+  -- parent released its claim): claim it for itself.
   redis.call('HSET', claims, key, depth .. '|replay')
   redis.call('SADD', pending, key)
+  redis.call('HINCRBY', counters, 'enqueued', 1)
   if state == 'done' then redis.call('HSET', meta, 'state', 'running') end
-elseif tonumber(string.match(claim, '^(%d+)')) < depth
-    or redis.call('SISMEMBER', pending, key) == 0 then
-  redis.call('HINCRBY', counters, 'duplicates', 1)
-  return {'duplicate'}
+else
+  local claimed_depth = tonumber(string.match(claim, '^(%d+)|'))
+  if not claimed_depth then
+    return redis.error_reply('CORRUPT claim of ' .. key .. ' is ' .. claim)
+  end
+  if claimed_depth < depth or redis.call('SISMEMBER', pending, key) == 0 then
+    redis.call('HINCRBY', counters, 'duplicates', 1)
+    return {'duplicate'}
+  end
 end
+-- The key's job at this depth has begun: a failed parent no longer releases its claim.
+redis.call('HSET', started, key, depth)
 return {'run', redis.call('HGET', meta, 'max_depth'), redis.call('HGET', meta, 'max_nodes')}

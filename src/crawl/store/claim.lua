@@ -1,6 +1,21 @@
-local meta, claims, pending, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, claims, pending, counters, offspring = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local max_nodes, claimer = tonumber(ARGV[1]), ARGV[2]
 local state = redis.call('HGET', meta, 'state')
+-- Read everything that could be corrupt before writing anything, so a corrupt reply never
+-- leaves half a claim behind.
+for i = 3, #ARGV, 2 do
+  local claim = redis.call('HGET', claims, ARGV[i])
+  if claim and not string.match(claim, '^%d+|') then
+    return redis.error_reply('CORRUPT claim of ' .. ARGV[i] .. ' is ' .. claim)
+  end
+end
+local held = redis.call('HGET', offspring, claimer)
+local owned, order = {}, {}
+if held then
+  for child in string.gmatch(held, '[^\n]+') do
+    if not owned[child] then owned[child] = true; order[#order + 1] = child end
+  end
+end
 local out = {}
 for i = 3, #ARGV, 2 do
   local key, depth = ARGV[i], tonumber(ARGV[i + 1])
@@ -27,7 +42,9 @@ for i = 3, #ARGV, 2 do
     redis.call('HSET', claims, key, depth .. '|' .. claimer)
     redis.call('SADD', pending, key)
     redis.call('HINCRBY', counters, 'enqueued', 1)
+    if not owned[key] then owned[key] = true; order[#order + 1] = key end
   end
   out[#out + 1] = enqueue
 end
+if #order > 0 then redis.call('HSET', offspring, claimer, table.concat(order, '\n')) end
 return out

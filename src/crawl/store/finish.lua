@@ -1,13 +1,24 @@
-local meta, claims, pending, counters, nodes, edges, failures =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local meta, claims, pending, counters, nodes, edges, failures, started, offspring =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local key, depth, outcome, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 -- A job of an unknown (expired) crawl leaves no trace.
 if redis.call('EXISTS', meta) == 0 then return 0 end
 local claim = redis.call('HGET', claims, key)
+local claimed_depth = claim and tonumber(string.match(claim, '^(%d+)|'))
+if claim and not claimed_depth then
+  return redis.error_reply('CORRUPT claim of ' .. key .. ' is ' .. claim)
+end
 -- A shorter path may have re-claimed the key meanwhile: its own job clears it.
-if not claim or tonumber(string.match(claim, '^(%d+)')) >= depth then
+if not claim or claimed_depth >= depth then
   redis.call('SREM', pending, key)
 end
+if redis.call('HGET', started, key) == tostring(depth) then redis.call('HDEL', started, key) end
+-- The children this job claimed: once its outputs are acknowledged their jobs exist; once it
+-- is dead-lettered those whose job never began are released (below), so none waits forever
+-- for a job that was never published.
+local claimer = depth .. '|' .. key
+local held = redis.call('HGET', offspring, claimer)
+redis.call('HDEL', offspring, claimer)
 if outcome == 'node' then
   local node_key, label = ARGV[5], ARGV[6]
   if redis.call('HSETNX', nodes, node_key, label) == 1 then
@@ -21,6 +32,27 @@ elseif outcome == 'failed' then
   local reason = ARGV[5]
   if redis.call('HSETNX', failures, key, reason) == 1 then
     redis.call('HINCRBY', counters, 'failed:' .. reason, 1)
+  end
+  -- Release each child still claimed by this job, still pending, and whose job at the
+  -- claimed depth never began (its frontier record may never have been published). If a
+  -- deeper job of the key is running, the claim goes back to that depth so that job's own
+  -- finish clears it; otherwise the claim is withdrawn, and a job of the child that was
+  -- published after all claims it anew when it begins.
+  for child in string.gmatch(held or '', '[^\n]+') do
+    local child_claim = redis.call('HGET', claims, child)
+    local child_depth, by = nil, nil
+    if child_claim then child_depth, by = string.match(child_claim, '^(%d+)|(.*)$') end
+    if by == claimer and redis.call('SISMEMBER', pending, child) == 1 then
+      local began = tonumber(redis.call('HGET', started, child))
+      if not began then
+        redis.call('HDEL', claims, child)
+        redis.call('SREM', pending, child)
+        redis.call('HINCRBY', counters, 'enqueued', -1)
+      elseif began > tonumber(child_depth) then
+        redis.call('HSET', claims, child, began .. '|released')
+        redis.call('HINCRBY', counters, 'enqueued', -1)
+      end
+    end
   end
 end
 redis.call('HSET', meta, 'updated_at', now)

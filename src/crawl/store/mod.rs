@@ -10,6 +10,13 @@
 //!   (a published node, or a DLQ record) is acknowledged and [`CrawlStore::finish`] is
 //!   called. A job that crashed or timed out is therefore redelivered and run again, never
 //!   lost to its own claim (the Go predecessor's lesson).
+//! - Every claimed key ends in exactly one outcome. A job's children are claimed before its
+//!   outputs are published, so a job that is dead-lettered instead (its publish timed out or
+//!   was refused, or `JOB_TIMEOUT` fired around the claim) releases, when its failure is
+//!   recorded, every child it still holds whose job never began; a frontier record of such a
+//!   child that was delivered after all claims the key anew when its job begins.
+//! - A reply that says the crawl's stored state is broken is [`StoreError::Corrupt`], not a
+//!   Redis outage: retrying it cannot help.
 //! - Counters are idempotent: nodes, edges and failures are counted once per key (or edge)
 //!   however often a job is redelivered, so the final counters equal the graph's counts.
 //! - The crawl is `done` when nothing is pending.
@@ -41,6 +48,26 @@ pub enum StoreError {
         /// What was wrong.
         detail: String,
     },
+}
+
+impl StoreError {
+    /// Sorts a Redis error: Redis being unreachable or busy is worth retrying, but an answer
+    /// that says the crawl's own state is broken is not, and retrying it forever would hold
+    /// every partition its jobs touch. Corrupt are: a reply that does not parse as what the
+    /// script returns, a crawl key holding another Redis type (`WRONGTYPE`), and a script's
+    /// own `CORRUPT` error (a stored claim it cannot read).
+    fn of_redis(crawl_id: &str, error: redis::RedisError) -> Self {
+        let corrupt = error.kind() == redis::ErrorKind::UnexpectedReturnType
+            || matches!(error.code(), Some("WRONGTYPE" | "CORRUPT"));
+        if corrupt {
+            StoreError::Corrupt {
+                crawl_id: crawl_id.to_owned(),
+                detail: error.to_string(),
+            }
+        } else {
+            StoreError::Redis(error)
+        }
+    }
 }
 
 /// The life of a crawl.
@@ -116,7 +143,8 @@ pub struct CrawlStatus {
 /// Progress counters of a crawl.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
-    /// Jobs enqueued (seeds, children, and re-enqueues by a shorter path).
+    /// Jobs enqueued (seeds, children, and re-enqueues by a shorter path), less the claims a
+    /// dead-lettered parent released, plus the jobs that claimed themselves when they began.
     pub enqueued: u64,
     /// Distinct keys whose node was published.
     pub fetched: u64,
@@ -188,6 +216,8 @@ struct CrawlKeys {
     nodes: String,
     edges: String,
     failures: String,
+    started: String,
+    offspring: String,
 }
 
 impl CrawlKeys {
@@ -201,10 +231,13 @@ impl CrawlKeys {
             nodes: format!("{base}:nodes"),
             edges: format!("{base}:edges"),
             failures: format!("{base}:failures"),
+            started: format!("{base}:started"),
+            offspring: format!("{base}:offspring"),
         }
     }
 
-    fn all(&self) -> [&str; 7] {
+    /// Every key of the crawl, in the order the FINISH script takes them.
+    fn all(&self) -> [&str; 9] {
         [
             &self.meta,
             &self.claims,
@@ -213,6 +246,8 @@ impl CrawlKeys {
             &self.nodes,
             &self.edges,
             &self.failures,
+            &self.started,
+            &self.offspring,
         ]
     }
 }
@@ -244,6 +279,12 @@ pub enum Requeue {
     Cancelled,
     /// No such crawl (expired): a job for it would be dropped.
     UnknownCrawl,
+}
+
+/// How a job names itself when it claims children: `depth|key`. [`CrawlStore::finish`]
+/// finds the job's claims under the same name, so a handler must claim under this one.
+pub fn claimer(key: &str, depth: u32) -> String {
+    format!("{depth}|{key}")
 }
 
 /// The crawl state of every crawl, in Redis.
@@ -332,10 +373,12 @@ impl CrawlStore {
             .key(&keys.claims)
             .key(&keys.pending)
             .key(&keys.counters)
+            .key(&keys.started)
             .arg(key)
             .arg(depth)
             .invoke_async(&mut conn)
-            .await?;
+            .await
+            .map_err(|e| StoreError::of_redis(crawl_id, e))?;
         let corrupt = |detail: &str| StoreError::Corrupt {
             crawl_id: crawl_id.to_owned(),
             detail: detail.to_owned(),
@@ -361,10 +404,13 @@ impl CrawlStore {
         }
     }
 
-    /// Claims children found by a job (`claimer` names that job, e.g. `depth|key`) and
-    /// returns, per child, whether its job must be published: new keys within the budget,
-    /// keys reached by a shorter path, and this claimer's own still-pending children (its
-    /// redelivery re-enqueues them, since the first run may have died before publishing).
+    /// Claims children found by a job (`claimer` names that job: [`claimer`] of its key and
+    /// depth) and returns, per child, whether its job must be published: new keys within the
+    /// budget, keys reached by a shorter path, and this claimer's own still-pending children
+    /// (its redelivery re-enqueues them, since the first run may have died before
+    /// publishing). The claims won are remembered under the claimer until its
+    /// [`CrawlStore::finish`]: if the job ends dead-lettered, the claims whose job never
+    /// began are released, so no child waits forever for a job nobody published.
     pub async fn claim(
         &self,
         crawl_id: &str,
@@ -382,13 +428,27 @@ impl CrawlStore {
             .key(&keys.claims)
             .key(&keys.pending)
             .key(&keys.counters)
+            .key(&keys.offspring)
             .arg(max_nodes)
             .arg(claimer);
         for child in children {
             invocation.arg(&child.key).arg(child.depth);
         }
         let mut conn = self.conn.clone();
-        let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        let reply: Vec<i64> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::of_redis(crawl_id, e))?;
+        if reply.len() != children.len() {
+            return Err(StoreError::Corrupt {
+                crawl_id: crawl_id.to_owned(),
+                detail: format!(
+                    "the claim script answered {} decisions for {} children",
+                    reply.len(),
+                    children.len()
+                ),
+            });
+        }
         Ok(reply.into_iter().map(|v| v == 1).collect())
     }
 
@@ -429,7 +489,10 @@ impl CrawlStore {
             }
         }
         let mut conn = self.conn.clone();
-        invocation.invoke_async::<i64>(&mut conn).await?;
+        invocation
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| StoreError::of_redis(crawl_id, e))?;
         Ok(())
     }
 
@@ -442,7 +505,8 @@ impl CrawlStore {
             .key(&keys.meta)
             .arg(Utc::now().to_rfc3339())
             .invoke_async(&mut conn)
-            .await?;
+            .await
+            .map_err(|e| StoreError::of_redis(crawl_id, e))?;
         Ok(found == 1)
     }
 
@@ -467,7 +531,8 @@ impl CrawlStore {
             .arg(depth)
             .arg(Utc::now().to_rfc3339())
             .invoke_async(&mut conn)
-            .await?;
+            .await
+            .map_err(|e| StoreError::of_redis(crawl_id, e))?;
         match reply.as_str() {
             "requeued" => Ok(Requeue::Requeued),
             "pending" => Ok(Requeue::AlreadyPending),
@@ -495,7 +560,8 @@ impl CrawlStore {
                 .hgetall(&keys.counters)
                 .scard(&keys.pending)
                 .query_async(&mut conn)
-                .await?;
+                .await
+                .map_err(|e| StoreError::of_redis(crawl_id, e))?;
         if meta.is_empty() {
             return Ok(None);
         }
