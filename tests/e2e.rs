@@ -18,7 +18,52 @@ struct Deployment {
     sim_url: String,
     api_url: String,
     worker_metrics: Vec<String>,
+    /// What every worker is started with (topics, group, origin, pool, shared prefix).
+    worker_env: Vec<(String, String)>,
+    workers: Vec<Process>,
     _processes: Vec<Process>,
+}
+
+impl Deployment {
+    /// Stops the workers (SIGTERM: they commit and leave the group) and starts as many again
+    /// with `extra` settings on top, sharing everything else, and waits until they are ready.
+    async fn restart_workers(&mut self, extra: &[(&str, &str)]) {
+        for worker in &mut self.workers {
+            worker.signal("TERM");
+            worker.wait_exit(Duration::from_secs(60));
+        }
+        let count = self.workers.len();
+        self.workers.clear();
+        self.worker_metrics.clear();
+        let mut env = self.worker_env.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let (workers, metrics) = start_workers(&env, count);
+        self.workers = workers;
+        self.worker_metrics = metrics;
+        for url in &self.worker_metrics {
+            wait_ok(&format!("{url}/readyz"), Duration::from_secs(90)).await;
+        }
+    }
+}
+
+/// Starts `count` workers with `env`; their processes and metrics URLs.
+fn start_workers(env: &[(String, String)], count: usize) -> (Vec<Process>, Vec<String>) {
+    let mut processes = Vec::new();
+    let mut metrics = Vec::new();
+    for i in 0..count {
+        let port = free_port();
+        metrics.push(format!("http://127.0.0.1:{port}"));
+        let mut worker_env = env.to_vec();
+        worker_env.push(("METRICS_ADDR".to_owned(), format!("127.0.0.1:{port}")));
+        worker_env.push(("WORKER_NAME".to_owned(), format!("e2e-worker-{i}")));
+        processes.push(Process::start(
+            "worker",
+            env!("CARGO_BIN_EXE_worker"),
+            &[],
+            &worker_env,
+        ));
+    }
+    (processes, metrics)
 }
 
 async fn deploy(topics: &TestTopics, id_base: u64, workers: usize) -> Deployment {
@@ -61,21 +106,9 @@ async fn deploy(topics: &TestTopics, id_base: u64, workers: usize) -> Deployment
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v)),
     );
-    let mut worker_metrics = Vec::new();
-    for i in 0..workers {
-        let port = free_port();
-        worker_metrics.push(format!("http://127.0.0.1:{port}"));
-        let mut worker_env = env.clone();
-        worker_env.push(("KAFKA_GROUP_ID".to_owned(), format!("{group}-workers")));
-        worker_env.push(("METRICS_ADDR".to_owned(), format!("127.0.0.1:{port}")));
-        worker_env.push(("WORKER_NAME".to_owned(), format!("e2e-worker-{i}")));
-        processes.push(Process::start(
-            "worker",
-            env!("CARGO_BIN_EXE_worker"),
-            &[],
-            &worker_env,
-        ));
-    }
+    let mut worker_env = env.clone();
+    worker_env.push(("KAFKA_GROUP_ID".to_owned(), format!("{group}-workers")));
+    let (worker_processes, worker_metrics) = start_workers(&worker_env, workers);
     let mut writer_env = env.clone();
     writer_env.push(("KAFKA_GROUP_ID".to_owned(), format!("{group}-graph")));
     writer_env.push((
@@ -102,6 +135,8 @@ async fn deploy(topics: &TestTopics, id_base: u64, workers: usize) -> Deployment
         sim_url,
         api_url: format!("http://127.0.0.1:{api_port}"),
         worker_metrics,
+        worker_env,
+        workers: worker_processes,
         _processes: processes,
     };
     wait_ok(
@@ -194,5 +229,78 @@ async fn a_crawl_to_depth_two_builds_exactly_the_reachable_graph() {
     assert_eq!(
         failed, failed_keys,
         "every deleted, missing or failing key ends in the DLQ: {status}"
+    );
+}
+
+/// Starts a crawl of `seeds` to `depth` through the API and waits until it is `done`; its id
+/// and final status.
+async fn crawl_to_done(deployment: &Deployment, seeds: &[&str], depth: u32) -> (String, Value) {
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{}/crawls", deployment.api_url))
+        .json(&json!({"seeds": seeds, "max_depth": depth}))
+        .send()
+        .await
+        .expect("create crawl")
+        .json()
+        .await
+        .expect("json");
+    let crawl_id = created["crawl_id"].as_str().expect("crawl id").to_owned();
+    let status = eventually("the crawl to end done", Duration::from_secs(300), || {
+        let client = client.clone();
+        let url = format!("{}/crawls/{crawl_id}", deployment.api_url);
+        async move {
+            let status: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+            (status["state"] == "done").then_some(status)
+        }
+    })
+    .await;
+    (crawl_id, status)
+}
+
+/// Requests the simulator has received so far.
+async fn sim_requests(deployment: &Deployment) -> u64 {
+    let stats: Value = reqwest::get(format!("{}/_sim/stats", deployment.sim_url))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    stats["requests"].as_u64().expect("requests")
+}
+
+/// The record cache: the same crawl run again within REFETCH_AFTER builds the same, exact
+/// graph while sending at most 5% of the first run's requests; workers whose window has
+/// passed (REFETCH_AFTER=1ms here) fetch everything again, and still build the exact graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crawl_over_known_ground_is_answered_from_the_record_cache() {
+    let topics = TestTopics::create("e2e-cache", 4).await;
+    let id_base = fresh_id_base();
+    let mut deployment = deploy(&topics, id_base, 2).await;
+    let (seed_work, _) = first_work_seeds(&deployment.sim_url, id_base).await;
+    let truth = reachable_truth(&deployment.sim_url, &[&seed_work], 2).await;
+
+    let (first, _) = crawl_to_done(&deployment, &[&seed_work], 2).await;
+    assert_graph_is_exactly(&truth, &first).await;
+    let first_requests = sim_requests(&deployment).await;
+    assert!(first_requests > 50, "a real crawl: {first_requests}");
+
+    let (second, status) = crawl_to_done(&deployment, &[&seed_work], 2).await;
+    assert_graph_is_exactly(&truth, &second).await;
+    assert_eq!(status["counters"]["fetched"], truth.nodes.len(), "{status}");
+    let second_requests = sim_requests(&deployment).await - first_requests;
+    assert!(
+        second_requests * 20 <= first_requests,
+        "the second crawl sent {second_requests} requests, the first {first_requests}"
+    );
+
+    deployment.restart_workers(&[("REFETCH_AFTER", "1ms")]).await;
+    let before = sim_requests(&deployment).await;
+    let (third, _) = crawl_to_done(&deployment, &[&seed_work], 2).await;
+    assert_graph_is_exactly(&truth, &third).await;
+    let third_requests = sim_requests(&deployment).await - before;
+    assert!(
+        third_requests + 4 >= first_requests,
+        "past the window everything is fetched again: {third_requests} of {first_requests}"
     );
 }
