@@ -5,7 +5,7 @@
 #   scripts/check-deploy.sh            all static checks (below); exit 0 only if all pass
 #   scripts/check-deploy.sh tools      install the tools only, print where they are
 #   scripts/check-deploy.sh manifests  kustomize build + kubeconform -strict, per overlay
-#   scripts/check-deploy.sh rules      promtool check rules + PrometheusRule == alerts.yml
+#   scripts/check-deploy.sh rules      promtool check + test rules, PrometheusRule == alerts.yml
 #   scripts/check-deploy.sh names      every metric a query names is exported by the binaries
 #   scripts/check-deploy.sh image      the runtime image provides every library the binaries need
 #   scripts/check-deploy.sh compose    docker compose config (skipped without the tool)
@@ -379,6 +379,8 @@ PY
 
 check_rules() {
   promtool check rules "$RULES" || die "promtool rejected $RULES"
+  promtool test rules "$ROOT/deploy/prometheus/alerts_test.yml" \
+    || die "an alert of $RULES does not behave as deploy/prometheus/alerts_test.yml says"
   PY - "$RULES" "$PROMRULE" <<'PY' || die "$PROMRULE is stale: run scripts/check-deploy.sh sync-rules"
 import sys, yaml
 plain = yaml.safe_load(open(sys.argv[1]))
