@@ -2,7 +2,8 @@
 # The main job: a whole crawl, end to end, on this machine.
 #
 #   scripts/demo.sh           offline: crawls the Open Library simulator (no internet needed)
-#   scripts/demo.sh --live    crawls openlibrary.org itself, politely (robots.txt obeyed)
+#   scripts/demo.sh --live    crawls openlibrary.org itself, politely (robots.txt obeyed);
+#                             needs USER_AGENT set to your application and contact
 #
 # Brings the local stack up (installing what is missing), builds in release mode, starts the
 # simulator, two workers, a graph writer and the API, seeds a crawl from a work and from free
@@ -14,6 +15,12 @@ cd "$ROOT"
 
 LIVE=false
 [[ ${1:-} == --live ]] && LIVE=true
+if $LIVE && [[ -z ${USER_AGENT:-} ]]; then
+  echo "demo --live: set USER_AGENT to your application and contact first," >&2
+  echo "  e.g. USER_AGENT='MyCrawler/1.0 (you@example.org)' scripts/demo.sh --live" >&2
+  echo "  (Open Library contacts the operator it names; the worker refuses the built-in one)" >&2
+  exit 2
+fi
 DEPTH=${DEMO_DEPTH:-2}
 WORKS=${DEMO_WORKS:-600}
 
@@ -70,8 +77,9 @@ else
   SIM_PORT=18090
   ORIGIN=http://127.0.0.1:$SIM_PORT
   # Its own keys (an id base of this run's clock) keep this demo's graph apart from earlier
-  # runs in the same Neo4j. Open Library's per-IP limit (180/min, burst 25) is on: the three
-  # proxies at 150/min each are what keeps the crawl polite and free of 429s.
+  # runs in the same Neo4j. Open Library's limits are on (180/min per IP, burst 25; 400/min
+  # per User-Agent): three proxies at 150/min each and the workers' User-Agent budget of
+  # 360/min (USER_AGENT_RATE_PER_MINUTE) keep the crawl polite and free of 429s.
   ID_BASE=$(( ($(date +%s) % 100000) * 100000 ))
   start sim "$BIN/bookworm" sim --addr "127.0.0.1:$SIM_PORT" --id-base "$ID_BASE" \
     --works "$WORKS" --authors $((WORKS / 3)) --subjects 60
@@ -112,10 +120,36 @@ cat <<EOF
                  or in Neo4j: MATCH (n) WHERE '$CRAWL' IN n.crawls RETURN n LIMIT 200
   logs           $RUN
 EOF
+# What the crawl cost Open Library, from the workers' own counters: requests sent against
+# the User-Agent budget, and how many records the cache answered instead.
+python3 - "$((SECONDS - started))" http://127.0.0.1:9101/metrics http://127.0.0.1:9111/metrics <<'PY'
+import re, sys, urllib.request
+seconds, urls = max(int(sys.argv[1]), 1), sys.argv[2:]
+sent = hits = lookups = 0.0
+for url in urls:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    for line in text.splitlines():
+        m = re.match(r'(\w+)(\{[^}]*\})? ([0-9.e+]+)$', line)
+        if not m:
+            continue
+        name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
+        if name == "relentless_worker_egress_requests_total":
+            sent += value
+        elif name == "relentless_worker_record_cache_lookups_total":
+            lookups += value
+            hits += value if 'result="hit"' in labels else 0
+print("  User-Agent     %d requests in %d s: %.0f/min of the 360/min budget (USER_AGENT_RATE_PER_MINUTE)"
+      % (sent, seconds, sent * 60 / seconds))
+print("  record cache   %d of %d lookups answered from the cache (%.0f%%; a second crawl of the same seeds is almost free)"
+      % (hits, lookups, 100 * hits / lookups if lookups else 0))
+PY
 if ! $LIVE; then
   curl -sf "$ORIGIN/_sim/stats" | python3 -c 'import json,sys
 s=json.load(sys.stdin)
 print("  Open Library   the simulator answered %d requests, %d of them 429" % (s["requests"], s["rate_limited"]))
 for ip, v in sorted(s["per_ip"].items()):
-    print("                 from %s: %d requests, at most %d in any 60 s, %d rate-limited" % (ip, v["requests"], v["max_requests_in_any_60s"], v["rate_limited"]))'
+    print("                 from %s: %d requests, at most %d in any 60 s, %d rate-limited" % (ip, v["requests"], v["max_requests_in_any_60s"], v["rate_limited"]))
+for ua, v in sorted(s.get("per_user_agent", {}).items()):
+    if isinstance(v, dict):
+        print("                 as %s: %d requests, at most %d in any 60 s, from %d IPs" % (ua.split(" ")[0], v["requests"], v["max_requests_in_any_60s"], v["distinct_ips"]))'
 fi
