@@ -294,7 +294,9 @@ async fn a_crawl_over_known_ground_is_answered_from_the_record_cache() {
         "the second crawl sent {second_requests} requests, the first {first_requests}"
     );
 
-    deployment.restart_workers(&[("REFETCH_AFTER", "1ms")]).await;
+    deployment
+        .restart_workers(&[("REFETCH_AFTER", "1ms")])
+        .await;
     let before = sim_requests(&deployment).await;
     let (third, _) = crawl_to_done(&deployment, &[&seed_work], 2).await;
     assert_graph_is_exactly(&truth, &third).await;

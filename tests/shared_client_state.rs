@@ -179,5 +179,5 @@ async fn a_pool_with_every_egress_down_fails_fast_and_transiently() {
         matches!(error, FetchError::Limiter(EgressError::Unavailable)),
         "{error}"
     );
-    assert!(!client.pool().any_usable());
+    assert!(client.pool().is_out());
 }

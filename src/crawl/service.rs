@@ -10,9 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CrawlArgs, EgressArgs, LimitScope, WorkerArgs};
 use crate::consumer::{ConsumerError, ConsumerLoop};
 use crate::crawl::client::egress::limiter::Rate;
-use crate::crawl::client::egress::{
-    ALL_UNAVAILABLE_GRACE, ClientSettings, EgressError, EgressPool, PoolSettings,
-};
+use crate::crawl::client::egress::{ClientSettings, EgressError, EgressPool, PoolSettings};
 use crate::crawl::client::{FetchSettings, OpenLibraryClient};
 use crate::crawl::handler::{CrawlHandler, OutputTopics};
 use crate::crawl::limits::CrawlLimits;
@@ -72,19 +70,9 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> Result<(), Wo
         telemetry.readiness.clone(),
         READINESS_EGRESS,
         {
-            // Not ready once no egress has been usable for the grace a request waits: a
-            // brief block of every egress after a 429 is not an outage.
             let pool = pool.clone();
-            let unusable_since = std::sync::Mutex::new(None::<std::time::Instant>);
             move || {
-                let mut since = unusable_since.lock().unwrap_or_else(|e| e.into_inner());
-                let ready = if pool.any_usable() {
-                    *since = None;
-                    true
-                } else {
-                    since.get_or_insert_with(std::time::Instant::now).elapsed()
-                        < ALL_UNAVAILABLE_GRACE
-                };
+                let ready = !pool.is_out();
                 async move { ready }
             }
         },

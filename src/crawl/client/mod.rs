@@ -34,7 +34,7 @@ use url::Url;
 use crate::crawl::client::block::UserAgentBlock;
 use crate::crawl::client::cache::{CachedRecord, RecordCache};
 use crate::crawl::client::egress::limiter::Rate;
-use crate::crawl::client::egress::{EgressPool, EgressSlot};
+use crate::crawl::client::egress::{ALL_UNAVAILABLE_GRACE, EgressPool, EgressSlot};
 use crate::crawl::client::robots::{MAX_ROBOTS_BYTES, Robots, RobotsAnswer, RobotsCache};
 use crate::process::metrics::WorkerMetrics;
 
@@ -421,6 +421,7 @@ impl OpenLibraryClient {
         inner.budget.record_request();
         let mut retry = 0u32;
         let mut throttled_answers = 0u32;
+        let pool_deadline = Instant::now() + ALL_UNAVAILABLE_GRACE;
         loop {
             // Before waiting for a cell, and again before sending: the wait may outlast the view.
             if inner.block.is_blocked().await {
@@ -428,7 +429,9 @@ impl OpenLibraryClient {
                     url: url.to_string(),
                 });
             }
-            let slot = inner.pool.acquire().await?;
+            // However often it is throttled, one request waits for a blocked or down pool
+            // ALL_UNAVAILABLE_GRACE in all; then its job is parked, not failed.
+            let slot = inner.pool.acquire_by(pool_deadline).await?;
             if inner.block.is_blocked().await {
                 return Err(FetchError::UserAgentBlocked {
                     url: url.to_string(),

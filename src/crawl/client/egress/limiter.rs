@@ -22,6 +22,9 @@ pub enum Decision {
     Go(usize),
     /// None may send yet; ask again after this long.
     Wait(Duration),
+    /// None may send because every one is blocked (a 429 seen by another process, shared
+    /// through Redis); the soonest block ends after this long.
+    AllBlocked(Duration),
 }
 
 /// A GCRA rate: one cell every `interval`, up to `burst` cells at once.
@@ -136,7 +139,8 @@ impl LocalLimiter {
 /// KEYS: per candidate its TAT key then its block key; then the overall TAT key.
 /// ARGV: interval µs, tolerance µs, candidate count, overall interval µs (0 = none),
 /// overall tolerance µs.
-/// Returns {i, 0} when candidate i (1-based) may send now (its cell taken), or {0, wait_ms}.
+/// Returns {i, 0, 0} when candidate i (1-based) may send now (its cell taken), else
+/// {0, wait_ms, all_blocked} (all_blocked = 1 when every candidate is blocked).
 const ACQUIRE_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -151,16 +155,18 @@ if g_interval > 0 then
   g_tat = math.max(tonumber(redis.call('GET', KEYS[2 * n + 1]) or '0'), now)
   g_wait = g_tat - g_tolerance - now
   if g_wait > 0 then
-    return {0, math.ceil(g_wait / 1000)}
+    return {0, math.ceil(g_wait / 1000), 0}
   end
 end
 local soonest = -1
+local all_blocked = 1
 for i = 1, n do
   local wait
   local blocked = redis.call('PTTL', KEYS[2 * i])
   if blocked > 0 then
     wait = blocked * 1000
   else
+    all_blocked = 0
     local tat = math.max(tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0'), now)
     wait = tat - tolerance - now
     if wait <= 0 then
@@ -172,7 +178,7 @@ for i = 1, n do
         redis.call('SET', KEYS[2 * n + 1], string.format('%.0f', g_new),
                    'PX', math.ceil((g_new - now) / 1000) + 1000)
       end
-      return {i, 0}
+      return {i, 0, 0}
     end
   end
   if soonest < 0 or wait < soonest then
@@ -182,7 +188,7 @@ end
 if soonest < 0 then
   soonest = 100000
 end
-return {0, math.ceil(soonest / 1000)}
+return {0, math.ceil(soonest / 1000), all_blocked}
 "#;
 
 /// The cluster backend: state in Redis under `prefix`, shared by every process using it.
@@ -230,10 +236,13 @@ impl RedisLimiter {
             .arg(overall.map_or(0, |r| micros(r.interval)))
             .arg(overall.map_or(0, |r| micros(r.tolerance())));
         let mut redis = self.redis.clone();
-        let (index, wait_ms): (i64, i64) = invocation.invoke_async(&mut redis).await?;
+        let (index, wait_ms, all_blocked): (i64, i64, i64) =
+            invocation.invoke_async(&mut redis).await?;
+        let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
         Ok(match usize::try_from(index) {
             Ok(i) if i >= 1 => Decision::Go(i - 1),
-            _ => Decision::Wait(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))),
+            _ if all_blocked == 1 => Decision::AllBlocked(wait),
+            _ => Decision::Wait(wait),
         })
     }
 

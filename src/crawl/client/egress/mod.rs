@@ -30,10 +30,11 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// to notice a probe bringing a proxy back, cheap because it only reads local state.
 const ALL_BLOCKED_POLL: Duration = Duration::from_millis(250);
 
-/// How long a request waits for an egress while every one is blocked or down. Past it the
-/// request fails with [`EgressError::Unavailable`] and its job is parked and tried again
-/// later: a pool outage is not the job's fault, and waiting on would hold the job's slot
-/// until `JOB_TIMEOUT` dead-lettered it and skipped its subtree.
+/// How long a request waits for an egress to come back while every one is blocked or down.
+/// When none will be back within it (blocked longer, or down: a probe decides when), the
+/// request fails at once with [`EgressError::Unavailable`] and its job is parked and tried
+/// again later: a pool outage is not the job's fault, and waiting on would hold the job's
+/// slot until `JOB_TIMEOUT` dead-lettered it and skipped its subtree.
 pub const ALL_UNAVAILABLE_GRACE: Duration = Duration::from_secs(5);
 
 /// Errors from building or using the pool.
@@ -238,13 +239,21 @@ impl EgressPool {
         self.inner.settings.overall
     }
 
-    /// Waits for the egress that can send soonest and takes a cell of its limit. Holds no
-    /// connection while waiting. Fails when the shared limiter (Redis) cannot be asked, or
-    /// when every egress stays blocked or down for [`ALL_UNAVAILABLE_GRACE`].
+    /// Waits for the egress that can send soonest and takes a cell of its limit, waiting for
+    /// a blocked or down pool at most [`ALL_UNAVAILABLE_GRACE`]; see [`EgressPool::acquire_by`].
     pub async fn acquire(&self) -> Result<EgressSlot, EgressError> {
+        self.acquire_by(Instant::now() + ALL_UNAVAILABLE_GRACE)
+            .await
+    }
+
+    /// Waits for the egress that can send soonest and takes a cell of its limit. Holds no
+    /// connection while waiting. Waiting for a cell (pacing) is unbounded here (`JOB_TIMEOUT`
+    /// bounds it); waiting for every egress to come back from a block or from being down
+    /// ends at `deadline`: if none will be back by then, this fails at once with
+    /// [`EgressError::Unavailable`]. Also fails when the shared limiter cannot be asked.
+    pub async fn acquire_by(&self, deadline: Instant) -> Result<EgressSlot, EgressError> {
         let inner = &self.inner;
         let _turn = inner.acquiring.lock().await;
-        let mut unavailable_since: Option<Instant> = None;
         loop {
             let now = Instant::now();
             let n = inner.egresses.len();
@@ -260,12 +269,12 @@ impl EgressPool {
                     }
                 }
             }
+            let back_in_time =
+                |wait: Duration| now.checked_add(wait).is_some_and(|t| t <= deadline);
             if candidates.is_empty() {
-                let since = *unavailable_since.get_or_insert(now);
-                if now - since >= ALL_UNAVAILABLE_GRACE {
+                let Some(wait) = soonest_unblock.filter(|w| back_in_time(*w)) else {
                     return Err(EgressError::Unavailable);
-                }
-                let wait = soonest_unblock.unwrap_or(ALL_BLOCKED_POLL);
+                };
                 tokio::time::sleep(wait.min(ALL_BLOCKED_POLL)).await;
                 continue;
             }
@@ -290,17 +299,24 @@ impl EgressPool {
                     let wait = soonest_unblock.map_or(wait, |u| u.min(wait));
                     tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
                 }
+                // Blocked by other processes' 429s: the same rule as a local block.
+                Decision::AllBlocked(wait) if !back_in_time(wait) => {
+                    return Err(EgressError::Unavailable);
+                }
+                Decision::AllBlocked(wait) => {
+                    tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                }
             }
         }
     }
 
-    /// `None` if egress `index` is usable now, else how long until it may be (a guess for a
-    /// down egress: its probe decides).
+    /// `None` if egress `index` is usable now, else how long until it may be (`MAX` for a
+    /// down egress: its probe decides when).
     fn available_in(&self, index: usize, now: Instant) -> Option<Duration> {
         let egress = &self.inner.egresses[index];
         let health = egress.health.lock().unwrap_or_else(|e| e.into_inner());
         if health.down {
-            return Some(ALL_BLOCKED_POLL);
+            return Some(Duration::MAX);
         }
         match health.blocked_until {
             Some(until) if until > now => Some(until - now),
@@ -441,11 +457,15 @@ impl EgressPool {
         });
     }
 
-    /// Whether some egress is neither blocked nor down now (readiness: a worker whose whole
-    /// pool is out cannot fetch, and says so on `/readyz`).
-    pub fn any_usable(&self) -> bool {
+    /// Whether the pool is out: every egress down, or blocked beyond
+    /// [`ALL_UNAVAILABLE_GRACE`], so requests fail at once and their jobs are parked
+    /// (readiness reports it on `/readyz`).
+    pub fn is_out(&self) -> bool {
         let now = Instant::now();
-        (0..self.inner.egresses.len()).any(|index| self.available_in(index, now).is_none())
+        (0..self.inner.egresses.len()).all(|index| {
+            self.available_in(index, now)
+                .is_some_and(|wait| wait > ALL_UNAVAILABLE_GRACE)
+        })
     }
 
     /// Whether an egress is marked down now (for tests and readiness).
