@@ -1,6 +1,7 @@
 //! `bookworm bench` end to end on one tiny grid point against the real stack: it runs the
-//! real binaries, and leaves a CSV, a Markdown table, three PNG plots and a report that parse
-//! and agree with each other. Speed is not asserted; only that the numbers are there.
+//! real binaries, and leaves a CSV, a Markdown table, four PNG plots and a report that parse
+//! and agree with each other. Speed is not asserted; only that the numbers are there. (The
+//! rate-limited politeness grid takes minutes: `scripts/bench.sh --grid politeness`.)
 
 mod support;
 
@@ -134,12 +135,25 @@ fn a_tiny_grid_point_runs_end_to_end_and_writes_every_output() {
     let p99: f64 = column(&header, &row, "fetch_p99_ms").parse().expect("p99");
     assert!(p50 > 0.0 && p99 >= p50, "{csv}");
     assert_eq!(column(&header, &row, "rate_limited_429"), "0");
+    assert_eq!(column(&header, &row, "blocked_403"), "0");
+    // One proxy, one User-Agent: the simulator saw our agent from one IP.
+    assert_eq!(column(&header, &row, "ips_per_user_agent"), "1", "{csv}");
+    let busiest: u64 = column(&header, &row, "max_user_agent_requests_in_60s")
+        .parse()
+        .expect("busiest minute");
+    assert!(busiest > 0, "{csv}");
+    assert_eq!(
+        column(&header, &row, "expected_seconds"),
+        "",
+        "unlimited: {csv}"
+    );
 
     let table = std::fs::read_to_string(out.join(report::TABLE)).expect("table");
     assert_eq!(table.lines().filter(|l| l.starts_with('|')).count(), 3);
     for plot in [
         report::PLOT_THROUGHPUT,
-        report::PLOT_IDEAL,
+        report::PLOT_LIMITED,
+        report::PLOT_EXPECTED,
         report::PLOT_RSS,
     ] {
         assert_png(&out.join(plot));
@@ -148,6 +162,10 @@ fn a_tiny_grid_point_runs_end_to_end_and_writes_every_output() {
     assert!(report.starts_with("# Performance"), "{report}");
     assert!(!report.contains("old generated text"), "{report}");
     assert!(report.contains(&table), "the report holds the table");
+    assert!(
+        report.contains("## Politeness\n\nNo rate-limited point ran."),
+        "{report}"
+    );
     assert!(
         report.contains("bench --workers 1"),
         "the report quotes the command"

@@ -324,6 +324,203 @@ async fn the_user_agent_limit_spans_ips() {
     stop.cancel();
 }
 
+/// Open Library's per-User-Agent limit (400/min, burst 25) is on by default: one agent
+/// spread over three IPs, each far under its own limit, still gets 429s past the agent's
+/// burst, and the stats count the agent's requests, busiest minute, IPs and 429s.
+#[tokio::test]
+async fn the_user_agent_limit_is_on_by_default_and_counted_per_agent() {
+    let (sim, stop) = start(&[
+        "--works",
+        "30",
+        "--authors",
+        "10",
+        "--subjects",
+        "8",
+        "--rate-per-minute",
+        "6000",
+        "--burst",
+        "100",
+    ])
+    .await;
+    let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+    let clients: Vec<reqwest::Client> = ips
+        .iter()
+        .map(|ip| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .local_address(ip.parse::<IpAddr>().ok())
+                .user_agent("SpreadBot/1.0 (ops@example.org)")
+                .build()
+                .expect("client builds")
+        })
+        .collect();
+    let requests = (0..45).map(|i| {
+        let client = clients[i % 3].clone();
+        let url = format!("{}/works/OL{}W.json", sim.base_url(), i % 30 + 1);
+        async move { client.get(url).send().await.expect("answered").status() }
+    });
+    let statuses = futures::future::join_all(requests).await;
+    let rejected = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count() as u64;
+    // 26 at once (1 + burst 25); a few more if the bucket drained (6.7 per second) while
+    // the requests were arriving on a busy machine.
+    assert!((5..=19).contains(&rejected), "{statuses:?}");
+
+    let stats: serde_json::Value = client()
+        .get(format!("{}/_sim/stats", sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent = &stats["per_user_agent"]["SpreadBot/1.0 (ops@example.org)"];
+    assert_eq!(agent["requests"], 45, "{stats}");
+    assert_eq!(agent["max_requests_in_any_60s"], 45, "{stats}");
+    assert_eq!(agent["distinct_ips"], 3, "{stats}");
+    assert_eq!(agent["ips"], serde_json::json!(ips), "{stats}");
+    assert_eq!(agent["rate_limited"], rejected, "{stats}");
+    assert_eq!(agent["blocked"], 0, "{stats}");
+    assert_eq!(stats["rate_limited"], rejected, "{stats}");
+    for ip in ips {
+        assert_eq!(
+            stats["per_ip"][ip]["max_requests_in_any_60s"], 15,
+            "{stats}"
+        );
+    }
+    stop.cancel();
+}
+
+async fn get_as(sim: &RunningSim, user_agent: &str, path: &str) -> (StatusCode, serde_json::Value) {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .user_agent(user_agent)
+        .build()
+        .expect("client builds")
+        .get(format!("{}{path}", sim.base_url()))
+        .send()
+        .await
+        .expect("answered");
+    let status = response.status();
+    let body = response.bytes().await.expect("body");
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+async fn set_blocked(sim: &RunningSim, user_agents: &[&str]) -> reqwest::Response {
+    client()
+        .post(format!("{}/_sim/blocked", sim.base_url()))
+        .json(&serde_json::json!({ "user_agents": user_agents }))
+        .send()
+        .await
+        .expect("answered")
+}
+
+/// A User-Agent containing a blocked substring (ignoring case) gets 403 with a JSON body on
+/// every Open Library path, robots.txt included, and an unlisted one is served; the
+/// `/_sim/` endpoints are never blocked. `POST /_sim/blocked` replaces the list at once, in
+/// both directions, and `POST /_sim/reset` keeps it.
+#[tokio::test]
+async fn blocked_user_agents_get_403_until_the_block_is_lifted() {
+    let (sim, stop) = start(&[
+        "--works",
+        "10",
+        "--authors",
+        "5",
+        "--subjects",
+        "5",
+        "--blocked-user-agents",
+        "EvilScraper, curl/",
+    ])
+    .await;
+    let ours = "RelentlessBookworm/0.1 (+https://example.org; ops@example.org)";
+    assert_eq!(
+        sim.state.blocked_agents().user_agents,
+        ["EvilScraper", "curl/"]
+    );
+    for path in ["/works/OL1W.json", "/robots.txt", "/search.json?q=the"] {
+        let (status, body) = get_as(&sim, "evilscraper/2.0", path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(body["error"], "blocked", "{path}: {body}");
+        assert!(body["detail"].is_string(), "{body}");
+        let (status, _) = get_as(&sim, ours, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+
+    // Block our agent mid-run: every path refuses it at once, the admin ones still answer.
+    let response = set_blocked(&sim, &["RelentlessBookworm"]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let listed: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!({"user_agents": ["RelentlessBookworm"]})
+    );
+    for path in ["/works/OL2W.json", "/robots.txt"] {
+        assert_eq!(
+            get_as(&sim, ours, path).await.0,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        get_as(&sim, "evilscraper/2.0", "/works/OL2W.json").await.0,
+        StatusCode::OK,
+        "the new list replaced the old one"
+    );
+    for path in ["/_sim/stats", "/_sim/blocked", "/_sim/catalogue"] {
+        assert_eq!(get_as(&sim, ours, path).await.0, StatusCode::OK, "{path}");
+    }
+
+    let (_, listed) = get_as(&sim, ours, "/_sim/blocked").await;
+    assert_eq!(
+        listed["user_agents"],
+        serde_json::json!(["RelentlessBookworm"])
+    );
+    let stats = sim.state.stats();
+    assert_eq!(stats.blocked, 5, "three before, two after the change");
+    assert_eq!(stats.per_user_agent[ours].blocked, 2);
+    assert_eq!(stats.per_user_agent["evilscraper/2.0"].blocked, 3);
+    assert_eq!(stats.rate_limited, 0);
+
+    // A reset forgets the counts and keeps the block.
+    let reset = client()
+        .post(format!("{}/_sim/reset", sim.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        get_as(&sim, ours, "/works/OL3W.json").await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(sim.state.stats().blocked, 1);
+
+    // Lifting it serves the agent again; an empty substring is refused.
+    assert_eq!(set_blocked(&sim, &[]).await.status(), StatusCode::OK);
+    assert_eq!(
+        get_as(&sim, ours, "/works/OL3W.json").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        set_blocked(&sim, &[" "]).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert!(sim.state.blocked_agents().user_agents.is_empty());
+    stop.cancel();
+}
+
+/// An empty blocked substring on the command line would block everyone: refused.
+#[test]
+fn an_empty_blocked_user_agent_is_refused_at_start() {
+    assert!(SimArgs::from_flags(["--blocked-user-agents", "bot,,other"]).is_err());
+    let args = SimArgs::from_flags(["--blocked-user-agents", "bot, other"]).expect("parses");
+    assert_eq!(args.blocked_user_agents, ["bot", "other"]);
+    let defaults = SimArgs::from_flags(Vec::<String>::new()).expect("parses");
+    assert!(defaults.blocked_user_agents.is_empty());
+    assert_eq!((defaults.ua_rate_per_minute, defaults.ua_burst), (400, 25));
+}
+
 /// Without limits, one IP may send as fast as it likes.
 #[tokio::test]
 async fn no_limit_never_answers_429() {

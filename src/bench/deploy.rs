@@ -198,12 +198,12 @@ pub(super) fn deploy(
     .into_iter()
     .map(str::to_owned)
     .collect();
-    let (egress_rate, egress_burst) = match point.limit {
+    let (egress_rate, egress_burst, user_agent_rate) = match point.limit {
         Limit::None => {
             sim_args.push("--no-limit".to_owned());
-            // Far above any rate these processes reach, so the limiter never waits; it still
-            // runs (in Redis), as it does in production.
-            (10_000_000, 10_000)
+            // Far above any rate these processes reach, so the limiters never wait; they
+            // still run (in Redis), as they do in production.
+            (10_000_000, 10_000, 10_000_000)
         }
         Limit::PerMinute(rate) => {
             sim_args.extend([
@@ -211,9 +211,11 @@ pub(super) fn deploy(
                 args.sim_rate_per_minute.to_string(),
                 "--burst".to_owned(),
                 args.sim_burst.to_string(),
+                "--ua-rate-per-minute".to_owned(),
+                args.sim_ua_rate_per_minute.to_string(),
             ]);
             // The worker's default burst (10): what Open Library passes undelayed.
-            (rate, 10)
+            (rate, 10, args.user_agent_rate_per_minute)
         }
     };
     let sim = Proc::start(ctx, "sim", "bookworm", &sim_args, &[])?;
@@ -243,6 +245,12 @@ pub(super) fn deploy(
                 ("METRICS_ADDR", format!("127.0.0.1:{port}")),
                 ("WORKER_NAME", format!("bench-worker-{i}")),
                 ("CONCURRENT_JOBS", point.concurrency.to_string()),
+                // One budget for every request under our User-Agent, all workers together
+                // (the limiter keys share the point's prefix).
+                ("USER_AGENT_RATE_PER_MINUTE", user_agent_rate.to_string()),
+                // No record cache: every point fetches what it crawls, so points stay
+                // comparable however many ran before on the same stack.
+                ("REFETCH_AFTER", "0".to_owned()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v)),

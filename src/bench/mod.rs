@@ -9,6 +9,12 @@
 //! services' own Prometheus counters, the simulator's request log, and `/proc` for CPU and
 //! memory. [`report`] turns the rows into the CSV, the Markdown table, the plots and the
 //! generated report. Wall-clock numbers depend on the machine; the report says which.
+//!
+//! A rate-limited point is also a politeness check: the simulator enforces Open Library's
+//! limits (per client IP and per User-Agent), the workers get the per-egress rate and the
+//! User-Agent budget explicitly, and the report sets the measured time beside the time those
+//! limits allow ([`Expected`]) and the simulator's view of how we behaved (busiest minute per
+//! IP and per User-Agent, 429s, 403s, IPs per User-Agent).
 
 mod deploy;
 pub mod fonts;
@@ -95,10 +101,15 @@ pub enum BenchError {
 pub enum GridPreset {
     /// A handful of points that answer the capacity questions in about 20 minutes on two
     /// cores: scaling with workers and concurrency unlimited, waiting-bound latencies, and
-    /// the rate-limited crawl against its ideal.
+    /// the rate-limited crawl against its expected time (the politeness grid, and two and
+    /// one proxies, where the proxies' budget binds instead of the User-Agent's).
     Reduced,
     /// Every combination of the axes' full values (162 points; hours).
     Full,
+    /// Open Library's limits only: 1, 4 and 8 worker processes through three proxies at
+    /// 150/min each under the User-Agent budget, to show that adding workers adds no
+    /// traffic past the budget (about 7 minutes).
+    Politeness,
 }
 
 /// Settings of `bookworm bench`. Service addresses come from the environment that
@@ -152,6 +163,16 @@ pub struct BenchArgs {
     /// The simulator's burst when a point is rate-limited (Open Library's: 25).
     #[arg(long, default_value = "25")]
     pub sim_burst: u32,
+    /// The simulator's per-User-Agent limit when a point is rate-limited (Open Library's:
+    /// 400/min across all IPs).
+    #[arg(long, default_value = "400")]
+    pub sim_ua_rate_per_minute: u32,
+    /// The workers' `USER_AGENT_RATE_PER_MINUTE` at a rate-limited point: one budget for
+    /// every request under our User-Agent. Passed explicitly, so the expected time does not
+    /// change with the worker's default (360: under Open Library's 400 with room for the
+    /// burst).
+    #[arg(long, default_value = "360", value_parser = crate::config::parse_positive_u32)]
+    pub user_agent_rate_per_minute: u32,
     /// The graph writer's `GRAPH_BATCH_SIZE`.
     #[arg(long, default_value = "5000")]
     pub graph_batch_size: u32,
@@ -191,7 +212,8 @@ pub struct BenchArgs {
 /// A per-proxy rate limit, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
-    /// The simulator enforces nothing; the workers' limiter is set far above any rate.
+    /// The simulator enforces nothing; the workers' limiters (per egress and per User-Agent)
+    /// are set far above any rate.
     None,
     /// Requests per minute per proxy: the workers' `EGRESS_RATE_PER_MINUTE`.
     PerMinute(u32),
@@ -240,6 +262,9 @@ const FULL_WORKERS: [u32; 3] = [1, 2, 4];
 const FULL_PROXIES: [u32; 3] = [1, 2, 3];
 const FULL_LATENCY_MS: [u64; 3] = [0, 50, 300];
 const FULL_LIMITS: [Limit; 2] = [Limit::None, Limit::PerMinute(150)];
+/// The politeness grid's worker counts: one process, four, and eight (more processes than
+/// egresses), all sharing one User-Agent budget and the three proxies' limits through Redis.
+const POLITENESS_WORKERS: [u32; 3] = [1, 4, 8];
 
 /// The points `args` asks for, in run order.
 pub fn grid(args: &BenchArgs) -> Vec<GridPoint> {
@@ -284,6 +309,10 @@ pub fn grid(args: &BenchArgs) -> Vec<GridPoint> {
             &FULL_LATENCY_MS.map(Duration::from_millis),
             &FULL_LIMITS,
         ),
+        GridPreset::Politeness => POLITENESS_WORKERS
+            .iter()
+            .map(|&workers| politeness_point(workers, 3))
+            .collect(),
         GridPreset::Reduced => {
             let point = |workers, concurrency, proxies, latency_ms, limit| GridPoint {
                 workers,
@@ -292,7 +321,7 @@ pub fn grid(args: &BenchArgs) -> Vec<GridPoint> {
                 latency: Duration::from_millis(latency_ms),
                 limit,
             };
-            vec![
+            let mut points = vec![
                 // Unlimited, no latency: what the processes themselves can do.
                 point(1, 8, 3, 0, Limit::None),
                 point(1, 32, 3, 0, Limit::None),
@@ -304,11 +333,108 @@ pub fn grid(args: &BenchArgs) -> Vec<GridPoint> {
                 // Unlimited with latency: where concurrency, not CPU, sets the pace.
                 point(1, 64, 3, 50, Limit::None),
                 point(1, 64, 3, 300, Limit::None),
-                // Open Library's limit: the pace is the proxies' budget.
-                point(2, 32, 3, 50, Limit::PerMinute(150)),
-                point(2, 32, 2, 50, Limit::PerMinute(150)),
-                point(2, 32, 1, 50, Limit::PerMinute(150)),
-            ]
+            ];
+            // Open Library's limits: with three proxies the User-Agent budget binds (360 <
+            // 3 × 150), and adding workers must not change that; with two or one the
+            // proxies' budget binds.
+            points.extend(
+                POLITENESS_WORKERS
+                    .iter()
+                    .map(|&workers| politeness_point(workers, 3)),
+            );
+            points.extend([politeness_point(2, 2), politeness_point(2, 1)]);
+            points
+        }
+    }
+}
+
+/// A rate-limited point as the politeness grid runs it: 32 jobs per worker, 50 ms of
+/// latency, 150/min per proxy (Open Library allows 180).
+fn politeness_point(workers: u32, proxies: u32) -> GridPoint {
+    GridPoint {
+        workers,
+        concurrency: 32,
+        proxies,
+        latency: Duration::from_millis(50),
+        limit: Limit::PerMinute(150),
+    }
+}
+
+/// Which limit sets a rate-limited point's pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binds {
+    /// The egresses' budget: proxies × the per-egress rate is below the User-Agent budget.
+    PerIp,
+    /// The User-Agent budget is below the egresses' sum.
+    UserAgent,
+    /// Both are the same.
+    Both,
+}
+
+impl std::fmt::Display for Binds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Binds::PerIp => "per-IP",
+            Binds::UserAgent => "User-Agent",
+            Binds::Both => "both",
+        })
+    }
+}
+
+/// What a rate-limited point should take, from its limits alone: requests ÷ min(egresses ×
+/// per-egress rate, User-Agent budget). Every request the simulator saw counts, robots.txt
+/// included; the start-up burst makes a point a few seconds faster than this.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Expected {
+    /// Egresses (proxies) the workers send through.
+    pub egresses: u32,
+    /// The workers' `EGRESS_RATE_PER_MINUTE`.
+    pub per_ip_per_minute: u32,
+    /// The workers' `USER_AGENT_RATE_PER_MINUTE`.
+    pub user_agent_per_minute: u32,
+    /// The simulator's per-IP limit (Open Library's 180), to judge the busiest minute by.
+    pub sim_ip_per_minute: u32,
+    /// The simulator's per-User-Agent limit (Open Library's 400).
+    pub sim_user_agent_per_minute: u32,
+    /// Requests ÷ the binding rate, in seconds.
+    pub seconds: f64,
+}
+
+impl Expected {
+    /// The expectation for `requests` through `egresses` at these rates.
+    pub fn new(
+        requests: u64,
+        egresses: u32,
+        per_ip_per_minute: u32,
+        user_agent_per_minute: u32,
+        sim: (u32, u32),
+    ) -> Expected {
+        let mut expected = Expected {
+            egresses,
+            per_ip_per_minute,
+            user_agent_per_minute,
+            sim_ip_per_minute: sim.0,
+            sim_user_agent_per_minute: sim.1,
+            seconds: 0.0,
+        };
+        expected.seconds = ratio(requests as f64, f64::from(expected.per_minute()) / 60.0);
+        expected
+    }
+
+    /// The pace the limits allow, in requests per minute.
+    pub fn per_minute(&self) -> u32 {
+        self.egresses
+            .saturating_mul(self.per_ip_per_minute)
+            .min(self.user_agent_per_minute)
+    }
+
+    /// Which limit sets that pace.
+    pub fn binds(&self) -> Binds {
+        let egresses = self.egresses.saturating_mul(self.per_ip_per_minute);
+        match egresses.cmp(&self.user_agent_per_minute) {
+            std::cmp::Ordering::Less => Binds::PerIp,
+            std::cmp::Ordering::Greater => Binds::UserAgent,
+            std::cmp::Ordering::Equal => Binds::Both,
         }
     }
 }
@@ -364,6 +490,14 @@ pub struct Row {
     pub requests: u64,
     /// Of which answered 429.
     pub rate_limited: u64,
+    /// Of which answered 403 (a blocked User-Agent): never, unless something is wrong.
+    pub blocked: u64,
+    /// The most requests the simulator received from one client IP in any 60 s.
+    pub max_ip_requests_in_60s: u64,
+    /// The most requests it received under one User-Agent in any 60 s, all IPs together.
+    pub max_user_agent_requests_in_60s: u64,
+    /// The most distinct client IPs one User-Agent came from (Open Library asks for < 5).
+    pub ips_per_user_agent: u64,
     /// Jobs the workers received.
     pub jobs: u64,
     /// Nodes fetched (the crawl's counter).
@@ -381,8 +515,8 @@ pub struct Row {
     /// Share of the machine's cores busy from the seed to `done` (every process, ours,
     /// the stack's and any other tenant's): near 1.0 means the point was CPU-bound.
     pub machine_cpu_busy: Option<f64>,
-    /// For a rate-limited point: requests ÷ (proxies × rate), the fastest the limit allows.
-    pub ideal_seconds: Option<f64>,
+    /// For a rate-limited point: the fastest its limits allow, and which one binds.
+    pub expected: Option<Expected>,
     /// Fetch latency percentiles in milliseconds (rate-limit waits included).
     pub fetch_p50_ms: Option<f64>,
     /// 90th percentile.
@@ -424,10 +558,15 @@ impl Row {
             self.seconds_to_done * f64::from(workers),
         )
     }
-    /// Actual time to `done` over the ideal, for a rate-limited point.
-    pub fn over_ideal(&self) -> Option<f64> {
-        self.ideal_seconds
-            .map(|ideal| ratio(self.seconds_to_done, ideal))
+    /// Measured time to `done` over the expected one, for a rate-limited point.
+    pub fn over_expected(&self) -> Option<f64> {
+        self.expected
+            .map(|expected| ratio(self.seconds_to_done, expected.seconds))
+    }
+
+    /// Requests per minute until `done`, as the simulator received them.
+    pub fn requests_per_minute(&self) -> f64 {
+        ratio(self.requests as f64 * 60.0, self.seconds_to_done)
     }
 }
 
@@ -557,14 +696,14 @@ fn free_port() -> Result<u16, BenchError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use clap::Parser;
 
     #[derive(Parser)]
-    struct Cli {
+    pub(super) struct Cli {
         #[command(flatten)]
-        bench: BenchArgs,
+        pub(super) bench: BenchArgs,
     }
 
     fn args(flags: &[&str]) -> BenchArgs {
@@ -596,6 +735,49 @@ mod tests {
         assert!(points.iter().any(|p| p.limit == Limit::None));
         assert!(points.iter().any(|p| p.limit == Limit::PerMinute(150)));
         assert!(points.iter().any(|p| p.concurrency == 64));
+    }
+
+    #[test]
+    fn the_politeness_grid_is_1_4_and_8_workers_through_three_proxies() {
+        let points = grid(&args(&["--grid", "politeness"]));
+        assert_eq!(
+            points.iter().map(|p| p.workers).collect::<Vec<_>>(),
+            [1, 4, 8]
+        );
+        assert!(
+            points
+                .iter()
+                .all(|p| p.proxies == 3 && p.limit == Limit::PerMinute(150))
+        );
+        let reduced = grid(&args(&[]));
+        assert!(points.iter().all(|p| reduced.contains(p)));
+    }
+
+    /// Three proxies at 150/min would send 450/min: the 360 budget binds. Two send 300:
+    /// the proxies bind.
+    #[test]
+    fn the_expected_time_takes_the_lower_of_the_two_budgets() {
+        let by_agent = Expected::new(720, 3, 150, 360, (180, 400));
+        assert_eq!(
+            (by_agent.per_minute(), by_agent.binds()),
+            (360, Binds::UserAgent)
+        );
+        assert!((by_agent.seconds - 120.0).abs() < 1e-9);
+        let by_ip = Expected::new(600, 2, 150, 360, (180, 400));
+        assert_eq!((by_ip.per_minute(), by_ip.binds()), (300, Binds::PerIp));
+        assert!((by_ip.seconds - 120.0).abs() < 1e-9);
+        assert_eq!(
+            Expected::new(1, 2, 180, 360, (180, 400)).binds(),
+            Binds::Both
+        );
+        let row = Row {
+            seconds_to_done: 132.0,
+            expected: Some(by_agent),
+            requests: 720,
+            ..Row::default()
+        };
+        assert!((row.over_expected().unwrap_or_default() - 1.1).abs() < 1e-9);
+        assert!((row.requests_per_minute() - 327.2727).abs() < 1e-3);
     }
 
     #[test]

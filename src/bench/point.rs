@@ -162,12 +162,17 @@ pub(super) async fn run_point(
         .await
         .map_err(|e| http_error("simulator stats", e))?;
     let requests = sim_stats["requests"].as_u64().unwrap_or_default();
-    let ideal_seconds = match point.limit {
+    let expected = match point.limit {
         Limit::None => None,
-        Limit::PerMinute(rate) => {
-            Some(requests as f64 / (f64::from(point.proxies) * f64::from(rate) / 60.0))
-        }
+        Limit::PerMinute(rate) => Some(Expected::new(
+            requests,
+            point.proxies,
+            rate,
+            args.user_agent_rate_per_minute,
+            (args.sim_rate_per_minute, args.sim_ua_rate_per_minute),
+        )),
     };
+    let behaviour = SimBehaviour::read(&sim_stats);
     let percentile = |q| {
         worker_metrics
             .quantile("relentless_worker_fetch_latency_seconds", q)
@@ -193,6 +198,10 @@ pub(super) async fn run_point(
         seeds,
         requests,
         rate_limited: sim_stats["rate_limited"].as_u64().unwrap_or_default(),
+        blocked: sim_stats["blocked"].as_u64().unwrap_or_default(),
+        max_ip_requests_in_60s: behaviour.max_ip_requests_in_60s,
+        max_user_agent_requests_in_60s: behaviour.max_user_agent_requests_in_60s,
+        ips_per_user_agent: behaviour.ips_per_user_agent,
         jobs: worker_metrics.sum("relentless_worker_jobs_received_total", &[]) as u64,
         fetched: counter("fetched"),
         edges: counter("edges"),
@@ -205,7 +214,7 @@ pub(super) async fn run_point(
         machine_cpu_busy: machine_before
             .zip(machine_at_done)
             .map(|(before, after)| before.busy_share_until(after)),
-        ideal_seconds,
+        expected,
         fetch_p50_ms: percentile(0.5),
         fetch_p90_ms: percentile(0.9),
         fetch_p99_ms: percentile(0.99),
@@ -216,6 +225,35 @@ pub(super) async fn run_point(
         kafka: stack_usage(stack_before.kafka, stack_after.kafka, stack_peak.kafka),
         neo4j: stack_usage(stack_before.neo4j, stack_after.neo4j, stack_peak.neo4j),
     })
+}
+
+/// How the point's clients looked to the simulator (`/_sim/stats`): the busiest minute of any
+/// IP and of any User-Agent, and the most IPs one User-Agent used. Every worker of a point
+/// sends under the same User-Agent, so "any User-Agent" is ours.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct SimBehaviour {
+    pub(super) max_ip_requests_in_60s: u64,
+    pub(super) max_user_agent_requests_in_60s: u64,
+    pub(super) ips_per_user_agent: u64,
+}
+
+impl SimBehaviour {
+    pub(super) fn read(stats: &Value) -> SimBehaviour {
+        let most = |map: &str, field: &str| {
+            stats[map]
+                .as_object()
+                .into_iter()
+                .flat_map(|entries| entries.values())
+                .filter_map(|entry| entry[field].as_u64())
+                .max()
+                .unwrap_or_default()
+        };
+        SimBehaviour {
+            max_ip_requests_in_60s: most("per_ip", "max_requests_in_any_60s"),
+            max_user_agent_requests_in_60s: most("per_user_agent", "max_requests_in_any_60s"),
+            ips_per_user_agent: most("per_user_agent", "distinct_ips"),
+        }
+    }
 }
 
 pub(super) fn mib(bytes: u64) -> f64 {
@@ -327,5 +365,34 @@ impl StackPids {
             kafka: self.kafka.and_then(|p| probe::sample(p).ok()),
             neo4j: self.neo4j.and_then(|p| probe::sample(p).ok()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The busiest IP, the busiest agent and the most IPs of any agent, from the
+    /// simulator's stats as it serves them.
+    #[test]
+    fn the_simulators_view_is_read_from_its_stats() {
+        let mut stats = crate::sim::stats::Stats::default();
+        for (i, ip) in ["10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.3"]
+            .iter()
+            .enumerate()
+        {
+            stats.arrived_at(1_000 + i as u64, ip, "work", "Bot/1");
+        }
+        stats.arrived_at(2_000, "10.0.0.1", "robots", "Other/2");
+        let json = serde_json::to_value(&stats).expect("serialises");
+        assert_eq!(
+            SimBehaviour::read(&json),
+            SimBehaviour {
+                max_ip_requests_in_60s: 3,
+                max_user_agent_requests_in_60s: 4,
+                ips_per_user_agent: 3,
+            }
+        );
+        assert_eq!(SimBehaviour::read(&json!({})), SimBehaviour::default());
     }
 }

@@ -1,5 +1,6 @@
-//! The benchmark's outputs: `bench.csv` (every measured column), a Markdown table, three PNG
-//! plots drawn with `plotters`, and `docs/performance.md` generated around them. The report's
+//! The benchmark's outputs: `bench.csv` (every measured column), a Markdown table, four PNG
+//! plots drawn with `plotters` (unlimited and rate-limited points apart, the legend beside
+//! the data, one colour per series), and `docs/performance.md` generated around them. The report's
 //! hand-written reading section sits below [`READING_MARKER`] and is carried over when the
 //! report is regenerated, so rerunning the tool never erases the analysis.
 
@@ -7,9 +8,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
-use super::{BenchArgs, BenchError, Limit, Row};
+use super::{BenchArgs, BenchError, Binds, Limit, Row};
 
 /// Everything below this line in the report is hand-written and kept across runs.
 pub const READING_MARKER: &str =
@@ -19,10 +21,13 @@ pub const READING_MARKER: &str =
 pub const CSV: &str = "bench.csv";
 /// The Markdown table alone.
 pub const TABLE: &str = "bench.md";
-/// Throughput against worker processes.
+/// Throughput of the unlimited points against worker processes.
 pub const PLOT_THROUGHPUT: &str = "throughput-vs-workers.png";
-/// Time to `done` against the rate limit's ideal.
-pub const PLOT_IDEAL: &str = "time-to-done-vs-ideal.png";
+/// Request rate of the rate-limited points against worker processes, with what the limits
+/// allow.
+pub const PLOT_LIMITED: &str = "rate-limited-vs-workers.png";
+/// Time to `done` of the rate-limited points against the expected time.
+pub const PLOT_EXPECTED: &str = "time-to-done-vs-expected.png";
 /// Worker peak RSS against `CONCURRENT_JOBS`.
 pub const PLOT_RSS: &str = "rss-vs-concurrency.png";
 
@@ -33,7 +38,8 @@ pub fn write_all(args: &BenchArgs, rows: &[Row], command_line: &str) -> Result<(
     write(&out.join(CSV), &csv(rows))?;
     write(&out.join(TABLE), &markdown_table(rows))?;
     plot_throughput(&out.join(PLOT_THROUGHPUT), rows)?;
-    plot_ideal(&out.join(PLOT_IDEAL), rows)?;
+    plot_limited(&out.join(PLOT_LIMITED), rows)?;
+    plot_expected(&out.join(PLOT_EXPECTED), rows)?;
     plot_rss(&out.join(PLOT_RSS), rows)?;
     let kept = std::fs::read_to_string(&args.report)
         .ok()
@@ -82,9 +88,14 @@ pub const CSV_HEADER: &[&str] = &[
     "proxies",
     "latency_ms",
     "limit_per_minute",
+    "user_agent_budget_per_minute",
     "seeds",
     "requests",
     "rate_limited_429",
+    "blocked_403",
+    "max_ip_requests_in_60s",
+    "max_user_agent_requests_in_60s",
+    "ips_per_user_agent",
     "jobs",
     "fetched",
     "edges",
@@ -92,8 +103,10 @@ pub const CSV_HEADER: &[&str] = &[
     "edges_written",
     "seconds_to_done",
     "seconds_to_written",
-    "ideal_seconds",
-    "over_ideal",
+    "expected_seconds",
+    "binds",
+    "measured_over_expected",
+    "requests_per_minute",
     "jobs_per_s",
     "nodes_per_s",
     "edges_per_s",
@@ -127,15 +140,23 @@ pub fn csv(rows: &[Row]) -> String {
             Limit::None => String::new(),
             Limit::PerMinute(n) => n.to_string(),
         };
+        let expected = row.expected;
         let cells = [
             p.workers.to_string(),
             p.concurrency.to_string(),
             p.proxies.to_string(),
             p.latency.as_millis().to_string(),
             limit,
+            expected
+                .map(|e| e.user_agent_per_minute.to_string())
+                .unwrap_or_default(),
             row.seeds.to_string(),
             row.requests.to_string(),
             row.rate_limited.to_string(),
+            row.blocked.to_string(),
+            row.max_ip_requests_in_60s.to_string(),
+            row.max_user_agent_requests_in_60s.to_string(),
+            row.ips_per_user_agent.to_string(),
             row.jobs.to_string(),
             row.fetched.to_string(),
             row.edges.to_string(),
@@ -143,8 +164,10 @@ pub fn csv(rows: &[Row]) -> String {
             row.edges_written.to_string(),
             format!("{:.2}", row.seconds_to_done),
             format!("{:.2}", row.seconds_to_written),
-            opt(row.ideal_seconds, 2),
-            opt(row.over_ideal(), 3),
+            opt(expected.map(|e| e.seconds), 2),
+            expected.map(|e| e.binds().to_string()).unwrap_or_default(),
+            opt(row.over_expected(), 3),
+            format!("{:.1}", row.requests_per_minute()),
             format!("{:.1}", row.jobs_per_second()),
             format!("{:.1}", row.nodes_per_second()),
             format!("{:.1}", row.edges_per_second()),
@@ -177,14 +200,14 @@ pub fn csv(rows: &[Row]) -> String {
 /// The main columns as a Markdown table.
 pub fn markdown_table(rows: &[Row]) -> String {
     let mut text = String::from(
-        "| workers | jobs | proxies | latency | limit | requests | 429s | to done s | ideal s | actual/ideal | to written s | jobs/s | nodes/s | edges/s | fetch p50/p90/p99 ms | worker CPU s (util) | worker RSS MiB | writer CPU s | writer RSS MiB | sim CPU s | Kafka CPU s | Neo4j CPU s | machine busy | error |\n\
-         |---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| workers | jobs | proxies | latency | limit | requests | 429s | to done s | expected s | binds | measured/expected | to written s | jobs/s | nodes/s | edges/s | fetch p50/p90/p99 ms | worker CPU s (util) | worker RSS MiB | writer CPU s | writer RSS MiB | sim CPU s | Kafka CPU s | Neo4j CPU s | machine busy | error |\n\
+         |---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for row in rows {
         let Some(p) = row.point else { continue };
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} ms | {} | {} | {} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {}/{}/{} | {:.1} ({:.0}%) | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} ms | {} | {} | {} | {:.1} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {}/{}/{} | {:.1} ({:.0}%) | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
             p.workers,
             p.concurrency,
             p.proxies,
@@ -193,8 +216,11 @@ pub fn markdown_table(rows: &[Row]) -> String {
             row.requests,
             row.rate_limited,
             row.seconds_to_done,
-            opt(row.ideal_seconds, 1),
-            opt(row.over_ideal(), 2),
+            opt(row.expected.map(|e| e.seconds), 1),
+            row.expected
+                .map(|e| e.binds().to_string())
+                .unwrap_or_default(),
+            opt(row.over_expected(), 2),
             row.seconds_to_written,
             row.jobs_per_second(),
             row.nodes_per_second(),
@@ -214,6 +240,56 @@ pub fn markdown_table(rows: &[Row]) -> String {
                 .map(|b| format!("{:.0}%", b * 100.0))
                 .unwrap_or_default(),
             row.error.replace(['|', '\n'], " "),
+        );
+    }
+    text
+}
+
+/// Whether a rate-limited point behaved: no 429 or 403, neither limit of the simulator
+/// (Open Library's) exceeded in any minute, and fewer than five IPs under our User-Agent.
+pub fn polite(row: &Row) -> bool {
+    row.expected.is_some_and(|e| {
+        row.rate_limited == 0
+            && row.blocked == 0
+            && row.max_ip_requests_in_60s <= u64::from(e.sim_ip_per_minute)
+            && row.max_user_agent_requests_in_60s <= u64::from(e.sim_user_agent_per_minute)
+            && row.ips_per_user_agent < 5
+    })
+}
+
+/// The rate-limited points as the politeness table: what the limits allow against what was
+/// measured, and how the simulator (standing in for Open Library) saw the crawler.
+pub fn politeness_table(rows: &[Row]) -> String {
+    let mut text = String::from(
+        "| workers | jobs | proxies | per-IP rate | User-Agent budget | requests | expected s | binds | measured s | measured/expected | busiest 60 s per IP | busiest 60 s per User-Agent | 429s | 403s | IPs per User-Agent | polite |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for row in rows.iter().filter(|r| r.error.is_empty()) {
+        let (Some(p), Some(e)) = (row.point, row.expected) else {
+            continue;
+        };
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} | {}/min | {}/min | {} | {:.1} | {} ({}/min) | {:.1} | {:.2} | {} (limit {}) | {} (limit {}) | {} | {} | {} | {} |",
+            p.workers,
+            p.concurrency,
+            p.proxies,
+            e.per_ip_per_minute,
+            e.user_agent_per_minute,
+            row.requests,
+            e.seconds,
+            e.binds(),
+            e.per_minute(),
+            row.seconds_to_done,
+            row.over_expected().unwrap_or_default(),
+            row.max_ip_requests_in_60s,
+            e.sim_ip_per_minute,
+            row.max_user_agent_requests_in_60s,
+            e.sim_user_agent_per_minute,
+            row.rate_limited,
+            row.blocked,
+            row.ips_per_user_agent,
+            if polite(row) { "yes" } else { "**no**" },
         );
     }
     text
@@ -245,9 +321,14 @@ pub fn generated_report(
          included). CPU is utime+stime from `/proc/<pid>/stat` over the crawl; RSS is `VmHWM` \
          (peak) for our processes, the highest sampled `VmRSS` for Kafka and Neo4j. Worker CPU \
          utilisation is worker CPU seconds ÷ (workers × seconds to done); *machine busy* is the \
-         share of all cores busy from seed to done (`/proc/stat`), whoever used them. The ideal of a \
-         rate-limited point is requests ÷ (proxies × rate); every request the simulator saw \
-         counts, robots.txt included. Full data: [{images}/{CSV}]({images}/{CSV}).\n\n",
+         share of all cores busy from seed to done (`/proc/stat`), whoever used them. At a \
+         rate-limited point the simulator enforces Open Library's limits (per client IP and per \
+         User-Agent across IPs) and the workers get their per-egress rate and their User-Agent \
+         budget (`USER_AGENT_RATE_PER_MINUTE`) explicitly; the *expected* time is requests ÷ \
+         min(proxies × per-egress rate, User-Agent budget), and *binds* says which of the two is \
+         the lower. Every request the simulator saw counts, robots.txt included. Workers run \
+         with `REFETCH_AFTER=0`, so every point fetches what it crawls. Full data: \
+         [{images}/{CSV}]({images}/{CSV}).\n\n",
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
     );
     text.push_str("## Checks\n\n");
@@ -258,31 +339,44 @@ pub fn generated_report(
             .collect::<Vec<_>>()
     };
     let done = ok(rows);
-    for row in done.iter().filter(|r| r.ideal_seconds.is_some()) {
-        let Some(p) = row.point else { continue };
-        let over = row.over_ideal().unwrap_or_default();
+    for row in &done {
+        let (Some(p), Some(e)) = (row.point, row.expected) else {
+            continue;
+        };
+        let over = row.over_expected().unwrap_or_default();
         let _ = writeln!(
             text,
-            "- Rate limit {} × {} proxies, {} workers: {} requests done in {:.1} s against an ideal of {:.1} s \
-             ({:+.1}%), {} 429s — {}.",
+            "- Rate limit {} × {} proxies under a {}/min User-Agent budget, {} workers: {} requests \
+             expected in {:.1} s ({} binds at {}/min), measured {:.1} s ({:.2}× expected); \
+             busiest minute {} per IP (limit {}) and {} per User-Agent (limit {}), {} 429s, {} 403s, \
+             {} IPs per User-Agent — {}.",
             p.limit,
             p.proxies,
+            e.user_agent_per_minute,
             p.workers,
             row.requests,
+            e.seconds,
+            e.binds(),
+            e.per_minute(),
             row.seconds_to_done,
-            row.ideal_seconds.unwrap_or_default(),
-            (over - 1.0) * 100.0,
+            over,
+            row.max_ip_requests_in_60s,
+            e.sim_ip_per_minute,
+            row.max_user_agent_requests_in_60s,
+            e.sim_user_agent_per_minute,
             row.rate_limited,
-            if (over - 1.0).abs() <= 0.15 && row.rate_limited == 0 {
-                "within 15% with no 429s"
-            } else {
-                "**outside 15% or with 429s**"
+            row.blocked,
+            row.ips_per_user_agent,
+            match ((over - 1.0).abs() <= 0.15, polite(row)) {
+                (true, true) => "polite, within 15% of expected",
+                (false, true) => "polite, **outside 15% of expected**",
+                (_, false) => "**impolite**",
             },
         );
     }
     for row in done
         .iter()
-        .filter(|r| r.ideal_seconds.is_none() && r.point.is_some_and(|p| p.workers == 1))
+        .filter(|r| r.expected.is_none() && r.point.is_some_and(|p| p.workers == 1))
     {
         let Some(p) = row.point else { continue };
         let _ = writeln!(
@@ -326,29 +420,60 @@ pub fn generated_report(
     if failed > 0 {
         let _ = writeln!(text, "- {failed} point(s) failed; see the error column.");
     }
+    text.push_str("\n## Politeness\n\n");
+    if done.iter().any(|r| r.expected.is_some()) {
+        text.push_str(
+            "The rate-limited points as Open Library would see them: the busiest 60 s per client \
+             IP and per User-Agent are sliding windows of the simulator's own log, so they hold \
+             whatever burst the workers spent.\n\n",
+        );
+        text.push_str(&politeness_table(&done));
+    } else {
+        text.push_str("No rate-limited point ran.\n");
+    }
     let _ = write!(
         text,
         "\n## Results\n\n{}\n## Plots\n\n\
-         ![throughput vs workers]({images}/{PLOT_THROUGHPUT})\n\n\
-         ![time to done vs ideal]({images}/{PLOT_IDEAL})\n\n\
+         ![throughput vs workers, unlimited]({images}/{PLOT_THROUGHPUT})\n\n\
+         ![request rate vs workers, rate-limited]({images}/{PLOT_LIMITED})\n\n\
+         ![time to done vs expected]({images}/{PLOT_EXPECTED})\n\n\
          ![RSS vs concurrency]({images}/{PLOT_RSS})\n\n",
         markdown_table(rows)
     );
     text
 }
 
-/// Colours of the series, in order.
-const COLOURS: [RGBColor; 6] = [
+/// Colours of the first series (the "tab10" palette without its grey, which the reference
+/// lines use); more series get hues spread evenly round the colour wheel, so no two series
+/// of one plot ever share a colour.
+const PALETTE: [RGBColor; 9] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
-/// Plot size: readable on a page, small in the repository.
-const SIZE: (u32, u32) = (800, 500);
+/// `n` distinct colours.
+fn colours(n: usize) -> Vec<RGBAColor> {
+    if n <= PALETTE.len() {
+        return PALETTE[..n].iter().map(|c| c.to_rgba()).collect();
+    }
+    (0..n)
+        .map(|i| HSLColor(i as f64 / n as f64, 0.7, 0.42).to_rgba())
+        .collect()
+}
+
+/// The data area's size; the legend is drawn to its right, outside it.
+const PLOT_SIZE: (u32, u32) = (760, 500);
+/// Width of the legend column.
+const LEGEND_WIDTH: u32 = 360;
+/// Height of one legend entry.
+const LEGEND_ROW: u32 = 22;
 
 fn plot_error(path: &Path, e: impl std::fmt::Display) -> BenchError {
     BenchError::Output {
@@ -357,83 +482,168 @@ fn plot_error(path: &Path, e: impl std::fmt::Display) -> BenchError {
     }
 }
 
-/// A reference line: its legend, its points, its colour.
-type Reference = (String, Vec<(f64, f64)>, RGBColor);
+/// How a series is drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stroke {
+    /// Measured points: a line with a marker on each.
+    Measured,
+    /// What a limit allows: a thin dashed line, no markers.
+    Reference,
+}
 
-/// Draws series of `(x, y)` points as lines with markers.
+/// One line of a chart and its legend entry.
+#[derive(Debug, Clone)]
+struct Series {
+    name: String,
+    points: Vec<(f64, f64)>,
+    colour: RGBAColor,
+    stroke: Stroke,
+}
+
+/// The x axis: counts (workers, jobs) get whole-number ticks only; seconds are continuous.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum XAxis {
+    Counts,
+    Continuous,
+}
+
+/// Measured series, one colour each, in the map's order.
+fn measured(series: BTreeMap<String, Vec<(f64, f64)>>) -> Vec<Series> {
+    let palette = colours(series.len());
+    series
+        .into_iter()
+        .zip(palette)
+        .map(|((name, points), colour)| Series {
+            name,
+            points: sorted(points),
+            colour,
+            stroke: Stroke::Measured,
+        })
+        .collect()
+}
+
+/// Draws `series` in a data area with the legend in a column to its right.
 fn line_chart(
     path: &Path,
     title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &BTreeMap<String, Vec<(f64, f64)>>,
-    extra: &[Reference],
+    (x_label, y_label): (&str, &str),
+    x_axis: XAxis,
+    series: &[Series],
 ) -> Result<(), BenchError> {
     super::fonts::ensure().map_err(|e| plot_error(path, e))?;
-    let all = series
-        .values()
-        .flatten()
-        .chain(extra.iter().flat_map(|(_, points, _)| points.iter()));
     let (mut x_max, mut y_max) = (0.0f64, 0.0f64);
-    for (x, y) in all {
-        x_max = x_max.max(*x);
-        y_max = y_max.max(*y);
+    for s in series {
+        for (x, y) in &s.points {
+            // A reference line spans the axis; the measured points decide where it ends.
+            if s.stroke == Stroke::Measured || x_axis == XAxis::Continuous {
+                x_max = x_max.max(*x);
+            }
+            y_max = y_max.max(*y);
+        }
     }
-    let x_max = if x_max > 0.0 { x_max * 1.1 } else { 1.0 };
+    let x_max = match x_axis {
+        // One step past the largest count, so its marker is not on the frame.
+        XAxis::Counts => x_max.ceil() + 1.0,
+        XAxis::Continuous if x_max > 0.0 => x_max * 1.1,
+        XAxis::Continuous => 1.0,
+    };
     let y_max = if y_max > 0.0 { y_max * 1.15 } else { 1.0 };
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    let legend_height = 50 + LEGEND_ROW * series.len() as u32;
+    let size = (PLOT_SIZE.0 + LEGEND_WIDTH, PLOT_SIZE.1.max(legend_height));
+    let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| plot_error(path, e))?;
+    let (data, legend) = root.split_horizontally(PLOT_SIZE.0);
+    let mut chart = ChartBuilder::on(&data)
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..x_max, 0.0..y_max)
         .map_err(|e| plot_error(path, e))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
+    let whole = |x: &f64| {
+        if (x - x.round()).abs() < 1e-9 {
+            format!("{x:.0}")
+        } else {
+            String::new()
+        }
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_label)
         .y_desc(y_label)
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|e| plot_error(path, e))?;
-    for (i, (name, points)) in series.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                colour.stroke_width(2),
+        .y_max_light_lines(2)
+        .label_style(("sans-serif", 14));
+    if x_axis == XAxis::Counts {
+        // Ticks at whole numbers only (plotters picks 1, 2, 5 × 10ⁿ steps), no minor lines
+        // between them: there is no half a worker.
+        let ticks = (x_max as usize + 1).min(12);
+        mesh.x_labels(ticks)
+            .x_label_formatter(&whole)
+            .x_max_light_lines(1);
+    }
+    mesh.draw().map_err(|e| plot_error(path, e))?;
+    for s in series {
+        let colour = s.colour;
+        match s.stroke {
+            Stroke::Measured => {
+                chart
+                    .draw_series(LineSeries::new(
+                        s.points.iter().copied(),
+                        colour.stroke_width(2),
+                    ))
+                    .map_err(|e| plot_error(path, e))?;
+                chart
+                    .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, colour.filled())))
+                    .map_err(|e| plot_error(path, e))?;
+            }
+            Stroke::Reference => {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        s.points.iter().copied(),
+                        8,
+                        5,
+                        colour.stroke_width(1),
+                    ))
+                    .map_err(|e| plot_error(path, e))?;
+            }
+        }
+    }
+    for (i, s) in series.iter().enumerate() {
+        let y = 40 + (LEGEND_ROW * i as u32) as i32;
+        let (x0, x1) = (8, 36);
+        let colour = s.colour;
+        match s.stroke {
+            Stroke::Measured => {
+                legend
+                    .draw(&PathElement::new(
+                        vec![(x0, y), (x1, y)],
+                        colour.stroke_width(2),
+                    ))
+                    .map_err(|e| plot_error(path, e))?;
+                legend
+                    .draw(&Circle::new(((x0 + x1) / 2, y), 4, colour.filled()))
+                    .map_err(|e| plot_error(path, e))?;
+            }
+            Stroke::Reference => {
+                legend
+                    .draw(&DashedPathElement::new(
+                        vec![(x0, y), (x1, y)],
+                        8,
+                        5,
+                        colour.stroke_width(1),
+                    ))
+                    .map_err(|e| plot_error(path, e))?;
+            }
+        }
+        legend
+            .draw(&Text::new(
+                s.name.clone(),
+                (x1 + 8, y - 8),
+                ("sans-serif", 14).into_font(),
             ))
-            .map_err(|e| plot_error(path, e))?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-            });
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))
             .map_err(|e| plot_error(path, e))?;
     }
-    for (name, points, colour) in extra {
-        let colour = *colour;
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                colour.stroke_width(1),
-            ))
-            .map_err(|e| plot_error(path, e))?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(1))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(|e| plot_error(path, e))?;
     root.present().map_err(|e| plot_error(path, e))
 }
 
@@ -442,64 +652,167 @@ fn sorted(mut points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
     points
 }
 
-/// Jobs per second against worker processes, one line per concurrency / latency / limit.
+/// Jobs per second of the unlimited points against worker processes, one line per
+/// concurrency / proxies / latency. Rate-limited points have their own plot: at a few jobs
+/// per second they would lie flat on this one's floor.
 fn plot_throughput(path: &Path, rows: &[Row]) -> Result<(), BenchError> {
+    line_chart(
+        path,
+        "Crawl throughput vs worker processes (unlimited)",
+        ("worker processes", "jobs per second (to done)"),
+        XAxis::Counts,
+        &throughput_series(rows),
+    )
+}
+
+fn throughput_series(rows: &[Row]) -> Vec<Series> {
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.error.is_empty()) {
-        let Some(p) = row.point else { continue };
+        let Some(p) = row.point.filter(|p| p.limit == Limit::None) else {
+            continue;
+        };
         series
             .entry(format!(
-                "{} jobs, {} proxies, {} ms, limit {}",
+                "{:>2} jobs, {} proxies, {:>3} ms",
                 p.concurrency,
                 p.proxies,
                 p.latency.as_millis(),
-                p.limit
             ))
             .or_default()
             .push((f64::from(p.workers), row.jobs_per_second()));
     }
-    let series = series.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+    measured(series)
+}
+
+/// Requests per minute of the rate-limited points against worker processes, per proxies ×
+/// rate: the mean rate until done with the rate its limits allow (dashed, same colour), and
+/// the User-Agent's busiest 60 s (what Open Library counts) against Open Library's own
+/// per-User-Agent limit: adding workers must add no traffic.
+fn plot_limited(path: &Path, rows: &[Row]) -> Result<(), BenchError> {
     line_chart(
         path,
-        "Crawl throughput vs worker processes",
-        "worker processes",
-        "jobs per second (to done)",
-        &series,
-        &[],
+        "Request rate vs worker processes (rate-limited)",
+        ("worker processes", "requests per minute"),
+        XAxis::Counts,
+        &limited_series(rows),
     )
 }
 
-/// Actual time to `done` against the ideal of each rate-limited point, with the ideal line
-/// and the 15% band.
-fn plot_ideal(path: &Path, rows: &[Row]) -> Result<(), BenchError> {
+fn limited_series(rows: &[Row]) -> Vec<Series> {
+    // Per proxies × rate: the mean rates, the busiest minutes, and the rate the limits allow
+    // with the limit that binds.
+    type Group = (Vec<(f64, f64)>, Vec<(f64, f64)>, (u32, String));
+    let mut groups: BTreeMap<(u32, String), Group> = BTreeMap::new();
+    let mut workers_max = 1.0f64;
+    let mut sim_user_agent_limit = None;
+    for row in rows.iter().filter(|r| r.error.is_empty()) {
+        let (Some(p), Some(e)) = (row.point, row.expected) else {
+            continue;
+        };
+        workers_max = workers_max.max(f64::from(p.workers));
+        sim_user_agent_limit = Some(e.sim_user_agent_per_minute);
+        let group = groups
+            .entry((
+                p.proxies,
+                format!(
+                    "{} proxies × {}, {} jobs",
+                    p.proxies, p.limit, p.concurrency
+                ),
+            ))
+            .or_default();
+        let workers = f64::from(p.workers);
+        group.0.push((workers, row.requests_per_minute()));
+        group
+            .1
+            .push((workers, row.max_user_agent_requests_in_60s as f64));
+        group.2 = (
+            e.per_minute(),
+            match e.binds() {
+                Binds::UserAgent | Binds::Both => {
+                    format!("User-Agent budget {}/min", e.user_agent_per_minute)
+                }
+                Binds::PerIp => format!("{} × {}/min", e.egresses, e.per_ip_per_minute),
+            },
+        );
+    }
+    // Two measured series per group, each its own colour; the allowed rate is drawn in the
+    // mean's colour, since that is what it bounds.
+    let palette = colours(2 * groups.len());
+    let mut series = Vec::new();
+    for (i, ((_, name), (means, busiest, (allowed, why)))) in groups.into_iter().rev().enumerate() {
+        let allowed_f = f64::from(allowed);
+        let colour = palette[2 * i];
+        series.push(Series {
+            name: format!("{name}: mean rate to done"),
+            points: sorted(means),
+            colour,
+            stroke: Stroke::Measured,
+        });
+        series.push(Series {
+            name: "  busiest 60 s of the User-Agent".to_owned(),
+            points: sorted(busiest),
+            colour: palette[2 * i + 1],
+            stroke: Stroke::Measured,
+        });
+        series.push(Series {
+            name: format!("  allowed {allowed}/min ({why})"),
+            points: vec![(0.0, allowed_f), (workers_max + 1.0, allowed_f)],
+            colour,
+            stroke: Stroke::Reference,
+        });
+    }
+    if let Some(limit) = sim_user_agent_limit {
+        series.push(Series {
+            name: format!("Open Library's limit per User-Agent: {limit}/min"),
+            points: vec![
+                (0.0, f64::from(limit)),
+                (workers_max + 1.0, f64::from(limit)),
+            ],
+            colour: BLACK.to_rgba(),
+            stroke: Stroke::Reference,
+        });
+    }
+    series
+}
+
+/// Measured time to `done` against the expected time of each rate-limited point, with the
+/// expected line and the 15% band.
+fn plot_expected(path: &Path, rows: &[Row]) -> Result<(), BenchError> {
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut top = 0.0f64;
     for row in rows.iter().filter(|r| r.error.is_empty()) {
-        let (Some(p), Some(ideal)) = (row.point, row.ideal_seconds) else {
+        let (Some(p), Some(e)) = (row.point, row.expected) else {
             continue;
         };
-        top = top.max(ideal).max(row.seconds_to_done);
+        top = top.max(e.seconds).max(row.seconds_to_done);
         series
-            .entry(format!("{} workers, {} jobs", p.workers, p.concurrency))
+            .entry(format!("{} workers × {} jobs", p.workers, p.concurrency))
             .or_default()
-            .push((ideal, row.seconds_to_done));
+            .push((e.seconds, row.seconds_to_done));
     }
-    let series = series.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+    let mut series = measured(series);
     let top = if top > 0.0 { top } else { 1.0 };
+    series.push(Series {
+        name: "expected".to_owned(),
+        points: vec![(0.0, 0.0), (top, top)],
+        colour: BLACK.to_rgba(),
+        stroke: Stroke::Reference,
+    });
+    series.push(Series {
+        name: "expected + 15%".to_owned(),
+        points: vec![(0.0, 0.0), (top, top * 1.15)],
+        colour: RGBColor(127, 127, 127).to_rgba(),
+        stroke: Stroke::Reference,
+    });
     line_chart(
         path,
-        "Time to done vs ideal (requests / (proxies x rate))",
-        "ideal seconds",
-        "actual seconds to done",
+        "Time to done vs expected (rate-limited)",
+        (
+            "expected s: requests / min(proxies x rate, User-Agent budget)",
+            "measured seconds to done",
+        ),
+        XAxis::Continuous,
         &series,
-        &[
-            ("ideal".to_owned(), vec![(0.0, 0.0), (top, top)], BLACK),
-            (
-                "ideal + 15%".to_owned(),
-                vec![(0.0, 0.0), (top, top * 1.15)],
-                RGBColor(150, 150, 150),
-            ),
-        ],
     )
 }
 
@@ -521,13 +834,187 @@ fn plot_rss(path: &Path, rows: &[Row]) -> Result<(), BenchError> {
             .or_default()
             .push((f64::from(p.concurrency), row.writer.peak_rss_mib));
     }
-    let series = series.into_iter().map(|(k, v)| (k, sorted(v))).collect();
     line_chart(
         path,
         "Peak RSS vs CONCURRENT_JOBS (unlimited, 0 ms)",
-        "CONCURRENT_JOBS per worker",
-        "peak RSS per process, MiB",
-        &series,
-        &[],
+        ("CONCURRENT_JOBS per worker", "peak RSS per process, MiB"),
+        XAxis::Counts,
+        &measured(series),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{Expected, GridPoint};
+    use std::time::Duration;
+
+    fn row(workers: u32, concurrency: u32, proxies: u32, limit: Limit) -> Row {
+        let point = GridPoint {
+            workers,
+            concurrency,
+            proxies,
+            latency: Duration::ZERO,
+            limit,
+        };
+        let requests = 700;
+        let expected = match limit {
+            Limit::None => None,
+            Limit::PerMinute(rate) => Some(Expected::new(requests, proxies, rate, 360, (180, 400))),
+        };
+        Row {
+            point: Some(point),
+            seeds: 120,
+            requests,
+            jobs: 500,
+            seconds_to_done: expected.map_or(10.0, |e| e.seconds * 0.97),
+            seconds_to_written: 12.0,
+            max_ip_requests_in_60s: 130,
+            max_user_agent_requests_in_60s: 365,
+            ips_per_user_agent: u64::from(proxies),
+            expected,
+            ..Row::default()
+        }
+    }
+
+    fn rows() -> Vec<Row> {
+        let mut rows = Vec::new();
+        for workers in [1, 2, 4, 8] {
+            for concurrency in [8, 16, 32, 64] {
+                for proxies in [1, 3] {
+                    rows.push(row(workers, concurrency, proxies, Limit::None));
+                }
+            }
+        }
+        for workers in [1, 4, 8] {
+            rows.push(row(workers, 32, 3, Limit::PerMinute(150)));
+        }
+        rows.push(row(2, 32, 2, Limit::PerMinute(150)));
+        rows.push(row(2, 32, 1, Limit::PerMinute(150)));
+        rows
+    }
+
+    /// Past the palette, hues are spread so that no two series share a colour.
+    #[test]
+    fn every_series_gets_its_own_colour() {
+        for n in [1, 5, 9, 10, 27, 60] {
+            let list = colours(n);
+            let distinct: std::collections::BTreeSet<(u8, u8, u8)> =
+                list.iter().map(|c| (c.0, c.1, c.2)).collect();
+            assert_eq!(distinct.len(), n, "{n} series");
+        }
+        let series = throughput_series(&rows());
+        let distinct: std::collections::BTreeSet<(u8, u8, u8)> = series
+            .iter()
+            .map(|s| (s.colour.0, s.colour.1, s.colour.2))
+            .collect();
+        assert_eq!((series.len(), distinct.len()), (8, 8));
+    }
+
+    /// Unlimited points are on the throughput plot only, rate-limited ones on the rate plot
+    /// only, each group there with the rate its limits allow.
+    #[test]
+    fn unlimited_and_rate_limited_points_are_plotted_apart() {
+        let rows = rows();
+        let throughput = throughput_series(&rows);
+        assert!(throughput.iter().all(|s| s.points.len() == 4));
+        assert!(
+            throughput
+                .iter()
+                .flat_map(|s| &s.points)
+                .all(|(_, jobs)| *jobs == 50.0)
+        );
+        let limited = limited_series(&rows);
+        let names: Vec<&str> = limited.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "3 proxies × 150/min, 32 jobs: mean rate to done",
+                "  busiest 60 s of the User-Agent",
+                "  allowed 360/min (User-Agent budget 360/min)",
+                "2 proxies × 150/min, 32 jobs: mean rate to done",
+                "  busiest 60 s of the User-Agent",
+                "  allowed 300/min (2 × 150/min)",
+                "1 proxies × 150/min, 32 jobs: mean rate to done",
+                "  busiest 60 s of the User-Agent",
+                "  allowed 150/min (1 × 150/min)",
+                "Open Library's limit per User-Agent: 400/min",
+            ]
+        );
+        let workers: Vec<f64> = limited[0].points.iter().map(|p| p.0).collect();
+        assert_eq!(workers, [1.0, 4.0, 8.0]);
+        assert_eq!(
+            limited[1].points.iter().map(|p| p.1).collect::<Vec<_>>(),
+            [365.0; 3]
+        );
+        let colour = |i: usize| {
+            let c: &RGBAColor = &limited[i].colour;
+            (c.0, c.1, c.2)
+        };
+        assert_eq!(
+            colour(2),
+            colour(0),
+            "the allowed rate wears its mean's colour"
+        );
+        let measured: std::collections::BTreeSet<_> = (0..limited.len())
+            .filter(|i| limited[*i].stroke == Stroke::Measured)
+            .map(colour)
+            .collect();
+        assert_eq!(measured.len(), 6, "one colour per measured series");
+    }
+
+    /// The report states, for each rate-limited point, the expected time, which limit binds,
+    /// the measured time and their ratio, and the simulator's view; every output is written.
+    /// `BENCH_KEEP_PLOTS=<dir>` keeps the drawn plots there for a look.
+    #[test]
+    fn the_report_states_each_rate_limited_points_politeness() {
+        let rows = rows();
+        let text = generated_report(&rows, "bookworm bench", "perf", 5000);
+        assert!(
+            text.contains(
+                "- Rate limit 150/min × 3 proxies under a 360/min User-Agent budget, 8 workers: \
+                 700 requests expected in 116.7 s (User-Agent binds at 360/min), measured 113.2 s \
+                 (0.97× expected); busiest minute 130 per IP (limit 180) and 365 per User-Agent \
+                 (limit 400), 0 429s, 0 403s, 3 IPs per User-Agent — polite, within 15% of expected."
+            ),
+            "{text}"
+        );
+        assert!(text.contains("(per-IP binds at 150/min)"), "{text}");
+        let table = politeness_table(&rows);
+        assert_eq!(table.lines().count(), 2 + 5, "{table}");
+        assert!(text.contains(&table));
+        let mut rude = row(4, 32, 3, Limit::PerMinute(150));
+        rude.max_user_agent_requests_in_60s = 401;
+        assert!(!polite(&rude));
+        assert!(politeness_table(&[rude]).contains("| **no** |"));
+
+        let csv = csv(&rows);
+        for line in csv.lines() {
+            assert_eq!(line.split(',').count(), CSV_HEADER.len(), "{line}");
+        }
+        assert!(csv.contains(",116.67,User-Agent,0.970,"), "{csv}");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let args = <crate::bench::tests::Cli as clap::Parser>::parse_from([
+            "bench".into(),
+            "--out-dir".into(),
+            dir.path().join("perf").into_os_string(),
+            "--report".into(),
+            dir.path().join("performance.md").into_os_string(),
+        ])
+        .bench;
+        write_all(&args, &rows, "bookworm bench").expect("outputs written");
+        for plot in [PLOT_THROUGHPUT, PLOT_LIMITED, PLOT_EXPECTED, PLOT_RSS] {
+            let bytes = std::fs::read(dir.path().join("perf").join(plot)).expect(plot);
+            assert_eq!(&bytes[..4], b"\x89PNG", "{plot}");
+        }
+        if let Some(keep) = std::env::var_os("BENCH_KEEP_PLOTS") {
+            for plot in [PLOT_THROUGHPUT, PLOT_LIMITED, PLOT_EXPECTED, PLOT_RSS] {
+                let _ = std::fs::copy(
+                    dir.path().join("perf").join(plot),
+                    std::path::Path::new(&keep).join(plot),
+                );
+            }
+        }
+    }
 }

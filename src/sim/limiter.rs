@@ -5,7 +5,9 @@
 //! `ngx_http_limit_req_module`: a key's `excess` drains at the rate and grows by one per
 //! accepted request; a new key starts at zero excess. An accepted request whose excess is
 //! above `delay` is held by the server for `(excess - delay) / rate`; a request that would
-//! push the excess above `burst` is rejected and does not change the state.
+//! push the excess above `burst` is rejected and does not change the state. Several zones on
+//! one request ([`check_all`]: per IP and per User-Agent) behave like several `limit_req`
+//! lines: a request rejected by any zone is charged to none.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -44,28 +46,58 @@ impl Limiter {
 
     /// Decides on a request for `key` arriving at `now`.
     pub fn check(&mut self, key: &str, now: Instant) -> Decision {
+        check_all(&mut [(self, key)], now)
+    }
+
+    /// The decision on a request for `key` at `now` and the bucket it would leave, without
+    /// storing it: a rejected request leaves the bucket as it was.
+    fn peek(&self, key: &str, now: Instant) -> (Decision, (f64, Instant)) {
         let Some((excess, last)) = self.buckets.get(key).copied() else {
-            self.buckets.insert(key.to_owned(), (0.0, now));
-            return Decision::Pass;
+            return (Decision::Pass, (0.0, now));
         };
         let drained = now.saturating_duration_since(last).as_secs_f64() * self.per_second;
         let next = (excess - drained).max(0.0) + 1.0;
-        if next > self.burst {
-            return Decision::Reject;
-        }
-        self.buckets.insert(key.to_owned(), (next, now));
-        if next > self.delay {
+        let decision = if next > self.burst {
+            Decision::Reject
+        } else if next > self.delay {
             Decision::Delay(Duration::from_secs_f64(
                 (next - self.delay) / self.per_second,
             ))
         } else {
             Decision::Pass
-        }
+        };
+        (decision, (next, now))
     }
 
     /// Forgets every bucket (between test phases).
     pub fn clear(&mut self) {
         self.buckets.clear();
+    }
+}
+
+/// Decides on one request under several zones, each with its own key (nginx with two
+/// `limit_req` lines): rejected if any zone rejects, and then charged to none of them;
+/// otherwise charged to all and held for the longest delay any of them asks.
+pub fn check_all(zones: &mut [(&mut Limiter, &str)], now: Instant) -> Decision {
+    let mut hold = Duration::ZERO;
+    let mut next = Vec::with_capacity(zones.len());
+    for (limiter, key) in zones.iter() {
+        match limiter.peek(key, now) {
+            (Decision::Reject, _) => return Decision::Reject,
+            (Decision::Delay(d), state) => {
+                hold = hold.max(d);
+                next.push(state);
+            }
+            (Decision::Pass, state) => next.push(state),
+        }
+    }
+    for ((limiter, key), state) in zones.iter_mut().zip(next) {
+        limiter.buckets.insert((*key).to_owned(), state);
+    }
+    if hold.is_zero() {
+        Decision::Pass
+    } else {
+        Decision::Delay(hold)
     }
 }
 
@@ -105,5 +137,45 @@ mod tests {
         let later = start + Duration::from_millis(340);
         assert!(matches!(limiter.check("ip", later), Decision::Delay(_)));
         assert_eq!(limiter.check("ip", later), Decision::Reject);
+    }
+
+    /// A request the per-agent zone rejects is not charged to its IP's bucket, and the
+    /// other way round: like nginx, a rejected request costs no zone anything.
+    #[test]
+    fn a_request_rejected_by_one_zone_is_charged_to_none() {
+        let mut per_ip = Limiter::new(180, 25, 10);
+        let mut per_agent = Limiter::new(400, 2, 2);
+        let now = Instant::now();
+        let mut decisions = Vec::new();
+        for _ in 0..5 {
+            decisions.push(check_all(
+                &mut [(&mut per_ip, "ip"), (&mut per_agent, "ua")],
+                now,
+            ));
+        }
+        assert_eq!(
+            decisions,
+            [
+                Decision::Pass,
+                Decision::Pass,
+                Decision::Pass,
+                Decision::Reject,
+                Decision::Reject
+            ]
+        );
+        // The IP's bucket holds only the three it passed (excess 2), not five: eight more
+        // pass undelayed before its excess goes past `delay` (10).
+        let passed = (0..9)
+            .filter(|_| per_ip.check("ip", now) == Decision::Pass)
+            .count();
+        assert_eq!(passed, 8);
+        // The longest delay of the zones is the one served.
+        let mut slow = Limiter::new(60, 5, 0);
+        let mut fast = Limiter::new(6000, 5, 0);
+        check_all(&mut [(&mut slow, "k"), (&mut fast, "k")], now);
+        assert_eq!(
+            check_all(&mut [(&mut slow, "k"), (&mut fast, "k")], now),
+            Decision::Delay(Duration::from_secs(1))
+        );
     }
 }

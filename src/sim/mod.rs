@@ -1,14 +1,16 @@
 //! `bookworm sim`: an Open Library stand-in for tests, benchmarks and the offline demo.
 //!
 //! Serves a deterministic synthetic [`Catalogue`] in Open Library's real shapes at the real
-//! paths, limits each client IP the way Open Library's nginx does ([`limiter`]), injects
-//! faults on request ([`faults`]), counts what it saw ([`stats`]) and answers with the exact
-//! graph a crawl must build ([`Catalogue::reachable`]). Pointing `OPENLIBRARY_BASE_URL` at
-//! it instead of openlibrary.org is the only change a worker needs.
+//! paths, and by default polices clients by Open Library's published rules: each client IP
+//! limited the way its nginx does (180/min, burst 25), each User-Agent limited across all
+//! IPs (400/min), and blocked User-Agents answered 403 ([`limiter`]). It injects faults on
+//! request ([`faults`]), counts what it saw ([`stats`]) and answers with the exact graph a
+//! crawl must build ([`Catalogue::reachable`]). Pointing `OPENLIBRARY_BASE_URL` at it
+//! instead of openlibrary.org is the only change a worker needs.
 //!
 //! Endpoints besides Open Library's: `GET /_sim/stats`, `GET|POST /_sim/faults`,
-//! `GET /_sim/reachable?seed=…&depth=…`, `GET /_sim/catalogue`, `POST /_sim/reset`.
-//! They are neither limited nor counted.
+//! `GET|POST /_sim/blocked`, `GET /_sim/reachable?seed=…&depth=…`, `GET /_sim/catalogue`,
+//! `POST /_sim/reset`. They are never limited, blocked nor counted.
 
 pub mod catalogue;
 pub mod faults;
@@ -35,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::catalogue::{Catalogue, CatalogueSpec, Outcome, ReachEdge, Reachable};
 pub use self::faults::{Faults, Injected};
-use self::limiter::{Decision, Limiter};
+use self::limiter::{Decision, Limiter, check_all};
 use self::open_library::open_library;
 use self::stats::{InjectedRecord, Stats};
 pub use crate::crawl::limits::CrawlLimits;
@@ -84,15 +86,23 @@ pub struct SimArgs {
     /// Excess requests served without delay (nginx `delay=`; Open Library: 10).
     #[arg(long, env = "SIM_DELAY", default_value = "10")]
     pub delay: u32,
-    /// Turn the per-IP (and per-User-Agent) limits off: for throughput benchmarks.
+    /// Turn the per-IP and per-User-Agent limits off: for throughput benchmarks. Blocked
+    /// User-Agents stay blocked.
     #[arg(long, env = "SIM_NO_LIMIT")]
     pub no_limit: bool,
-    /// Also limit per User-Agent across all IPs (Open Library: 400 per minute); off if unset.
-    #[arg(long, env = "SIM_UA_RATE_PER_MINUTE")]
-    pub ua_rate_per_minute: Option<u32>,
-    /// Burst of the per-User-Agent limit.
+    /// Requests per minute per User-Agent across all IPs (Open Library's second limit: 400);
+    /// `0` turns this limit off and keeps the per-IP one.
+    #[arg(long, env = "SIM_UA_RATE_PER_MINUTE", default_value = "400")]
+    pub ua_rate_per_minute: u32,
+    /// Excess requests per User-Agent before 429 (none are delayed).
     #[arg(long, env = "SIM_UA_BURST", default_value = "25")]
     pub ua_burst: u32,
+    /// User-Agents answered 403 on every Open Library path, robots.txt included: a request
+    /// is blocked when its User-Agent contains any of these (comma-separated, matched
+    /// ignoring case), as Open Library blocks a client that broke its rules. Changeable at
+    /// run time through `POST /_sim/blocked`.
+    #[arg(long, env = "SIM_BLOCKED_USER_AGENTS", value_delimiter = ',', value_parser = parse_agent_pattern)]
+    pub blocked_user_agents: Vec<String>,
     /// Faults to inject from the start.
     #[command(flatten)]
     pub faults: Faults,
@@ -128,6 +138,36 @@ impl SimArgs {
     }
 }
 
+/// Parses one blocked User-Agent substring: an empty one would block every client, so it is
+/// refused rather than read as "block all".
+fn parse_agent_pattern(text: &str) -> Result<String, String> {
+    let pattern = text.trim();
+    if pattern.is_empty() {
+        Err("an empty User-Agent substring would block every client".to_owned())
+    } else {
+        Ok(pattern.to_owned())
+    }
+}
+
+/// The blocked User-Agents, as `GET /_sim/blocked` answers and `POST /_sim/blocked` takes
+/// them: `{"user_agents": ["substring", …]}`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockedAgents {
+    /// Substrings; a User-Agent containing any of them (ignoring case) is answered 403.
+    pub user_agents: Vec<String>,
+}
+
+impl BlockedAgents {
+    /// Whether `user_agent` contains a listed substring, ignoring case.
+    pub fn blocks(&self, user_agent: &str) -> bool {
+        let agent = user_agent.to_lowercase();
+        self.user_agents
+            .iter()
+            .any(|pattern| agent.contains(&pattern.to_lowercase()))
+    }
+}
+
 /// Why the simulator could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -151,6 +191,7 @@ pub enum SimError {
 pub struct SimState {
     catalogue: Catalogue,
     faults: RwLock<Faults>,
+    blocked: RwLock<BlockedAgents>,
     ip_limiter: Option<Mutex<Limiter>>,
     ua_limiter: Option<Mutex<Limiter>>,
     stats: Mutex<Stats>,
@@ -164,12 +205,20 @@ impl SimState {
         SimState {
             catalogue: Catalogue::generate(&args.spec()),
             faults: RwLock::new(args.faults.clone()),
+            blocked: RwLock::new(BlockedAgents {
+                user_agents: args.blocked_user_agents.clone(),
+            }),
             ip_limiter: limited
                 .then(|| Mutex::new(Limiter::new(args.rate_per_minute, args.burst, args.delay))),
-            ua_limiter: args
-                .ua_rate_per_minute
-                .filter(|_| limited)
-                .map(|rate| Mutex::new(Limiter::new(rate, args.ua_burst, args.ua_burst))),
+            // No delay: what Open Library does past its per-agent rate is not published, so
+            // the simulator answers 429 past the burst and holds nothing back.
+            ua_limiter: (limited && args.ua_rate_per_minute > 0).then(|| {
+                Mutex::new(Limiter::new(
+                    args.ua_rate_per_minute,
+                    args.ua_burst,
+                    args.ua_burst,
+                ))
+            }),
             stats: Mutex::new(Stats::default()),
             attempts: Mutex::new(HashMap::new()),
         }
@@ -193,12 +242,29 @@ impl SimState {
         *self.faults.write().unwrap_or_else(PoisonError::into_inner) = faults;
     }
 
+    /// The blocked User-Agents in force.
+    pub fn blocked_agents(&self) -> BlockedAgents {
+        self.blocked
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the blocked User-Agents (a test blocking the crawler mid-crawl, or lifting
+    /// the block).
+    pub fn set_blocked_agents(&self, blocked: BlockedAgents) {
+        *self.blocked.write().unwrap_or_else(PoisonError::into_inner) = blocked;
+    }
+
     /// What was counted so far.
     pub fn stats(&self) -> Stats {
         lock(&self.stats).clone()
     }
 
-    /// Forgets counts, attempt numbers and limiter buckets.
+    /// Forgets counts, attempt numbers and limiter buckets. The faults and the blocked
+    /// User-Agents stay: they are settings, not state, and a test that resets the counts
+    /// between phases keeps the world it set up (`POST /_sim/blocked` with an empty list
+    /// lifts a block).
     pub fn reset(&self) {
         *lock(&self.stats) = Stats::default();
         lock(&self.attempts).clear();
@@ -275,6 +341,7 @@ pub fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .route("/_sim/stats", get(get_stats))
         .route("/_sim/faults", get(get_faults).post(post_faults))
+        .route("/_sim/blocked", get(get_blocked).post(post_blocked))
         .route("/_sim/reachable", get(get_reachable))
         .route("/_sim/catalogue", get(get_catalogue))
         .route("/_sim/reset", post(post_reset))
@@ -297,6 +364,32 @@ async fn post_faults(
     tracing::info!(?faults, "faults changed");
     state.set_faults(faults.clone());
     Json(faults)
+}
+
+async fn get_blocked(State(state): State<Arc<SimState>>) -> Json<BlockedAgents> {
+    Json(state.blocked_agents())
+}
+
+/// Replaces the list; an empty substring is refused (it would block every client).
+async fn post_blocked(
+    State(state): State<Arc<SimState>>,
+    Json(blocked): Json<BlockedAgents>,
+) -> Response {
+    let mut cleaned = Vec::with_capacity(blocked.user_agents.len());
+    for pattern in &blocked.user_agents {
+        match parse_agent_pattern(pattern) {
+            Ok(p) => cleaned.push(p),
+            Err(error) => {
+                return (StatusCode::BAD_REQUEST, Json(json!({"error": error}))).into_response();
+            }
+        }
+    }
+    let blocked = BlockedAgents {
+        user_agents: cleaned,
+    };
+    tracing::info!(user_agents = ?blocked.user_agents, "blocked user agents changed");
+    state.set_blocked_agents(blocked.clone());
+    Json(blocked).into_response()
 }
 
 async fn post_reset(State(state): State<Arc<SimState>>) -> StatusCode {

@@ -1,5 +1,6 @@
 //! The simulated Open Library itself: its routes, answered from the catalogue in the real
-//! shapes, under nginx-like per-IP limits and the injected faults.
+//! shapes, to clients that are not blocked, under nginx-like per-IP and per-User-Agent
+//! limits and the injected faults.
 
 use super::*;
 
@@ -116,6 +117,21 @@ pub(super) async fn open_library(
         .to_owned();
     lock(&state.stats).arrived(&ip, route.kind(), &user_agent);
 
+    // Before the limits, as nginx's rewrite phase runs before `limit_req`: a blocked
+    // client's requests cost no budget, and robots.txt is refused too.
+    if state.blocked_agents().blocks(&user_agent) {
+        lock(&state.stats).blocked(&user_agent);
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &json!({
+                "error": "blocked",
+                "detail": "requests with this User-Agent are blocked for breaking the \
+                           API's usage rules; contact Open Library to be unblocked",
+                "status": 403,
+            }),
+        );
+    }
+
     if route == Route::Robots {
         return (
             [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
@@ -124,24 +140,31 @@ pub(super) async fn open_library(
             .into_response();
     }
 
-    let now = Instant::now();
-    let mut hold = Duration::ZERO;
-    let limits = [(&state.ip_limiter, &ip), (&state.ua_limiter, &user_agent)];
-    for (limiter, bucket) in limits {
-        let Some(limiter) = limiter else { continue };
-        match lock(limiter).check(bucket, now) {
-            Decision::Pass => {}
-            Decision::Delay(d) => hold = hold.max(d),
-            Decision::Reject => {
-                lock(&state.stats).rate_limited(&ip);
-                // Like Open Library's nginx: a JSON body and no Retry-After.
-                return json_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &json!({"error": "Too Many Requests", "status": 429}),
-                );
-            }
+    let decision = {
+        // Always IP before agent, so two requests never take the locks in opposite orders.
+        let mut ip_zone = state.ip_limiter.as_ref().map(lock);
+        let mut ua_zone = state.ua_limiter.as_ref().map(lock);
+        let mut zones: Vec<(&mut Limiter, &str)> = Vec::with_capacity(2);
+        if let Some(zone) = ip_zone.as_deref_mut() {
+            zones.push((zone, &ip));
         }
-    }
+        if let Some(zone) = ua_zone.as_deref_mut() {
+            zones.push((zone, &user_agent));
+        }
+        check_all(&mut zones, Instant::now())
+    };
+    let hold = match decision {
+        Decision::Pass => Duration::ZERO,
+        Decision::Delay(d) => d,
+        Decision::Reject => {
+            lock(&state.stats).rate_limited(&ip, &user_agent);
+            // Like Open Library's nginx: a JSON body and no Retry-After.
+            return json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"error": "Too Many Requests", "status": 429}),
+            );
+        }
+    };
     if !hold.is_zero() {
         lock(&state.stats).delayed(&ip);
         tokio::time::sleep(hold).await;
