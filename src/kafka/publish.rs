@@ -57,6 +57,27 @@ impl PublishError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
     }
+
+    /// Whether the same record can never be accepted, however often it is sent: it is too
+    /// large or malformed for the broker. An unknown topic or a missing authorisation is not
+    /// permanent: an operator can create the topic or grant the right, and the record then
+    /// goes through.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Timeout { .. } => false,
+            Self::Refused { source, .. } => matches!(
+                source.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                        | RDKafkaErrorCode::InvalidMessageSize
+                        | RDKafkaErrorCode::MessageBatchTooLarge
+                        | RDKafkaErrorCode::InvalidRecord
+                        | RDKafkaErrorCode::InvalidMessage
+                        | RDKafkaErrorCode::BadMessage
+                )
+            ),
+        }
+    }
 }
 
 /// A producer with `acks=all` and idempotence, bounded per batch.
