@@ -191,6 +191,12 @@ pub(super) async fn publish_outputs<H: Handler>(
     records: &[Record],
 ) -> Result<(), Abandon> {
     if let Err(e) = env.publisher.publish(records).await {
+        if e.is_fatal() {
+            // The producer is broken, not the message: hold it until the process restarts.
+            return Err(Abandon::Parked(Parked(format!(
+                "producer failed for good: {e}"
+            ))));
+        }
         if e.is_timeout() {
             env.metrics.publish_timeouts.inc();
         }
@@ -332,5 +338,44 @@ pub(super) async fn record_dead_letter<H: Handler>(
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    use crate::consumer::run::fatal_client_error;
+    use crate::kafka::publish::Publisher;
+    use crate::kafka::publish::tests::raise_fatal_error;
+    use crate::process::health::Liveness;
+
+    /// Issue 14, item 4: the loop sees its producer's fatal error (checked on every idle tick),
+    /// and a liveness marked with it fails `/healthz` however recently the loop polled.
+    #[tokio::test]
+    async fn a_fatal_producer_error_makes_the_process_unhealthy() {
+        let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let publisher = Publisher::new(&brokers, Duration::from_secs(5)).expect("publisher");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "bookworm-fatal-test")
+            .create()
+            .expect("consumer");
+        assert_eq!(fatal_client_error(&publisher, consumer.client()), None);
+        raise_fatal_error(&publisher);
+        let error = fatal_client_error(&publisher, consumer.client()).expect("fatal error seen");
+        let liveness = Liveness::new(Duration::from_secs(60), None);
+        liveness.polled();
+        assert!(liveness.is_alive());
+        liveness.fail(error);
+        assert!(
+            !liveness.is_alive(),
+            "a fatal error fails liveness for good"
+        );
+        liveness.polled();
+        assert!(!liveness.is_alive());
     }
 }

@@ -149,6 +149,10 @@ pub enum ConsumerError {
     /// The consumer could not be built (bad configuration).
     #[error("cannot create the Kafka consumer: {0}")]
     Create(#[source] KafkaError),
+    /// A Kafka client had a fatal error (an idempotent producer that lost its sequence, for
+    /// example): it will refuse every record from now on, so the process must be restarted.
+    #[error("a Kafka client had a fatal error, restart the process: {0}")]
+    Fatal(String),
     /// Subscribing to the topics failed.
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {
