@@ -202,11 +202,16 @@ pub enum FailureReason {
     InvalidJob,
     /// Publishing the job's outputs ran past `PUBLISH_TIMEOUT`.
     Publish,
+    /// The handler panicked on the job (a bug): dead-lettered so its partition moves on, and
+    /// replayable once the bug is fixed. Its own reason, so the DLQ, the status counters and
+    /// the `jobs_failed{reason}` metric all say the same (they once said `invalid_job`,
+    /// `invalid_job` and `panic`).
+    Panic,
 }
 
 impl FailureReason {
     /// All reasons, for metrics and status counters.
-    pub const ALL: [FailureReason; 8] = [
+    pub const ALL: [FailureReason; 9] = [
         FailureReason::Http4xx,
         FailureReason::Http5xx,
         FailureReason::Timeout,
@@ -215,6 +220,7 @@ impl FailureReason {
         FailureReason::Robots,
         FailureReason::InvalidJob,
         FailureReason::Publish,
+        FailureReason::Panic,
     ];
 
     /// Reads a reason as [`FailureReason::as_str`] spells it.
@@ -233,6 +239,7 @@ impl FailureReason {
             FailureReason::Robots => "robots",
             FailureReason::InvalidJob => "invalid_job",
             FailureReason::Publish => "publish",
+            FailureReason::Panic => "panic",
         }
     }
 }
@@ -261,9 +268,77 @@ pub struct Failure {
 
 versioned!(CrawlJob, Node, Edge, Failure);
 
+/// How many bytes of a payload a [`PayloadExcerpt`] quotes: enough to recognise the message
+/// in a log or a DLQ listing, small enough that escaping it (up to 6× for control bytes)
+/// stays a few KiB.
+pub const EXCERPT_BYTES: usize = 1024;
+
+/// What a DLQ record carries of a payload it cannot embed whole: its first bytes, its size and
+/// a hash. A 400 KB message of control bytes is a valid Kafka message, but embedded in JSON it
+/// grows past the broker's 1 MB limit, the DLQ refuses it, and its partition never moves on;
+/// the excerpt is always small, and the size and hash still identify the original on its topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadExcerpt {
+    /// The first [`EXCERPT_BYTES`] bytes, as text (invalid UTF-8 replaced).
+    pub prefix: String,
+    /// The payload's whole size in bytes.
+    pub bytes: usize,
+    /// FNV-1a (64-bit) of the whole payload, in hex: not cryptographic, only to tell two
+    /// payloads apart.
+    pub fnv1a64: String,
+}
+
+impl PayloadExcerpt {
+    /// The excerpt of `payload`.
+    pub fn of(payload: &[u8]) -> Self {
+        let cut = payload.len().min(EXCERPT_BYTES);
+        Self {
+            prefix: String::from_utf8_lossy(&payload[..cut]).into_owned(),
+            bytes: payload.len(),
+            fnv1a64: format!("{:016x}", fnv1a64(payload)),
+        }
+    }
+}
+
+/// FNV-1a, 64-bit: a stable hash with no dependency, to name a payload in a DLQ record.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::FailureReason;
+    use super::{FailureReason, PayloadExcerpt, fnv1a64};
+
+    /// The consumer loop dead-letters a panicking handler with `panic`: the DLQ record and the
+    /// crawl store must read it as that reason, not fall back to `invalid_job` (issue 14,
+    /// item 12).
+    #[test]
+    fn a_panic_is_a_reason_of_its_own() {
+        let reason = FailureReason::parse("panic").map(FailureReason::as_str);
+        assert_eq!(reason, Some("panic"));
+        let json = serde_json::json!("panic");
+        let read: FailureReason = serde_json::from_value(json).expect("panic reads");
+        assert_eq!(read.as_str(), "panic");
+    }
+
+    /// An excerpt of a payload full of control and invalid bytes stays small once in JSON.
+    #[test]
+    fn an_excerpt_of_a_poison_payload_is_small_and_names_the_payload() {
+        let poison: Vec<u8> = (0..400_000u32)
+            .map(|i| [0x01, 0xff, 0x1f][i as usize % 3])
+            .collect();
+        let excerpt = PayloadExcerpt::of(&poison);
+        assert_eq!(excerpt.bytes, 400_000);
+        assert_eq!(excerpt.fnv1a64, format!("{:016x}", fnv1a64(&poison)));
+        let json = serde_json::to_vec(&excerpt).expect("serialize");
+        assert!(json.len() < 8 * 1024, "{} bytes", json.len());
+        // The known FNV-1a vector.
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
 
     /// The DLQ's JSON spells every reason as the contract, the metrics and the status
     /// counters do (it once wrote `http4xx` while everything else said `http_4xx`).

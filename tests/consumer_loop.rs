@@ -104,6 +104,26 @@ async fn produce_payloads(topic: &str, partitions: i32, items: Vec<(usize, Strin
     futures::future::join_all(sends).await;
 }
 
+/// Produces raw payloads to partition 0, in order (each acknowledged before the next).
+async fn produce_raw(topic: &str, payloads: Vec<Vec<u8>>) {
+    let producer: FutureProducer =
+        bookworm::kafka::producer(&stack_env("KAFKA_BROKERS"), Duration::from_secs(30))
+            .expect("producer");
+    for (i, payload) in payloads.iter().enumerate() {
+        let key = format!("k{i}");
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .partition(0)
+                    .key(&key)
+                    .payload(payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("produced");
+    }
+}
+
 /// The group's committed offsets per partition (-1 when none).
 fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -192,6 +212,8 @@ enum Step {
     Retry,
     /// A bug in the handler.
     Panic,
+    /// Gives up on the message, as a handler does with a payload that is not a job.
+    DeadLetter,
 }
 
 /// Records every message it starts (and finishes) and acts as its behaviour says.
@@ -261,6 +283,12 @@ impl Handler for TestHandler {
             Step::Output(record) => output.push(record),
             Step::Retry => return Err(HandleError::Retry("dependency down".to_owned())),
             Step::Panic => panic!("handler bug on {}", payload(delivery)),
+            Step::DeadLetter => {
+                return Err(HandleError::DeadLetter {
+                    reason: "invalid_job".to_owned(),
+                    detail: "not a job".to_owned(),
+                });
+            }
             Step::Sleep(d) => tokio::time::sleep(d).await,
             Step::HangForever => futures::future::pending::<()>().await,
             Step::BlockThread(release) => {
@@ -275,6 +303,14 @@ impl Handler for TestHandler {
     }
 
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {
+        if payload(delivery).contains("unsendable") {
+            // A record no broker takes, whatever the loop does to the payload.
+            return Record {
+                topic: self.dlq.clone(),
+                key: delivery.offset.to_string(),
+                payload: vec![b'x'; 2 * 1024 * 1024],
+            };
+        }
         Record {
             topic: self.dlq.clone(),
             key: delivery.offset.to_string(),
@@ -564,6 +600,149 @@ async fn dead_letters_a_message_whose_handler_panics() {
         dead[0].contains("\"reason\":\"panic\"") && dead[0].contains("handler bug on 3"),
         "{dead:?}"
     );
+}
+
+/// Issue 14, item 3: a ~400 KB message of control and invalid UTF-8 bytes (valid for Kafka)
+/// whose DLQ record, escaped, would be far over the broker's 1 MB limit is dead-lettered with
+/// an excerpt of its payload (prefix, size, hash), once, and the partition commits past it.
+/// Before the fix the record was refused, the message parked and its handler run again on
+/// every pass, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_payload_too_large_to_quote_is_dead_lettered_with_an_excerpt() {
+    let topic = unique("poison");
+    let dlq = unique("poison-dlq");
+    let group = unique("poison-group");
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let poison: Vec<u8> = (0..400_000usize).map(|i| [0x01, 0xff][i % 2]).collect();
+    let mut payloads: Vec<Vec<u8>> = (0..10).map(|i| i.to_string().into_bytes()).collect();
+    payloads.insert(5, poison);
+    produce_raw(&topic, payloads).await;
+    let handler = Arc::new(TestHandler::new(&dlq, |d| {
+        if d.payload.as_ref().is_some_and(|p| p.len() > 1000) {
+            Step::DeadLetter
+        } else {
+            Step::Done
+        }
+    }));
+    let running = start(&group, &topic, 4, Arc::clone(&handler));
+    eventually(
+        "the partition commits past the poison message",
+        Duration::from_secs(40),
+        || {
+            let offset = committed(&group, &topic, 1)[0];
+            async move { (offset == 11).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(running.metrics.dlq_excerpted.get(), 1);
+    assert_eq!(running.metrics.dlq_refused.get(), 0);
+    running.stop().await;
+    let dead = read_all(&dlq, 1);
+    assert_eq!(dead.len(), 1, "one DLQ record");
+    assert!(dead[0].len() < 64 * 1024, "{} bytes", dead[0].len());
+    let record: serde_json::Value = serde_json::from_str(&dead[0]).expect("DLQ JSON");
+    let excerpt: serde_json::Value =
+        serde_json::from_str(record["payload"].as_str().expect("payload")).expect("excerpt");
+    assert_eq!(excerpt["bytes"], 400_000);
+    assert_eq!(excerpt["fnv1a64"].as_str().map(str::len), Some(16));
+    assert!(record["detail"].as_str().unwrap().contains("400000 bytes"));
+    let poison_runs = handler
+        .started
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.1 == 5)
+        .count();
+    assert_eq!(poison_runs, 1, "the handler ran once on the poison message");
+}
+
+/// Issue 14, item 3: a DLQ record Kafka can never accept (over its size limit even around an
+/// excerpt) is final: the message is given up, counted in `dlq_refused_total`, and its
+/// partition moves on instead of parking it for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_kafka_refuses_for_good_is_counted_and_the_partition_moves_on() {
+    let topic = unique("unsendable");
+    let dlq = unique("unsendable-dlq");
+    let group = unique("unsendable-group");
+    create_topic(&topic, 1).await;
+    create_topic(&dlq, 1).await;
+    let payloads = (0..10)
+        .map(|i| {
+            if i == 3 {
+                b"unsendable".to_vec()
+            } else {
+                i.to_string().into_bytes()
+            }
+        })
+        .collect();
+    produce_raw(&topic, payloads).await;
+    let handler = Arc::new(TestHandler::new(&dlq, |d| {
+        if payload(d) == "unsendable" {
+            Step::DeadLetter
+        } else {
+            Step::Done
+        }
+    }));
+    let running = start(&group, &topic, 4, Arc::clone(&handler));
+    eventually(
+        "the partition commits past the message",
+        Duration::from_secs(40),
+        || {
+            let offset = committed(&group, &topic, 1)[0];
+            async move { (offset == 10).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(running.metrics.dlq_refused.get(), 1);
+    running.stop().await;
+    assert!(read_all(&dlq, 1).is_empty());
+}
+
+/// Issue 14, item 6: when a message's DLQ record cannot be acknowledged (here: the DLQ topic
+/// does not exist yet), the record is retried, not the work: the handler runs once, and the
+/// record lands as soon as the topic exists. Before the fix every pass ran the handler again
+/// (a new fetch from Open Library) before retrying the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_published_yet_is_retried_without_redoing_the_work() {
+    let topic = unique("dlq-down");
+    let dlq = unique("dlq-down-dlq");
+    let group = unique("dlq-down-group");
+    create_topic(&topic, 1).await;
+    produce(&topic, 1, 0..10).await;
+    let handler = Arc::new(TestHandler::new(&dlq, |d| {
+        if payload(d) == "4" {
+            Step::DeadLetter
+        } else {
+            Step::Done
+        }
+    }));
+    let running = start(&group, &topic, 4, Arc::clone(&handler));
+    let failures = running.metrics.publish_timeouts.clone();
+    eventually("the first DLQ write fails", Duration::from_secs(40), || {
+        let failed = failures.get();
+        async move { (failed >= 1).then_some(()) }
+    })
+    .await;
+    assert!(committed(&group, &topic, 1)[0] <= 4);
+    create_topic(&dlq, 1).await;
+    eventually("everything is committed", Duration::from_secs(60), || {
+        let offset = committed(&group, &topic, 1)[0];
+        async move { (offset == 10).then_some(()) }
+    })
+    .await;
+    running.stop().await;
+    let runs = handler
+        .started_payloads()
+        .iter()
+        .filter(|p| *p == "4")
+        .count();
+    assert_eq!(
+        runs, 1,
+        "the handler ran once; only its DLQ record was retried"
+    );
+    let dead = read_all(&dlq, 1);
+    assert_eq!(dead.len(), 1, "{dead:?}");
 }
 
 /// A message whose dependency is down is parked and retried after backoff, never

@@ -23,10 +23,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// A TCP relay to Neo4j that the test can cut (refusing new connections and dropping open
-/// ones) and restore: an outage only this test sees.
+/// ones), hang (accepting connections and never answering: a hung server) and restore: an
+/// outage only this test sees.
 struct Relay {
     addr: SocketAddr,
     open: Arc<AtomicBool>,
+    hung: Arc<AtomicBool>,
     cut: Arc<tokio::sync::Notify>,
 }
 
@@ -35,13 +37,23 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicBool::new(true));
+        let hung = Arc::new(AtomicBool::new(false));
         let cut = Arc::new(tokio::sync::Notify::new());
-        let (open2, cut2) = (open.clone(), cut.clone());
+        let (open2, hung2, cut2) = (open.clone(), hung.clone(), cut.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
+                if hung2.load(Ordering::SeqCst) {
+                    // Held without a byte either way until the relay is restored.
+                    let cut = cut2.clone();
+                    tokio::spawn(async move {
+                        cut.notified().await;
+                        drop(client);
+                    });
+                    continue;
+                }
                 if !open2.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
@@ -59,7 +71,12 @@ impl Relay {
                 });
             }
         });
-        Self { addr, open, cut }
+        Self {
+            addr,
+            open,
+            hung,
+            cut,
+        }
     }
 
     fn cut(&self) {
@@ -67,8 +84,17 @@ impl Relay {
         self.cut.notify_waiters();
     }
 
+    /// Neo4j hangs: open connections go silent (dropped), new ones are accepted and never
+    /// answered.
+    fn hang(&self) {
+        self.hung.store(true, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
     fn restore(&self) {
+        self.hung.store(false, Ordering::SeqCst);
         self.open.store(true, Ordering::SeqCst);
+        self.cut.notify_waiters();
     }
 }
 
@@ -449,5 +475,138 @@ mod with_kafka {
         assert!(snapshot.rels.values().all(|(count, _)| *count == 1));
         assert_eq!(metrics.neo4j_up.get(), 1);
         assert!(readiness.failing().iter().all(|c| *c != "neo4j"));
+    }
+
+    /// Issue 14, item 2: Neo4j hangs (accepts, never answers) while rows wait past the graph
+    /// writer's JOB_TIMEOUT (here 1 s, shorter than the 3 s query bound, as when
+    /// CONCURRENT_JOBS is far above GRAPH_BATCH_SIZE and rows queue behind slow batches): the
+    /// rows are parked and retried, never dead-lettered as `timeout`, and no offset moves
+    /// until Neo4j answers again; then every row is written and committed. Before the fix
+    /// each row became a `timeout` record in the graph DLQ and its offset was committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_waiting_on_a_hung_neo4j_past_the_job_timeout_are_retried_not_dead_lettered() {
+        let t = unique("graph-hung");
+        let kafka = KafkaArgs {
+            brokers: bookworm::config::BrokerArgs {
+                kafka_brokers: stack_env("KAFKA_BROKERS"),
+            },
+            kafka_frontier_topic: format!("{t}.frontier"),
+            kafka_results_topic: format!("{t}.results"),
+            kafka_edges_topic: format!("{t}.edges"),
+            kafka_dlq_topic: format!("{t}.dlq"),
+            kafka_graph_dlq_topic: format!("{t}.graph-dlq"),
+        };
+        create_topics(
+            &kafka.brokers.kafka_brokers,
+            &kafka.all_topics(),
+            TopicLayout {
+                partitions: PARTITIONS,
+                replication: 1,
+            },
+        )
+        .await
+        .unwrap();
+        store().await; // the schema
+        let relay = Relay::start(upstream()).await;
+        relay.hang();
+        let keys = Keys::new();
+        let group = unique("graph-writer-hung");
+        let metrics = GraphWriterMetrics::register(&prometheus::Registry::new()).unwrap();
+        let readiness = Readiness::with_conditions(&["neo4j"]);
+        let mut config = BatcherConfig::new(2, Duration::from_millis(20));
+        config.probe_interval = Duration::from_millis(200);
+        let (batcher, _task) = Batcher::spawn(
+            store_at(relay.addr, Duration::from_secs(3)).await,
+            config,
+            metrics.clone(),
+            readiness.clone(),
+        );
+        let handler = Arc::new(GraphWriterHandler::new(
+            batcher,
+            graph_topics(&kafka),
+            metrics.clone(),
+        ));
+        let shutdown = CancellationToken::new();
+        let mut settings = loop_settings(
+            &kafka,
+            &Defaults::try_parse_from(["test"]).unwrap().consumer,
+            group.clone(),
+            vec![kafka.kafka_edges_topic.clone()],
+            16,
+            Duration::from_secs(1),
+        );
+        settings.commit_interval = Duration::from_millis(200);
+        let telemetry = LoopTelemetry {
+            metrics: ConsumerMetrics::register(
+                &prometheus::Registry::new(),
+                "relentless_graph_writer",
+            )
+            .unwrap(),
+            liveness: Liveness::new(Duration::from_secs(300), None),
+            readiness: readiness.clone(),
+        };
+        let running =
+            tokio::spawn(ConsumerLoop::new(settings, handler, telemetry).run(shutdown.clone()));
+
+        const EDGES: usize = 12;
+        let records: Vec<Record> = (0..EDGES)
+            .map(|i| {
+                let from = keys.key(Work, &i.to_string());
+                let body = json!({"v": 1, "crawl_id": "c1", "from": from,
+                    "to": keys.key(Author, "1"), "rel": "WRITTEN_BY",
+                    "discovered_at": "2026-01-01T00:00:00Z"});
+                Record {
+                    topic: kafka.kafka_edges_topic.clone(),
+                    key: from,
+                    payload: body.to_string().into_bytes(),
+                }
+            })
+            .collect();
+        Publisher::new(&kafka.brokers.kafka_brokers, Duration::from_secs(30))
+            .unwrap()
+            .publish(&records)
+            .await
+            .unwrap();
+
+        eventually("Neo4j reported down", Duration::from_secs(30), || {
+            let down = metrics.neo4j_up.get() == 0;
+            async move { down.then_some(()) }
+        })
+        .await;
+        // Several job timeouts and query timeouts long: nothing may be dead-lettered or
+        // committed meanwhile.
+        let hung_at = Instant::now();
+        while hung_at.elapsed() < Duration::from_secs(6) {
+            assert_eq!(
+                crate::support::message_count(&kafka.kafka_graph_dlq_topic),
+                0,
+                "a row waiting on a hung Neo4j was dead-lettered"
+            );
+            let offsets = committed(&kafka, &group, &kafka.kafka_edges_topic);
+            assert!(
+                offsets.values().all(|o| *o <= 0),
+                "an offset moved while Neo4j hung: {offsets:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        relay.restore();
+        eventually("every offset committed", Duration::from_secs(120), || {
+            let offsets = committed(&kafka, &group, &kafka.kafka_edges_topic);
+            async move { (offsets.values().sum::<i64>() == EDGES as i64).then_some(()) }
+        })
+        .await;
+        let store = store().await;
+        let snapshot = keys.snapshot(&store).await;
+        keys.clean(&store).await;
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+
+        assert_eq!(snapshot.rels.len(), EDGES, "every row written");
+        assert_eq!(
+            crate::support::message_count(&kafka.kafka_graph_dlq_topic),
+            0,
+            "nothing dead-lettered"
+        );
+        assert_eq!(metrics.edges_failed.get(), 0);
     }
 }

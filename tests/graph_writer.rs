@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bookworm::config::{ConsumerArgs, KafkaArgs};
-use bookworm::consumer::{ConsumerLoop, Delivery, HandleError, Handler, LoopTelemetry};
+use bookworm::consumer::{ConsumerLoop, Delivery, HandleError, Handler, LoopTelemetry, Outcome};
 use bookworm::graph::handler::GraphWriterHandler;
 use bookworm::graph::service::graph_topics;
 use bookworm::graph::{Batcher, BatcherConfig};
@@ -159,7 +159,11 @@ async fn the_dead_letter_carries_the_raw_payload_and_where_it_came_from() {
         (Some("unknown_rel"), Some("LIKES"))
     );
     assert!(body["failed_at"].is_string());
-    assert_eq!(metrics.edges_failed.get(), 1);
+    assert_eq!(
+        metrics.edges_failed.get(),
+        0,
+        "counted once acknowledged, not when built"
+    );
 
     let record = handler.dead_letter(
         &delivery(&kafka.kafka_results_topic, b"\xffnot json"),
@@ -168,6 +172,32 @@ async fn the_dead_letter_carries_the_raw_payload_and_where_it_came_from() {
     );
     let body: Value = serde_json::from_slice(&record.payload).unwrap();
     assert_eq!(body["payload"], json!("\u{fffd}not json"));
+}
+
+/// Issue 14, item 12: a failed row counts once, when its DLQ record is acknowledged; building
+/// the record (which the loop may do twice, or again after a failed send) counts nothing.
+/// Before the fix `*_failed_total` went up on every build, once per DLQ attempt.
+#[tokio::test]
+async fn a_failed_row_counts_once_however_often_its_dead_letter_is_built() {
+    let kafka = kafka_args();
+    let (handler, metrics) = handler(&kafka).await;
+    let results = delivery(&kafka.kafka_results_topic, b"not json");
+    let edges = delivery(&kafka.kafka_edges_topic, b"not json");
+    for _ in 0..3 {
+        handler.dead_letter(&results, "parse", "x");
+        handler.dead_letter(&edges, "parse", "x");
+    }
+    assert_eq!(
+        (metrics.results_failed.get(), metrics.edges_failed.get()),
+        (0, 0)
+    );
+    let dead = Outcome::DeadLettered { reason: "parse" };
+    handler.finished(&results, dead).await.unwrap();
+    handler.finished(&edges, dead).await.unwrap();
+    assert_eq!(
+        (metrics.results_failed.get(), metrics.edges_failed.get()),
+        (1, 1)
+    );
 }
 
 /// Runs a consumer loop with a graph-writer handler until `done` says so, then shuts it down.

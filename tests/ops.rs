@@ -413,6 +413,101 @@ async fn dlq_replay_twice_enqueues_each_job_once() {
     );
 }
 
+/// Issue 14, item 2: `dlq replay --graph` puts the graph DLQ's rows back on the results and
+/// edges topics they came from, with their keys, once per record; records that carry no
+/// message (an excerpt of a payload too large to quote, text that was never JSON) are left
+/// alone, and a second replay publishes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_replay_graph_puts_rows_back_on_their_topics_once() {
+    let topics = TestTopics::create("ops-graph-replay", 3).await;
+    let crawl = unique("crawl-graph-replay");
+    let node = json!({"v": 1, "crawl_id": crawl, "key": "/works/OL9W", "label": "Work",
+        "props": {"title": "Dune"}, "fetched_at": "2026-01-01T00:00:00Z"});
+    let edge = json!({"v": 1, "crawl_id": crawl, "from": "/works/OL9W", "to": "/authors/OL9A",
+        "rel": "WRITTEN_BY", "discovered_at": "2026-01-01T00:00:00Z"});
+    let letter = |topic: &str, key: &str, payload: Value, reason: &str| {
+        json!({"v": 1, "topic": topic, "partition": 0, "offset": 7, "key": key,
+            "payload": payload, "reason": reason, "detail": "x", "attempts": 1,
+            "failed_at": Utc::now()})
+    };
+    let records = [
+        letter(
+            &topics.results,
+            "/works/OL9W",
+            node.clone(),
+            "neo4j_rejected",
+        ),
+        letter(&topics.edges, "/works/OL9W", edge.clone(), "timeout"),
+        letter(
+            &topics.results,
+            "/works/OL8W",
+            json!({"prefix": "\u{1}", "bytes": 400000, "fnv1a64": "00"}),
+            "parse",
+        ),
+        letter(
+            &topics.results,
+            "/works/OL7W",
+            json!("\u{fffd}not json"),
+            "parse",
+        ),
+    ];
+    let producer = bookworm::kafka::producer(&stack_env("KAFKA_BROKERS"), Duration::from_secs(30))
+        .expect("producer");
+    for record in &records {
+        let payload = record.to_string();
+        producer
+            .send(
+                FutureRecord::to(&topics.graph_dlq)
+                    .key("/works/OL9W")
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("dead-lettered");
+    }
+    let mut env = topics.env();
+    env.push(("REDIS_URL".to_owned(), redis_url()));
+
+    let out = bookworm(&["dlq", "replay", "--graph"], &env).await;
+    assert!(out.status.success(), "replay: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("replayed 2 row(s) from 4 matching"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("NotAJob): 2"), "{stdout}");
+    assert_eq!(message_count(&topics.results), 1);
+    assert_eq!(message_count(&topics.edges), 1);
+    let replayed_node: Value = serde_json::from_str(&read_raw(&topics.results).await).unwrap();
+    assert_eq!(replayed_node, node);
+
+    let out = bookworm(&["dlq", "replay", "--graph"], &env).await;
+    assert!(out.status.success(), "second replay: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("replayed 0 row(s)"), "{stdout}");
+    assert!(stdout.contains("AlreadyReplayed): 2"), "{stdout}");
+    assert_eq!(message_count(&topics.results), 1, "nothing published twice");
+    assert_eq!(message_count(&topics.edges), 1);
+}
+
+/// The first message of `topic`, as text.
+async fn read_raw(topic: &str) -> String {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stack_env("KAFKA_BROKERS"))
+        .set("group.id", unique("raw-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a message within 30 s")
+        .expect("message");
+    text(message.payload().unwrap_or_default())
+}
+
 /// The first `n` messages of `topic` as crawl jobs.
 async fn read_topic(topic: &str, n: usize) -> Vec<CrawlJob> {
     use rdkafka::Message;

@@ -150,6 +150,11 @@ pub struct DlqReplayArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub select: DlqSelect,
+    /// Replay the graph DLQ (KAFKA_GRAPH_DLQ_TOPIC) instead: each row goes back onto the
+    /// results or edges topic it came from, once per record. `--reason` then takes the graph
+    /// writer's reasons (neo4j_rejected, timeout, panic, parse, …).
+    #[arg(long)]
+    pub graph: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub redis: RedisArgs,

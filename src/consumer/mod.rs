@@ -18,10 +18,14 @@
 //!   `max.poll.interval.ms`, and rebalance callbacks only run inside a poll.
 //! - A handler is bounded by `JOB_TIMEOUT` and publishing its outputs by `PUBLISH_TIMEOUT`;
 //!   past either the message is dead-lettered (`timeout`, `publish`; a handler that panics is
-//!   dead-lettered with `panic`). A dependency that is
+//!   dead-lettered with `panic`), unless the handler says a timeout means a dependency is
+//!   slow ([`Handler::timed_out`]). A dependency that is
 //!   down ([`HandleError::Retry`]) parks the message and retries it after backoff, forever,
 //!   holding the partition's offset but not its polling. A DLQ record that cannot be
-//!   acknowledged either parks the message the same way.
+//!   acknowledged is retried the same way, alone: the handler does not run again. A DLQ
+//!   record is bounded in size (an excerpt of the payload replaces a payload too large to
+//!   embed), and one Kafka refuses for good (too large, malformed) ends the message without a
+//!   record, counted in `*_dlq_refused_total`, so a poison message cannot wedge its partition.
 //! - On revoke (inside librdkafka's rebalance callback) dispatching for those partitions
 //!   stops, in-flight jobs get a short drain, what is complete is committed synchronously and
 //!   the rest is forgotten; each assignment has an epoch, so completions from the old one are
@@ -32,7 +36,7 @@
 //! runs inside librdkafka's callback) and needs other threads to finish the jobs. On a
 //! current-thread runtime the revoke commits only what is already complete.
 
-mod job;
+pub mod job;
 mod lag;
 mod offsets;
 mod partitions;
@@ -102,8 +106,23 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         delivery: &Delivery,
     ) -> impl Future<Output = Result<Vec<Record>, HandleError>> + Send;
-    /// The DLQ record for a message abandoned for `reason` ("timeout", "publish", or a DeadLetter reason).
+    /// The DLQ record for a message abandoned for `reason` ("timeout", "publish", "panic", or
+    /// a DeadLetter reason). It only builds the record: the loop may call it more than once for
+    /// one message (a second time around an excerpt of the payload when the first record is
+    /// too large for the broker), so count dead letters in [`Handler::finished`], not here.
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record;
+    /// What a handler call that ran past `JOB_TIMEOUT` means for its message. By default the
+    /// message is at fault (a fetch that never ends) and is dead-lettered as `timeout`; a
+    /// handler whose calls only wait for a dependency (the graph writer waiting on Neo4j)
+    /// answers [`HandleError::Retry`] instead, so a slow or hung dependency parks the message
+    /// rather than dead-letter good data.
+    fn timed_out(&self, delivery: &Delivery, job_timeout: Duration) -> HandleError {
+        let _ = delivery;
+        HandleError::DeadLetter {
+            reason: job::REASON_TIMEOUT.to_owned(),
+            detail: format!("handler ran past JOB_TIMEOUT ({job_timeout:?})"),
+        }
+    }
     /// Called once the message's records (or its DLQ record) are acknowledged and before its
     /// offset completes: where a handler records the outcome outside Kafka (the worker marks
     /// the key done in its crawl store). Recording it earlier would let a crash between the
@@ -130,6 +149,10 @@ pub enum ConsumerError {
     /// The consumer could not be built (bad configuration).
     #[error("cannot create the Kafka consumer: {0}")]
     Create(#[source] KafkaError),
+    /// A Kafka client had a fatal error (an idempotent producer that lost its sequence, for
+    /// example): it will refuse every record from now on, so the process must be restarted.
+    #[error("a Kafka client had a fatal error, restart the process: {0}")]
+    Fatal(String),
     /// Subscribing to the topics failed.
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {

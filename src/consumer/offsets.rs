@@ -28,6 +28,45 @@ pub(super) fn commit_backoff() -> ExponentialBackoff {
         .build()
 }
 
+/// How long a revoke's commit may keep retrying, on its own budget: the drain before it has
+/// usually used up its deadline, and a commit given only what is left was tried once, so one
+/// `REBALANCE_IN_PROGRESS` or coordinator move redelivered completed work to the next owner.
+/// Short, because the rebalance waits for this callback: a few tries of the commit backoff
+/// (100 ms, 200 ms, 400 ms, 800 ms…).
+pub(super) const REVOKE_COMMIT_BUDGET: Duration = Duration::from_secs(2);
+
+/// The deadline of a revoke's commit: its own budget from now, or the drain's deadline if that
+/// is later.
+pub(super) fn revoke_commit_deadline(drain_deadline: Instant, now: Instant) -> Instant {
+    drain_deadline.max(now + REVOKE_COMMIT_BUDGET)
+}
+
+/// Runs `attempt` until it succeeds or the next try would start past `deadline` (at least
+/// once), sleeping the commit backoff between tries; `failed` sees each error. Returns whether
+/// an attempt succeeded.
+pub(super) fn retry_until<E: std::fmt::Display>(
+    deadline: Instant,
+    mut attempt: impl FnMut() -> Result<(), E>,
+    mut failed: impl FnMut(&E),
+) -> bool {
+    let mut backoff = commit_backoff();
+    loop {
+        match attempt() {
+            Ok(()) => return true,
+            Err(e) => {
+                failed(&e);
+                let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                if Instant::now() + delay >= deadline {
+                    warn!(error = %e, "final commit failed; the uncommitted messages will be redelivered");
+                    return false;
+                }
+                warn!(error = %e, retry_in = ?delay, "commit failed, retrying");
+                std::thread::sleep(delay);
+            }
+        }
+    }
+}
+
 impl Shared {
     /// Commits `batch` synchronously, retrying with backoff until `deadline` (at least once).
     pub(super) fn commit_sync<C: ConsumerContext, K: Consumer<C>>(
@@ -38,32 +77,22 @@ impl Shared {
     ) -> bool {
         let list = offsets_list(batch);
         let started = Instant::now();
-        let mut backoff = commit_backoff();
-        loop {
-            match consumer.commit(&list, CommitMode::Sync) {
-                Ok(()) => {
-                    self.metrics
-                        .commit_latency
-                        .observe(started.elapsed().as_secs_f64());
-                    let mut state = self.lock();
-                    for (partition, epoch, offset) in batch {
-                        state.tracker.committed(partition, *epoch, *offset);
-                    }
-                    debug!(partitions = batch.len(), "offsets committed synchronously");
-                    return true;
-                }
-                Err(e) => {
-                    self.metrics.commit_errors.inc();
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(1));
-                    if Instant::now() + delay >= deadline {
-                        warn!(error = %e, partitions = batch.len(), "final commit failed; the uncommitted messages will be redelivered");
-                        return false;
-                    }
-                    warn!(error = %e, retry_in = ?delay, "commit failed, retrying");
-                    std::thread::sleep(delay);
-                }
+        let committed = retry_until(
+            deadline,
+            || consumer.commit(&list, CommitMode::Sync),
+            |_| self.metrics.commit_errors.inc(),
+        );
+        if committed {
+            self.metrics
+                .commit_latency
+                .observe(started.elapsed().as_secs_f64());
+            let mut state = self.lock();
+            for (partition, epoch, offset) in batch {
+                state.tracker.committed(partition, *epoch, *offset);
             }
+            debug!(partitions = batch.len(), "offsets committed synchronously");
         }
+        committed
     }
 }
 
@@ -162,5 +191,48 @@ impl<H: Handler> Turn<'_, H> {
             shared.lock().committing = false;
             shared.wake.notify_one();
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{REVOKE_COMMIT_BUDGET, retry_until, revoke_commit_deadline};
+
+    /// Issue 14, item 11: a revoke whose drain used up its deadline still retries a failed
+    /// commit (a `REBALANCE_IN_PROGRESS` once) within its own budget. With the drain's
+    /// deadline, which the revoke used to pass, the commit was tried once and given up.
+    #[test]
+    fn a_revoke_commit_after_a_full_drain_still_gets_retries() {
+        let drain_deadline = Instant::now() - Duration::from_millis(1);
+        let flaky = || {
+            let mut calls = 0;
+            move || {
+                calls += 1;
+                if calls == 1 {
+                    Err("Broker: Group rebalance in progress")
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        let mut errors = 0;
+        assert!(
+            !retry_until(drain_deadline, flaky(), |_| errors += 1),
+            "the drain's deadline leaves one try"
+        );
+        assert_eq!(errors, 1);
+
+        let now = Instant::now();
+        let deadline = revoke_commit_deadline(drain_deadline, now);
+        assert!(deadline >= now + REVOKE_COMMIT_BUDGET);
+        assert!(
+            retry_until(deadline, flaky(), |_| {}),
+            "retried within the budget"
+        );
+        // A drain deadline still ahead is kept when it is later than the budget.
+        let later = now + REVOKE_COMMIT_BUDGET * 3;
+        assert_eq!(revoke_commit_deadline(later, now), later);
     }
 }

@@ -13,7 +13,7 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::ASSIGNMENT;
-use super::offsets::FINAL_COMMIT_TIMEOUT;
+use super::offsets::{FINAL_COMMIT_TIMEOUT, revoke_commit_deadline};
 use super::partitions::{Shared, Slot, State, abort_all};
 use super::tracker::{Epoch, TopicPartition};
 
@@ -90,7 +90,9 @@ impl Shared {
                         .collect()
                 };
                 if !batch.is_empty() {
-                    self.commit_sync(consumer, &batch, deadline);
+                    // Its own short budget: the drain has usually used up `deadline`.
+                    let commit_deadline = revoke_commit_deadline(deadline, Instant::now());
+                    self.commit_sync(consumer, &batch, commit_deadline);
                 }
             }
             self.forget(&partitions, lost);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::job::JobEnv;
 use super::lag::spawn_lag_thread;
@@ -24,7 +24,8 @@ pub(super) const IDLE_TICK: Duration = Duration::from_secs(1);
 
 impl<H: Handler> ConsumerLoop<H> {
     /// Consumes until `shutdown` is cancelled, then drains, commits, leaves the group and
-    /// returns `Ok`. Errors only when the clients cannot be set up.
+    /// returns `Ok`. Errors when the clients cannot be set up, and after draining when a client
+    /// had a fatal error ([`ConsumerError::Fatal`]; `/healthz` fails from then on).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let publisher = Publisher::new(&self.settings.brokers, self.settings.publish_timeout)?;
         let shared = Arc::new(Shared {
@@ -98,6 +99,7 @@ impl<H: Handler> ConsumerLoop<H> {
         let mut idle = tokio::time::interval(IDLE_TICK);
         let mut commit_tick = tokio::time::interval(self.settings.commit_interval);
         let mut pending_labels = HashSet::new();
+        let mut fatal = None;
         loop {
             self.telemetry.liveness.polled();
             tokio::select! {
@@ -109,7 +111,15 @@ impl<H: Handler> ConsumerLoop<H> {
                 },
                 _ = shared.wake.notified() => {}
                 _ = commit_tick.tick() => {}
-                _ = idle.tick() => turn.refresh_gauges(&mut pending_labels),
+                _ = idle.tick() => {
+                    turn.refresh_gauges(&mut pending_labels);
+                    if let Some(error) = fatal_client_error(&env.publisher, consumer.client()) {
+                        error!(error = %error, "a Kafka client had a fatal error; stopping so the process is restarted");
+                        self.telemetry.liveness.fail(error.clone());
+                        fatal = Some(error);
+                        break;
+                    }
+                }
             }
             turn.step();
         }
@@ -182,8 +192,25 @@ impl<H: Handler> ConsumerLoop<H> {
         self.telemetry.readiness.set(ASSIGNMENT, false);
         self.telemetry.metrics.in_flight.set(0);
         info!("consumer loop stopped");
-        Ok(())
+        match fatal {
+            Some(error) => Err(ConsumerError::Fatal(error)),
+            None => Ok(()),
+        }
     }
+}
+
+/// The fatal error of the loop's producer or consumer, if one had one. librdkafka then refuses
+/// every publish for good while the loop would go on polling, so `/healthz` would stay green
+/// over a process that can do nothing: the loop stops instead, and the process exits non-zero.
+pub(super) fn fatal_client_error<C: rdkafka::ClientContext>(
+    publisher: &Publisher,
+    consumer: &rdkafka::client::Client<C>,
+) -> Option<String> {
+    publisher.fatal_error().or_else(|| {
+        consumer
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"))
+    })
 }
 
 /// One turn of the loop: the borrowed pieces the steps need.

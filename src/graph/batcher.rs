@@ -14,7 +14,10 @@
 //!   soon as Neo4j answers, even with no traffic;
 //! - Neo4j refusing the batch because of its data splits it in halves, recursively, until the
 //!   offending rows stand alone: those answer [`RowFailure::Rejected`] (dead-letter), all
-//!   the others are written.
+//!   the others are written;
+//! - a batch too large for Neo4j (transaction memory or timeout) is split the same way; a row
+//!   still too large alone is dead-lettered when rows beside it were written, else retried
+//!   (Neo4j may be struggling with everything).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -197,14 +200,23 @@ impl Task {
         // A stack of ranges still to write, starting with the whole batch.
         let mut work: Vec<Range<usize>> = Vec::new();
         work.push(0..rows.len());
+        // Rows of this batch written so far: a row too large alone is its own fault only when
+        // rows beside it could be written.
+        let mut written = 0;
+        // Rows too large alone, decided once the rest of the batch is known.
+        let mut too_large: Vec<(Range<usize>, String)> = Vec::new();
         while let Some(range) = work.pop() {
             match self.write_with_retries(&rows[range.clone()]).await {
-                Ok(()) => outcomes[range].fill(Some(Ok(()))),
+                Ok(()) => {
+                    written += range.len();
+                    outcomes[range].fill(Some(Ok(())));
+                }
                 Err(WriteError::Rejected(e)) if range.len() == 1 => {
                     tracing::debug!(error = %e, "row refused by Neo4j");
                     outcomes[range].fill(Some(Err(RowFailure::Rejected(e))));
                 }
-                Err(WriteError::Rejected(_)) => {
+                Err(WriteError::TooLarge(e)) if range.len() == 1 => too_large.push((range, e)),
+                Err(WriteError::Rejected(_) | WriteError::TooLarge(_)) => {
                     // The first half is written first: work is a stack.
                     let mid = range.start + range.len() / 2;
                     work.push(mid..range.end);
@@ -218,6 +230,15 @@ impl Task {
                     }
                 }
             }
+        }
+        for (range, e) in too_large {
+            let failure = if written > 0 {
+                tracing::debug!(error = %e, "row too large for Neo4j on its own");
+                RowFailure::Rejected(e)
+            } else {
+                RowFailure::Retry(e)
+            };
+            outcomes[range].fill(Some(Err(failure)));
         }
         for (pending, outcome) in batch.into_iter().zip(outcomes) {
             let outcome = outcome.unwrap_or_else(|| Err(RowFailure::Retry("not attempted".into())));
@@ -243,7 +264,7 @@ impl Task {
                 Err(e) => e,
             };
             let retry = match &error {
-                WriteError::Rejected(_) => false,
+                WriteError::Rejected(_) | WriteError::TooLarge(_) => false,
                 WriteError::Transient(_) => attempt < self.config.transient_attempts,
                 // A pooled connection may have died with a Neo4j restart; the pool has been
                 // replaced, so one more try tells a dead connection from a dead Neo4j. Only

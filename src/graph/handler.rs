@@ -6,15 +6,19 @@
 //!   scalars or lists) is dead-lettered at once, before it can fail a shared transaction;
 //! - a row Neo4j refuses on its own is dead-lettered; its batch-mates are written;
 //! - a row not written because Neo4j is down or busy is [`HandleError::Retry`]: the loop keeps
-//!   the offset and redelivers with backoff, so nothing is committed past unwritten rows.
+//!   the offset and redelivers with backoff, so nothing is committed past unwritten rows. That
+//!   includes a row still waiting when `JOB_TIMEOUT` passes ([`Handler::timed_out`]): waiting
+//!   for Neo4j is never the row's fault, so it is never a `timeout` dead letter.
 //!
 //! Dead letters go to `relentless.graph.dlq` as JSON: `v`, `topic`, `partition`, `offset`,
 //! `key`, the raw `payload` (as JSON when it parses, else as text), `reason`, `detail`,
 //! `failed_at`.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
-use crate::consumer::{Delivery, HandleError, Handler};
+use crate::consumer::{Delivery, HandleError, Handler, Outcome};
 use crate::graph::{Batcher, EdgeRow, NodeRow, Row, RowFailure};
 use crate::kafka::publish::Record;
 use crate::message::{self, Edge, Node};
@@ -107,12 +111,28 @@ impl Handler for GraphWriterHandler {
         }
     }
 
-    fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {
-        if delivery.topic == self.results_topic {
-            self.metrics.results_failed.inc();
-        } else if delivery.topic == self.edges_topic {
-            self.metrics.edges_failed.inc();
+    /// A row that waited past `JOB_TIMEOUT` waited for Neo4j (a slow or hung server, a queue
+    /// of batches ahead of it): the row is not at fault, so it is retried, never dead-lettered.
+    fn timed_out(&self, _delivery: &Delivery, job_timeout: Duration) -> HandleError {
+        HandleError::Retry(format!(
+            "row not written within {job_timeout:?}: Neo4j is slow or not answering"
+        ))
+    }
+
+    /// Counts the row failed once its DLQ record is acknowledged: once per row, however often
+    /// the record had to be built or sent.
+    async fn finished(&self, delivery: &Delivery, outcome: Outcome<'_>) -> Result<(), HandleError> {
+        if let Outcome::DeadLettered { .. } = outcome {
+            if delivery.topic == self.results_topic {
+                self.metrics.results_failed.inc();
+            } else if delivery.topic == self.edges_topic {
+                self.metrics.edges_failed.inc();
+            }
         }
+        Ok(())
+    }
+
+    fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {
         let payload = delivery.payload.as_deref().map(|bytes| {
             serde_json::from_slice::<Value>(bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))

@@ -47,6 +47,13 @@ pub enum WriteError {
     /// rows will most likely succeed if retried shortly.
     #[error("transient Neo4j error: {0}")]
     Transient(String),
+    /// Neo4j gave up on the transaction because of its size: it ran out of transaction memory
+    /// or past the server's transaction timeout. The same rows fail the same way however often
+    /// they are retried, so the batch is split (like [`WriteError::Rejected`]) until the parts
+    /// fit; a row that still fails alone is the row's fault only if rows beside it were
+    /// written, else Neo4j is struggling and the row is retried.
+    #[error("transaction too large for Neo4j: {0}")]
+    TooLarge(String),
     /// Neo4j did not answer (connection refused or lost, timeout, authentication): the store
     /// has dropped its connections; retry with backoff and report Neo4j down meanwhile.
     #[error("Neo4j unavailable: {0}")]
@@ -61,20 +68,7 @@ impl WriteError {
     fn classify(error: neo4rs::Error) -> Self {
         use neo4rs::Error as E;
         match error {
-            E::Neo4j(e) => {
-                let code = e.code();
-                let text = format!("{code}: {}", e.message());
-                if code.starts_with("Neo.ClientError.Statement.")
-                    || code.starts_with("Neo.ClientError.Schema.")
-                    || code.starts_with("Neo.ClientError.Request.")
-                {
-                    WriteError::Rejected(text)
-                } else if code.starts_with("Neo.ClientError.Security.") {
-                    WriteError::Unavailable(text)
-                } else {
-                    WriteError::Transient(text)
-                }
-            }
+            E::Neo4j(e) => Self::classify_code(e.code(), e.message()),
             // Our own parameters could not be encoded: a value of this batch is at fault.
             e @ (E::StringTooLong
             | E::MapTooBig
@@ -82,6 +76,28 @@ impl WriteError {
             | E::ListTooLong
             | E::ConversionError) => WriteError::Rejected(e.to_string()),
             other => WriteError::Unavailable(other.to_string()),
+        }
+    }
+
+    /// Sorts a server error by its status code. Memory and transaction-timeout codes come
+    /// first: Neo4j files some of them as transient, but retrying the same batch at the same
+    /// size fails the same way for ever.
+    pub fn classify_code(code: &str, message: &str) -> Self {
+        let text = format!("{code}: {message}");
+        if code.contains("MemoryLimit")
+            || code.contains("OutOfMemory")
+            || code.contains("TransactionTimedOut")
+        {
+            WriteError::TooLarge(text)
+        } else if code.starts_with("Neo.ClientError.Statement.")
+            || code.starts_with("Neo.ClientError.Schema.")
+            || code.starts_with("Neo.ClientError.Request.")
+        {
+            WriteError::Rejected(text)
+        } else if code.starts_with("Neo.ClientError.Security.") {
+            WriteError::Unavailable(text)
+        } else {
+            WriteError::Transient(text)
         }
     }
 }
@@ -321,6 +337,36 @@ type EdgeShape = (Rel, Label, Label);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14, item 9: a transaction Neo4j gives up on for its size (memory, transaction
+    /// timeout) is `TooLarge`, which splits the batch; it was `Transient`, and the same batch
+    /// was retried at the same size for ever.
+    #[test]
+    fn memory_and_transaction_timeout_errors_split_the_batch() {
+        for code in [
+            "Neo.TransientError.General.MemoryPoolOutOfMemoryError",
+            "Neo.TransientError.General.TransactionMemoryLimit",
+            "Neo.ClientError.General.TransactionOutOfMemoryError",
+            "Neo.ClientError.Transaction.TransactionTimedOut",
+            "Neo.ClientError.Transaction.TransactionTimedOutClientConfiguration",
+        ] {
+            assert!(
+                matches!(
+                    WriteError::classify_code(code, "m"),
+                    WriteError::TooLarge(_)
+                ),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            WriteError::classify_code("Neo.TransientError.Transaction.DeadlockDetected", "m"),
+            WriteError::Transient(_)
+        ));
+        assert!(matches!(
+            WriteError::classify_code("Neo.ClientError.Statement.TypeError", "m"),
+            WriteError::Rejected(_)
+        ));
+    }
 
     #[test]
     fn a_statement_stays_under_the_byte_budget_and_keeps_row_order() {

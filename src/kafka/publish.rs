@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::kafka::{self, KafkaSetupError};
@@ -57,6 +57,35 @@ impl PublishError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
     }
+
+    /// Whether the producer itself is broken for good (a librdkafka fatal error, e.g. the
+    /// idempotent producer lost its sequence): no record will ever be accepted again by this
+    /// client, so it says nothing about the record; the process must restart.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Refused { source, .. }
+            if source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal))
+    }
+
+    /// Whether the same record can never be accepted, however often it is sent: it is too
+    /// large or malformed for the broker. An unknown topic or a missing authorisation is not
+    /// permanent: an operator can create the topic or grant the right, and the record then
+    /// goes through.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Timeout { .. } => false,
+            Self::Refused { source, .. } => matches!(
+                source.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                        | RDKafkaErrorCode::InvalidMessageSize
+                        | RDKafkaErrorCode::MessageBatchTooLarge
+                        | RDKafkaErrorCode::InvalidRecord
+                        | RDKafkaErrorCode::InvalidMessage
+                        | RDKafkaErrorCode::BadMessage
+                )
+            ),
+        }
+    }
 }
 
 /// A producer with `acks=all` and idempotence, bounded per batch.
@@ -78,6 +107,16 @@ impl Publisher {
     /// The bound on one batch.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The producer's fatal error, if it had one: after it (an idempotent producer that lost
+    /// its sequence, for example) librdkafka refuses every record for good, so the owner must
+    /// stop and let the process be restarted rather than park every job for ever.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"))
     }
 
     /// Sends every record and waits until each is acknowledged, within the publish bound.
@@ -143,4 +182,49 @@ fn is_timeout(error: &KafkaError) -> bool {
         error.rdkafka_error_code(),
         Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::QueueFull)
     )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use super::{Publisher, Record};
+
+    /// Raises a librdkafka fatal error on `publisher`'s producer, as a broker-side loss of the
+    /// idempotent producer's sequence would (librdkafka's own test hook, on the real client).
+    pub(crate) fn raise_fatal_error(publisher: &Publisher) {
+        use rdkafka::producer::Producer;
+        let reason = c"test: out-of-order sequence";
+        // SAFETY: the client pointer is valid while `publisher` lives, and the hook only sets
+        // the client's fatal error state.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                publisher.producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+    }
+
+    /// Issue 14, item 4: after a fatal error the publisher says so, and a publish fails as
+    /// fatal (not as a refusal of the record), so the loop can stop instead of dead-lettering.
+    #[tokio::test]
+    async fn a_fatal_producer_error_is_reported_and_every_publish_fails_as_fatal() {
+        let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let publisher = Publisher::new(&brokers, Duration::from_secs(5)).expect("publisher");
+        assert_eq!(publisher.fatal_error(), None);
+        raise_fatal_error(&publisher);
+        let fatal = publisher.fatal_error().expect("fatal error reported");
+        assert!(fatal.contains("out-of-order"), "{fatal}");
+        let outcome = publisher
+            .publish(&[Record {
+                topic: "bookworm-never-created".to_owned(),
+                key: "k".to_owned(),
+                payload: b"x".to_vec(),
+            }])
+            .await;
+        let error = outcome.expect_err("a fatal producer publishes nothing");
+        assert!(error.is_fatal(), "{error:?}");
+        assert!(!error.is_permanent());
+    }
 }

@@ -133,8 +133,12 @@ pub async fn dlq_list(args: DlqListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `bookworm dlq replay`: the matching jobs back on the frontier, each record once.
+/// `bookworm dlq replay`: the matching jobs back on the frontier, each record once; with
+/// `--graph`, the graph DLQ's rows back on the results and edges topics.
 pub async fn dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
+    if args.graph {
+        return graph_dlq_replay(args).await;
+    }
     let select = &args.select;
     let scan = dlq::scan(
         &select.kafka,
@@ -152,6 +156,35 @@ pub async fn dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
     let report = replayer.replay(&scan.records).await?;
     println!(
         "replayed {} job(s) from {} matching DLQ record(s){}",
+        report.published,
+        scan.records.len(),
+        undecodable_note(scan.undecodable)
+    );
+    for (why, count) in &report.not_replayed {
+        println!("not replayed ({why:?}): {count}");
+    }
+    Ok(())
+}
+
+/// `bookworm dlq replay --graph`: rows the graph writer dead-lettered back on the topics they
+/// came from (a row parked by a Neo4j outage before the writer retried them, or refused by a
+/// bug since fixed), each record once.
+async fn graph_dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
+    let select = &args.select;
+    let filter = dlq::GraphDlqFilter {
+        reason: select.reason.clone(),
+        crawl_id: select.crawl_id.clone(),
+    };
+    let scan = dlq::scan_graph(&select.kafka, &filter).await?;
+    let replayer = dlq::GraphReplayer::new(
+        &select.kafka,
+        &args.redis.redis_url,
+        dlq::REPLAY_PUBLISH_TIMEOUT,
+    )
+    .await?;
+    let report = replayer.replay(&scan.records).await?;
+    println!(
+        "replayed {} row(s) from {} matching graph DLQ record(s){}",
         report.published,
         scan.records.len(),
         undecodable_note(scan.undecodable)

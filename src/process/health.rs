@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -48,6 +48,9 @@ pub struct Liveness {
     last_poll_ms: Arc<AtomicU64>,
     max_age: Duration,
     age_gauge: Option<IntGauge>,
+    /// Set once a client hit an error it cannot recover from: the process is dead for good,
+    /// however recently the loop polled.
+    fatal: Arc<OnceLock<String>>,
 }
 
 impl Liveness {
@@ -59,7 +62,20 @@ impl Liveness {
             last_poll_ms: Arc::new(AtomicU64::new(0)),
             max_age,
             age_gauge,
+            fatal: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Marks the process dead for good: a Kafka client had a fatal error (every publish is
+    /// refused from then on while the loop would go on polling). `/healthz` fails from now
+    /// on, with `reason`, so the orchestrator restarts the process.
+    pub fn fail(&self, reason: String) {
+        let _ = self.fatal.set(reason);
+    }
+
+    /// The fatal error the process was marked with, if any.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.get().map(String::as_str)
     }
 
     /// A liveness that never fails: for processes without a consumer loop (the API).
@@ -81,7 +97,7 @@ impl Liveness {
 
     /// Whether the loop polled recently enough.
     pub fn is_alive(&self) -> bool {
-        self.age() <= self.max_age
+        self.fatal.get().is_none() && self.age() <= self.max_age
     }
 
     fn refresh_gauge(&self) {
@@ -166,7 +182,13 @@ async fn metrics(State(state): State<HealthState>) -> Response {
 
 async fn healthz(State(state): State<HealthState>) -> Response {
     let age = state.liveness.age().as_secs_f64();
-    if state.liveness.is_alive() {
+    if let Some(error) = state.liveness.fatal() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "fatal", "error": error, "last_poll_age_seconds": age})),
+        )
+            .into_response()
+    } else if state.liveness.is_alive() {
         (
             StatusCode::OK,
             axum::Json(json!({"status": "ok", "last_poll_age_seconds": age})),

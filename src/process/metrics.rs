@@ -86,6 +86,12 @@ pub struct ConsumerMetrics {
     pub consumer_lag: IntGaugeVec,
     /// Seconds since the loop last polled Kafka; set at scrape time by the health server.
     pub last_poll_age_seconds: IntGauge,
+    /// Messages given up without a DLQ record because Kafka refused the record for good (too
+    /// large, invalid): the partition moves on, so every one is a message lost and an alert.
+    pub dlq_refused: IntCounter,
+    /// DLQ records whose payload was replaced by an excerpt (prefix, size, hash) because the
+    /// whole would not fit under the broker's record size limit.
+    pub dlq_excerpted: IntCounter,
 }
 
 impl ConsumerMetrics {
@@ -131,6 +137,16 @@ impl ConsumerMetrics {
                 registry,
                 &name("last_poll_age_seconds"),
                 "Seconds since the consumer loop last polled Kafka.",
+            )?,
+            dlq_refused: counter(
+                registry,
+                &name("dlq_refused_total"),
+                "Messages given up because Kafka refused their DLQ record for good (lost: alert on any).",
+            )?,
+            dlq_excerpted: counter(
+                registry,
+                &name("dlq_excerpted_total"),
+                "DLQ records that carry an excerpt of the payload instead of the whole.",
             )?,
         })
     }
