@@ -202,16 +202,11 @@ pub enum FailureReason {
     InvalidJob,
     /// Publishing the job's outputs ran past `PUBLISH_TIMEOUT`.
     Publish,
-    /// The handler panicked on the job (a bug): dead-lettered so its partition moves on, and
-    /// replayable once the bug is fixed. Its own reason, so the DLQ, the status counters and
-    /// the `jobs_failed{reason}` metric all say the same (they once said `invalid_job`,
-    /// `invalid_job` and `panic`).
-    Panic,
 }
 
 impl FailureReason {
     /// All reasons, for metrics and status counters.
-    pub const ALL: [FailureReason; 9] = [
+    pub const ALL: [FailureReason; 8] = [
         FailureReason::Http4xx,
         FailureReason::Http5xx,
         FailureReason::Timeout,
@@ -220,7 +215,6 @@ impl FailureReason {
         FailureReason::Robots,
         FailureReason::InvalidJob,
         FailureReason::Publish,
-        FailureReason::Panic,
     ];
 
     /// Reads a reason as [`FailureReason::as_str`] spells it.
@@ -239,7 +233,6 @@ impl FailureReason {
             FailureReason::Robots => "robots",
             FailureReason::InvalidJob => "invalid_job",
             FailureReason::Publish => "publish",
-            FailureReason::Panic => "panic",
         }
     }
 }
@@ -313,16 +306,16 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 mod tests {
     use super::{FailureReason, PayloadExcerpt, fnv1a64};
 
-    /// The consumer loop dead-letters a panicking handler with `panic`: the DLQ record and the
-    /// crawl store must read it as that reason, not fall back to `invalid_job` (issue 14,
-    /// item 12).
+    /// The consumer loop dead-letters a panicking handler with a reason of the contract's
+    /// list, so the DLQ record, the crawl store and the metric all read it the same (issue 14,
+    /// item 12: they once said `invalid_job`, `invalid_job` and `panic`).
     #[test]
-    fn a_panic_is_a_reason_of_its_own() {
-        let reason = FailureReason::parse("panic").map(FailureReason::as_str);
-        assert_eq!(reason, Some("panic"));
-        let json = serde_json::json!("panic");
-        let read: FailureReason = serde_json::from_value(json).expect("panic reads");
-        assert_eq!(read.as_str(), "panic");
+    fn a_panic_is_recorded_with_a_reason_of_the_contract() {
+        let reason = crate::consumer::job::REASON_PANIC;
+        assert_eq!(
+            FailureReason::parse(reason),
+            Some(FailureReason::InvalidJob)
+        );
     }
 
     /// An excerpt of a payload full of control and invalid bytes stays small once in JSON.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
+use serde_json::{Value, json};
 use support::chaos::{Deployment, Options, chaos_seed, check_invariant, committed_vs_high, stack};
 use support::wait_ok;
 
@@ -266,6 +266,103 @@ async fn fast_every_egress_blocked_past_the_job_timeout_parks_jobs_and_loses_not
         !report.dlq_by_reason.contains_key("timeout"),
         "jobs waiting for the pool were dead-lettered: {report:?}"
     );
+}
+
+/// The body of a worker's `/metrics`.
+async fn worker_metrics(deployment: &Deployment, i: usize) -> String {
+    let url = &deployment.workers[i].as_ref().expect("worker running").url;
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Blocked means stop (issue 16): mid-crawl the simulator answers 403 to our User-Agent. Within
+/// a few requests every worker stops sending, the crawl shows `blocked`, its jobs wait (no DLQ
+/// record), and each worker's `relentless_worker_user_agent_blocked` (the alert's signal) is 1.
+/// After `bookworm unblock` the crawl reaches `done` with the exact graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_a_403_mid_crawl_stops_every_worker_until_unblocked() {
+    let deployment = Deployment::start(slow_options()).await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    deployment
+        .wait_fetched(&crawl, truth.nodes.len() as u64 / 4)
+        .await;
+    let client = reqwest::Client::new();
+    let block = |agents: Value| {
+        let client = client.clone();
+        let url = format!("{}/_sim/blocked", deployment.sim_url);
+        async move {
+            let status = client
+                .post(url)
+                .json(&agents)
+                .send()
+                .await
+                .expect("sim")
+                .status();
+            assert!(status.is_success(), "{status}");
+        }
+    };
+    block(json!({"user_agents": ["RelentlessBookworm"]})).await;
+    support::eventually(
+        "the crawl to show blocked",
+        Duration::from_secs(60),
+        || async {
+            let status = deployment.status(&crawl).await?;
+            (status["state"] == "blocked").then_some(())
+        },
+    )
+    .await;
+    for i in 0..deployment.workers.len() {
+        support::eventually("every worker to stop", Duration::from_secs(10), || async {
+            worker_metrics(&deployment, i)
+                .await
+                .contains("relentless_worker_user_agent_blocked 1")
+                .then_some(())
+        })
+        .await;
+    }
+    let stopped = deployment.sim_stats().await;
+    // Silence is the subject: watch for five seconds that nothing more is sent.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let still = deployment.sim_stats().await;
+    assert_eq!(
+        still["requests"], stopped["requests"],
+        "a worker kept sending while blocked"
+    );
+    let refused = still["blocked"].as_u64().unwrap_or(0);
+    eprintln!("CHAOS 403: {refused} requests answered 403 before every worker stopped");
+    assert!(
+        (1..=20).contains(&refused),
+        "{refused} requests met the block"
+    );
+    let status = deployment.status(&crawl).await.expect("status");
+    assert!(
+        status["counters"]["failed"].get("rate_limited").is_none(),
+        "{status}"
+    );
+
+    block(json!({"user_agents": []})).await;
+    let prefix = deployment
+        .worker_setting("EGRESS_REDIS_PREFIX")
+        .expect("a prefix");
+    let unblock = std::process::Command::new(env!("CARGO_BIN_EXE_bookworm"))
+        .arg("unblock")
+        .env("EGRESS_REDIS_PREFIX", &prefix)
+        .output()
+        .expect("bookworm runs");
+    let said = String::from_utf8_lossy(&unblock.stdout);
+    assert!(
+        unblock.status.success() && said.contains("lifted"),
+        "{said}"
+    );
+    deployment.crawl_recovery(&crawl, "unblocked").await;
+    let status = deployment.wait_done(&crawl).await;
+    let report = check_invariant(&deployment, &crawl, &truth, &status, false).await;
+    assert!(report.transient_by_reason.is_empty(), "{report:?}");
 }
 
 /// Scale-out from one worker to three at a quarter of the crawl, then scale-in back to one

@@ -571,7 +571,7 @@ async fn dead_letters_a_message_whose_outputs_cannot_be_published() {
 }
 
 /// A handler that panics on one message does not stall its partition: the message is
-/// dead-lettered with reason `panic` and the commit moves on.
+/// dead-lettered (reason `invalid_job`, detail "handler panicked: …") and the commit moves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_a_message_whose_handler_panics() {
     let topic = unique("panic");
@@ -597,7 +597,8 @@ async fn dead_letters_a_message_whose_handler_panics() {
     let dead = read_all(&dlq, 1);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(
-        dead[0].contains("\"reason\":\"panic\"") && dead[0].contains("handler bug on 3"),
+        dead[0].contains("\"reason\":\"invalid_job\"")
+            && dead[0].contains("handler panicked: handler bug on 3"),
         "{dead:?}"
     );
 }

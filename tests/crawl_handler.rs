@@ -83,7 +83,7 @@ async fn handler_with_crawl(origin: Url, seeds: &[&str], max_depth: u32) -> (Cra
         "unused",
     );
     let pool = EgressPool::new(settings, None, metrics.clone()).expect("pool");
-    let client = OpenLibraryClient::new(pool, fetch_settings(origin), metrics.clone());
+    let client = OpenLibraryClient::new(pool, fetch_settings(origin), metrics.clone(), None);
     let store = CrawlStore::connect(&stack_env("REDIS_URL"))
         .await
         .expect("redis reachable");

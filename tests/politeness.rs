@@ -126,8 +126,9 @@ async fn crawl(topics: &TestTopics, id_base: u64, seeds: u64, deadline: Duration
 }
 
 /// At 150 requests per minute per egress (Open Library allows 180), two workers sharing the
-/// limit through Redis send no more than that through any proxy in any minute, trip no 429,
-/// and spread the load about evenly over the three proxies.
+/// limit through Redis send no more than that through any proxy in any minute, nor more than
+/// the User-Agent budget through all of them, trip no 429 (the simulator enforces both of
+/// Open Library's limits), and spread the load about evenly over the three proxies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_proxies_share_the_load_within_the_limit_and_trip_no_429() {
     let topics = TestTopics::create("polite", 4).await;
@@ -172,6 +173,21 @@ async fn three_proxies_share_the_load_within_the_limit_and_trip_no_429() {
         );
     }
     assert!(mean > 30.0, "the crawl should make real traffic: {stats}");
+    // One User-Agent budget (360/min by default) across both workers and all three proxies,
+    // under Open Library's 400/min per User-Agent: three proxies at 150/min would allow 450.
+    let ours = stats["per_user_agent"]
+        .as_object()
+        .expect("per user agent")
+        .iter()
+        .find(|(agent, _)| agent.starts_with("RelentlessBookworm/"))
+        .map(|(_, v)| v.clone())
+        .expect("our User-Agent");
+    let busiest = ours["max_requests_in_any_60s"].as_u64().expect("window");
+    assert!(
+        busiest <= 360 + 10,
+        "{busiest} requests in one minute: {ours}"
+    );
+    assert_eq!(ours["distinct_ips"], 3, "{ours}");
     let failed: u64 = status["counters"]["failed"]
         .as_object()
         .expect("failed")

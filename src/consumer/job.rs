@@ -45,8 +45,10 @@ pub const DLQ_RECORD_MAX_BYTES: usize = 512 * 1024;
 /// The longest detail a DLQ record carries (a handler's error text may quote data).
 pub const DLQ_DETAIL_MAX_BYTES: usize = 4 * 1024;
 
-/// The DLQ reason of a message whose handler panicked (the contract's `panic`).
-pub const REASON_PANIC: &str = "panic";
+/// The DLQ reason of a message whose handler panicked: a bug, but the contract's reasons
+/// have no `panic`, so it is the closest of them, `invalid_job`, with a detail that starts
+/// "handler panicked" — the same in the DLQ record, the crawl's counters and the metric.
+pub const REASON_PANIC: &str = "invalid_job";
 /// The DLQ reason of a message whose handler ran past `JOB_TIMEOUT`.
 pub const REASON_TIMEOUT: &str = "timeout";
 /// The DLQ reason of a message whose outputs could not be published.
@@ -146,11 +148,12 @@ pub(super) async fn run_pass<H: Handler>(
         // A panicking handler is a bug; dead-lettering keeps the partition moving and the
         // message replayable once the bug is fixed.
         Err(panic) => {
-            let detail = panic
+            let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "handler panicked".to_owned());
+                .unwrap_or_default();
+            let detail = format!("handler panicked: {message}");
             error!(topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
                 detail = %detail, "handler panicked");
             (REASON_PANIC.to_owned(), detail)

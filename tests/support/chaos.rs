@@ -217,6 +217,15 @@ impl Deployment {
         deployment
     }
 
+    /// The value of a setting every worker is started with (e.g. `EGRESS_REDIS_PREFIX`).
+    pub fn worker_setting(&self, name: &str) -> Option<String> {
+        self.worker_env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
     /// Starts (or restarts) the worker in slot `i` on a fresh metrics port.
     pub fn start_worker(&mut self, i: usize) {
         let port = free_port();
