@@ -365,6 +365,94 @@ async fn fast_a_403_mid_crawl_stops_every_worker_until_unblocked() {
     assert!(report.transient_by_reason.is_empty(), "{report:?}");
 }
 
+/// Neo4j hung, not down (issue 14, item 2): for 20 s mid-crawl the graph writer's Neo4j (a
+/// relay this scenario owns) accepts connections and never answers, longer than the writer's
+/// own job bound (3 × NEO4J_QUERY_TIMEOUT of 2 s), with CONCURRENT_JOBS (2,000) far above
+/// GRAPH_BATCH_SIZE (50) so rows queue behind stalled batches. Rows that could not be written
+/// are retried, none goes to the graph DLQ, and the graph ends exactly the truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_a_hung_neo4j_past_the_writers_bounds_drops_no_row() {
+    let neo4j = support::stack_env("NEO4J_URI");
+    let upstream = neo4j.trim_start_matches("bolt://").to_owned();
+    let relay = support::relay::Relay::start(upstream).await;
+    let mut options = slow_options();
+    options.writer_env = env(&[
+        ("NEO4J_QUERY_TIMEOUT", "2s"),
+        ("CONCURRENT_JOBS", "2000"),
+        ("GRAPH_BATCH_SIZE", "50"),
+    ]);
+    options
+        .writer_env
+        .push(("NEO4J_URI".to_owned(), format!("bolt://{}", relay.addr)));
+    let deployment = Deployment::start(options).await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    deployment
+        .wait_fetched(&crawl, truth.nodes.len() as u64 / 4)
+        .await;
+    relay.hang();
+    // The hang's length is the scenario: past the writer's bounds.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    relay.restore();
+    deployment.writer_recovery("Neo4j answering again").await;
+    let status = deployment.wait_done(&crawl).await;
+    check_invariant(&deployment, &crawl, &truth, &status, false).await;
+    let dropped = support::chaos::read_topic(&deployment.topics.graph_dlq);
+    assert!(dropped.is_empty(), "rows dead-lettered: {dropped:?}");
+}
+
+/// Produces one ~400 KB message of control and invalid UTF-8 bytes (valid for Kafka) to
+/// partition 0 of `topic`.
+async fn produce_poison(topic: &str) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = bookworm::kafka::producer(
+        &support::stack_env("KAFKA_BROKERS"),
+        Duration::from_secs(30),
+    )
+    .expect("producer");
+    let poison: Vec<u8> = (0..400_000usize).map(|i| [0x01, 0xff][i % 2]).collect();
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .partition(0)
+                .key("poison")
+                .payload(&poison),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("poison produced");
+}
+
+/// A poison message on the frontier and on the results topic mid-crawl (issue 14, item 3):
+/// each is dead-lettered once with an excerpt of itself (quoting it whole would pass the
+/// broker's 1 MB limit), its partition moves on, and the crawl ends with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_poison_messages_on_the_frontier_and_results_are_dead_lettered_and_passed() {
+    let deployment = Deployment::start(slow_options()).await;
+    let crawl = deployment.create_crawl(2).await;
+    let truth = deployment.truth(&crawl).await;
+    deployment
+        .wait_fetched(&crawl, truth.nodes.len() as u64 / 4)
+        .await;
+    produce_poison(&deployment.topics.frontier).await;
+    produce_poison(&deployment.topics.results).await;
+    let status = deployment.wait_done(&crawl).await;
+    check_invariant(&deployment, &crawl, &truth, &status, false).await;
+    for dlq in [&deployment.topics.dlq, &deployment.topics.graph_dlq] {
+        let poisoned: Vec<(String, Value)> = support::chaos::read_topic(dlq)
+            .into_iter()
+            .filter(|(key, _)| key == "poison")
+            .collect();
+        assert_eq!(poisoned.len(), 1, "{dlq}: {poisoned:?}");
+        let text = poisoned[0].1.to_string();
+        assert!(
+            text.len() < 64 * 1024,
+            "{dlq}: a {} byte record",
+            text.len()
+        );
+    }
+}
+
 /// Scale-out from one worker to three at a quarter of the crawl, then scale-in back to one
 /// (SIGTERM, graceful) at 60%: the rebalances happen with work in flight, nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

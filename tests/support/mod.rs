@@ -5,6 +5,7 @@
 pub mod chaos;
 pub mod egress;
 pub mod graph;
+pub mod relay;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
