@@ -14,7 +14,7 @@ use crate::graph::migrate::{self, MigrateOptions};
 use crate::kafka::{TopicLayout, create_topics};
 use crate::message::FailureReason;
 use crate::ops::crawls::{self, ApiClient, WatchView};
-use crate::ops::{dlq, neighbourhood, summary};
+use crate::ops::{dlq, graph_dlq, neighbourhood, summary};
 
 /// A command's input is wrong in a way its flags' parsers could not see: like a bad flag, it
 /// exits with code 2.
@@ -171,12 +171,12 @@ pub async fn dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
 /// bug since fixed), each record once.
 async fn graph_dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
     let select = &args.select;
-    let filter = dlq::GraphDlqFilter {
+    let filter = graph_dlq::GraphDlqFilter {
         reason: select.reason.clone(),
         crawl_id: select.crawl_id.clone(),
     };
-    let scan = dlq::scan_graph(&select.kafka, &filter).await?;
-    let replayer = dlq::GraphReplayer::new(
+    let scan = graph_dlq::scan_graph(&select.kafka, &filter).await?;
+    let replayer = graph_dlq::GraphReplayer::new(
         &select.kafka,
         &args.redis.redis_url,
         dlq::REPLAY_PUBLISH_TIMEOUT,

@@ -1,6 +1,5 @@
-//! `bookworm dlq list|replay`: reading the crawl DLQ and putting its jobs back on the frontier;
-//! `bookworm dlq replay --graph`: putting the graph DLQ's rows back on the results and edges
-//! topics ([`GraphReplayer`]).
+//! `bookworm dlq list|replay`: reading the crawl DLQ and putting its jobs back on the frontier
+//! (the graph DLQ's replay, `--graph`, is [`super::graph_dlq`]).
 //!
 //! Reading: the DLQ is read by a consumer that joins no group and commits nothing: it assigns
 //! every partition explicitly from its low watermark, reads up to the high watermark seen at
@@ -35,7 +34,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use serde_json::Value;
 
 use crate::config::KafkaArgs;
 use crate::crawl::store::{CrawlStore, Requeue, StoreError};
@@ -49,7 +47,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// broker that stops serving must not hang an operator's terminal.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records republished per batch: one acknowledgement wait and one Redis write per batch.
-const REPLAY_BATCH: usize = 500;
+pub(super) const REPLAY_BATCH: usize = 500;
 /// Bound on publishing one batch of replayed jobs (the worker's `PUBLISH_TIMEOUT` default).
 pub const REPLAY_PUBLISH_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -191,7 +189,7 @@ fn scan_blocking(
 
 /// Reads `topic` from its low to its high watermarks (as seen at the start), handing each
 /// record to `take` until it answers `true` (enough); returns how many records were read.
-fn read_blocking(
+pub(super) fn read_blocking(
     kafka: &KafkaArgs,
     topic: &str,
     mut take: impl FnMut(i32, i64, Option<&[u8]>) -> bool,
@@ -447,210 +445,6 @@ fn fingerprint(failure: &Failure) -> String {
         key,
         failure.failed_at.to_rfc3339()
     )
-}
-
-// ---------------------------------------------------------------------------------------------
-// The graph DLQ
-
-/// One record of the graph DLQ (`relentless.graph.dlq`): a row the graph writer could not
-/// write, with the message it came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GraphDlqRecord {
-    /// Its partition in the graph DLQ.
-    pub partition: i32,
-    /// Its offset in the graph DLQ.
-    pub offset: i64,
-    /// The topic the row came from (results or edges).
-    pub topic: String,
-    /// The original message's key.
-    pub key: Option<String>,
-    /// The original message, as JSON when it parsed (else its text, or an excerpt).
-    pub payload: Value,
-    /// Why it was dead-lettered (`neo4j_rejected`, `parse`, `unknown_rel`, `timeout`…).
-    pub reason: String,
-    /// When it was dead-lettered, as written.
-    pub failed_at: String,
-}
-
-impl GraphDlqRecord {
-    /// Reads one graph DLQ record; `None` when it is not one.
-    fn decode(partition: i32, offset: i64, payload: Option<&[u8]>) -> Option<Self> {
-        let body: Value = serde_json::from_slice(payload?).ok()?;
-        Some(Self {
-            partition,
-            offset,
-            topic: body.get("topic")?.as_str()?.to_owned(),
-            key: body.get("key").and_then(Value::as_str).map(str::to_owned),
-            payload: body.get("payload").cloned().unwrap_or(Value::Null),
-            reason: body.get("reason")?.as_str()?.to_owned(),
-            failed_at: body
-                .get("failed_at")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-        })
-    }
-
-    /// The crawl of the original message, when it carries one.
-    pub fn crawl_id(&self) -> Option<&str> {
-        self.payload.get("crawl_id").and_then(Value::as_str)
-    }
-}
-
-/// Which graph DLQ records a replay takes: graph reasons are the writer's own words, not the
-/// crawl DLQ's list, so the reason is matched as text.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GraphDlqFilter {
-    /// Only this reason.
-    pub reason: Option<String>,
-    /// Only rows of this crawl.
-    pub crawl_id: Option<String>,
-}
-
-impl GraphDlqFilter {
-    /// Whether `record` passes.
-    pub fn matches(&self, record: &GraphDlqRecord) -> bool {
-        self.reason.as_deref().is_none_or(|r| r == record.reason)
-            && self
-                .crawl_id
-                .as_deref()
-                .is_none_or(|c| Some(c) == record.crawl_id())
-    }
-}
-
-/// What a read of the graph DLQ found.
-#[derive(Debug, Clone, Default)]
-pub struct GraphDlqScan {
-    /// Matching records in partition and offset order.
-    pub records: Vec<GraphDlqRecord>,
-    /// Records read (matching or not).
-    pub read: u64,
-    /// Records that are not graph DLQ records (reported, never replayed).
-    pub undecodable: u64,
-}
-
-/// Reads the whole graph DLQ of `kafka` and returns the records `filter` passes.
-pub async fn scan_graph(
-    kafka: &KafkaArgs,
-    filter: &GraphDlqFilter,
-) -> Result<GraphDlqScan, DlqError> {
-    let (kafka, filter) = (kafka.clone(), filter.clone());
-    tokio::task::spawn_blocking(move || {
-        let mut result = GraphDlqScan::default();
-        let topic = kafka.kafka_graph_dlq_topic.clone();
-        result.read = read_blocking(&kafka, &topic, |partition, offset, payload| {
-            match GraphDlqRecord::decode(partition, offset, payload) {
-                Some(record) if filter.matches(&record) => result.records.push(record),
-                Some(_) => {}
-                None => {
-                    tracing::warn!(partition, offset, "undecodable graph DLQ record");
-                    result.undecodable += 1;
-                }
-            }
-            false
-        })?;
-        result.records.sort_by_key(|r| (r.partition, r.offset));
-        Ok(result)
-    })
-    .await
-    .map_err(|e| DlqError::Reader(e.to_string()))?
-}
-
-/// Puts rows of the graph DLQ back on the results and edges topics they came from, at most
-/// once per DLQ record (marked in Redis like the crawl DLQ's replay). Writes are `MERGE`s, so
-/// a row replayed twice (a crash between publishing and marking) changes nothing; a row that
-/// fails again is dead-lettered again, as a new record.
-pub struct GraphReplayer {
-    publisher: Publisher,
-    redis: ConnectionManager,
-    results_topic: String,
-    edges_topic: String,
-    marks_key: String,
-}
-
-impl GraphReplayer {
-    /// A replayer for the graph DLQ of `kafka`, with its marks in Redis at `redis_url`.
-    pub async fn new(
-        kafka: &KafkaArgs,
-        redis_url: &str,
-        publish_timeout: Duration,
-    ) -> Result<Self, DlqError> {
-        let redis = ConnectionManager::new(redis::Client::open(redis_url)?).await?;
-        Ok(Self {
-            publisher: Publisher::new(&kafka.brokers.kafka_brokers, publish_timeout)?,
-            redis,
-            results_topic: kafka.kafka_results_topic.clone(),
-            edges_topic: kafka.kafka_edges_topic.clone(),
-            marks_key: marks_key(&kafka.kafka_graph_dlq_topic),
-        })
-    }
-
-    /// The message a record puts back, or `None` when it carries no message of a topic the
-    /// graph writer reads (raw text, an excerpt of a payload too large to quote, another topic).
-    fn message(&self, record: &GraphDlqRecord) -> Option<Record> {
-        let key = if record.topic == self.results_topic {
-            let node: message::Node = serde_json::from_value(record.payload.clone()).ok()?;
-            node.key
-        } else if record.topic == self.edges_topic {
-            let edge: message::Edge = serde_json::from_value(record.payload.clone()).ok()?;
-            edge.from
-        } else {
-            return None;
-        };
-        Some(Record {
-            topic: record.topic.clone(),
-            key: record.key.clone().unwrap_or(key),
-            payload: serde_json::to_vec(&record.payload).ok()?,
-        })
-    }
-
-    /// Replays `records` (from [`scan_graph`]): each batch is published and acknowledged,
-    /// then marked.
-    pub async fn replay(&self, records: &[GraphDlqRecord]) -> Result<ReplayReport, DlqError> {
-        let mut report = ReplayReport::default();
-        for batch in records.chunks(REPLAY_BATCH) {
-            let mut conn = self.redis.clone();
-            let fields: Vec<String> = batch
-                .iter()
-                .map(|r| format!("{}:{}", r.partition, r.offset))
-                .collect();
-            let marks: Vec<Option<String>> = if fields.is_empty() {
-                Vec::new()
-            } else {
-                redis::cmd("HMGET")
-                    .arg(&self.marks_key)
-                    .arg(&fields)
-                    .query_async(&mut conn)
-                    .await?
-            };
-            let mut to_publish = Vec::new();
-            let mut to_mark = Vec::new();
-            for ((record, field), mark) in batch.iter().zip(fields).zip(marks) {
-                let print = format!("{}|{}", record.topic, record.failed_at);
-                if mark.as_deref() == Some(print.as_str()) {
-                    *report
-                        .not_replayed
-                        .entry(NotReplayed::AlreadyReplayed)
-                        .or_default() += 1;
-                    continue;
-                }
-                let Some(message) = self.message(record) else {
-                    *report.not_replayed.entry(NotReplayed::NotAJob).or_default() += 1;
-                    continue;
-                };
-                to_publish.push(message);
-                to_mark.push((field, print));
-            }
-            self.publisher.publish(&to_publish).await?;
-            report.published += to_publish.len() as u64;
-            if !to_mark.is_empty() {
-                conn.hset_multiple::<_, _, _, ()>(&self.marks_key, &to_mark)
-                    .await?;
-                report.marked += to_mark.len() as u64;
-            }
-        }
-        Ok(report)
-    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! User-Agent block ([`block`]): after a 403 nothing is sent by any worker until an operator
 //! lifts it.
 
+mod attempt;
 pub mod block;
 pub mod cache;
 pub mod egress;
@@ -20,21 +21,23 @@ mod error;
 mod retry_budget;
 pub mod robots;
 
+pub use attempt::parse_retry_after;
 pub use error::FetchError;
 pub use retry_budget::RetryBudget;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
 use reqwest::StatusCode;
 use url::Url;
 
+use crate::crawl::client::attempt::{Answer, AttemptError, attempt};
 use crate::crawl::client::block::UserAgentBlock;
 use crate::crawl::client::cache::{CachedRecord, RecordCache};
 use crate::crawl::client::egress::limiter::Rate;
-use crate::crawl::client::egress::{ALL_UNAVAILABLE_GRACE, EgressPool, EgressSlot};
+use crate::crawl::client::egress::{ALL_UNAVAILABLE_GRACE, EgressPool};
 use crate::crawl::client::robots::{MAX_ROBOTS_BYTES, Robots, RobotsAnswer, RobotsCache};
 use crate::process::metrics::WorkerMetrics;
 
@@ -106,26 +109,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct OpenLibraryClient {
     inner: Arc<Inner>,
-}
-
-/// One answer read in full (up to the cap).
-struct Answer {
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    location: Option<String>,
-    body: Bytes,
-}
-
-/// Why one attempt got no usable answer.
-enum AttemptError {
-    /// Could not connect (the proxy, or for direct the origin): the egress is marked down.
-    Connect(String),
-    /// The connection broke mid-answer.
-    Transport(String),
-    /// Connected, but no (complete) answer within the read or request timeout.
-    TimedOut(String),
-    /// Body over the cap.
-    TooLarge,
 }
 
 impl OpenLibraryClient {
@@ -438,7 +421,7 @@ impl OpenLibraryClient {
                 });
             }
             *attempts += 1;
-            let outcome = self.attempt(&slot, url).await;
+            let outcome = attempt(&slot, url, settings.max_body_bytes).await;
             let (error, backoff_needed) = match outcome {
                 Ok(answer) => {
                     inner.pool.record_status(&slot, answer.status.as_u16());
@@ -548,67 +531,6 @@ impl OpenLibraryClient {
             retry += 1;
         }
     }
-
-    /// One attempt through `slot`: send, then read the body up to the cap.
-    async fn attempt(&self, slot: &EgressSlot, url: &Url) -> Result<Answer, AttemptError> {
-        let limit = self.inner.settings.max_body_bytes;
-        let mut response = slot
-            .client()
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(classify)?;
-        let status = response.status();
-        let headers = response.headers();
-        let retry_after = headers
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let location = headers
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if response
-            .content_length()
-            .is_some_and(|length| length > limit as u64)
-        {
-            return Err(AttemptError::TooLarge);
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(classify)? {
-            if body.len() + chunk.len() > limit {
-                return Err(AttemptError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Answer {
-            status,
-            retry_after,
-            location,
-            body: Bytes::from(body),
-        })
-    }
-}
-
-fn classify(error: reqwest::Error) -> AttemptError {
-    if error.is_connect() {
-        AttemptError::Connect(error_chain(&error))
-    } else if error.is_timeout() {
-        AttemptError::TimedOut(error_chain(&error))
-    } else {
-        AttemptError::Transport(error_chain(&error))
-    }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Whether `url` has the same scheme, host and port as `origin`.
@@ -620,35 +542,5 @@ fn path_and_query(url: &Url) -> String {
     match url.query() {
         Some(query) => format!("{}?{query}", url.path()),
         None => url.path().to_owned(),
-    }
-}
-
-/// Parses a Retry-After value: delay seconds, or an HTTP date (a past date means now).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Retry-After in seconds and as an HTTP date.
-    #[test]
-    fn parses_retry_after() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(
-            parse_retry_after(&later, now),
-            Some(Duration::from_secs(30))
-        );
-        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon", now), None);
     }
 }
