@@ -632,3 +632,41 @@ async fn cancelled_crawls_expire_and_a_replay_keeps_the_state_while_it_runs() {
         "{working:?}"
     );
 }
+
+/// Issue 18 (why `edges` still dedupes per relationship): one relationship is published by
+/// both of its ends, the work from its record and the author from its works page, and the
+/// graph holds it once. Counting each node's edges with its outcome would count it twice, so
+/// the counter must equal the graph's distinct relationships, not the edges published.
+#[tokio::test]
+async fn an_edge_published_by_both_its_ends_is_counted_once() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    store
+        .claim(&id, "0|/works/OL1W", 100, &[child("/authors/OL1A", 1)])
+        .await
+        .unwrap();
+    let edge = "/works/OL1W|WRITTEN_BY|/authors/OL1A";
+    store
+        .finish(
+            &id,
+            "/works/OL1W",
+            0,
+            &node("/works/OL1W", Label::Work, &[edge]),
+        )
+        .await
+        .unwrap();
+    store
+        .finish(
+            &id,
+            "/authors/OL1A",
+            1,
+            &node(
+                "/authors/OL1A",
+                Label::Author,
+                &[edge, "/works/OL2W|WRITTEN_BY|/authors/OL1A"],
+            ),
+        )
+        .await
+        .unwrap();
+    let counters = store.status(&id).await.unwrap().expect("status").counters;
+    assert_eq!((counters.fetched, counters.edges), (2, 2));
+}
