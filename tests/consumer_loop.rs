@@ -1201,3 +1201,91 @@ async fn survives_a_broker_outage_without_losing_a_commit() {
     let handled: BTreeSet<String> = handler.started_payloads().into_iter().collect();
     assert_eq!(handled.len(), 300, "nothing lost");
 }
+
+/// Issue 18: four partitions with backlog, a slow handler, four slots and the default
+/// per-partition cap (half the slots): every partition commits within a bounded time. The
+/// dispatcher gives the partitions with ready work turns, so they keep pace: by the time the
+/// busiest partition has committed `LEAD` messages every other one has committed half as many.
+/// Before the fix the dispatcher walked the slots in the same (hash) order every pass: two
+/// partitions took all four slots until their backlog was empty (3 s here) and the other two
+/// waited with what they got from the first messages (main at 4ae59be: committed offsets
+/// [6, 0, 8, 2] when the busiest reached 6). The backlog of every partition shows in
+/// `oldest_waiting_seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_partition_with_backlog_commits_within_a_bounded_time() {
+    const PARTITIONS: i32 = 4;
+    const PER_PARTITION: usize = 30;
+    /// Commits of the busiest partition by which every partition must have committed half as
+    /// many: with the partitions taking turns they keep pace, one slot each.
+    const LEAD: i64 = 12;
+    let topic = unique("fair");
+    let group = unique("fair-group");
+    create_topic(&topic, PARTITIONS).await;
+    produce(&topic, PARTITIONS, 0..PER_PARTITION * PARTITIONS as usize).await;
+    let handler = Arc::new(TestHandler::new("unused", |_| {
+        Step::Sleep(Duration::from_millis(200))
+    }));
+    let (_, metrics) = metrics();
+    let mut settings = settings(&group, &topic, 4, Duration::from_secs(60));
+    // Today's default: PARTITION_CONCURRENCY is half of CONCURRENT_JOBS.
+    settings.per_partition = 2;
+    let token = CancellationToken::new();
+    let consumer_loop = ConsumerLoop::new(
+        settings,
+        Arc::clone(&handler),
+        LoopTelemetry {
+            metrics: metrics.clone(),
+            liveness: Liveness::new(Duration::from_secs(5), None),
+            readiness: Readiness::default(),
+        },
+    );
+    let task = tokio::spawn(consumer_loop.run(token.clone()));
+
+    let offsets = eventually(
+        "the busiest partition commits its first messages",
+        Duration::from_secs(60),
+        || {
+            let offsets = committed(&group, &topic, PARTITIONS);
+            async move { (offsets.iter().max() >= Some(&LEAD)).then_some(offsets) }
+        },
+    )
+    .await;
+    assert!(
+        offsets.iter().all(|o| *o >= LEAD / 2),
+        "a partition with backlog was starved: committed offsets {offsets:?} when the busiest reached {LEAD}"
+    );
+    // Every partition has messages fetched and waiting for a slot: each shows their age.
+    eventually(
+        "oldest_waiting_seconds shows every partition's backlog",
+        Duration::from_secs(10),
+        || {
+            let ages: Vec<f64> = (0..PARTITIONS)
+                .map(|p| {
+                    metrics
+                        .oldest_waiting_seconds
+                        .with_label_values(&[&p.to_string()])
+                        .get()
+                })
+                .collect();
+            async move { ages.iter().all(|age| *age >= 0.5).then_some(()) }
+        },
+    )
+    .await;
+    eventually(
+        "every offset is committed",
+        Duration::from_secs(60),
+        || {
+            let offsets = committed(&group, &topic, PARTITIONS);
+            async move {
+                (offsets == ends(PER_PARTITION * PARTITIONS as usize, PARTITIONS)).then_some(())
+            }
+        },
+    )
+    .await;
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("loop stops in time")
+        .expect("loop task")
+        .expect("loop returns Ok");
+}

@@ -7,7 +7,9 @@ use bookworm::crawl::store::{
     self, Begin, Child, CrawlSpec, CrawlState, CrawlStore, Finish, StoreError,
 };
 use bookworm::message::{FailureReason, Label};
-use support::{stack_env, unique};
+use std::time::Duration;
+
+use support::{eventually, stack_env, unique};
 
 async fn store_with_crawl(seeds: &[&str], max_nodes: usize) -> (CrawlStore, String) {
     let store = CrawlStore::connect(&stack_env("REDIS_URL"))
@@ -417,4 +419,254 @@ async fn a_crawl_key_of_another_type_is_corrupt_state() {
         .await
         .expect_err("meta is not a hash");
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention (issue 18)
+
+/// The working keys of a crawl (everything but its summary: meta and counters).
+const WORKING: [&str; 7] = [
+    "claims",
+    "pending",
+    "nodes",
+    "edges",
+    "failures",
+    "started",
+    "offspring",
+];
+
+/// `TTL` of each existing working key of `id` (keys that do not exist are left out), and of
+/// its meta and counters.
+async fn ttls(id: &str) -> (Vec<(String, i64)>, i64, i64) {
+    let redis = support::egress::redis().await;
+    let ttl = |name: String| {
+        let mut redis = redis.clone();
+        async move {
+            redis::cmd("TTL")
+                .arg(format!("bookworm:crawl:{{{id}}}:{name}"))
+                .query_async::<i64>(&mut redis)
+                .await
+                .unwrap()
+        }
+    };
+    let mut working = Vec::new();
+    for name in WORKING {
+        let t = ttl(name.to_owned()).await;
+        if t != -2 {
+            working.push((name.to_owned(), t));
+        }
+    }
+    let meta = ttl("meta".to_owned()).await;
+    let counters = ttl("counters".to_owned()).await;
+    (working, meta, counters)
+}
+
+/// A small crawl run to `done`: a work seed with an author (fetched, two edges) and a subject
+/// (dead-lettered).
+async fn run_to_done(store: &CrawlStore, id: &str) {
+    store
+        .claim(
+            id,
+            "0|/works/OL1W",
+            100,
+            &[child("/authors/OL1A", 1), child("/subjects/x", 1)],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.begin(id, "/authors/OL1A", 1).await.unwrap(),
+        Begin::Run { .. }
+    ));
+    let edges = [
+        "/works/OL1W|WRITTEN_BY|/authors/OL1A",
+        "/works/OL1W|ABOUT|/subjects/x",
+    ];
+    store
+        .finish(
+            id,
+            "/works/OL1W",
+            0,
+            &node("/works/OL1W", Label::Work, &edges),
+        )
+        .await
+        .unwrap();
+    store
+        .finish(
+            id,
+            "/authors/OL1A",
+            1,
+            &node("/authors/OL1A", Label::Author, &[]),
+        )
+        .await
+        .unwrap();
+    store
+        .finish(
+            id,
+            "/subjects/x",
+            1,
+            &Finish::Failed(FailureReason::Http5xx),
+        )
+        .await
+        .unwrap();
+}
+
+/// Issue 18: once a crawl is done its working keys carry a TTL of at most CRAWL_RETENTION
+/// while its summary (meta, counters) does not; once the TTL passes the working state is
+/// gone and the status is still served, counters and all. Before the fix every key of every
+/// crawl had `TTL = -1` for the life of the deployment.
+#[tokio::test]
+async fn a_done_crawls_working_state_expires_and_its_summary_stays() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    let store = store.with_retention(Duration::from_secs(60));
+    let (working, _, _) = ttls(&id).await;
+    assert!(
+        working.iter().all(|(_, t)| *t == -1),
+        "a running crawl's state does not expire: {working:?}"
+    );
+    run_to_done(&store, &id).await;
+    let done = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(done.state, CrawlState::Done);
+
+    let (working, meta, counters) = ttls(&id).await;
+    assert!(
+        working.iter().any(|(name, _)| name == "claims"),
+        "{working:?}"
+    );
+    for (name, ttl) in &working {
+        assert!(
+            (1..=60).contains(ttl),
+            "{name} carries TTL {ttl}, not within CRAWL_RETENTION (60 s)"
+        );
+    }
+    assert_eq!((meta, counters), (-1, -1), "the summary never expires");
+
+    // A short retention plays the expiry out: the working state goes, the status stays.
+    let short = store.clone().with_retention(Duration::from_secs(1));
+    short
+        .finish(
+            &id,
+            "/subjects/x",
+            1,
+            &Finish::Failed(FailureReason::Http5xx),
+        )
+        .await
+        .unwrap();
+    eventually("the working state expires", Duration::from_secs(10), || {
+        let id = id.clone();
+        async move {
+            let (working, _, _) = ttls(&id).await;
+            working.is_empty().then_some(())
+        }
+    })
+    .await;
+    let after = store
+        .status(&id)
+        .await
+        .unwrap()
+        .expect("status still served");
+    assert_eq!(after.state, CrawlState::Done);
+    assert_eq!(after.seeds, done.seeds);
+    assert_eq!(after.created_at, done.created_at);
+    assert_eq!(after.counters, done.counters, "counters survive retention");
+    // A late redelivery of a finished job leaves no trace.
+    store
+        .finish(
+            &id,
+            "/authors/OL1A",
+            1,
+            &node("/authors/OL1A", Label::Author, &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.status(&id).await.unwrap().expect("status").counters,
+        done.counters
+    );
+    let (working, _, _) = ttls(&id).await;
+    assert!(working.is_empty(), "{working:?}");
+}
+
+/// Issue 18: a cancelled crawl's working state carries the retention too; a DLQ replay that
+/// makes a done crawl run again keeps its working state again (no TTL) until it is done.
+#[tokio::test]
+async fn cancelled_crawls_expire_and_a_replay_keeps_the_state_while_it_runs() {
+    let (store, id) = store_with_crawl(&["/works/OL1W", "/works/OL2W"], 100).await;
+    let store = store.with_retention(Duration::from_secs(60));
+    assert!(store.cancel(&id).await.unwrap());
+    let (working, meta, _) = ttls(&id).await;
+    assert!(!working.is_empty());
+    assert!(
+        working.iter().all(|(_, t)| (1..=60).contains(t)),
+        "{working:?}"
+    );
+    assert_eq!(meta, -1);
+    assert_eq!(
+        store.status(&id).await.unwrap().expect("status").state,
+        CrawlState::Cancelled
+    );
+
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    let store = store.with_retention(Duration::from_secs(60));
+    run_to_done(&store, &id).await;
+    assert_eq!(
+        store.requeue(&id, "/subjects/x", 1).await.unwrap(),
+        store::Requeue::Requeued
+    );
+    let (working, _, _) = ttls(&id).await;
+    assert!(
+        working.iter().all(|(_, t)| *t == -1),
+        "a running crawl's state does not expire: {working:?}"
+    );
+    store
+        .finish(
+            &id,
+            "/subjects/x",
+            1,
+            &node("/subjects/x", Label::Subject, &[]),
+        )
+        .await
+        .unwrap();
+    let (working, _, _) = ttls(&id).await;
+    assert!(
+        working.iter().all(|(_, t)| (1..=60).contains(t)),
+        "{working:?}"
+    );
+}
+
+/// Issue 18 (why `edges` still dedupes per relationship): one relationship is published by
+/// both of its ends, the work from its record and the author from its works page, and the
+/// graph holds it once. Counting each node's edges with its outcome would count it twice, so
+/// the counter must equal the graph's distinct relationships, not the edges published.
+#[tokio::test]
+async fn an_edge_published_by_both_its_ends_is_counted_once() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    store
+        .claim(&id, "0|/works/OL1W", 100, &[child("/authors/OL1A", 1)])
+        .await
+        .unwrap();
+    let edge = "/works/OL1W|WRITTEN_BY|/authors/OL1A";
+    store
+        .finish(
+            &id,
+            "/works/OL1W",
+            0,
+            &node("/works/OL1W", Label::Work, &[edge]),
+        )
+        .await
+        .unwrap();
+    store
+        .finish(
+            &id,
+            "/authors/OL1A",
+            1,
+            &node(
+                "/authors/OL1A",
+                Label::Author,
+                &[edge, "/works/OL2W|WRITTEN_BY|/authors/OL1A"],
+            ),
+        )
+        .await
+        .unwrap();
+    let counters = store.status(&id).await.unwrap().expect("status").counters;
+    assert_eq!((counters.fetched, counters.edges), (2, 2));
 }

@@ -216,6 +216,12 @@ pub struct CrawlArgs {
     /// Editions followed from one work when `CRAWL_EDITIONS` is on.
     #[arg(long, env = "MAX_EDITIONS_PER_WORK", default_value_t = defaults::MAX_EDITIONS_PER_WORK)]
     pub max_editions_per_work: usize,
+
+    /// How long a done or cancelled crawl's working state (claims, pending keys, per-key
+    /// sets) is kept in Redis; its summary (state, seeds, times, counters) stays. Without it
+    /// Redis grows with every crawl ever run until it refuses writes.
+    #[arg(long, env = "CRAWL_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub crawl_retention: Duration,
 }
 
 /// Where `/metrics`, `/healthz` and `/readyz` are served. The default differs per binary, so

@@ -1,5 +1,5 @@
-//! Consumer lag and the oldest in-flight age, refreshed on a thread of its own so both keep
-//! moving when the loop (or the whole runtime) is stuck.
+//! Consumer lag, the oldest in-flight age and the oldest waiting age per partition, refreshed
+//! on a thread of its own so they keep moving when the loop (or the whole runtime) is stuck.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,6 +29,47 @@ impl State {
             .flat_map(|slot| slot.running.values())
             .map(|(_, started)| now.saturating_duration_since(*started))
             .max()
+    }
+
+    /// Per partition number, how long the oldest message waiting for a slot has waited (zero
+    /// for an assigned partition with nothing waiting). The contract labels partitions by
+    /// number only, so the graph writer's two topics take the larger of their two ages.
+    pub(super) fn oldest_waiting(&self, now: Instant) -> HashMap<i32, Duration> {
+        let mut ages: HashMap<i32, Duration> = HashMap::new();
+        for (partition, slot) in &self.slots {
+            // The backlog is in delivery order: its front waited longest.
+            let age = slot
+                .backlog
+                .front()
+                .map_or(Duration::ZERO, |w| now.saturating_duration_since(w.since));
+            let entry = ages.entry(partition.partition).or_default();
+            *entry = (*entry).max(age);
+        }
+        ages
+    }
+}
+
+/// Sets the oldest in-flight age and the oldest waiting age of each assigned partition, and
+/// drops the labels of partitions no longer assigned (`labels`: the ones set last time).
+fn refresh_ages(shared: &Shared, metrics: &ConsumerMetrics, labels: &mut HashSet<i32>) {
+    let now = Instant::now();
+    let (oldest, waiting) = {
+        let state = shared.lock();
+        (state.oldest_running(now), state.oldest_waiting(now))
+    };
+    metrics
+        .oldest_in_flight_seconds
+        .set(oldest.map_or(0, |age| age.as_secs() as i64));
+    let gauge = &metrics.oldest_waiting_seconds;
+    for stale in labels.iter().filter(|p| !waiting.contains_key(p)) {
+        let _ = gauge.remove_label_values(&[&stale.to_string()]);
+    }
+    labels.clear();
+    for (partition, age) in waiting {
+        gauge
+            .with_label_values(&[&partition.to_string()])
+            .set(age.as_secs_f64());
+        labels.insert(partition);
     }
 }
 
@@ -63,8 +104,8 @@ impl<H: Handler> Turn<'_, H> {
     }
 }
 
-/// Refreshes `consumer_lag` and `oldest_in_flight_seconds` from a thread of its own, so both
-/// keep moving when the loop (or the whole runtime) is stuck.
+/// Refreshes `consumer_lag`, `oldest_in_flight_seconds` and `oldest_waiting_seconds` from a
+/// thread of its own, so they keep moving when the loop (or the whole runtime) is stuck.
 pub(super) fn spawn_lag_thread(
     consumer: Arc<LoopConsumer>,
     shared: Arc<Shared>,
@@ -73,11 +114,9 @@ pub(super) fn spawn_lag_thread(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut labels: HashSet<(String, i32)> = HashSet::new();
+        let mut waiting_labels: HashSet<i32> = HashSet::new();
         while !stop.is_cancelled() {
-            let oldest = shared.lock().oldest_running(Instant::now());
-            metrics
-                .oldest_in_flight_seconds
-                .set(oldest.map_or(0, |age| age.as_secs() as i64));
+            refresh_ages(&shared, &metrics, &mut waiting_labels);
             let mut seen = labels.clone();
             if let Ok(positions) = consumer.position() {
                 seen.clear();

@@ -13,7 +13,10 @@
 //!   succeeds.
 //! - Concurrency is bounded in total and per partition. Messages beyond the bound wait in a
 //!   backlog and a partition is paused while its share of the backlog is full, so the memory
-//!   held does not grow with the partitions assigned or the concurrency. The loop never stops
+//!   held does not grow with the partitions assigned or the concurrency. Partitions with
+//!   waiting messages take turns at free slots, so none waits more than `assigned - 1` starts
+//!   of the others; how long each partition's oldest message has waited is a metric
+//!   (`*_oldest_waiting_seconds{partition}`). The loop never stops
 //!   polling: Kafka evicts a consumer that does not poll within
 //!   `max.poll.interval.ms`, and rebalance callbacks only run inside a poll.
 //! - A handler is bounded by `JOB_TIMEOUT` and publishing its outputs by `PUBLISH_TIMEOUT`;

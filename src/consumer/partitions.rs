@@ -1,5 +1,13 @@
 //! Slots and back-pressure: the jobs of each assigned partition, what the loop, the job
 //! tasks and the rebalance callback share, and how messages are dispatched to free slots.
+//!
+//! Dispatch is fair: partitions with ready work take turns at the free slots, one job per
+//! turn, in a fixed ring of the assigned partitions that resumes after the last partition
+//! served ([`Rotation`]). Between a partition becoming ready (a message waiting, a slot of its
+//! own free) and its next start, at most `assigned - 1` jobs of other partitions start. The
+//! dispatcher once walked the slot map in its (hash) order on every pass, so with
+//! `PARTITION_CONCURRENCY` at half the slots the first two partitions with backlog took every
+//! slot until they were empty, and the others waited that long.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -34,21 +42,103 @@ pub(super) fn partition_backlog(assigned: usize) -> usize {
     (BACKLOG / assigned.max(1)).clamp(1, PARTITION_BACKLOG)
 }
 
+/// A delivered message waiting for a slot, and since when (`oldest_waiting_seconds`).
+pub(super) struct Waiting {
+    pub(super) delivery: Delivery,
+    pub(super) since: Instant,
+}
+
 /// The jobs of one assigned partition.
 pub(super) struct Slot {
     pub(super) epoch: Epoch,
     /// Running jobs by offset, so a revoke or shutdown can abort what did not drain.
     pub(super) running: HashMap<i64, (AbortHandle, Instant)>,
     /// Delivered messages waiting for a free slot, in offset order.
-    pub(super) backlog: VecDeque<Delivery>,
+    pub(super) backlog: VecDeque<Waiting>,
     /// No new work starts: the partition is being revoked.
     pub(super) revoking: bool,
+}
+
+impl Slot {
+    /// Whether this partition can start a job now: a message waits, it is under its own cap,
+    /// and it is not being revoked.
+    pub(super) fn ready(&self, per_partition: usize) -> bool {
+        !self.revoking && self.running.len() < per_partition && !self.backlog.is_empty()
+    }
+}
+
+/// The order in which partitions take turns at free slots: a ring of the assigned partitions
+/// and the turn, the place after the last partition served.
+///
+/// Bound: each start moves the turn just past the partition that started, and the scan for the
+/// next start goes round the ring from the turn; so a partition that is ready is reached
+/// before any other partition is served twice, i.e. within `len - 1` starts of other
+/// partitions, whatever the hash order, the backlogs or the per-partition cap. A pure
+/// structure, so the bound is tested on its own.
+#[derive(Debug)]
+pub(super) struct Rotation<P = TopicPartition> {
+    ring: Vec<P>,
+    turn: usize,
+}
+
+impl<P> Default for Rotation<P> {
+    fn default() -> Self {
+        Self {
+            ring: Vec::new(),
+            turn: 0,
+        }
+    }
+}
+
+impl<P: PartialEq + Clone> Rotation<P> {
+    /// Adds a newly assigned partition, last in the ring (already there: no change).
+    pub(super) fn insert(&mut self, partition: P) {
+        if !self.ring.contains(&partition) {
+            self.ring.push(partition);
+        }
+    }
+
+    /// Drops a revoked partition; the others keep their order and the turn stays with the
+    /// partition it was on.
+    pub(super) fn remove(&mut self, partition: &P) {
+        let Some(at) = self.ring.iter().position(|p| p == partition) else {
+            return;
+        };
+        self.ring.remove(at);
+        if at < self.turn {
+            self.turn -= 1;
+        }
+        if self.turn >= self.ring.len() {
+            self.turn = 0;
+        }
+    }
+
+    /// The first partition from the turn on (round the ring once) that `ready` accepts, and
+    /// moves the turn just past it; `None`, the turn unchanged, when none is ready.
+    pub(super) fn next_ready(&mut self, mut ready: impl FnMut(&P) -> bool) -> Option<P> {
+        let len = self.ring.len();
+        (0..len)
+            .map(|step| (self.turn + step) % len)
+            .find(|&at| ready(&self.ring[at]))
+            .map(|at| {
+                self.turn = (at + 1) % len;
+                self.ring[at].clone()
+            })
+    }
+
+    /// How many partitions take turns.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.ring.len()
+    }
 }
 
 /// What the loop, the job tasks and the rebalance callback share.
 pub(super) struct State {
     pub(super) tracker: CommitTracker<TopicPartition>,
     pub(super) slots: HashMap<TopicPartition, Slot>,
+    /// The assigned partitions (the keys of `slots`) in the order they take turns.
+    pub(super) rotation: Rotation,
     pub(super) running: usize,
     pub(super) paused: HashSet<TopicPartition>,
     /// Shutdown began: nothing new starts.
@@ -111,38 +201,47 @@ pub(super) fn abort_all(slot: &Slot) -> usize {
 }
 
 impl<H: Handler> Turn<'_, H> {
-    /// Starts backlog messages while slots are free, then pauses partitions whose backlog is
-    /// full and resumes those that drained.
+    /// Starts backlog messages while slots are free, one per partition per turn
+    /// ([`Rotation`]), then pauses partitions whose backlog is full and resumes those that
+    /// drained.
     pub(super) fn dispatch(&self) {
         let mut state = self.shared.lock();
         let state = &mut *state;
         if state.stopping {
             return;
         }
+        let per_partition = self.per_partition;
+        while state.running < self.concurrency {
+            let slots = &state.slots;
+            let Some(partition) = state
+                .rotation
+                .next_ready(|p| slots.get(p).is_some_and(|slot| slot.ready(per_partition)))
+            else {
+                break;
+            };
+            let Some(slot) = state.slots.get_mut(&partition) else {
+                break;
+            };
+            let Some(Waiting { delivery, .. }) = slot.backlog.pop_front() else {
+                break;
+            };
+            let offset = delivery.offset;
+            let slot_ref = SlotRef {
+                shared: Arc::clone(self.shared),
+                partition,
+                epoch: slot.epoch,
+            };
+            // Spawned under the lock: the task's `finish` waits for the lock, so its
+            // handle is registered before it can be looked up.
+            let task = tokio::spawn(run_job(Arc::clone(self.env), delivery, slot_ref));
+            slot.running
+                .insert(offset, (task.abort_handle(), Instant::now()));
+            state.running += 1;
+        }
         let high = partition_backlog(state.slots.len());
         let mut to_pause = TopicPartitionList::new();
         let mut to_resume = TopicPartitionList::new();
-        for (partition, slot) in state.slots.iter_mut() {
-            while state.running < self.concurrency
-                && slot.running.len() < self.per_partition
-                && !slot.revoking
-            {
-                let Some(delivery) = slot.backlog.pop_front() else {
-                    break;
-                };
-                let offset = delivery.offset;
-                let slot_ref = SlotRef {
-                    shared: Arc::clone(self.shared),
-                    partition: partition.clone(),
-                    epoch: slot.epoch,
-                };
-                // Spawned under the lock: the task's `finish` waits for the lock, so its
-                // handle is registered before it can be looked up.
-                let task = tokio::spawn(run_job(Arc::clone(self.env), delivery, slot_ref));
-                slot.running
-                    .insert(offset, (task.abort_handle(), Instant::now()));
-                state.running += 1;
-            }
+        for (partition, slot) in &state.slots {
             let paused = state.paused.contains(partition);
             if !paused && slot.backlog.len() >= high {
                 to_pause.add_partition(&partition.topic, partition.partition);
@@ -179,7 +278,137 @@ pub(super) fn list_partitions(list: &TopicPartitionList) -> Vec<TopicPartition> 
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Issue 18: partitions that all have work are served one each in turn, in the ring's
+    /// order, however many starts a dispatch makes; the next dispatch resumes where the last
+    /// one stopped instead of at the head of the ring.
+    #[test]
+    fn partitions_with_ready_work_take_turns() {
+        let mut rotation = Rotation::default();
+        for p in 0..4 {
+            rotation.insert(p);
+        }
+        let served: Vec<i32> = (0..3)
+            .filter_map(|_| rotation.next_ready(|_| true))
+            .collect();
+        assert_eq!(served, [0, 1, 2]);
+        // A later dispatch goes on with partition 3, not 0 again.
+        let served: Vec<i32> = (0..5)
+            .filter_map(|_| rotation.next_ready(|_| true))
+            .collect();
+        assert_eq!(served, [3, 0, 1, 2, 3]);
+        // Partitions without ready work are skipped, and nothing is served when none is ready.
+        assert_eq!(rotation.next_ready(|p| *p == 2), Some(2));
+        assert_eq!(rotation.next_ready(|p| *p == 2), Some(2));
+        assert_eq!(rotation.next_ready(|_| false), None);
+        assert_eq!(rotation.next_ready(|_| true), Some(3));
+    }
+
+    /// Revoking partitions keeps the others' order and the turn where it was; an empty ring
+    /// serves nothing.
+    #[test]
+    fn a_revoked_partition_leaves_the_turn_where_it_was() {
+        let mut rotation = Rotation::default();
+        for p in 0..5 {
+            rotation.insert(p);
+        }
+        rotation.insert(2);
+        assert_eq!(rotation.len(), 5, "a partition is in the ring once");
+        assert_eq!(rotation.next_ready(|_| true), Some(0));
+        assert_eq!(rotation.next_ready(|_| true), Some(1));
+        // Before the turn, on it, and the last of the ring.
+        rotation.remove(&0);
+        assert_eq!(rotation.next_ready(|_| true), Some(2));
+        rotation.remove(&3);
+        assert_eq!(rotation.next_ready(|_| true), Some(4));
+        rotation.remove(&4);
+        assert_eq!(rotation.next_ready(|_| true), Some(1));
+        rotation.remove(&1);
+        rotation.remove(&2);
+        rotation.remove(&9);
+        assert_eq!(rotation.len(), 0);
+        assert_eq!(rotation.next_ready(|_| true), None);
+    }
+
+    /// The issue's scenario on the dispatcher's own policy: 4 partitions with backlog, 4
+    /// slots, a per-partition cap of 2 (half the slots, the default), jobs that finish in the
+    /// order they started. Every partition starts in the first round and, from then on, no
+    /// partition runs two jobs while another waits with nothing running: each gets a quarter.
+    #[test]
+    fn four_partitions_with_backlog_share_four_slots() {
+        const SLOTS: usize = 4;
+        const CAP: usize = 2;
+        let mut rotation = Rotation::default();
+        let mut backlog = [30usize; 4];
+        let mut running = [0usize; 4];
+        let mut started: Vec<usize> = Vec::new();
+        let mut in_order: VecDeque<usize> = VecDeque::new();
+        for p in 0..4 {
+            rotation.insert(p);
+        }
+        loop {
+            // dispatch()
+            while in_order.len() < SLOTS {
+                let Some(p) = rotation.next_ready(|p| backlog[*p] > 0 && running[*p] < CAP) else {
+                    break;
+                };
+                backlog[p] -= 1;
+                running[p] += 1;
+                started.push(p);
+                in_order.push_back(p);
+            }
+            assert!(
+                running.iter().all(|n| *n <= 1) || backlog.iter().filter(|b| **b > 0).count() < 4,
+                "a partition holds two slots while all four have backlog: {running:?}"
+            );
+            // The oldest job finishes.
+            let Some(p) = in_order.pop_front() else {
+                break;
+            };
+            running[p] -= 1;
+        }
+        let mut first_round = started[..4].to_vec();
+        first_round.sort_unstable();
+        assert_eq!(first_round, [0, 1, 2, 3]);
+        assert_eq!(started.len(), 120);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The stated bound: whatever the other partitions do, a partition that stays ready
+        /// is served before `len - 1` starts of other partitions have passed (and so before
+        /// any other partition is served twice).
+        #[test]
+        fn a_ready_partition_waits_at_most_len_minus_one_starts(
+            len in 1usize..12,
+            watched in 0usize..12,
+            warmup in proptest::collection::vec(0usize..12, 0..20),
+            others in proptest::collection::vec(proptest::collection::vec(any::<bool>(), 12), 1..40),
+        ) {
+            let watched = watched % len;
+            let mut rotation = Rotation::default();
+            for p in 0..len {
+                rotation.insert(p);
+            }
+            // Any history of turns before the watched partition becomes ready.
+            for p in warmup {
+                let _ = rotation.next_ready(|q| *q == p % len);
+            }
+            let mut starts_of_others = 0;
+            for ready in others {
+                match rotation.next_ready(|q| *q == watched || ready[*q]) {
+                    Some(p) if p == watched => break,
+                    Some(_) => starts_of_others += 1,
+                    None => prop_assert!(false, "a ready partition was not served"),
+                }
+                prop_assert!(starts_of_others < len, "{starts_of_others} starts of others");
+            }
+        }
+    }
 
     #[test]
     pub(super) fn the_backlog_is_bounded_per_process_whatever_the_partitions() {

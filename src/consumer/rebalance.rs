@@ -37,6 +37,7 @@ impl Shared {
                 state.running -= aborted;
             }
             state.paused.remove(&partition);
+            state.rotation.insert(partition.clone());
             names.push(partition.to_string());
         }
         self.readiness.set(ASSIGNMENT, !state.slots.is_empty());
@@ -111,6 +112,7 @@ impl Shared {
             }
             state.tracker.revoke(partition);
             state.paused.remove(partition);
+            state.rotation.remove(partition);
         }
         state.running -= abandoned;
         self.readiness.set(ASSIGNMENT, !state.slots.is_empty());

@@ -12,7 +12,7 @@ use tracing::{debug, error, info, warn};
 use super::job::JobEnv;
 use super::lag::spawn_lag_thread;
 use super::offsets::FINAL_COMMIT_TIMEOUT;
-use super::partitions::{Shared, State, abort_all};
+use super::partitions::{Rotation, Shared, State, Waiting, abort_all};
 use super::rebalance::{LoopConsumer, LoopContext};
 use super::tracker::{CommitTracker, Delivered, TopicPartition};
 use super::{ASSIGNMENT, ConsumerError, ConsumerLoop, Delivery, Handler};
@@ -32,6 +32,7 @@ impl<H: Handler> ConsumerLoop<H> {
             state: Mutex::new(State {
                 tracker: CommitTracker::new(),
                 slots: HashMap::new(),
+                rotation: Rotation::default(),
                 running: 0,
                 paused: HashSet::new(),
                 stopping: false,
@@ -245,13 +246,16 @@ impl<H: Handler> Turn<'_, H> {
             .tracker
             .delivered(&partition, slot.epoch, offset, Instant::now())
         {
-            Delivered::Accepted => slot.backlog.push_back(Delivery {
-                topic: partition.topic.clone(),
-                partition: partition.partition,
-                offset,
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                attempt: 1,
+            Delivered::Accepted => slot.backlog.push_back(Waiting {
+                delivery: Delivery {
+                    topic: partition.topic.clone(),
+                    partition: partition.partition,
+                    offset,
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    attempt: 1,
+                },
+                since: Instant::now(),
             }),
             Delivered::Duplicate => {
                 warn!(%partition, offset, "offset delivered again in one assignment; ignored")

@@ -55,7 +55,9 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> Result<(), Wo
         WorkerMetrics::register,
     )?;
 
-    let store = CrawlStore::connect(&args.redis.redis_url).await?;
+    let store = CrawlStore::connect(&args.redis.redis_url)
+        .await?
+        .with_retention(args.crawl.crawl_retention);
     // One connection for the client's shared state: the record cache, the User-Agent block
     // and, with cluster scope, the egress limits.
     let shared =

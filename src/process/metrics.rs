@@ -5,7 +5,8 @@
 //! a [`Registry`] it is given, which lets tests build as many independent sets as they like.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Errors from defining metrics: only a duplicate or malformed name, i.e. a programming error.
@@ -41,6 +42,17 @@ fn gauge_vec(
     labels: &[&str],
 ) -> Result<IntGaugeVec, MetricsError> {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn float_gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<GaugeVec, MetricsError> {
+    let metric = GaugeVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
@@ -81,6 +93,10 @@ pub struct ConsumerMetrics {
     pub publish_timeouts: IntCounter,
     /// Age of the oldest job in flight: a stuck partition shows here first.
     pub oldest_in_flight_seconds: IntGauge,
+    /// Per partition, how long the oldest message fetched but not yet started has waited for a
+    /// slot (0 when none waits). `oldest_in_flight_seconds` counts only running jobs, so a
+    /// partition starved of slots looks healthy there; it shows here.
+    pub oldest_waiting_seconds: GaugeVec,
     /// High watermark minus the consumer's position, refreshed off the loop so a wedged loop
     /// cannot freeze it at a healthy-looking value.
     pub consumer_lag: IntGaugeVec,
@@ -126,6 +142,12 @@ impl ConsumerMetrics {
                 registry,
                 &name("oldest_in_flight_seconds"),
                 "Age of the oldest job in flight.",
+            )?,
+            oldest_waiting_seconds: float_gauge_vec(
+                registry,
+                &name("oldest_waiting_seconds"),
+                "Per partition, how long the oldest fetched message not yet started has waited for a slot.",
+                &["partition"],
             )?,
             consumer_lag: gauge_vec(
                 registry,

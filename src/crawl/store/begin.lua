@@ -1,5 +1,5 @@
-local meta, claims, pending, counters, started = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local key, depth = ARGV[1], tonumber(ARGV[2])
+local meta, claims, pending, counters, started = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[8]
+local key, depth = ARGV[2], tonumber(ARGV[3])
 local state = redis.call('HGET', meta, 'state')
 if not state then return {'unknown'} end
 if state == 'cancelled' then
@@ -13,7 +13,10 @@ if not claim then
   redis.call('HSET', claims, key, depth .. '|replay')
   redis.call('SADD', pending, key)
   redis.call('HINCRBY', counters, 'enqueued', 1)
-  if state == 'done' then redis.call('HSET', meta, 'state', 'running') end
+  if state == 'done' then
+    redis.call('HSET', meta, 'state', 'running')
+    keep_working()
+  end
 else
   local claimed_depth = tonumber(string.match(claim, '^(%d+)|'))
   if not claimed_depth then

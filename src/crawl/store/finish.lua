@@ -1,8 +1,12 @@
 local meta, claims, pending, counters, nodes, edges, failures, started, offspring =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local key, depth, outcome, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
--- A job of an unknown (expired) crawl leaves no trace.
-if redis.call('EXISTS', meta) == 0 then return 0 end
+local retention = tonumber(ARGV[1])
+local key, depth, outcome, now = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+-- A job of an unknown crawl, or a late one of a finished crawl whose working state has
+-- expired, leaves no trace: counting it again would count its node twice.
+local state = redis.call('HGET', meta, 'state')
+if not state then return 0 end
+if state ~= 'running' and redis.call('EXISTS', claims) == 0 then return 0 end
 local claim = redis.call('HGET', claims, key)
 local claimed_depth = claim and tonumber(string.match(claim, '^(%d+)|'))
 if claim and not claimed_depth then
@@ -20,16 +24,16 @@ local claimer = depth .. '|' .. key
 local held = redis.call('HGET', offspring, claimer)
 redis.call('HDEL', offspring, claimer)
 if outcome == 'node' then
-  local node_key, label = ARGV[5], ARGV[6]
+  local node_key, label = ARGV[6], ARGV[7]
   if redis.call('HSETNX', nodes, node_key, label) == 1 then
     redis.call('HINCRBY', counters, 'nodes:' .. label, 1)
     redis.call('HINCRBY', counters, 'fetched', 1)
   end
-  for i = 7, #ARGV do
+  for i = 8, #ARGV do
     if redis.call('SADD', edges, ARGV[i]) == 1 then redis.call('HINCRBY', counters, 'edges', 1) end
   end
 elseif outcome == 'failed' then
-  local reason = ARGV[5]
+  local reason = ARGV[6]
   if redis.call('HSETNX', failures, key, reason) == 1 then
     redis.call('HINCRBY', counters, 'failed:' .. reason, 1)
   end
@@ -56,7 +60,11 @@ elseif outcome == 'failed' then
   end
 end
 redis.call('HSET', meta, 'updated_at', now)
-if redis.call('SCARD', pending) == 0 and redis.call('HGET', meta, 'state') == 'running' then
+if redis.call('SCARD', pending) == 0 and state == 'running' then
   redis.call('HSET', meta, 'state', 'done')
+  state = 'done'
 end
+-- Done or cancelled: the working state (including what this call wrote) expires after the
+-- retention, counted from the crawl's last outcome.
+if state ~= 'running' then expire_working(retention) end
 return 1

@@ -20,6 +20,10 @@
 //! - Counters are idempotent: nodes, edges and failures are counted once per key (or edge)
 //!   however often a job is redelivered, so the final counters equal the graph's counts.
 //! - The crawl is `done` when nothing is pending.
+//! - State is bounded in time: once a crawl is done or cancelled, its working state (claims,
+//!   pending keys, the per-key sets) expires after a retention (`CRAWL_RETENTION`, counted
+//!   from its last outcome), while its summary (meta: state, seeds, limits, times; counters)
+//!   stays readable. A replay that makes the crawl run again keeps its working state again.
 //!
 //! Every operation is one Lua script, so a decision and its bookkeeping are atomic across all
 //! workers. All keys of a crawl share a hash tag (`{crawl id}`) so the scripts also work on a
@@ -30,6 +34,7 @@ mod status;
 pub use status::{Counters, CrawlSpec, CrawlState, CrawlStatus};
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
@@ -147,7 +152,8 @@ impl CrawlKeys {
         }
     }
 
-    /// Every key of the crawl, in the order the FINISH script takes them.
+    /// Every key of the crawl, in the order the state-changing scripts take them
+    /// (`lifecycle.lua`).
     fn all(&self) -> [&str; 9] {
         [
             &self.meta,
@@ -161,6 +167,19 @@ impl CrawlKeys {
             &self.offspring,
         ]
     }
+}
+
+/// How long a finished crawl's working state is kept when the caller sets none: the default
+/// of `CRAWL_RETENTION`, a week, long enough to replay its DLQ after a weekend.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The expiry helpers every state-changing script starts with (keys in [`CrawlKeys::all`]'s
+/// order, the retention in seconds as the first argument).
+const LIFECYCLE: &str = include_str!("lifecycle.lua");
+
+/// A script with the lifecycle helpers in front of it.
+fn with_lifecycle(body: &str) -> Script {
+    Script::new(&format!("{LIFECYCLE}\n{body}"))
 }
 
 /// Claims are stored as `depth|claimer`: the claimer (the parent job) may re-enqueue its own
@@ -207,6 +226,8 @@ pub struct CrawlStore {
     finish: Script,
     cancel: Script,
     requeue: Script,
+    /// Seconds a done or cancelled crawl's working state is kept.
+    retention_secs: u64,
 }
 
 impl CrawlStore {
@@ -216,12 +237,27 @@ impl CrawlStore {
         let conn = ConnectionManager::new(client).await?;
         Ok(Self {
             conn,
-            begin: Script::new(BEGIN),
+            begin: with_lifecycle(BEGIN),
             claim: Script::new(CLAIM),
-            finish: Script::new(FINISH),
-            cancel: Script::new(CANCEL),
-            requeue: Script::new(REQUEUE),
+            finish: with_lifecycle(FINISH),
+            cancel: with_lifecycle(CANCEL),
+            requeue: with_lifecycle(REQUEUE),
+            retention_secs: DEFAULT_RETENTION.as_secs(),
         })
+    }
+
+    /// The same store, keeping a done or cancelled crawl's working state for `retention`
+    /// (`CRAWL_RETENTION`; at least a second, Redis's smallest expiry) instead of
+    /// [`DEFAULT_RETENTION`]. Every process that finishes or cancels crawls (the worker, the
+    /// API) should set the same value: the last one to touch a crawl sets its expiry.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention_secs = retention.as_secs().max(1);
+        self
+    }
+
+    /// How long a done or cancelled crawl's working state is kept.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_secs)
     }
 
     /// Whether Redis answers, for readiness checks.
@@ -278,13 +314,12 @@ impl CrawlStore {
     pub async fn begin(&self, crawl_id: &str, key: &str, depth: u32) -> Result<Begin, StoreError> {
         let keys = CrawlKeys::new(crawl_id);
         let mut conn = self.conn.clone();
-        let reply: Vec<Option<String>> = self
-            .begin
-            .key(&keys.meta)
-            .key(&keys.claims)
-            .key(&keys.pending)
-            .key(&keys.counters)
-            .key(&keys.started)
+        let mut invocation = self.begin.prepare_invoke();
+        for k in keys.all() {
+            invocation.key(k);
+        }
+        let reply: Vec<Option<String>> = invocation
+            .arg(self.retention_secs)
             .arg(key)
             .arg(depth)
             .invoke_async(&mut conn)
@@ -377,7 +412,7 @@ impl CrawlStore {
         for k in keys.all() {
             invocation.key(k);
         }
-        invocation.arg(key).arg(depth);
+        invocation.arg(self.retention_secs).arg(key).arg(depth);
         match outcome {
             Finish::Node { key, label, edges } => {
                 invocation
@@ -411,9 +446,12 @@ impl CrawlStore {
     pub async fn cancel(&self, crawl_id: &str) -> Result<bool, StoreError> {
         let keys = CrawlKeys::new(crawl_id);
         let mut conn = self.conn.clone();
-        let found: i64 = self
-            .cancel
-            .key(&keys.meta)
+        let mut invocation = self.cancel.prepare_invoke();
+        for k in keys.all() {
+            invocation.key(k);
+        }
+        let found: i64 = invocation
+            .arg(self.retention_secs)
             .arg(Utc::now().to_rfc3339())
             .invoke_async(&mut conn)
             .await
@@ -431,13 +469,12 @@ impl CrawlStore {
     ) -> Result<Requeue, StoreError> {
         let keys = CrawlKeys::new(crawl_id);
         let mut conn = self.conn.clone();
-        let reply: String = self
-            .requeue
-            .key(&keys.meta)
-            .key(&keys.claims)
-            .key(&keys.pending)
-            .key(&keys.counters)
-            .key(&keys.failures)
+        let mut invocation = self.requeue.prepare_invoke();
+        for k in keys.all() {
+            invocation.key(k);
+        }
+        let reply: String = invocation
+            .arg(self.retention_secs)
             .arg(key)
             .arg(depth)
             .arg(Utc::now().to_rfc3339())
@@ -529,5 +566,20 @@ impl CrawlStore {
             created_at: time("created_at")?,
             updated_at: time("updated_at")?,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store's default retention is `CRAWL_RETENTION`'s default, so a process that does
+    /// not pass the setting in still keeps the documented week.
+    #[test]
+    fn the_default_retention_is_crawl_retentions_default() {
+        assert_eq!(
+            crate::config::parse_duration("7d").expect("7d parses"),
+            DEFAULT_RETENTION
+        );
     }
 }

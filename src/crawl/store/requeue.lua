@@ -1,5 +1,5 @@
-local meta, claims, pending, counters, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local key, depth, now = ARGV[1], ARGV[2], ARGV[3]
+local meta, claims, pending, counters, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
+local key, depth, now = ARGV[2], ARGV[3], ARGV[4]
 local state = redis.call('HGET', meta, 'state')
 if not state then return 'unknown' end
 if state == 'cancelled' then return 'cancelled' end
@@ -15,4 +15,5 @@ redis.call('HSET', claims, key, depth .. '|replay')
 redis.call('SADD', pending, key)
 redis.call('HINCRBY', counters, 'enqueued', 1)
 redis.call('HSET', meta, 'state', 'running', 'updated_at', now)
+keep_working()
 return 'requeued'
