@@ -61,7 +61,7 @@ pub struct EgressArgs {
     /// empty means direct. Each entry is one source IP with its own rate limit. Its value is
     /// not shown by --help (a proxy URL may carry a password).
     #[arg(long, env = "PROXY_POOL", default_value = "", hide_env_values = true,
-          value_parser = parse_proxy_pool)]
+          value_parser = ProxyPoolParser)]
     pub proxy_pool: ProxyPool,
 
     /// Requests per minute per egress. Open Library allows 180/min per IP; 150 leaves headroom
@@ -273,6 +273,36 @@ impl FromStr for ProxyPool {
 
     fn from_str(text: &str) -> Result<Self, String> {
         parse_proxy_pool(text)
+    }
+}
+
+/// `PROXY_POOL`'s clap parser. Unlike a plain function parser, whose error clap prints with
+/// the raw value (`invalid value 'http://user:password@…'`), its errors quote the value
+/// redacted only.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyPoolParser;
+
+impl clap::builder::TypedValueParser for ProxyPoolParser {
+    type Value = ProxyPool;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<ProxyPool, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidUtf8,
+                "invalid value for '--proxy-pool <PROXY_POOL>': not UTF-8\n",
+            )
+        })?;
+        parse_proxy_pool(text).map_err(|why| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '--proxy-pool <PROXY_POOL>': {why}\n"),
+            )
+        })
     }
 }
 
