@@ -101,6 +101,13 @@ fn bookworm_help_lists_the_api_variables() {
             "OPENLIBRARY_BASE_URL",
             "MAX_DEPTH",
             "MAX_NODES",
+            "API_TOKENS_FILE",
+            "API_AUTH",
+            "API_METRICS_AUTH",
+            "API_HEADER_TIMEOUT",
+            "API_REQUEST_TIMEOUT",
+            "API_MAX_CONNECTIONS",
+            "API_SHUTDOWN_TIMEOUT",
         ],
     );
 }
@@ -205,4 +212,265 @@ fn the_worker_refuses_to_crawl_openlibrary_org_against_its_rules() {
             "{env:?}: {stderr}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrets and the API's start-up refusals.
+// ---------------------------------------------------------------------------------------
+
+mod support;
+
+use std::time::Duration;
+
+/// Every secret-bearing variable, with a value whose secret part is easy to grep for.
+const SECRETS: [(&str, &str); 5] = [
+    ("REDIS_URL", "redis://:s3cret-redis@127.0.0.1:1"),
+    ("NEO4J_URI", "bolt://neo4j:s3cret-uri@127.0.0.1:1"),
+    ("NEO4J_PASSWORD", "s3cret-neo4j-password"),
+    ("PROXY_POOL", "http://:s3cret-proxy@127.0.0.1:1"),
+    ("API_TOKEN", "s3cret-api-token-0123456789"),
+];
+
+fn with_secrets(command: &mut Command) -> &mut Command {
+    for (name, value) in SECRETS {
+        command.env(name, value);
+    }
+    command
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    assert!(!text.contains("s3cret"), "{what} shows a secret:\n{text}");
+}
+
+/// `--help` of every binary and subcommand that reads a secret-bearing variable shows the
+/// variable's name but never its value.
+#[test]
+fn help_never_shows_a_secret_value() {
+    let cases: [(&str, &[&str], &[&str]); 6] = [
+        (
+            env!("CARGO_BIN_EXE_worker"),
+            &[],
+            &["REDIS_URL", "PROXY_POOL"],
+        ),
+        (
+            env!("CARGO_BIN_EXE_graph-writer"),
+            &[],
+            &["NEO4J_URI", "NEO4J_PASSWORD"],
+        ),
+        (env!("CARGO_BIN_EXE_bookworm"), &["serve"], &["REDIS_URL"]),
+        (
+            env!("CARGO_BIN_EXE_bookworm"),
+            &["summary"],
+            &["REDIS_URL", "NEO4J_URI", "NEO4J_PASSWORD"],
+        ),
+        (env!("CARGO_BIN_EXE_bookworm"), &["seed"], &["API_TOKEN"]),
+        (env!("CARGO_BIN_EXE_bookworm"), &["status"], &["API_TOKEN"]),
+    ];
+    for (binary, args, names) in cases {
+        let output = with_secrets(Command::new(binary).args(args).arg("--help"))
+            .output()
+            .expect("binary runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{binary} {args:?} --help failed");
+        assert_documents(&text, names);
+        assert_no_secret(&format!("{binary} {args:?} --help"), &text);
+    }
+}
+
+/// A start-up that fails on an unreachable Redis, or on a refused proxy URL, names what
+/// failed but never the password: worker, `bookworm serve`, `bookworm summary`.
+#[test]
+fn start_up_errors_never_show_a_password() {
+    let worker = env!("CARGO_BIN_EXE_worker");
+    let bookworm = env!("CARGO_BIN_EXE_bookworm");
+    // (binary, args, extra env, exit code, what the message must name)
+    type Case<'a> = (
+        &'a str,
+        &'a [&'a str],
+        &'a [(&'a str, &'a str)],
+        i32,
+        &'a str,
+    );
+    let cases: [Case; 5] = [
+        (
+            worker,
+            &[],
+            &[
+                ("PROXY_POOL", ""),
+                ("OPENLIBRARY_BASE_URL", "http://127.0.0.1:1"),
+            ],
+            1,
+            "redis",
+        ),
+        (
+            worker,
+            &[],
+            &[("PROXY_POOL", "http://user:s3cret-proxy@127.0.0.1:3128")],
+            2,
+            "PROXY_POOL",
+        ),
+        (
+            bookworm,
+            &["serve"],
+            &[("API_ADDR", "127.0.0.1:0")],
+            1,
+            "redis://***@127.0.0.1:1",
+        ),
+        (
+            bookworm,
+            &["summary", "some-crawl"],
+            &[],
+            1,
+            "redis://***@127.0.0.1:1",
+        ),
+        (
+            bookworm,
+            &["seed", "/works/OL1W"],
+            &[("BOOKWORM_API", "http://127.0.0.1:1")],
+            1,
+            "unreachable",
+        ),
+    ];
+    for (binary, args, env, code, named) in cases {
+        let mut command = Command::new(binary);
+        with_secrets(command.args(args))
+            .env("KAFKA_BROKERS", "127.0.0.1:1")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env_remove("API_TOKENS_FILE");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command.output().expect("binary runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let what = format!("{binary} {args:?} {env:?}");
+        assert_eq!(output.status.code(), Some(code), "{what}: {text}");
+        assert!(text.contains(named), "{what} does not name {named}: {text}");
+        assert_no_secret(&what, &text);
+    }
+}
+
+/// The graph writer and `bookworm summary` with a Neo4j URI that carries credentials and an
+/// unreachable Neo4j: the log lines about it (the writer retries, logging each attempt)
+/// never show the URI's password or NEO4J_PASSWORD.
+#[tokio::test]
+async fn neo4j_credentials_never_reach_a_log_line() {
+    let (process, log) = support::Process::start_logged(
+        "graph-writer-secrets",
+        env!("CARGO_BIN_EXE_graph-writer"),
+        &[],
+        &SECRETS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .chain([
+                ("KAFKA_BROKERS".to_owned(), "127.0.0.1:1".to_owned()),
+                ("METRICS_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ])
+            .collect::<Vec<_>>(),
+    );
+    let text = support::eventually(
+        "the graph writer to log its Neo4j failure",
+        Duration::from_secs(60),
+        || {
+            let log = log.clone();
+            async move {
+                let text = std::fs::read_to_string(&log).ok()?;
+                text.contains("cannot migrate yet").then_some(text)
+            }
+        },
+    )
+    .await;
+    drop(process);
+    assert_no_secret("the graph writer's log", &text);
+
+    let output = with_secrets(Command::new(env!("CARGO_BIN_EXE_bookworm")).args(["summary", "x"]))
+        .env("REDIS_URL", support::stack_env("REDIS_URL"))
+        .output()
+        .expect("binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert_no_secret("bookworm summary", &text);
+}
+
+fn serve_output(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bookworm"));
+    command
+        .arg("serve")
+        .env_remove("API_TOKENS_FILE")
+        .env_remove("API_AUTH")
+        .env("KAFKA_BROKERS", "127.0.0.1:1")
+        .env("REDIS_URL", "redis://127.0.0.1:1");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("binary runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `bookworm serve` refuses, with exit 2 naming API_TOKENS_FILE and before it connects to
+/// anything: an open API on a non-loopback address, a tokens file with a malformed line
+/// (named by number, its token never shown), an unreadable tokens file, and API_AUTH=none
+/// together with a tokens file. API_AUTH=none on a public address passes this gate.
+#[test]
+fn bookworm_serve_refuses_an_unsafe_or_broken_authentication_with_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let malformed = dir.path().join("tokens");
+    std::fs::write(
+        &malformed,
+        "# tokens\ngood-token-0123456789 read\nleaked-token-0123456789 admin\n",
+    )
+    .expect("tokens file");
+    let malformed = malformed.to_string_lossy().into_owned();
+    let missing = dir.path().join("missing").to_string_lossy().into_owned();
+    // (the variables set, what the message must name)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 4] = [
+        (
+            &[("API_ADDR", "0.0.0.0:0")],
+            &["API_TOKENS_FILE", "API_AUTH=none"],
+        ),
+        (
+            &[("API_ADDR", "127.0.0.1:0"), ("API_TOKENS_FILE", &malformed)],
+            &["API_TOKENS_FILE", "line 3", "role"],
+        ),
+        (
+            &[("API_ADDR", "127.0.0.1:0"), ("API_TOKENS_FILE", &missing)],
+            &["API_TOKENS_FILE", "cannot read"],
+        ),
+        (
+            &[("API_TOKENS_FILE", &malformed), ("API_AUTH", "none")],
+            &["API_TOKENS_FILE", "API_AUTH=none"],
+        ),
+    ];
+    for (env, named) in cases {
+        let (code, stderr) = serve_output(env);
+        assert_eq!(code, Some(2), "{env:?}: {stderr}");
+        for name in named {
+            assert!(
+                stderr.contains(name),
+                "{env:?} does not name {name}: {stderr}"
+            );
+        }
+        assert!(
+            !stderr.contains("token-0123456789"),
+            "a token leaked: {stderr}"
+        );
+    }
+    let (code, stderr) = serve_output(&[("API_ADDR", "0.0.0.0:0"), ("API_AUTH", "none")]);
+    assert_eq!(
+        code,
+        Some(1),
+        "API_AUTH=none should pass the gate: {stderr}"
+    );
+    assert!(stderr.contains("connecting to Redis"), "{stderr}");
 }

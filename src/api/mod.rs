@@ -5,7 +5,13 @@
 //! jobs are published with `acks=all`; if publishing fails, the status is removed again and
 //! the client gets a 503 to retry. Every bad request answers 4xx with a JSON error, and
 //! nothing is enqueued unless every seed is valid.
+//!
+//! Every request gets an id (`x-request-id` on the answer). A 5xx answer says only what
+//! failed in a few words, with that id; the cause (a Redis or Kafka error text, which can
+//! name hosts and internals) goes to the log with the same id, never to the client.
 
+pub mod auth;
+pub mod http;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -26,6 +32,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::api::auth::Auth;
+use crate::api::http::ServerLimits;
 use crate::config::CrawlArgs;
 use crate::crawl::client::block;
 use crate::crawl::store::{CrawlSpec, CrawlState, CrawlStore};
@@ -42,6 +52,8 @@ pub const MAX_DEPTH_LIMIT: u32 = 10;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Free-text seeds are 3 to 200 characters: Open Library's search refuses fewer than 3.
 const TEXT_SEED_CHARS: std::ops::RangeInclusive<usize> = 3..=200;
+/// What a client reads when Redis fails; the error itself goes to the log.
+const STORE_UNAVAILABLE: &str = "crawl store unavailable";
 
 /// Errors from starting or running the API server.
 #[derive(Debug, thiserror::Error)]
@@ -98,12 +110,22 @@ impl ApiState {
     }
 }
 
-/// A request error, answered as `{"error": …}` (plus the bad seed when there is one).
+tokio::task_local! {
+    /// The id of the request being answered, for the error that answers it.
+    static REQUEST_ID: String;
+}
+
+/// The header that carries a request's id on every answer.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A request error, answered as `{"error": …, "request_id": …}` (plus the bad seed when
+/// there is one). `cause` is for the log only.
 #[derive(Debug)]
 struct Problem {
     status: StatusCode,
     message: String,
     seed: Option<String>,
+    cause: Option<String>,
 }
 
 impl Problem {
@@ -112,6 +134,7 @@ impl Problem {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
             seed: None,
+            cause: None,
         }
     }
 
@@ -123,6 +146,7 @@ impl Problem {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             }),
+            cause: None,
         }
     }
 
@@ -131,23 +155,40 @@ impl Problem {
             status: StatusCode::NOT_FOUND,
             message: format!("no crawl with id {crawl_id}"),
             seed: None,
+            cause: None,
         }
     }
 
-    fn unavailable(message: impl Into<String>) -> Self {
+    /// A dependency failed: the client reads `message` (a few words, no internals), the log
+    /// reads `cause`.
+    fn unavailable(message: &str, cause: impl std::fmt::Display) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.into(),
+            message: message.to_owned(),
             seed: None,
+            cause: Some(cause.to_string()),
         }
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
+        let request_id = REQUEST_ID.try_with(Clone::clone).ok();
+        if self.status.is_server_error() {
+            tracing::error!(
+                request_id = request_id.as_deref().unwrap_or("-"),
+                status = self.status.as_u16(),
+                error = %self.message,
+                cause = self.cause.as_deref().unwrap_or("-"),
+                "request failed"
+            );
+        }
         let mut body = json!({ "error": self.message });
         if let Some(seed) = self.seed {
             body["seed"] = Value::String(seed);
+        }
+        if let Some(id) = request_id {
+            body["request_id"] = Value::String(id);
         }
         (self.status, axum::Json(body)).into_response()
     }
@@ -291,15 +332,16 @@ async fn create_crawl(
         .store
         .create(&spec)
         .await
-        .map_err(|e| Problem::unavailable(format!("crawl store unavailable: {e}")))?;
+        .map_err(|e| Problem::unavailable(STORE_UNAVAILABLE, e))?;
     if let Err(e) = enqueue_seeds(&state, &spec).await {
         // Never leave a status whose seeds are not in the frontier.
         if let Err(forget) = state.store.forget(&spec.crawl_id).await {
             tracing::error!(crawl_id = %spec.crawl_id, error = %forget, "could not remove the status of a crawl whose seeds failed to enqueue");
         }
-        return Err(Problem::unavailable(format!(
-            "could not enqueue seeds: {e}"
-        )));
+        return Err(Problem::unavailable(
+            "could not enqueue the seeds; nothing was enqueued",
+            e,
+        ));
     }
     state.metrics.crawls_created.inc();
     tracing::info!(crawl_id = %spec.crawl_id, seeds = spec.seeds.len(), max_depth = spec.max_depth, "crawl created");
@@ -307,8 +349,13 @@ async fn create_crawl(
         .store
         .status(&spec.crawl_id)
         .await
-        .map_err(|e| Problem::unavailable(format!("crawl store unavailable: {e}")))?
-        .ok_or_else(|| Problem::unavailable("crawl status vanished"))?;
+        .map_err(|e| Problem::unavailable(STORE_UNAVAILABLE, e))?
+        .ok_or_else(|| {
+            Problem::unavailable(
+                STORE_UNAVAILABLE,
+                "the status vanished right after its creation",
+            )
+        })?;
     Ok((StatusCode::CREATED, axum::Json(status)).into_response())
 }
 
@@ -352,7 +399,7 @@ async fn get_crawl(
                 let mut redis = state.store.connection();
                 let blocked = block::current(&mut redis, &state.egress_prefix)
                     .await
-                    .map_err(|e| Problem::unavailable(format!("crawl store unavailable: {e}")))?;
+                    .map_err(|e| Problem::unavailable(STORE_UNAVAILABLE, e))?;
                 if blocked.is_some() {
                     status.state = CrawlState::Blocked;
                 }
@@ -360,9 +407,7 @@ async fn get_crawl(
             Ok(axum::Json(status).into_response())
         }
         Ok(None) => Err(Problem::not_found(&crawl_id)),
-        Err(e) => Err(Problem::unavailable(format!(
-            "crawl store unavailable: {e}"
-        ))),
+        Err(e) => Err(Problem::unavailable(STORE_UNAVAILABLE, e)),
     }
 }
 
@@ -374,7 +419,7 @@ async fn cancel_crawl(
         .store
         .cancel(&crawl_id)
         .await
-        .map_err(|e| Problem::unavailable(format!("crawl store unavailable: {e}")))?;
+        .map_err(|e| Problem::unavailable(STORE_UNAVAILABLE, e))?;
     if !found {
         return Err(Problem::not_found(&crawl_id));
     }
@@ -382,16 +427,44 @@ async fn cancel_crawl(
     get_crawl(State(state), Path(crawl_id)).await
 }
 
-async fn openapi() -> impl IntoResponse {
-    axum::Json(openapi_document())
-}
-
 async fn fallback() -> Problem {
     Problem {
         status: StatusCode::NOT_FOUND,
         message: "no such route".to_owned(),
         seed: None,
+        cause: None,
     }
+}
+
+/// A handler panicked: the client gets a 500 with the request id, the log gets the panic.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let cause = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    Problem {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: "internal error".to_owned(),
+        seed: None,
+        cause: Some(format!("handler panicked: {cause}")),
+    }
+    .into_response()
+}
+
+/// Gives the request an id: in the task-local an error reads, in a span around everything
+/// the request logs, and in the `x-request-id` header of the answer.
+async fn request_id(request: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = REQUEST_ID
+        .scope(id.clone(), next.run(request).instrument(span))
+        .await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
 }
 
 /// Counts every answer by route template (never by raw path, which would explode the label
@@ -416,29 +489,42 @@ async fn count_requests(
     response
 }
 
-/// The API's routes, with the health routes merged in.
-pub fn router(state: ApiState, health: HealthState) -> Router {
+/// The API's routes, with the health routes merged in, behind `auth`.
+///
+/// Layers, outermost first: the request id (so even a 401 carries one), the request
+/// counter (so refusals are counted), authentication, then panics turned into a 500.
+pub fn router(state: ApiState, health: HealthState, auth: Auth) -> Router {
     let metrics = state.metrics.clone();
+    let document = Arc::new(openapi_document(auth.is_required()));
     let api = Router::new()
         .route("/crawls", axum::routing::post(create_crawl))
         .route("/crawls/{id}", get(get_crawl).delete(cancel_crawl))
-        .route("/openapi.json", get(openapi))
-        .with_state(Arc::new(state));
+        .with_state(Arc::new(state))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { axum::Json(Value::clone(&document)) }
+            }),
+        );
     api.merge(health::router(health))
         .fallback(fallback)
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(middleware::from_fn_with_state(auth, auth::authorize))
         .layer(middleware::from_fn_with_state(metrics, count_requests))
+        .layer(middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled.
+/// Serves the API on `listener` within `limits` until `shutdown` is cancelled; open
+/// connections then have `limits.shutdown_timeout` to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: ApiState,
-    health: HealthState,
+    app: Router,
+    limits: ServerLimits,
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
-    axum::serve(listener, router(state, health))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    http::serve(listener, app, limits, shutdown)
         .await
         .map_err(ApiError::Serve)
 }
@@ -450,12 +536,18 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ApiError>
         .map_err(|source| ApiError::Bind { addr, source })
 }
 
-/// The OpenAPI 3 description of the API, served at `/openapi.json`.
-pub fn openapi_document() -> Value {
+/// The OpenAPI 3 description of the API, served at `/openapi.json`. With `secured` (the
+/// server requires tokens) it declares the bearer scheme on the crawl routes, with their
+/// 401 and 403 answers; an open server does not claim a security it does not enforce.
+pub fn openapi_document(secured: bool) -> Value {
     let error = json!({
         "type": "object",
         "required": ["error"],
-        "properties": {"error": {"type": "string"}, "seed": {"type": "string"}}
+        "properties": {
+            "error": {"type": "string"},
+            "seed": {"type": "string"},
+            "request_id": {"type": "string", "description": "Quote it when reporting a 5xx: the log has the cause under this id."}
+        }
     });
     let error_response = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let status_response = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CrawlStatus"}}}});
@@ -463,7 +555,7 @@ pub fn openapi_document() -> Value {
         json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
     let counts =
         json!({"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}});
-    json!({
+    let mut document = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Relentless Bookworm API",
@@ -554,7 +646,41 @@ pub fn openapi_document() -> Value {
                 }
             }
         }
-    })
+    });
+    let timeouts = [
+        ("408", "The request took longer than API_REQUEST_TIMEOUT."),
+        ("413", "The body is larger than 64 KiB."),
+    ];
+    for (path, methods) in [
+        ("/crawls", &["post"][..]),
+        ("/crawls/{id}", &["get", "delete"][..]),
+    ] {
+        for method in methods {
+            let operation = &mut document["paths"][path][method];
+            for (status, description) in timeouts {
+                if operation["responses"][status].is_null() {
+                    operation["responses"][status] = json!({"description": description});
+                }
+            }
+            if secured {
+                operation["security"] = json!([{"bearerAuth": []}]);
+                operation["responses"]["401"] =
+                    error_response("No valid bearer token (Authorization: Bearer <token>).");
+                operation["responses"]["403"] =
+                    error_response("The token may only read (role `read`).");
+            }
+        }
+    }
+    if secured {
+        document["components"]["securitySchemes"] = json!({
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token of API_TOKENS_FILE: role `read` for GET routes, `write` for everything."
+            }
+        });
+    }
+    document
 }
 
 #[cfg(test)]

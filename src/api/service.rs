@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::{self, Auth};
+use super::http::ServerLimits;
 use super::{ApiError, ApiState};
 use crate::config::ServeArgs;
 use crate::crawl::store::{CrawlStore, StoreError};
@@ -32,7 +34,7 @@ pub enum ServeError {
     /// Redis is unreachable at start-up.
     #[error("connecting to Redis at {url}: {source}")]
     Redis {
-        /// The `REDIS_URL` used.
+        /// The `REDIS_URL` used, its password redacted.
         url: String,
         /// Why.
         source: StoreError,
@@ -52,6 +54,8 @@ pub struct Server {
     health: HealthState,
     readiness: Readiness,
     store: CrawlStore,
+    auth: Auth,
+    limits: ServerLimits,
 }
 
 impl Server {
@@ -62,7 +66,7 @@ impl Server {
         let store = CrawlStore::connect(&args.redis.redis_url)
             .await
             .map_err(|source| ServeError::Redis {
-                url: args.redis.redis_url.clone(),
+                url: args.redis.redis_url.redacted(),
                 source,
             })?;
         let producer = kafka::producer(&args.kafka.brokers.kafka_brokers, SEED_PUBLISH_TIMEOUT)?;
@@ -82,12 +86,29 @@ impl Server {
             metrics,
         );
         let listener = super::bind(args.api.api_addr).await?;
+        match &args.auth {
+            Auth::Open => tracing::warn!(
+                addr = %args.api.api_addr,
+                "the API serves without authentication (loopback address or API_AUTH=none)"
+            ),
+            Auth::Tokens { store, metrics } => {
+                let tokens = store.current().len();
+                if tokens == 0 {
+                    tracing::warn!(
+                        "API_TOKENS_FILE holds no token: every authenticated route answers 401 until one is added"
+                    );
+                }
+                tracing::info!(tokens, metrics_need_token = metrics, "API tokens loaded");
+            }
+        }
         Ok(Self {
             listener,
             state,
             health,
             readiness,
             store,
+            auth: args.auth.clone(),
+            limits: args.api.limits(),
         })
     }
 
@@ -108,7 +129,13 @@ impl Server {
             },
             shutdown.clone(),
         );
-        super::serve(self.listener, self.state, self.health, shutdown).await?;
+        if let Auth::Tokens { store, .. } = &self.auth {
+            store
+                .clone()
+                .follow(auth::RELOAD_INTERVAL, shutdown.clone());
+        }
+        let app = super::router(self.state, self.health, self.auth);
+        super::serve(self.listener, app, self.limits, shutdown).await?;
         Ok(())
     }
 }

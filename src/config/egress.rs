@@ -58,9 +58,10 @@ pub struct EgressArgs {
     pub user_agent: String,
 
     /// Egress proxies, comma-separated `http://host:port` entries and/or the word `direct`;
-    /// empty means direct. Each entry is one source IP with its own rate limit.
-    #[arg(long, env = "PROXY_POOL", default_value = "",
-          value_parser = parse_proxy_pool)]
+    /// empty means direct. Each entry is one source IP with its own rate limit. Its value is
+    /// not shown by --help (a proxy URL may carry a password).
+    #[arg(long, env = "PROXY_POOL", default_value = "", hide_env_values = true,
+          value_parser = ProxyPoolParser)]
     pub proxy_pool: ProxyPool,
 
     /// Requests per minute per egress. Open Library allows 180/min per IP; 150 leaves headroom
@@ -227,8 +228,9 @@ pub enum LimitScope {
     Local,
 }
 
-/// One way out: a forward proxy or the host's own address.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One way out: a forward proxy or the host's own address. `Debug` redacts a proxy URL's
+/// userinfo.
+#[derive(Clone, PartialEq, Eq)]
 pub enum EgressSpec {
     /// Connect to Open Library from this host.
     Direct,
@@ -250,6 +252,18 @@ impl EgressSpec {
     }
 }
 
+impl std::fmt::Debug for EgressSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EgressSpec::Direct => f.write_str("Direct"),
+            EgressSpec::Proxy(url) => f
+                .debug_tuple("Proxy")
+                .field(&super::redact_url(url.as_str()))
+                .finish(),
+        }
+    }
+}
+
 /// The parsed `PROXY_POOL`: never empty (empty text means one direct egress).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyPool(pub Vec<EgressSpec>);
@@ -262,29 +276,61 @@ impl FromStr for ProxyPool {
     }
 }
 
+/// `PROXY_POOL`'s clap parser. Unlike a plain function parser, whose error clap prints with
+/// the raw value (`invalid value 'http://user:password@…'`), its errors quote the value
+/// redacted only.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyPoolParser;
+
+impl clap::builder::TypedValueParser for ProxyPoolParser {
+    type Value = ProxyPool;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<ProxyPool, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidUtf8,
+                "invalid value for '--proxy-pool <PROXY_POOL>': not UTF-8\n",
+            )
+        })?;
+        parse_proxy_pool(text).map_err(|why| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '--proxy-pool <PROXY_POOL>': {why}\n"),
+            )
+        })
+    }
+}
+
 /// Parses `PROXY_POOL` for clap: comma-separated `http://host:port` entries and/or `direct`.
 pub fn parse_proxy_pool(text: &str) -> Result<ProxyPool, String> {
     let mut specs = Vec::new();
     for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        // Errors quote the entry with any userinfo redacted.
+        let shown = super::redact_url(entry);
         let spec = if entry.eq_ignore_ascii_case("direct") {
             EgressSpec::Direct
         } else {
-            let url = Url::parse(entry).map_err(|e| format!("{entry:?}: {e}"))?;
+            let url = Url::parse(entry).map_err(|e| format!("{shown:?}: {e}"))?;
             if url.scheme() != "http" {
-                return Err(format!("{entry:?}: only http:// proxies are supported"));
+                return Err(format!("{shown:?}: only http:// proxies are supported"));
             }
             if url.host_str().is_none() || url.port().is_none() {
-                return Err(format!("{entry:?}: expected http://host:port"));
+                return Err(format!("{shown:?}: expected http://host:port"));
             }
             if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
                 return Err(format!(
-                    "{entry:?}: expected http://host:port and nothing else"
+                    "{shown:?}: expected http://host:port and nothing else"
                 ));
             }
             EgressSpec::Proxy(url)
         };
         if specs.contains(&spec) {
-            return Err(format!("{entry:?} appears twice"));
+            return Err(format!("{shown:?} appears twice"));
         }
         specs.push(spec);
     }

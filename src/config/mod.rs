@@ -16,7 +16,7 @@ mod egress;
 pub mod ops;
 mod parse;
 
-pub use api::{ApiArgs, ServeArgs};
+pub use api::{ApiArgs, AuthSetting, ServeArgs};
 pub use egress::{
     DEFAULT_USER_AGENT, EgressArgs, EgressSpec, EgressStateArgs, LimitScope,
     MAX_OPENLIBRARY_EGRESSES, OriginArgs, ProxyPool, is_openlibrary, parse_proxy_pool,
@@ -91,19 +91,97 @@ impl KafkaArgs {
     }
 }
 
+/// `scheme://user:password@host/…` → `scheme://***@host/…`: the form of a URL that may be
+/// printed. Everything up to the last `@` of the URL is hidden, so a password with an
+/// unencoded `/` or `@` (not a valid URL, but what an operator may type) is hidden too.
+pub fn redact_url(raw: &str) -> String {
+    let Some(start) = raw.find("://").map(|i| i + 3) else {
+        return match raw.rfind('@') {
+            Some(at) => format!("***{}", &raw[at..]),
+            None => raw.to_owned(),
+        };
+    };
+    match raw[start..].rfind('@') {
+        Some(at) => format!("{}***{}", &raw[..start], &raw[start + at..]),
+        None => raw.to_owned(),
+    }
+}
+
+/// A URL that may carry a password (`redis://:password@host`): `Display` and `Debug` show
+/// it redacted ([`redact_url`]), so it cannot reach a log line or an error message by
+/// accident; code that connects reads it through `Deref<Target = str>` or [`Self::as_str`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The URL itself, password included: only for the client that connects with it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its userinfo replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+}
+
+impl std::ops::Deref for SecretUrl {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
 /// Redis, which holds per-crawl dedupe state, status counters and the cluster rate limit.
 #[derive(Args, Debug, Clone)]
 pub struct RedisArgs {
-    /// Redis connection URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    /// Redis connection URL (`redis://:password@host:port/db`); its value is not shown by
+    /// --help, and its password never in logs or errors.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: SecretUrl,
 }
 
 /// Neo4j, the graph store.
 #[derive(Args, Clone)]
 pub struct Neo4jArgs {
-    /// Bolt URI of the graph store.
-    #[arg(long, env = "NEO4J_URI", default_value = "bolt://127.0.0.1:7687")]
+    /// Bolt URI of the graph store; its value is not shown by --help (a URI may carry
+    /// userinfo), and it is redacted in `Debug`.
+    #[arg(
+        long,
+        env = "NEO4J_URI",
+        default_value = "bolt://127.0.0.1:7687",
+        hide_env_values = true
+    )]
     pub neo4j_uri: String,
 
     /// Neo4j user.
@@ -130,16 +208,42 @@ pub struct Neo4jArgs {
     pub neo4j_query_timeout: Duration,
 }
 
-/// Hand-written so the password can never reach a log line through `{:?}`.
+/// Hand-written so the password (and any userinfo of the URI) can never reach a log line
+/// through `{:?}`.
 impl std::fmt::Debug for Neo4jArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Neo4jArgs")
-            .field("neo4j_uri", &self.neo4j_uri)
+            .field("neo4j_uri", &redact_url(&self.neo4j_uri))
             .field("neo4j_user", &self.neo4j_user)
             .field("neo4j_password", &"<redacted>")
             .field("neo4j_max_connections", &self.neo4j_max_connections)
             .field("neo4j_query_timeout", &self.neo4j_query_timeout)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_is_redacted_and_nothing_else() {
+        for (raw, shown) in [
+            (
+                "redis://:s3cret@127.0.0.1:6379/0",
+                "redis://***@127.0.0.1:6379/0",
+            ),
+            ("redis://user:s3cret@host", "redis://***@host"),
+            ("rediss://u:p%40ss@host:6380", "rediss://***@host:6380"),
+            ("redis://:pa/ss@host", "redis://***@host"),
+            ("bolt://127.0.0.1:7687", "bolt://127.0.0.1:7687"),
+            (":s3cret@host", "***@host"),
+        ] {
+            assert_eq!(redact_url(raw), shown, "{raw}");
+        }
+        let url = SecretUrl::from("redis://:s3cret@h:1");
+        assert!(!format!("{url} {url:?}").contains("s3cret"));
+        assert_eq!(&*url, "redis://:s3cret@h:1");
     }
 }
 

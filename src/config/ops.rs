@@ -66,8 +66,9 @@ pub struct MigrateArgs {
     pub neo4j: Neo4jArgs,
 }
 
-/// Where the HTTP API is, for the commands that are its clients.
-#[derive(Args, Debug, Clone)]
+/// Where the HTTP API is, and the token to call it with, for the commands that are its
+/// clients.
+#[derive(Args, Clone)]
 pub struct ApiUrl {
     /// Base URL of `bookworm serve`.
     #[arg(
@@ -76,6 +77,21 @@ pub struct ApiUrl {
         default_value = "http://127.0.0.1:8080"
     )]
     pub url: Url,
+
+    /// Bearer token for the API (a token of its API_TOKENS_FILE): `write` for seed, `read`
+    /// is enough for status. Prefer the environment: a flag's value shows in process lists.
+    #[arg(long = "api-token", env = "API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Hand-written so the token never reaches a log line through `{:?}`.
+impl std::fmt::Debug for ApiUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiUrl")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// `bookworm seed`.

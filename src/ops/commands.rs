@@ -80,7 +80,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 
 /// `bookworm seed`: starts a crawl through the API; prints only its id on stdout.
 pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
-    let status = ApiClient::new(args.api.url)?
+    let status = ApiClient::with_token(args.api.url, args.api.token.as_deref())?
         .create(&args.seeds, args.max_depth, args.max_nodes)
         .await?;
     eprintln!(
@@ -95,7 +95,7 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
 
 /// `bookworm status [--watch]`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(args.api.url)?;
+    let client = ApiClient::with_token(args.api.url, args.api.token.as_deref())?;
     let status = if args.watch {
         crawls::watch(
             &client,

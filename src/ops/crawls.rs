@@ -57,6 +57,15 @@ pub enum CrawlsError {
         /// The body, for the operator.
         body: String,
     },
+    /// The API refused the credentials (401: no or an unknown token; 403: a read token on a
+    /// write route). Fix `API_TOKEN`.
+    #[error("the API refused the request ({status}): {error}; check API_TOKEN")]
+    Denied {
+        /// 401 or 403.
+        status: StatusCode,
+        /// The API's error text.
+        error: String,
+    },
     /// The base URL cannot be joined with a path.
     #[error("invalid API URL: {0}")]
     Url(#[from] url::ParseError),
@@ -85,15 +94,33 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client of the API at `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(mut base: Url) -> Result<Self, CrawlsError> {
+    /// A client of the API at `base` (e.g. `http://127.0.0.1:8080`) that sends no token (an
+    /// API on a loopback address without `API_TOKENS_FILE`).
+    pub fn new(base: Url) -> Result<Self, CrawlsError> {
+        Self::with_token(base, None)
+    }
+
+    /// A client of the API at `base` that sends `token` as `Authorization: Bearer <token>`
+    /// on every request; the header is marked sensitive, so no `Debug` output shows it.
+    pub fn with_token(mut base: Url, token: Option<&str>) -> Result<Self, CrawlsError> {
         // A base with a path (`http://host/bookworm`) must end in `/` to be joined onto.
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| CrawlsError::Denied {
+                    status: StatusCode::UNAUTHORIZED,
+                    error: "API_TOKEN is not a valid header value".to_owned(),
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            .default_headers(headers)
             .build()?;
         Ok(Self { base, http })
     }
@@ -134,10 +161,7 @@ impl ApiClient {
                     }),
                 }
             }
-            status => Err(CrawlsError::Unexpected {
-                status,
-                body: response.text().await.unwrap_or_default(),
-            }),
+            status => Err(unexpected(status, response).await),
         }
     }
 
@@ -152,12 +176,21 @@ impl ApiClient {
         match response.status() {
             StatusCode::OK => Ok(response.json().await?),
             StatusCode::NOT_FOUND => Err(CrawlsError::NotFound(crawl_id.to_owned())),
-            status => Err(CrawlsError::Unexpected {
-                status,
-                body: response.text().await.unwrap_or_default(),
-            }),
+            status => Err(unexpected(status, response).await),
         }
     }
+}
+
+/// The error of an answer the call did not expect: a refused token, or anything else.
+async fn unexpected(status: StatusCode, response: reqwest::Response) -> CrawlsError {
+    let body = response.text().await.unwrap_or_default();
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        let error = serde_json::from_str::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or(body);
+        return CrawlsError::Denied { status, error };
+    }
+    CrawlsError::Unexpected { status, body }
 }
 
 /// The multi-line summary `bookworm status` prints.

@@ -5,6 +5,9 @@
 //! unhealthy. Liveness is computed at request time from the age of the consumer loop's last
 //! poll, so it cannot go on reporting a healthy value the loop last wrote. Readiness is a set
 //! of named flags that the service flips as its dependencies come and go.
+//!
+//! It serves within [`crate::api::http::ServerLimits::HEALTH`]: a scraper or prober that
+//! stalls mid-request is cut off after seconds and cannot use up the server's connections.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -248,7 +251,13 @@ pub fn spawn_server(addr: SocketAddr, state: HealthState) -> Result<SocketAddr, 
                         return;
                     }
                 };
-                if let Err(e) = axum::serve(listener, router(state)).await {
+                // Never shut down: the server lives as long as the process, so the probes keep
+                // answering while the service drains.
+                let forever = tokio_util::sync::CancellationToken::new();
+                let limits = crate::api::http::ServerLimits::HEALTH;
+                if let Err(e) =
+                    crate::api::http::serve(listener, router(state), limits, forever).await
+                {
                     tracing::error!(error = %e, "health server stopped");
                 }
             });

@@ -319,16 +319,27 @@ pub async fn spawn(args: SimArgs, shutdown: CancellationToken) -> Result<Running
     let addr = listener.local_addr()?;
     let state = Arc::new(SimState::new(&args));
     let app = router(state.clone());
-    let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    });
+    let limits = sim_limits(&args);
+    let task = tokio::spawn(crate::api::http::serve(listener, app, limits, shutdown));
     tracing::info!(%addr, seed = args.seed, works = args.works, "simulator listening");
     Ok(RunningSim { addr, state, task })
+}
+
+/// The simulator's bounds on its clients. Its requests are small GETs (and small admin
+/// POSTs); the request timeout leaves ample room for the latency it injects on purpose
+/// (changeable at run time), the connection cap for every worker of a benchmark through
+/// every proxy at once, and the header (idle) timeout outlasts the idle timeouts of its
+/// clients' pools (reqwest 90 s, Squid 60 s), so a client never reuses a connection the
+/// simulator is closing.
+fn sim_limits(args: &SimArgs) -> crate::api::http::ServerLimits {
+    use std::time::Duration;
+    crate::api::http::ServerLimits {
+        header_timeout: Duration::from_secs(120),
+        request_timeout: Duration::from_secs(300) + args.faults.latency + args.faults.spike_latency,
+        max_body_bytes: 1024 * 1024,
+        max_connections: 4096,
+        shutdown_timeout: Duration::from_secs(5),
+    }
 }
 
 /// Runs the simulator until `shutdown` is cancelled: `bookworm sim`.
