@@ -68,7 +68,9 @@ impl Server {
             .map_err(|source| ServeError::Redis {
                 url: args.redis.redis_url.redacted(),
                 source,
-            })?;
+            })?
+            // A crawl cancelled here keeps its working state as long as the workers' do.
+            .with_retention(args.crawl.crawl_retention);
         let producer = kafka::producer(&args.kafka.brokers.kafka_brokers, SEED_PUBLISH_TIMEOUT)?;
         let readiness = Readiness::with_conditions(&[READINESS_REDIS]);
         let health = HealthState {
