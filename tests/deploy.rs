@@ -213,6 +213,10 @@ fn touch_consumer(consumer: &ConsumerMetrics, topic: &str) {
     consumer.publish_timeouts.inc();
     consumer.oldest_in_flight_seconds.set(1);
     consumer
+        .oldest_waiting_seconds
+        .with_label_values(&["0"])
+        .set(0.5);
+    consumer
         .consumer_lag
         .with_label_values(&[topic, "0"])
         .set(5);
