@@ -325,7 +325,22 @@ async fn fast_a_403_mid_crawl_stops_every_worker_until_unblocked() {
         })
         .await;
     }
-    let stopped = deployment.sim_stats().await;
+    // Requests that passed a worker's check just before it saw the block may still be on
+    // their way through a proxy: the count settles first (unchanged for a second).
+    let last = std::sync::Mutex::new(deployment.sim_stats().await["requests"].clone());
+    let (last, sim) = (&last, &deployment);
+    let stopped = support::eventually(
+        "the requests to settle",
+        Duration::from_secs(20),
+        || async move {
+            let before = last.lock().expect("lock").clone();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = sim.sim_stats().await;
+            *last.lock().expect("lock") = now["requests"].clone();
+            (now["requests"] == before).then_some(now)
+        },
+    )
+    .await;
     // Silence is the subject: watch for five seconds that nothing more is sent.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let still = deployment.sim_stats().await;
