@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod http;
+pub mod openapi;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -495,7 +496,7 @@ async fn count_requests(
 /// counter (so refusals are counted), authentication, then panics turned into a 500.
 pub fn router(state: ApiState, health: HealthState, auth: Auth) -> Router {
     let metrics = state.metrics.clone();
-    let document = Arc::new(openapi_document(auth.is_required()));
+    let document = Arc::new(openapi::document(auth.is_required()));
     let api = Router::new()
         .route("/crawls", axum::routing::post(create_crawl))
         .route("/crawls/{id}", get(get_crawl).delete(cancel_crawl))
@@ -534,153 +535,6 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ApiError>
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ApiError::Bind { addr, source })
-}
-
-/// The OpenAPI 3 description of the API, served at `/openapi.json`. With `secured` (the
-/// server requires tokens) it declares the bearer scheme on the crawl routes, with their
-/// 401 and 403 answers; an open server does not claim a security it does not enforce.
-pub fn openapi_document(secured: bool) -> Value {
-    let error = json!({
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {"type": "string"},
-            "seed": {"type": "string"},
-            "request_id": {"type": "string", "description": "Quote it when reporting a 5xx: the log has the cause under this id."}
-        }
-    });
-    let error_response = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    let status_response = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CrawlStatus"}}}});
-    let id_parameter =
-        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
-    let counts =
-        json!({"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}});
-    let mut document = json!({
-        "openapi": "3.0.3",
-        "info": {
-            "title": "Relentless Bookworm API",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Create, watch and cancel crawls of the Open Library graph."
-        },
-        "paths": {
-            "/crawls": {
-                "post": {
-                    "operationId": "createCrawl",
-                    "summary": "Start a crawl from up to 100 seeds",
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateCrawl"}}}},
-                    "responses": {
-                        "201": status_response("The crawl was created and its seeds enqueued."),
-                        "400": error_response("The body or a seed is invalid; nothing was enqueued."),
-                        "413": {"description": "The body is larger than 64 KiB."},
-                        "503": error_response("Redis or Kafka is unavailable; nothing was enqueued.")
-                    }
-                }
-            },
-            "/crawls/{id}": {
-                "parameters": id_parameter,
-                "get": {
-                    "operationId": "getCrawl",
-                    "summary": "A crawl's state and counters",
-                    "responses": {
-                        "200": status_response("The crawl's status."),
-                        "404": error_response("No crawl has this id."),
-                        "503": error_response("Redis is unavailable.")
-                    }
-                },
-                "delete": {
-                    "operationId": "cancelCrawl",
-                    "summary": "Cancel a crawl: workers drop its remaining jobs",
-                    "responses": {
-                        "200": status_response("The crawl's status after cancelling."),
-                        "404": error_response("No crawl has this id."),
-                        "503": error_response("Redis is unavailable.")
-                    }
-                }
-            },
-            "/healthz": {"get": {"operationId": "healthz", "summary": "Process liveness", "responses": {"200": {"description": "Alive."}, "503": {"description": "Wedged."}}}},
-            "/readyz": {"get": {"operationId": "readyz", "summary": "Dependencies reachable", "responses": {"200": {"description": "Ready."}, "503": {"description": "A dependency is down."}}}},
-            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
-        },
-        "components": {
-            "schemas": {
-                "Error": error,
-                "CreateCrawl": {
-                    "type": "object",
-                    "required": ["seeds"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "seeds": {
-                            "type": "array", "minItems": 1, "maxItems": MAX_SEEDS,
-                            "items": {"type": "string", "description": "An Open Library work, author or edition key or URL, or free text of 3 to 200 characters."}
-                        },
-                        "max_depth": {"type": "integer", "minimum": 0, "maximum": MAX_DEPTH_LIMIT},
-                        "max_nodes": {"type": "integer", "minimum": 1, "maximum": 10_000_000}
-                    }
-                },
-                "CrawlStatus": {
-                    "type": "object",
-                    "required": ["crawl_id", "state", "seeds", "max_depth", "max_nodes", "counters", "created_at", "updated_at"],
-                    "properties": {
-                        "crawl_id": {"type": "string"},
-                        "state": {"type": "string", "enum": ["running", "blocked", "done", "cancelled"]},
-                        "seeds": {"type": "array", "items": {"type": "string"}},
-                        "max_depth": {"type": "integer", "minimum": 0},
-                        "max_nodes": {"type": "integer", "minimum": 1},
-                        "counters": {
-                            "type": "object",
-                            "required": ["enqueued", "fetched", "in_flight", "duplicates", "nodes", "edges", "failed"],
-                            "properties": {
-                                "enqueued": {"type": "integer", "minimum": 0},
-                                "fetched": {"type": "integer", "minimum": 0},
-                                "in_flight": {"type": "integer", "minimum": 0},
-                                "duplicates": {"type": "integer", "minimum": 0},
-                                "skipped": {"type": "integer", "minimum": 0},
-                                "nodes": counts,
-                                "edges": {"type": "integer", "minimum": 0},
-                                "failed": counts
-                            }
-                        },
-                        "created_at": {"type": "string", "format": "date-time"},
-                        "updated_at": {"type": "string", "format": "date-time"}
-                    }
-                }
-            }
-        }
-    });
-    let timeouts = [
-        ("408", "The request took longer than API_REQUEST_TIMEOUT."),
-        ("413", "The body is larger than 64 KiB."),
-    ];
-    for (path, methods) in [
-        ("/crawls", &["post"][..]),
-        ("/crawls/{id}", &["get", "delete"][..]),
-    ] {
-        for method in methods {
-            let operation = &mut document["paths"][path][method];
-            for (status, description) in timeouts {
-                if operation["responses"][status].is_null() {
-                    operation["responses"][status] = json!({"description": description});
-                }
-            }
-            if secured {
-                operation["security"] = json!([{"bearerAuth": []}]);
-                operation["responses"]["401"] =
-                    error_response("No valid bearer token (Authorization: Bearer <token>).");
-                operation["responses"]["403"] =
-                    error_response("The token may only read (role `read`).");
-            }
-        }
-    }
-    if secured {
-        document["components"]["securitySchemes"] = json!({
-            "bearerAuth": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "A token of API_TOKENS_FILE: role `read` for GET routes, `write` for everything."
-            }
-        });
-    }
-    document
 }
 
 #[cfg(test)]

@@ -2,15 +2,16 @@
 //! the tests.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{self, Auth};
+use super::auth::{self, Auth, TokenSet, TokenStore};
 use super::http::ServerLimits;
 use super::{ApiError, ApiState};
-use crate::config::ServeArgs;
+use crate::config::{ApiArgs, AuthSetting, ServeArgs};
 use crate::crawl::store::{CrawlStore, StoreError};
 use crate::kafka::{self, KafkaSetupError};
 use crate::process::boot;
@@ -45,6 +46,45 @@ pub enum ServeError {
     /// The address could not be bound, or the server failed.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// Who may call the API cannot be decided from the settings (a bad tokens file, or no
+    /// tokens on a public address): a usage error, exit 2. The message names the variable.
+    #[error("{0}")]
+    Auth(String),
+}
+
+/// Who may call the API: the tokens of `API_TOKENS_FILE`, or anyone on a loopback address or
+/// with `API_AUTH=none`. The error names the variable to fix.
+pub fn resolve_auth(args: &ApiArgs) -> Result<Auth, ServeError> {
+    match (&args.api_tokens_file, args.api_auth) {
+        (Some(_), AuthSetting::None) => Err(ServeError::Auth(
+            "API_AUTH=none conflicts with API_TOKENS_FILE: set one or the other".to_owned(),
+        )),
+        (Some(path), AuthSetting::Token) => {
+            let set = TokenSet::load(path).map_err(|e| ServeError::Auth(e.to_string()))?;
+            Ok(Auth::Tokens {
+                store: Arc::new(TokenStore::new(path.clone(), set)),
+                metrics: args.api_metrics_auth,
+            })
+        }
+        (None, AuthSetting::None) => Ok(Auth::Open),
+        (None, AuthSetting::Token) if args.api_addr.ip().is_loopback() => Ok(Auth::Open),
+        (None, AuthSetting::Token) => Err(ServeError::Auth(format!(
+            "API_ADDR {} is not a loopback address and no API_TOKENS_FILE is set: \
+             set API_TOKENS_FILE (or API_AUTH=none to serve without authentication)",
+            args.api_addr
+        ))),
+    }
+}
+
+/// The API server's bounds on its clients.
+fn limits(args: &ApiArgs) -> ServerLimits {
+    ServerLimits {
+        header_timeout: args.api_header_timeout,
+        request_timeout: args.api_request_timeout,
+        max_body_bytes: super::MAX_BODY_BYTES,
+        max_connections: args.api_max_connections,
+        shutdown_timeout: args.api_shutdown_timeout,
+    }
 }
 
 /// A bound API with its dependencies connected, ready to serve.
@@ -61,6 +101,7 @@ pub struct Server {
 impl Server {
     /// Connects to Redis and Kafka and binds `API_ADDR`.
     pub async fn bind(args: &ServeArgs) -> Result<Self, ServeError> {
+        let auth = resolve_auth(&args.api)?;
         let registry = prometheus::Registry::new();
         let metrics = ApiMetrics::register(&registry)?;
         let store = CrawlStore::connect(&args.redis.redis_url)
@@ -88,7 +129,7 @@ impl Server {
             metrics,
         );
         let listener = super::bind(args.api.api_addr).await?;
-        match &args.auth {
+        match &auth {
             Auth::Open => tracing::warn!(
                 addr = %args.api.api_addr,
                 "the API serves without authentication (loopback address or API_AUTH=none)"
@@ -109,8 +150,8 @@ impl Server {
             health,
             readiness,
             store,
-            auth: args.auth.clone(),
-            limits: args.api.limits(),
+            auth,
+            limits: limits(&args.api),
         })
     }
 

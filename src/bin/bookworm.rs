@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bookworm::api::service::ServeError;
 use bookworm::config::ops::{
     DlqCommand, MigrateArgs, NeighbourhoodArgs, SeedArgs, StatusArgs, SummaryArgs, TopicsCommand,
     UnblockArgs,
@@ -70,9 +71,11 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
-                // A seed the API refused is the operator's input, like a bad flag: exit 2.
+                // A seed the API refused, or an API that may not serve as configured, is the
+                // operator's input, like a bad flag: exit 2.
                 let usage = e.downcast_ref::<UsageError>().is_some()
-                    || matches!(e.downcast_ref(), Some(CrawlsError::Rejected { .. }));
+                    || matches!(e.downcast_ref(), Some(CrawlsError::Rejected { .. }))
+                    || matches!(e.downcast_ref(), Some(ServeError::Auth(_)));
                 if usage {
                     ExitCode::from(2)
                 } else {

@@ -1,20 +1,13 @@
 //! The settings of `bookworm serve`, the HTTP API.
-//!
-//! Who may call the API is decided while the command line is parsed, so a bad tokens file or
-//! an open API on a public address is a usage error like any bad flag (clap's exit code 2),
-//! before anything connects.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::egress::{EgressStateArgs, OriginArgs};
 use super::parse::{parse_duration, parse_positive};
 use super::{CrawlArgs, KafkaArgs, RedisArgs};
-use crate::api::auth::{Auth, TokenSet, TokenStore};
-use crate::api::http::ServerLimits;
-use clap::{ArgMatches, Args, Command, FromArgMatches, ValueEnum};
+use clap::{Args, ValueEnum};
 
 /// Whether the API may run without tokens on a non-loopback address.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,99 +67,20 @@ pub struct ApiArgs {
     pub egress_state: EgressStateArgs,
 }
 
-impl ApiArgs {
-    /// The API server's bounds on its clients.
-    pub fn limits(&self) -> ServerLimits {
-        ServerLimits {
-            header_timeout: self.api_header_timeout,
-            request_timeout: self.api_request_timeout,
-            max_body_bytes: crate::api::MAX_BODY_BYTES,
-            max_connections: self.api_max_connections,
-            shutdown_timeout: self.api_shutdown_timeout,
-        }
-    }
-
-    /// Who may call the API: the tokens of `API_TOKENS_FILE`, or nobody's business on a
-    /// loopback address or with `API_AUTH=none`. The message of the error names the variable
-    /// to fix.
-    pub fn resolve_auth(&self) -> Result<Auth, String> {
-        match (&self.api_tokens_file, self.api_auth) {
-            (Some(_), AuthSetting::None) => {
-                Err("API_AUTH=none conflicts with API_TOKENS_FILE: set one or the other".to_owned())
-            }
-            (Some(path), AuthSetting::Token) => {
-                let set = TokenSet::load(path).map_err(|e| e.to_string())?;
-                Ok(Auth::Tokens {
-                    store: Arc::new(TokenStore::new(path.clone(), set)),
-                    metrics: self.api_metrics_auth,
-                })
-            }
-            (None, AuthSetting::None) => Ok(Auth::Open),
-            (None, AuthSetting::Token) if self.api_addr.ip().is_loopback() => Ok(Auth::Open),
-            (None, AuthSetting::Token) => Err(format!(
-                "API_ADDR {} is not a loopback address and no API_TOKENS_FILE is set: \
-                 set API_TOKENS_FILE (or API_AUTH=none to serve without authentication)",
-                self.api_addr
-            )),
-        }
-    }
-}
-
-/// The flags of `bookworm serve`, as clap derives them.
+/// Everything `bookworm serve` reads. Who may call the API is resolved from these at
+/// start-up, before anything connects (`api::service`); a refusal exits 2 like a bad flag.
 #[derive(Args, Debug, Clone)]
-struct ServeFlags {
-    #[command(flatten)]
-    api: ApiArgs,
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    redis: RedisArgs,
-    #[command(flatten)]
-    crawl: CrawlArgs,
-}
-
-/// Everything `bookworm serve` reads, with who may call it resolved from the flags.
-#[derive(Debug, Clone)]
 pub struct ServeArgs {
-    /// The API's own settings.
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub api: ApiArgs,
-    /// Kafka (the frontier the seeds go to).
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub kafka: KafkaArgs,
-    /// Redis (crawl status).
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub redis: RedisArgs,
-    /// The crawl defaults.
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub crawl: CrawlArgs,
-    /// Who may call the API, read from `API_TOKENS_FILE` at parse time.
-    pub auth: Auth,
-}
-
-impl FromArgMatches for ServeArgs {
-    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
-        let flags = ServeFlags::from_arg_matches(matches)?;
-        let auth = flags.api.resolve_auth().map_err(|message| {
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message)
-        })?;
-        Ok(Self {
-            api: flags.api,
-            kafka: flags.kafka,
-            redis: flags.redis,
-            crawl: flags.crawl,
-            auth,
-        })
-    }
-
-    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
-        *self = Self::from_arg_matches(matches)?;
-        Ok(())
-    }
-}
-
-impl Args for ServeArgs {
-    fn augment_args(command: Command) -> Command {
-        ServeFlags::augment_args(command)
-    }
-
-    fn augment_args_for_update(command: Command) -> Command {
-        ServeFlags::augment_args_for_update(command)
-    }
 }
