@@ -163,31 +163,11 @@ async fn a_crawl_to_depth_two_builds_exactly_the_reachable_graph() {
     let topics = TestTopics::create("e2e", 4).await;
     let id_base = fresh_id_base();
     let deployment = deploy(&topics, id_base, 2).await;
-    let client = reqwest::Client::new();
 
     // The simulator's first work title makes a search seed that finds something.
     let (seed_work, search) = first_work_seeds(&deployment.sim_url, id_base).await;
 
-    let created: Value = client
-        .post(format!("{}/crawls", deployment.api_url))
-        .json(&json!({"seeds": [seed_work, search], "max_depth": 2}))
-        .send()
-        .await
-        .expect("create crawl")
-        .json()
-        .await
-        .expect("json");
-    let crawl_id = created["crawl_id"].as_str().expect("crawl id").to_owned();
-
-    let status = eventually("the crawl to end done", Duration::from_secs(300), || {
-        let client = client.clone();
-        let url = format!("{}/crawls/{crawl_id}", deployment.api_url);
-        async move {
-            let status: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
-            (status["state"] == "done").then_some(status)
-        }
-    })
-    .await;
+    let (crawl_id, status) = crawl_to_done(&deployment, &[&seed_work, &search], 2).await;
 
     let truth = reachable_truth(
         &deployment.sim_url,

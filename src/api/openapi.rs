@@ -81,8 +81,9 @@ pub fn document(secured: bool) -> Value {
                             "type": "array", "minItems": 1, "maxItems": MAX_SEEDS,
                             "items": {"type": "string", "description": "An Open Library work, author or edition key or URL, or free text of 3 to 200 characters."}
                         },
-                        "max_depth": {"type": "integer", "minimum": 0, "maximum": MAX_DEPTH_LIMIT},
-                        "max_nodes": {"type": "integer", "minimum": 1, "maximum": 10_000_000}
+                        // null means the server's default, as leaving the field out does.
+                        "max_depth": {"type": "integer", "nullable": true, "minimum": 0, "maximum": MAX_DEPTH_LIMIT},
+                        "max_nodes": {"type": "integer", "nullable": true, "minimum": 1, "maximum": 10_000_000}
                     }
                 },
                 "CrawlStatus": {

@@ -154,15 +154,13 @@ pub async fn dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
     )
     .await?;
     let report = replayer.replay(&scan.records).await?;
-    println!(
-        "replayed {} job(s) from {} matching DLQ record(s){}",
-        report.published,
+    print_replay(
+        "job(s)",
+        "DLQ",
+        &report,
         scan.records.len(),
-        undecodable_note(scan.undecodable)
+        scan.undecodable,
     );
-    for (why, count) in &report.not_replayed {
-        println!("not replayed ({why:?}): {count}");
-    }
     Ok(())
 }
 
@@ -183,16 +181,33 @@ async fn graph_dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
     )
     .await?;
     let report = replayer.replay(&scan.records).await?;
-    println!(
-        "replayed {} row(s) from {} matching graph DLQ record(s){}",
-        report.published,
+    print_replay(
+        "row(s)",
+        "graph DLQ",
+        &report,
         scan.records.len(),
-        undecodable_note(scan.undecodable)
+        scan.undecodable,
+    );
+    Ok(())
+}
+
+/// What a replay did, for the terminal: what it republished of how many matching records,
+/// and why the rest were not.
+fn print_replay(
+    what: &str,
+    dlq: &str,
+    report: &dlq::ReplayReport,
+    matching: usize,
+    undecodable: u64,
+) {
+    println!(
+        "replayed {} {what} from {matching} matching {dlq} record(s){}",
+        report.published,
+        undecodable_note(undecodable)
     );
     for (why, count) in &report.not_replayed {
         println!("not replayed ({why:?}): {count}");
     }
-    Ok(())
 }
 
 /// `bookworm graph`: the neighbourhood of one node as DOT or JSON.

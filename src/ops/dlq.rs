@@ -411,16 +411,39 @@ impl Replayer {
                 }
                 to_mark.push((field, print));
             }
-            self.publisher.publish(&to_publish).await?;
-            report.published += to_publish.len() as u64;
-            if !to_mark.is_empty() {
-                conn.hset_multiple::<_, _, _, ()>(&self.marks_key, &to_mark)
-                    .await?;
-                report.marked += to_mark.len() as u64;
-            }
+            publish_then_mark(
+                &self.publisher,
+                &mut conn,
+                &self.marks_key,
+                &to_publish,
+                &to_mark,
+                &mut report,
+            )
+            .await?;
         }
         Ok(report)
     }
+}
+
+/// Publishes a batch of replayed records, acknowledged, and only then marks their DLQ
+/// records replayed: a crash between the two republishes the batch next time (absorbed by
+/// dedupe), never loses it.
+pub(super) async fn publish_then_mark(
+    publisher: &Publisher,
+    conn: &mut ConnectionManager,
+    marks_key: &str,
+    to_publish: &[Record],
+    to_mark: &[(String, String)],
+    report: &mut ReplayReport,
+) -> Result<(), DlqError> {
+    publisher.publish(to_publish).await?;
+    report.published += to_publish.len() as u64;
+    if !to_mark.is_empty() {
+        conn.hset_multiple::<_, _, _, ()>(marks_key, to_mark)
+            .await?;
+        report.marked += to_mark.len() as u64;
+    }
+    Ok(())
 }
 
 /// The Redis hash of replay marks of one DLQ topic.

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 
@@ -203,13 +202,15 @@ impl GraphReplayer {
                 to_publish.push(message);
                 to_mark.push((field, print));
             }
-            self.publisher.publish(&to_publish).await?;
-            report.published += to_publish.len() as u64;
-            if !to_mark.is_empty() {
-                conn.hset_multiple::<_, _, _, ()>(&self.marks_key, &to_mark)
-                    .await?;
-                report.marked += to_mark.len() as u64;
-            }
+            publish_then_mark(
+                &self.publisher,
+                &mut conn,
+                &self.marks_key,
+                &to_publish,
+                &to_mark,
+                &mut report,
+            )
+            .await?;
         }
         Ok(report)
     }
