@@ -657,16 +657,7 @@ pub async fn check_invariant(
     let graph = neo4j().await;
     let nodes = graph_nodes(&graph, &crawl.id).await;
     let edges = graph_edges(&graph, &crawl.id).await;
-    let full: BTreeMap<String, String> = nodes
-        .iter()
-        .filter(|(_, (_, stub))| !stub)
-        .map(|(k, (label, _))| (k.clone(), label.clone()))
-        .collect();
-    let stubs: BTreeSet<String> = nodes
-        .iter()
-        .filter(|(_, (_, stub))| *stub)
-        .map(|(k, _)| k.clone())
-        .collect();
+    let (full, stubs) = super::split_nodes(&nodes);
 
     for (key, label) in &full {
         assert_eq!(

@@ -381,6 +381,27 @@ pub async fn wait_ok(url: &str, deadline: Duration) {
     .await;
 }
 
+/// The graph's nodes of a crawl (from [`graph_nodes`]) split into full nodes (key → label)
+/// and stubs.
+pub fn split_nodes(
+    nodes: &std::collections::BTreeMap<String, (String, bool)>,
+) -> (
+    std::collections::BTreeMap<String, String>,
+    std::collections::BTreeSet<String>,
+) {
+    let full = nodes
+        .iter()
+        .filter(|(_, (_, stub))| !stub)
+        .map(|(k, (label, _))| (k.clone(), label.clone()))
+        .collect();
+    let stubs = nodes
+        .iter()
+        .filter(|(_, (_, stub))| *stub)
+        .map(|(k, _)| k.clone())
+        .collect();
+    (full, stubs)
+}
+
 /// An id base no earlier run used, so this run's keys are its own in the shared Neo4j.
 pub fn fresh_id_base() -> u64 {
     let micros = std::time::SystemTime::now()
@@ -442,7 +463,7 @@ pub async fn reachable_truth(sim_url: &str, seeds: &[&str], depth: u32) -> Truth
 /// exactly `truth` for it: the fetched nodes with their labels, the stubs, and every
 /// relationship once.
 pub async fn assert_graph_is_exactly(truth: &Truth, crawl_id: &str) {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
     let graph = neo4j().await;
     let (want_edges, want_nodes) = (truth.edges.len(), truth.nodes.len());
     let edges = eventually(
@@ -461,16 +482,7 @@ pub async fn assert_graph_is_exactly(truth: &Truth, crawl_id: &str) {
     )
     .await;
     let nodes = graph_nodes(&graph, crawl_id).await;
-    let full: BTreeMap<String, String> = nodes
-        .iter()
-        .filter(|(_, (_, stub))| !stub)
-        .map(|(k, (label, _))| (k.clone(), label.clone()))
-        .collect();
-    let stubs: BTreeSet<String> = nodes
-        .iter()
-        .filter(|(_, (_, stub))| *stub)
-        .map(|(k, _)| k.clone())
-        .collect();
+    let (full, stubs) = split_nodes(&nodes);
     assert_eq!(
         full, truth.nodes,
         "fetched nodes differ from the reachable set"

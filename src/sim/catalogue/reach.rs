@@ -150,52 +150,37 @@ impl Catalogue {
                 .into_iter()
                 .map(|(rel, to)| Child::with_edge(&to, &entity.key, &to, rel))
                 .collect();
-            match entity.label {
-                Label::Author => {
-                    let body = self
-                        .author_works(&entity.key, limits.max_works_per_author, 0)
-                        .map(|v| v.to_string())
-                        .unwrap_or_default();
-                    let Ok(page) = parse_page(body.as_bytes()) else {
-                        return (
-                            Outcome::Failed {
-                                reason: FailureReason::Parse,
-                            },
-                            Vec::new(),
-                        );
-                    };
-                    children.extend(
-                        page.entries
-                            .iter()
-                            .take(limits.max_works_per_author)
-                            .map(|w| {
-                                Child::with_edge(&w.key, &w.key, &entity.key, Rel::WRITTEN_BY)
-                            }),
+            // A work's or author's list page, read with the worker's own parser: each entry
+            // is a child with an edge from it to the entity.
+            let page = match entity.label {
+                Label::Author => Some((
+                    self.author_works(&entity.key, limits.max_works_per_author, 0),
+                    limits.max_works_per_author,
+                    Rel::WRITTEN_BY,
+                )),
+                Label::Work if limits.crawl_editions => Some((
+                    self.work_editions(&entity.key, limits.max_editions_per_work, 0),
+                    limits.max_editions_per_work,
+                    Rel::EDITION_OF,
+                )),
+                _ => None,
+            };
+            if let Some((body, limit, rel)) = page {
+                let body = body.map(|v| v.to_string()).unwrap_or_default();
+                let Ok(page) = parse_page(body.as_bytes()) else {
+                    return (
+                        Outcome::Failed {
+                            reason: FailureReason::Parse,
+                        },
+                        Vec::new(),
                     );
-                }
-                Label::Work if limits.crawl_editions => {
-                    let body = self
-                        .work_editions(&entity.key, limits.max_editions_per_work, 0)
-                        .map(|v| v.to_string())
-                        .unwrap_or_default();
-                    let Ok(page) = parse_page(body.as_bytes()) else {
-                        return (
-                            Outcome::Failed {
-                                reason: FailureReason::Parse,
-                            },
-                            Vec::new(),
-                        );
-                    };
-                    children.extend(
-                        page.entries
-                            .iter()
-                            .take(limits.max_editions_per_work)
-                            .map(|e| {
-                                Child::with_edge(&e.key, &e.key, &entity.key, Rel::EDITION_OF)
-                            }),
-                    );
-                }
-                _ => {}
+                };
+                children.extend(
+                    page.entries
+                        .iter()
+                        .take(limit)
+                        .map(|e| Child::with_edge(&e.key, &e.key, &entity.key, rel)),
+                );
             }
             return (
                 Outcome::Node {
