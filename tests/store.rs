@@ -425,7 +425,7 @@ async fn a_crawl_key_of_another_type_is_corrupt_state() {
 // Retention (issue 18)
 
 /// The working keys of a crawl (everything but its summary: meta and counters).
-const WORKING: [&str; 7] = [
+const WORKING: [&str; 8] = [
     "claims",
     "pending",
     "nodes",
@@ -433,6 +433,7 @@ const WORKING: [&str; 7] = [
     "failures",
     "started",
     "offspring",
+    "edge-sketch",
 ];
 
 /// `TTL` of each existing working key of `id` (keys that do not exist are left out), and of

@@ -106,6 +106,7 @@ pub fn document(secured: bool) -> Value {
                                 "skipped": {"type": "integer", "minimum": 0},
                                 "nodes": counts,
                                 "edges": {"type": "integer", "minimum": 0},
+                                "edges_estimated": {"type": "boolean"},
                                 "failed": counts
                             }
                         },

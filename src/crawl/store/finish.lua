@@ -1,7 +1,7 @@
-local meta, claims, pending, counters, nodes, edges, failures, started, offspring =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local retention = tonumber(ARGV[1])
-local key, depth, outcome, now = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local meta, claims, pending, counters, nodes, edges, failures, started, offspring, sketch =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local retention, exact_edges = tonumber(ARGV[1]), tonumber(ARGV[2])
+local key, depth, outcome, now = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
 -- A job of an unknown crawl, or a late one of a finished crawl whose working state has
 -- expired, leaves no trace: counting it again would count its node twice.
 local state = redis.call('HGET', meta, 'state')
@@ -24,16 +24,33 @@ local claimer = depth .. '|' .. key
 local held = redis.call('HGET', offspring, claimer)
 redis.call('HDEL', offspring, claimer)
 if outcome == 'node' then
-  local node_key, label = ARGV[6], ARGV[7]
+  local node_key, label = ARGV[7], ARGV[8]
   if redis.call('HSETNX', nodes, node_key, label) == 1 then
     redis.call('HINCRBY', counters, 'nodes:' .. label, 1)
     redis.call('HINCRBY', counters, 'fetched', 1)
   end
-  for i = 8, #ARGV do
-    if redis.call('SADD', edges, ARGV[i]) == 1 then redis.call('HINCRBY', counters, 'edges', 1) end
+  -- Distinct edges (both ends of an edge publish it): counted exactly in a set while the
+  -- crawl has at most exact_edges of them, then estimated by a HyperLogLog of fixed size,
+  -- so a crawl's edge count costs bounded memory however many edges it finds.
+  if #ARGV >= 9 then
+    redis.call('PFADD', sketch, unpack(ARGV, 9, #ARGV))
+    if redis.call('HGET', counters, 'edges_estimated') then
+      local estimate = redis.call('PFCOUNT', sketch)
+      if estimate > tonumber(redis.call('HGET', counters, 'edges') or '0') then
+        redis.call('HSET', counters, 'edges', estimate)
+      end
+    else
+      for i = 9, #ARGV do
+        if redis.call('SADD', edges, ARGV[i]) == 1 then redis.call('HINCRBY', counters, 'edges', 1) end
+      end
+      if redis.call('SCARD', edges) > exact_edges then
+        redis.call('DEL', edges)
+        redis.call('HSET', counters, 'edges_estimated', 1)
+      end
+    end
   end
 elseif outcome == 'failed' then
-  local reason = ARGV[6]
+  local reason = ARGV[7]
   if redis.call('HSETNX', failures, key, reason) == 1 then
     redis.call('HINCRBY', counters, 'failed:' .. reason, 1)
   end
