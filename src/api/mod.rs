@@ -39,7 +39,7 @@ use crate::api::auth::Auth;
 use crate::api::http::ServerLimits;
 use crate::config::CrawlArgs;
 use crate::crawl::client::block;
-use crate::crawl::store::{CrawlSpec, CrawlState, CrawlStore};
+use crate::crawl::store::{CrawlSpec, CrawlState, CrawlStore, StoreError};
 use crate::message::{CrawlJob, VERSION};
 use crate::process::health::{self, HealthState};
 use crate::process::metrics::ApiMetrics;
@@ -329,11 +329,13 @@ async fn create_crawl(
     body: Bytes,
 ) -> Result<Response, Problem> {
     let spec = validate(&body, &state)?;
-    state
-        .store
-        .create(&spec)
-        .await
-        .map_err(|e| Problem::unavailable(STORE_UNAVAILABLE, e))?;
+    state.store.create(&spec).await.map_err(|e| match e {
+        StoreError::NearlyFull(_) => Problem::unavailable(
+            "redis is nearly full: no new crawl until finished crawls expire or are deleted",
+            e,
+        ),
+        e => Problem::unavailable(STORE_UNAVAILABLE, e),
+    })?;
     if let Err(e) = enqueue_seeds(&state, &spec).await {
         // Never leave a status whose seeds are not in the frontier.
         if let Err(forget) = state.store.forget(&spec.crawl_id).await {

@@ -16,7 +16,7 @@ use crate::crawl::store::{CrawlStore, StoreError};
 use crate::kafka::{self, KafkaSetupError};
 use crate::process::boot;
 use crate::process::health::{HealthState, Liveness, Readiness};
-use crate::process::metrics::{ApiMetrics, MetricsError};
+use crate::process::metrics::{ApiMetrics, MetricsError, RedisMemoryMetrics};
 
 /// Readiness condition: true while Redis answers; without it the API can neither create nor
 /// show crawls.
@@ -96,6 +96,7 @@ pub struct Server {
     store: CrawlStore,
     auth: Auth,
     limits: ServerLimits,
+    redis_memory: RedisMemoryMetrics,
 }
 
 impl Server {
@@ -104,6 +105,7 @@ impl Server {
         let auth = resolve_auth(&args.api)?;
         let registry = prometheus::Registry::new();
         let metrics = ApiMetrics::register(&registry)?;
+        let redis_memory = metrics.redis_memory.clone();
         let store = CrawlStore::connect(&args.redis.redis_url)
             .await
             .map_err(|source| ServeError::Redis {
@@ -152,6 +154,7 @@ impl Server {
             store,
             auth,
             limits: limits(&args.api),
+            redis_memory,
         })
     }
 
@@ -163,6 +166,7 @@ impl Server {
     /// Serves until `shutdown` is cancelled; readiness follows Redis meanwhile.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let store = self.store;
+        store.watch_memory(self.redis_memory, shutdown.clone());
         boot::follow_readiness(
             self.readiness,
             READINESS_REDIS,

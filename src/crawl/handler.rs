@@ -108,7 +108,9 @@ impl CrawlError {
 fn store_error(error: StoreError) -> HandleError {
     match error {
         StoreError::Corrupt { .. } => dead_letter(FailureReason::InvalidJob, error.to_string()),
-        StoreError::Redis(_) => HandleError::Retry(format!("crawl store: {error}")),
+        StoreError::Redis(_) | StoreError::NearlyFull(_) => {
+            HandleError::Retry(format!("crawl store: {error}"))
+        }
     }
 }
 

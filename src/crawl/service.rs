@@ -97,6 +97,7 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> Result<(), Wo
         edges: args.kafka.kafka_edges_topic.clone(),
         dlq: args.kafka.kafka_dlq_topic.clone(),
     };
+    store.watch_memory(metrics.redis_memory.clone(), shutdown.clone());
     let handler = CrawlHandler::new(
         client,
         store.clone(),

@@ -174,6 +174,35 @@ impl ConsumerMetrics {
     }
 }
 
+/// How full Redis is, as the crawl store last read it (`INFO memory`): past 90 % of the
+/// limit new crawls get 503 and workers park new jobs, so this is the gauge to alert on
+/// before that.
+#[derive(Clone)]
+pub struct RedisMemoryMetrics {
+    /// `used_memory`.
+    pub used_bytes: IntGauge,
+    /// `maxmemory` (0: no limit).
+    pub max_bytes: IntGauge,
+}
+
+impl RedisMemoryMetrics {
+    /// Registers `<namespace>_redis_memory_used_bytes` and `_max_bytes`.
+    pub fn register(registry: &Registry, namespace: &str) -> Result<Self, MetricsError> {
+        Ok(Self {
+            used_bytes: gauge(
+                registry,
+                &format!("{namespace}_redis_memory_used_bytes"),
+                "Redis used_memory, as last read.",
+            )?,
+            max_bytes: gauge(
+                registry,
+                &format!("{namespace}_redis_memory_max_bytes"),
+                "Redis maxmemory (0: no limit), as last read.",
+            )?,
+        })
+    }
+}
+
 /// What the worker counts about jobs and Open Library traffic.
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -200,6 +229,8 @@ pub struct WorkerMetrics {
     pub record_cache_lookups: IntCounterVec,
     /// Bytes the record cache holds in Redis, as of this process's last store.
     pub record_cache_bytes: IntGauge,
+    /// How full Redis is.
+    pub redis_memory: RedisMemoryMetrics,
 }
 
 impl WorkerMetrics {
@@ -267,6 +298,7 @@ impl WorkerMetrics {
                 "relentless_worker_record_cache_bytes",
                 "Bytes the record cache holds in Redis, as of this process's last store.",
             )?,
+            redis_memory: RedisMemoryMetrics::register(registry, "relentless_worker")?,
         })
     }
 }
@@ -358,6 +390,8 @@ pub struct ApiMetrics {
     pub requests: IntCounterVec,
     /// Crawls created.
     pub crawls_created: IntCounter,
+    /// How full Redis is.
+    pub redis_memory: RedisMemoryMetrics,
 }
 
 impl ApiMetrics {
@@ -375,6 +409,7 @@ impl ApiMetrics {
                 "relentless_api_crawls_created_total",
                 "Crawls created.",
             )?,
+            redis_memory: RedisMemoryMetrics::register(registry, "relentless_api")?,
         })
     }
 }

@@ -328,6 +328,14 @@ pub async fn graph_edges(
 /// The crawl API in this process on a random port, enqueueing seeds on `frontier_topic`;
 /// returns its base URL and the token that stops it.
 pub async fn start_api(frontier_topic: &str) -> (String, tokio_util::sync::CancellationToken) {
+    start_api_on(frontier_topic, &stack_env("REDIS_URL")).await
+}
+
+/// The crawl API like [`start_api`], on the Redis at `redis_url`.
+pub async fn start_api_on(
+    frontier_topic: &str,
+    redis_url: &str,
+) -> (String, tokio_util::sync::CancellationToken) {
     use bookworm::api::service::Server;
     use bookworm::config::ServeArgs;
     use clap::Parser;
@@ -347,7 +355,7 @@ pub async fn start_api(frontier_topic: &str) -> (String, tokio_util::sync::Cance
         "--kafka-frontier-topic",
         frontier_topic,
         "--redis-url",
-        &stack_env("REDIS_URL"),
+        redis_url,
         "--openlibrary-base-url",
         "https://openlibrary.org",
     ]);

@@ -29,8 +29,10 @@
 //! workers. All keys of a crawl share a hash tag (`{crawl id}`) so the scripts also work on a
 //! Redis Cluster.
 
+mod memory;
 mod status;
 
+pub use memory::{HIGH_WATER, MemoryReading, MemoryWatch};
 pub use status::{Counters, CrawlSpec, CrawlState, CrawlStatus};
 
 use std::collections::BTreeMap;
@@ -41,6 +43,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use crate::message::{FailureReason, Label};
+use crate::process::metrics::RedisMemoryMetrics;
+use tokio_util::sync::CancellationToken;
 
 /// Errors from the crawl store.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,10 @@ pub enum StoreError {
     /// Redis is unreachable or refused the command: retry later, the work is not lost.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis is above [`HIGH_WATER`] of its `maxmemory`: work that adds state waits until
+    /// finished crawls expire or are deleted, instead of failing on Redis's refusal.
+    #[error("redis is nearly full ({} of {} bytes used): new work waits until finished crawls expire or are deleted", .0.used, .0.max)]
+    NearlyFull(MemoryReading),
     /// Stored state that this build cannot read (hand-edited, or from an incompatible build).
     #[error("corrupt crawl state for {crawl_id}: {detail}")]
     Corrupt {
@@ -172,6 +180,10 @@ impl CrawlKeys {
     }
 }
 
+/// How often a service reads Redis's memory: a filling Redis is noticed well before its last
+/// 10 %, at no cost worth counting.
+pub const MEMORY_INTERVAL: Duration = Duration::from_secs(2);
+
 /// How long a finished crawl's working state is kept when the caller sets none: the default
 /// of `CRAWL_RETENTION`, a week, long enough to replay its DLQ after a weekend.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -239,6 +251,8 @@ pub struct CrawlStore {
     retention_secs: u64,
     /// Distinct edges counted exactly before the count is estimated.
     exact_edges: u64,
+    /// How full Redis is: new crawls and new jobs wait while it is nearly full.
+    memory: MemoryWatch,
 }
 
 impl CrawlStore {
@@ -255,6 +269,7 @@ impl CrawlStore {
             requeue: with_lifecycle(REQUEUE),
             retention_secs: DEFAULT_RETENTION.as_secs(),
             exact_edges: EXACT_EDGE_COUNT,
+            memory: MemoryWatch::default(),
         })
     }
 
@@ -280,6 +295,35 @@ impl CrawlStore {
         Duration::from_secs(self.retention_secs)
     }
 
+    /// How full Redis is, shared by every clone of this store: refresh it with
+    /// [`MemoryWatch::follow`] (the services do, and export it as a gauge).
+    pub fn memory(&self) -> &MemoryWatch {
+        &self.memory
+    }
+
+    /// Reads how full Redis is every [`MEMORY_INTERVAL`] until `shutdown`, for this store's
+    /// guard and for `gauges`. Each service that creates crawls or begins jobs starts it once.
+    pub fn watch_memory(&self, gauges: RedisMemoryMetrics, shutdown: CancellationToken) {
+        self.memory.clone().follow(
+            self.conn.clone(),
+            MEMORY_INTERVAL,
+            shutdown,
+            move |reading| {
+                gauges.used_bytes.set(reading.used as i64);
+                gauges.max_bytes.set(reading.max as i64);
+            },
+        );
+    }
+
+    /// Refuses work that adds state while Redis is nearly full.
+    fn check_room(&self) -> Result<(), StoreError> {
+        let reading = self.memory.reading();
+        if reading.is_nearly_full() {
+            return Err(StoreError::NearlyFull(reading));
+        }
+        Ok(())
+    }
+
     /// Whether Redis answers, for readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
@@ -291,6 +335,7 @@ impl CrawlStore {
     /// seed jobs are published, and [`CrawlStore::forget`] if publishing them fails, so a
     /// status never exists without its seeds in the frontier.
     pub async fn create(&self, spec: &CrawlSpec) -> Result<(), StoreError> {
+        self.check_room()?;
         let keys = CrawlKeys::new(&spec.crawl_id);
         let now = Utc::now().to_rfc3339();
         let seeds = serde_json::to_string(&spec.seeds).map_err(|e| StoreError::Corrupt {
@@ -332,6 +377,7 @@ impl CrawlStore {
 
     /// Decides whether a received job should run.
     pub async fn begin(&self, crawl_id: &str, key: &str, depth: u32) -> Result<Begin, StoreError> {
+        self.check_room()?;
         let keys = CrawlKeys::new(crawl_id);
         let mut conn = self.conn.clone();
         let mut invocation = self.begin.prepare_invoke();
