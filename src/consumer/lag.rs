@@ -1,5 +1,6 @@
-//! Consumer lag, the oldest in-flight age and the oldest waiting age per partition, refreshed
-//! on a thread of its own so they keep moving when the loop (or the whole runtime) is stuck.
+//! Consumer lag (from cached watermarks, see `watermarks`), the oldest in-flight age and the
+//! oldest waiting age per partition, refreshed on a thread of its own so they keep moving
+//! when the loop (or the whole runtime) is stuck.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -149,9 +150,12 @@ pub(super) fn spawn_lag_thread(
                     if stop.is_cancelled() {
                         return;
                     }
-                    let Ok((low, high)) =
-                        consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)
-                    else {
+                    let cached = consumer.context().watermarks.fresh(&topic, partition);
+                    let Some((low, high)) = cached.or_else(|| {
+                        consumer
+                            .fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)
+                            .ok()
+                    }) else {
                         // Keep the last value rather than hide the partition.
                         seen.insert((topic, partition));
                         continue;

@@ -46,6 +46,7 @@ mod partitions;
 mod rebalance;
 mod run;
 pub mod tracker;
+mod watermarks;
 
 use std::future::Future;
 use std::sync::Arc;

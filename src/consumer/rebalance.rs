@@ -16,6 +16,7 @@ use super::ASSIGNMENT;
 use super::offsets::{FINAL_COMMIT_TIMEOUT, revoke_commit_deadline};
 use super::partitions::{Shared, Slot, State, abort_all};
 use super::tracker::{Epoch, TopicPartition};
+use super::watermarks::Watermarks;
 
 impl Shared {
     pub(super) fn assign(&self, list: &TopicPartitionList) {
@@ -191,9 +192,15 @@ pub(super) fn in_blocking_section<R>(work: impl FnOnce() -> R) -> R {
 /// queued for the loop.
 pub(super) struct LoopContext {
     pub(super) shared: Arc<Shared>,
+    /// Watermarks from librdkafka's statistics, for the lag thread.
+    pub(super) watermarks: Watermarks,
 }
 
-impl ClientContext for LoopContext {}
+impl ClientContext for LoopContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.watermarks.record(statistics);
+    }
+}
 
 impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -15,6 +15,7 @@ use super::offsets::FINAL_COMMIT_TIMEOUT;
 use super::partitions::{Rotation, Shared, State, Waiting, abort_all};
 use super::rebalance::{LoopConsumer, LoopContext};
 use super::tracker::{CommitTracker, Delivered, TopicPartition};
+use super::watermarks::{STATISTICS_INTERVAL, Watermarks};
 use super::{ASSIGNMENT, ConsumerError, ConsumerLoop, Delivery, Handler};
 use crate::kafka::consumer_config;
 use crate::kafka::publish::Publisher;
@@ -57,8 +58,13 @@ impl<H: Handler> ConsumerLoop<H> {
                 self.settings.session_timeout,
                 self.settings.max_poll_interval,
             )
+            .set(
+                "statistics.interval.ms",
+                STATISTICS_INTERVAL.as_millis().to_string(),
+            )
             .create_with_context(LoopContext {
                 shared: Arc::clone(&shared),
+                watermarks: Watermarks::default(),
             })
             .map_err(ConsumerError::Create)?,
         );
