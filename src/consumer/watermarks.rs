@@ -41,11 +41,14 @@ struct PartitionStatistics {
     hi_offset: i64,
 }
 
+/// `(low, high)` per `(topic, partition)`.
+type Marks = HashMap<(String, i32), (i64, i64)>;
+
 /// The low and high watermark of each partition this consumer fetches, with when they were
 /// reported. Replaced whole on each report, so it holds only current partitions.
 #[derive(Default)]
 pub(super) struct Watermarks {
-    latest: Mutex<(Option<Instant>, HashMap<(String, i32), (i64, i64)>)>,
+    latest: Mutex<(Option<Instant>, Marks)>,
 }
 
 impl Watermarks {
