@@ -28,7 +28,7 @@ impl State {
         self.slots
             .values()
             .flat_map(|slot| slot.running.values())
-            .map(|(_, started)| now.saturating_duration_since(*started))
+            .map(|(_, started, _)| now.saturating_duration_since(*started))
             .max()
     }
 

@@ -115,6 +115,15 @@ pub trait Handler: Send + Sync + 'static {
     /// one message (a second time around an excerpt of the payload when the first record is
     /// too large for the broker), so count dead letters in [`Handler::finished`], not here.
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record;
+    /// Which lane a message belongs to: the loop shares its slots fairly between lanes,
+    /// starting, within a partition's backlog, the first message of the lane with the fewest
+    /// jobs running. The crawl's lanes are its crawls, so a small crawl's jobs are not held
+    /// behind a large crawl's backlog. Called once per message as it arrives; by default
+    /// every message is in one lane (delivery order).
+    fn lane(&self, delivery: &Delivery) -> u64 {
+        let _ = delivery;
+        0
+    }
     /// What a handler call that ran past `JOB_TIMEOUT` means for its message. By default the
     /// message is at fault (a fetch that never ends) and is dead-lettered as `timeout`; a
     /// handler whose calls only wait for a dependency (the graph writer waiting on Neo4j)

@@ -46,13 +46,16 @@ pub(super) fn partition_backlog(assigned: usize) -> usize {
 pub(super) struct Waiting {
     pub(super) delivery: Delivery,
     pub(super) since: Instant,
+    /// The handler's [`Handler::lane`] of the delivery.
+    pub(super) lane: u64,
 }
 
 /// The jobs of one assigned partition.
 pub(super) struct Slot {
     pub(super) epoch: Epoch,
     /// Running jobs by offset, so a revoke or shutdown can abort what did not drain.
-    pub(super) running: HashMap<i64, (AbortHandle, Instant)>,
+    /// With when each started and its lane.
+    pub(super) running: HashMap<i64, (AbortHandle, Instant, u64)>,
     /// Delivered messages waiting for a free slot, in offset order.
     pub(super) backlog: VecDeque<Waiting>,
     /// No new work starts: the partition is being revoked.
@@ -192,9 +195,47 @@ impl Shared {
     }
 }
 
+/// Jobs running now, per lane.
+fn running_by_lane(slots: &HashMap<TopicPartition, Slot>) -> HashMap<u64, usize> {
+    let mut lanes: HashMap<u64, usize> = HashMap::new();
+    for (.., lane) in slots.values().flat_map(|slot| slot.running.values()) {
+        *lanes.entry(*lane).or_default() += 1;
+    }
+    lanes
+}
+
+/// Takes from `backlog` the first message of the lane with the fewest jobs running
+/// (`lanes`), so lanes share the slots whatever their share of the backlog: with one lane
+/// this is the front, in delivery order. Commits stay in order whatever is taken: the
+/// tracker holds every delivered offset from acceptance on.
+pub(super) fn next_of_quietest_lane(
+    backlog: &mut VecDeque<Waiting>,
+    lanes: &HashMap<u64, usize>,
+) -> Option<Waiting> {
+    let front = backlog.front()?.lane;
+    let running = |lane: u64| lanes.get(&lane).copied().unwrap_or(0);
+    let mut best = (running(front), 0);
+    if best.0 > 0 {
+        let mut seen = std::collections::HashSet::from([front]);
+        for (i, waiting) in backlog.iter().enumerate().skip(1) {
+            if !seen.insert(waiting.lane) {
+                continue;
+            }
+            let count = running(waiting.lane);
+            if count < best.0 {
+                best = (count, i);
+                if count == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    backlog.remove(best.1)
+}
+
 /// Aborts every running job of a slot; returns how many there were.
 pub(super) fn abort_all(slot: &Slot) -> usize {
-    for (handle, _) in slot.running.values() {
+    for (handle, ..) in slot.running.values() {
         handle.abort();
     }
     slot.running.len()
@@ -211,6 +252,7 @@ impl<H: Handler> Turn<'_, H> {
             return;
         }
         let per_partition = self.per_partition;
+        let mut lanes = running_by_lane(&state.slots);
         while state.running < self.concurrency {
             let slots = &state.slots;
             let Some(partition) = state
@@ -222,9 +264,12 @@ impl<H: Handler> Turn<'_, H> {
             let Some(slot) = state.slots.get_mut(&partition) else {
                 break;
             };
-            let Some(Waiting { delivery, .. }) = slot.backlog.pop_front() else {
+            let Some(Waiting { delivery, lane, .. }) =
+                next_of_quietest_lane(&mut slot.backlog, &lanes)
+            else {
                 break;
             };
+            *lanes.entry(lane).or_default() += 1;
             let offset = delivery.offset;
             let slot_ref = SlotRef {
                 shared: Arc::clone(self.shared),
@@ -235,7 +280,7 @@ impl<H: Handler> Turn<'_, H> {
             // handle is registered before it can be looked up.
             let task = tokio::spawn(run_job(Arc::clone(self.env), delivery, slot_ref));
             slot.running
-                .insert(offset, (task.abort_handle(), Instant::now()));
+                .insert(offset, (task.abort_handle(), Instant::now(), lane));
             state.running += 1;
         }
         let high = partition_backlog(state.slots.len());

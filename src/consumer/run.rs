@@ -252,17 +252,21 @@ impl<H: Handler> Turn<'_, H> {
             .tracker
             .delivered(&partition, slot.epoch, offset, Instant::now())
         {
-            Delivered::Accepted => slot.backlog.push_back(Waiting {
-                delivery: Delivery {
+            Delivered::Accepted => {
+                let delivery = Delivery {
                     topic: partition.topic.clone(),
                     partition: partition.partition,
                     offset,
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec),
                     attempt: 1,
-                },
-                since: Instant::now(),
-            }),
+                };
+                slot.backlog.push_back(Waiting {
+                    lane: self.env.handler.lane(&delivery),
+                    delivery,
+                    since: Instant::now(),
+                })
+            }
             Delivered::Duplicate => {
                 warn!(%partition, offset, "offset delivered again in one assignment; ignored")
             }

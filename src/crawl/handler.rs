@@ -15,9 +15,11 @@
 //!    wait forever for jobs nobody published.
 
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{Delivery, HandleError, Handler, Outcome};
 use crate::crawl::client::{FetchError, OpenLibraryClient};
+use crate::crawl::fairness::CrawlShares;
 use crate::crawl::limits::CrawlLimits;
 use crate::crawl::parse::{self, ParseError, RecordAnswer};
 use crate::crawl::rules::{Expansion, Target, page_path};
@@ -123,6 +125,7 @@ fn dead_letter(reason: FailureReason, detail: impl Into<String>) -> HandleError 
 
 /// The worker's [`Handler`].
 pub struct CrawlHandler {
+    shares: CrawlShares,
     client: OpenLibraryClient,
     store: CrawlStore,
     limits: CrawlLimits,
@@ -132,6 +135,14 @@ pub struct CrawlHandler {
 }
 
 impl CrawlHandler {
+    /// The same handler dividing `slots` (`CONCURRENT_JOBS`) fairly between the crawls it
+    /// sees (see [`crate::crawl::fairness`]); without it one crawl may take every slot.
+    pub fn with_fair_shares(mut self, slots: usize, shutdown: CancellationToken) -> Self {
+        self.shares = CrawlShares::new(slots);
+        self.shares.follow(self.store.clone(), shutdown);
+        self
+    }
+
     /// Builds the handler. `limits` gives the per-node fan-out; each crawl's depth and node
     /// budget come from its status in Redis.
     pub fn new(
@@ -143,6 +154,7 @@ impl CrawlHandler {
         worker_name: String,
     ) -> Self {
         Self {
+            shares: CrawlShares::new(usize::MAX),
             client,
             store,
             limits,
@@ -403,6 +415,22 @@ impl CrawlHandler {
     /// What the crawl store records for a job whose `records` Kafka acknowledged: its node
     /// and relationships, read back from the records themselves so nothing has to be carried
     /// from `handle` to `finished`.
+    /// The job of `delivery` put back on the frontier as it came (same key, same payload).
+    fn deferral(&self, delivery: &Delivery) -> Record {
+        Record {
+            topic: self.topics.frontier.clone(),
+            key: String::from_utf8_lossy(delivery.key.as_deref().unwrap_or_default()).into_owned(),
+            payload: delivery.payload.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Whether `records` are the deferral of `delivery`'s job: a job never publishes itself
+    /// as its own child (a child is one level deeper), so this is unambiguous.
+    fn is_deferral(&self, delivery: &Delivery, records: &[Record]) -> bool {
+        matches!(records, [record] if record.topic == self.topics.frontier
+            && Some(&record.payload) == delivery.payload.as_ref())
+    }
+
     fn finish_of(&self, records: &[Record]) -> Finish {
         let mut node = None;
         let mut edges = Vec::new();
@@ -456,7 +484,30 @@ impl Handler for CrawlHandler {
         self.metrics.jobs_received.inc();
         let job: CrawlJob = message::decode(delivery.payload.as_deref())
             .map_err(|e| dead_letter(FailureReason::InvalidJob, e.to_string()))?;
+        let Some(_slot) = self.shares.admit(&job.crawl_id) else {
+            // The crawl holds its share of this worker while another crawl waits: the job
+            // goes back to its partition's tail unchanged, and no crawl state is touched.
+            self.metrics.jobs_deferred.inc();
+            return Ok(vec![self.deferral(delivery)]);
+        };
         self.crawl(job, delivery.attempt).await
+    }
+
+    /// A job's lane is its crawl: the loop shares the slots between crawls.
+    fn lane(&self, delivery: &Delivery) -> u64 {
+        #[derive(serde::Deserialize)]
+        struct CrawlOf<'a> {
+            #[serde(borrow)]
+            crawl_id: std::borrow::Cow<'a, str>,
+        }
+        let crawl = delivery
+            .payload
+            .as_deref()
+            .and_then(|payload| serde_json::from_slice::<CrawlOf<'_>>(payload).ok());
+        crawl.map_or(0, |crawl| {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(crawl.crawl_id.as_ref())
+        })
     }
 
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {
@@ -499,6 +550,7 @@ impl Handler for CrawlHandler {
             return Ok(());
         };
         let finish = match outcome {
+            Outcome::Published(records) if self.is_deferral(delivery, records) => return Ok(()),
             Outcome::Published(records) => self.finish_of(records),
             Outcome::DeadLettered { reason } => {
                 self.metrics.jobs_failed.with_label_values(&[reason]).inc();

@@ -105,7 +105,8 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> Result<(), Wo
         topics,
         metrics,
         worker_name,
-    );
+    )
+    .with_fair_shares(args.concurrent_jobs, shutdown.clone());
     boot::follow_readiness(
         telemetry.readiness.clone(),
         READINESS_REDIS,

@@ -214,6 +214,9 @@ pub struct WorkerMetrics {
     pub jobs_failed: IntCounterVec,
     /// Jobs dropped on purpose: already crawled at this depth, over budget, or cancelled.
     pub jobs_skipped: IntCounter,
+    /// Jobs put back at the frontier's tail because their crawl held its fair share of this
+    /// worker while another crawl waited.
+    pub jobs_deferred: IntCounter,
     /// Time of one Open Library fetch, retries and rate-limit waits included.
     pub fetch_latency: Histogram,
     /// 429 and 503 answers, by egress.
@@ -257,6 +260,11 @@ impl WorkerMetrics {
                 registry,
                 "relentless_worker_jobs_skipped_total",
                 "Jobs dropped as duplicate, over budget or cancelled.",
+            )?,
+            jobs_deferred: counter(
+                registry,
+                "relentless_worker_jobs_deferred_total",
+                "Jobs put back at the frontier's tail while their crawl held its fair share.",
             )?,
             fetch_latency: histogram(
                 registry,

@@ -15,11 +15,7 @@ use super::{
 
 /// Works, authors and subjects of the simulated catalogue (the e2e test's size: crawls of a
 /// few hundred keys, so scenarios finish in tens of seconds on two shared cores).
-const CATALOGUE: [(&str, &str); 3] = [
-    ("--works", "400"),
-    ("--authors", "120"),
-    ("--subjects", "40"),
-];
+const CATALOGUE: [u64; 3] = [400, 120, 40];
 
 /// How long a crawl may take under faults before the scenario fails (a stuck crawl is the
 /// failure this suite exists to catch, so the bound is generous but finite).
@@ -83,6 +79,8 @@ pub struct Options {
     pub sim_latency_ms: u64,
     /// `PROXY_POOL` for the workers (the stack's Squids by default).
     pub proxy_pool: String,
+    /// Works, authors and subjects of the simulated catalogue.
+    pub catalogue: [u64; 3],
 }
 
 impl Default for Options {
@@ -95,6 +93,7 @@ impl Default for Options {
             writer_env: Vec::new(),
             sim_latency_ms: 0,
             proxy_pool: stack_env("PROXY_POOL"),
+            catalogue: CATALOGUE,
         }
     }
 }
@@ -145,9 +144,12 @@ impl Deployment {
             "--latency".to_owned(),
             format!("{}ms", options.sim_latency_ms),
         ];
-        for (flag, value) in CATALOGUE {
+        for (flag, value) in ["--works", "--authors", "--subjects"]
+            .into_iter()
+            .zip(options.catalogue)
+        {
             sim_args.push(flag.to_owned());
-            sim_args.push(value.to_owned());
+            sim_args.push(value.to_string());
         }
         let sim_args: Vec<&str> = sim_args.iter().map(String::as_str).collect();
         let sim = Process::start("sim", env!("CARGO_BIN_EXE_bookworm"), &sim_args, &[]);
@@ -312,11 +314,17 @@ impl Deployment {
 
     /// Creates a crawl from the simulator's first work to `max_depth`.
     pub async fn create_crawl(&self, max_depth: u32) -> Crawl {
-        let seed = format!("/works/OL{}W", self.id_base + 1);
+        self.create_crawl_of(1, max_depth, None).await
+    }
+
+    /// Creates a crawl from the simulator's `nth` work (1-based) to `max_depth`, with a node
+    /// budget (the API's default when `None`).
+    pub async fn create_crawl_of(&self, nth: u64, max_depth: u32, max_nodes: Option<u64>) -> Crawl {
+        let seed = format!("/works/OL{}W", self.id_base + nth);
         let created: Value = self
             .client
             .post(format!("{}/crawls", self.api_url))
-            .json(&json!({"seeds": [seed], "max_depth": max_depth}))
+            .json(&json!({"seeds": [seed], "max_depth": max_depth, "max_nodes": max_nodes}))
             .send()
             .await
             .expect("create crawl")

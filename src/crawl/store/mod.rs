@@ -563,6 +563,24 @@ impl CrawlStore {
         }
     }
 
+    /// For each of `crawl_ids`, whether it still has work to hand out: running (or blocked,
+    /// which resumes by itself) with keys pending. Unknown crawls are not live.
+    pub async fn live(&self, crawl_ids: &[String]) -> Result<Vec<bool>, StoreError> {
+        let mut pipe = redis::pipe();
+        for id in crawl_ids {
+            let keys = CrawlKeys::new(id);
+            pipe.hget(&keys.meta, "state").scard(&keys.pending);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<(Option<String>, u64)> = pipe.query_async(&mut conn).await?;
+        Ok(replies
+            .into_iter()
+            .map(|(state, pending)| {
+                matches!(state.as_deref(), Some("running" | "blocked")) && pending > 0
+            })
+            .collect())
+    }
+
     /// The connection, for state kept beside the crawls (the User-Agent block).
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
