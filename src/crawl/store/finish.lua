@@ -6,7 +6,9 @@ local key, depth, outcome, now = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 -- expired, leaves no trace: counting it again would count its node twice.
 local state = redis.call('HGET', meta, 'state')
 if not state then return 0 end
-if state ~= 'running' and redis.call('EXISTS', claims) == 0 then return 0 end
+if (state == 'done' or state == 'cancelled') and redis.call('EXISTS', claims) == 0 then
+  return 0
+end
 local claim = redis.call('HGET', claims, key)
 local claimed_depth = claim and tonumber(string.match(claim, '^(%d+)|'))
 if claim and not claimed_depth then
@@ -65,6 +67,7 @@ if redis.call('SCARD', pending) == 0 and state == 'running' then
   state = 'done'
 end
 -- Done or cancelled: the working state (including what this call wrote) expires after the
--- retention, counted from the crawl's last outcome.
-if state ~= 'running' then expire_working(retention) end
+-- retention, counted from the crawl's last outcome. A paused crawl is never done here (its
+-- held keys are pending); resume declares it done if nothing is.
+if state == 'done' or state == 'cancelled' then expire_working(retention) end
 return 1
