@@ -250,7 +250,7 @@ async fn pause_holds_jobs_and_resume_publishes_them_again() {
 /// `bookworm crawls` against the API: `delete` refuses a running crawl (exit 1, saying
 /// why), `delete --force` cancels and deletes it, after which the API knows it no more and
 /// Redis holds none of its keys; `list`, `pause` and `resume` print what the API answers.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookworm_crawls_delete_removes_the_state_and_refuses_a_running_crawl() {
     let (base, _, _, _shutdown) = start_api(&[]).await;
     let client = reqwest::Client::new();
@@ -269,8 +269,8 @@ async fn bookworm_crawls_delete_removes_the_state_and_refuses_a_running_crawl() 
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     };
-    let (code, out, _) = bookworm(&["list"]);
-    assert_eq!(code, Some(0));
+    let (code, out, err) = bookworm(&["list"]);
+    assert_eq!(code, Some(0), "{err}");
     assert!(out.contains(&id) && out.contains("running"), "{out}");
     let (code, out, _) = bookworm(&["pause", &id]);
     assert_eq!(code, Some(0));

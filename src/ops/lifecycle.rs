@@ -32,6 +32,9 @@ impl ApiClient {
                 query.append_pair("after", after);
             }
         }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
         let response = self.http.get(url).send().await?;
         match response.status() {
             StatusCode::OK => Ok(response.json().await?),
