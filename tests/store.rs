@@ -887,3 +887,51 @@ async fn reservations_admit_at_most_the_limit_of_active_crawls() {
             .unwrap()
     );
 }
+
+/// A crawl whose stored state is corrupt (its meta a key of another type) is left out of a
+/// listing and of the running count; the other crawls are still listed.
+#[tokio::test]
+async fn a_corrupt_crawl_does_not_break_the_listing() {
+    let store = CrawlStore::connect(&stack_env("REDIS_URL"))
+        .await
+        .expect("redis reachable")
+        .with_index_prefix(&unique("index"));
+    let (good, bad) = (unique("crawl"), unique("crawl"));
+    for id in [&good, &bad] {
+        store
+            .create(&CrawlSpec {
+                crawl_id: id.clone(),
+                seeds: vec!["/works/OL1W".to_owned()],
+                max_depth: 1,
+                max_nodes: 10,
+            })
+            .await
+            .unwrap();
+    }
+    let mut redis = store.connection();
+    let meta = format!("bookworm:crawl:{{{bad}}}:meta");
+    redis::pipe()
+        .del(&meta)
+        .set(&meta, "not a hash")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let page = store
+        .list(
+            &store::ListQuery {
+                limit: 10,
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .expect("the listing survives a corrupt crawl");
+    let ids: Vec<&str> = page.crawls.iter().map(|c| c.crawl_id.as_str()).collect();
+    assert_eq!(ids, vec![good.as_str()]);
+    assert_eq!(store.active_count().await.unwrap(), 1);
+    redis::cmd("DEL")
+        .arg(&meta)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+}

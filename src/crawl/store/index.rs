@@ -25,6 +25,9 @@ pub const DEFAULT_INDEX_PREFIX: &str = "bookworm:crawls";
 /// crawls answers a short page with a `next` cursor rather than reading the whole index.
 pub const MAX_SCANNED: usize = 2000;
 
+/// A listed crawl's status: gone (`None`), or corrupt on its own.
+type StatusOf = Result<Option<CrawlStatus>, StoreError>;
+
 /// Entries read per round trip while listing.
 const BATCH: usize = 100;
 
@@ -139,12 +142,22 @@ impl CrawlStore {
             for ((id, score), status) in fresh.into_iter().zip(statuses) {
                 scanned += 1;
                 let last = cursor(score, &id);
-                let Some(mut status) = status else {
-                    let mut pipe = redis::pipe();
-                    pipe.zrem(&self.index, &id).ignore();
-                    pipe.query_async::<()>(&mut conn).await?;
-                    offset = offset.saturating_sub(1);
-                    continue;
+                let mut status = match status {
+                    Ok(Some(status)) => status,
+                    // The summary is gone (deleted, or expired): the entry drops out.
+                    Ok(None) => {
+                        let mut pipe = redis::pipe();
+                        pipe.zrem(&self.index, &id).ignore();
+                        pipe.query_async::<()>(&mut conn).await?;
+                        offset = offset.saturating_sub(1);
+                        continue;
+                    }
+                    // One crawl's broken state must not hide every other crawl: it is left
+                    // out of the page, and stays in the index for an operator to see.
+                    Err(e) => {
+                        tracing::warn!(crawl_id = %id, error = %e, "a crawl left out of a listing: its stored state is corrupt");
+                        continue;
+                    }
                 };
                 if blocked && status.state == CrawlState::Running {
                     status.state = CrawlState::Blocked;
@@ -165,15 +178,14 @@ impl CrawlStore {
         }
     }
 
-    /// The statuses of the index entries `entries`, in one round trip.
-    async fn statuses(
-        &self,
-        entries: &[(String, i64)],
-    ) -> Result<Vec<Option<CrawlStatus>>, StoreError> {
+    /// The statuses of the index entries `entries`, in one round trip; each is corrupt on
+    /// its own (a key of another type answers an error for that crawl only).
+    async fn statuses(&self, entries: &[(String, i64)]) -> Result<Vec<StatusOf>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for (id, _) in entries {
             let keys = CrawlKeys::new(id);
             pipe.hgetall(&keys.meta)
@@ -184,24 +196,27 @@ impl CrawlStore {
         let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
         let mut out = Vec::with_capacity(entries.len());
         for ((id, _), triple) in entries.iter().zip(replies.chunks(3)) {
-            let corrupt = |e: redis::ParsingError| StoreError::Corrupt {
-                crawl_id: id.clone(),
-                detail: e.to_string(),
-            };
-            let [meta, counters, pending] = triple else {
-                return Err(StoreError::Corrupt {
-                    crawl_id: id.clone(),
-                    detail: "a short reply to the status pipeline".to_owned(),
-                });
-            };
-            let meta: BTreeMap<String, String> =
-                redis::from_redis_value_ref(meta).map_err(corrupt)?;
-            let counters: BTreeMap<String, u64> =
-                redis::from_redis_value_ref(counters).map_err(corrupt)?;
-            let pending: u64 = redis::from_redis_value_ref(pending).map_err(corrupt)?;
-            out.push(status::from_stored(id, &meta, counters, pending)?);
+            out.push(Self::status_of(id, triple));
         }
         Ok(out)
+    }
+
+    fn status_of(id: &str, triple: &[redis::Value]) -> StatusOf {
+        let corrupt = |e: redis::ParsingError| StoreError::Corrupt {
+            crawl_id: id.to_owned(),
+            detail: e.to_string(),
+        };
+        let [meta, counters, pending] = triple else {
+            return Err(StoreError::Corrupt {
+                crawl_id: id.to_owned(),
+                detail: "a short reply to the status pipeline".to_owned(),
+            });
+        };
+        let meta: BTreeMap<String, String> = redis::from_redis_value_ref(meta).map_err(corrupt)?;
+        let counters: BTreeMap<String, u64> =
+            redis::from_redis_value_ref(counters).map_err(corrupt)?;
+        let pending: u64 = redis::from_redis_value_ref(pending).map_err(corrupt)?;
+        status::from_stored(id, &meta, counters, pending)
     }
 
     /// The active crawls (not done or cancelled) with their creation score, pruning those
@@ -214,16 +229,26 @@ impl CrawlStore {
             return Ok(members);
         }
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for (id, _) in &members {
             pipe.hget(CrawlKeys::new(id).meta, "state");
         }
-        let states: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        // A crawl whose meta is corrupt (a key of another type) cannot run: it counts as over.
+        let states: Vec<Option<String>> = pipe
+            .query_async::<Vec<redis::Value>>(&mut conn)
+            .await?
+            .iter()
+            .map(|v| match v {
+                redis::Value::Nil => None,
+                v => Some(redis::from_redis_value_ref(v).unwrap_or_else(|_| "corrupt".to_owned())),
+            })
+            .collect();
         let young = Utc::now().timestamp_millis() - RESERVATION_MS;
         let mut live = Vec::with_capacity(members.len());
         let mut over = Vec::new();
         for ((id, score), state) in members.into_iter().zip(states) {
             let ended = match state.as_deref() {
-                Some("done" | "cancelled") => true,
+                Some("done" | "cancelled" | "corrupt") => true,
                 None => score < young,
                 Some(_) => false,
             };
