@@ -373,6 +373,12 @@ async fn a_paused_crawl_sends_nothing_and_ends_exact_after_resume() {
         held["counters"]["fetched"].as_u64().expect("fetched") < truth.nodes.len() as u64,
         "{held}"
     );
+    eprintln!(
+        "paused at {} of {} nodes fetched, {} keys held in flight; the simulator's count stood at {stopped_at} requests for 4 s",
+        held["counters"]["fetched"],
+        truth.nodes.len(),
+        held["counters"]["in_flight"]
+    );
 
     let resumed = client
         .post(format!("{status_url}/resume"))
