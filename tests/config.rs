@@ -108,8 +108,47 @@ fn bookworm_help_lists_the_api_variables() {
             "API_REQUEST_TIMEOUT",
             "API_MAX_CONNECTIONS",
             "API_SHUTDOWN_TIMEOUT",
+            "API_MAX_DEPTH_LIMIT",
+            "API_MAX_NODES_LIMIT",
+            "API_MAX_RUNNING_CRAWLS",
+            "API_CRAWLS_PER_MINUTE",
+            "CRAWL_INDEX_PREFIX",
         ],
     );
+}
+
+/// Each quota's invalid value, and crawl defaults above a ceiling, exit 2 naming the
+/// variable before anything connects.
+#[test]
+fn an_invalid_quota_exits_2_naming_the_variable() {
+    let cases: [(&[(&str, &str)], &str); 6] = [
+        (&[("API_MAX_DEPTH_LIMIT", "11")], "API_MAX_DEPTH_LIMIT"),
+        (&[("API_MAX_NODES_LIMIT", "0")], "API_MAX_NODES_LIMIT"),
+        (&[("API_MAX_RUNNING_CRAWLS", "0")], "API_MAX_RUNNING_CRAWLS"),
+        (
+            &[("API_CRAWLS_PER_MINUTE", "many")],
+            "API_CRAWLS_PER_MINUTE",
+        ),
+        (&[("API_MAX_DEPTH_LIMIT", "2")], "API_MAX_DEPTH_LIMIT"),
+        (
+            &[("API_MAX_NODES_LIMIT", "10"), ("MAX_NODES", "11")],
+            "API_MAX_NODES_LIMIT",
+        ),
+    ];
+    for (env, name) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_bookworm"))
+            .arg("serve")
+            .env("API_ADDR", "127.0.0.1:0")
+            // Nothing listens there: a start-up that got past the settings would fail
+            // connecting, with exit 1.
+            .env("REDIS_URL", "redis://127.0.0.1:1")
+            .envs(env.iter().copied())
+            .output()
+            .expect("binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
+        assert!(stderr.contains(name), "{env:?}: {name} not named: {stderr}");
+    }
 }
 
 /// An invalid value exits 2 with a message naming the variable, before anything connects.

@@ -286,3 +286,115 @@ async fn a_crawl_over_known_ground_is_answered_from_the_record_cache() {
         "past the window everything is fetched again: {third_requests} of {first_requests}"
     );
 }
+
+/// Pause and resume end to end: a crawl paused mid-way sends no request to Open Library
+/// while paused (the simulator's count stands still once the jobs running at the pause end),
+/// holds its remaining work (still in flight, never done), and after resume reaches `done`
+/// with exactly the simulator's graph.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_crawl_sends_nothing_and_ends_exact_after_resume() {
+    let topics = TestTopics::create("e2e-pause", 4).await;
+    let id_base = fresh_id_base();
+    let deployment = deploy(&topics, id_base, 2).await;
+    let (seed_work, search) = first_work_seeds(&deployment.sim_url, id_base).await;
+    let truth = reachable_truth(
+        &deployment.sim_url,
+        &[&seed_work, &format!("search:{search}")],
+        2,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let api = &deployment.api_url;
+    let created: Value = client
+        .post(format!("{api}/crawls"))
+        .json(&json!({"seeds": [&seed_work, &search], "max_depth": 2}))
+        .send()
+        .await
+        .expect("create crawl")
+        .json()
+        .await
+        .expect("json");
+    let crawl_id = created["crawl_id"].as_str().expect("crawl id").to_owned();
+    let status_url = format!("{api}/crawls/{crawl_id}");
+    // Mid-way: as soon as the first node is counted.
+    eventually("the first node fetched", Duration::from_secs(60), || {
+        let (client, url) = (client.clone(), status_url.clone());
+        async move {
+            let status: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+            (status["counters"]["fetched"].as_u64()? >= 1).then_some(())
+        }
+    })
+    .await;
+    let paused = client
+        .post(format!("{status_url}/pause"))
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(paused.status(), 200);
+
+    // The jobs running at the pause end (polled once a second until the count holds);
+    // then nothing is sent for a few seconds more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = sim_requests(&deployment).await;
+    let stopped_at = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = sim_requests(&deployment).await;
+        if now == last {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests never stopped after the pause"
+        );
+        last = now;
+    };
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            sim_requests(&deployment).await,
+            stopped_at,
+            "a request was sent while the crawl was paused"
+        );
+    }
+    let held: Value = client
+        .get(&status_url)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(held["state"], "paused", "{held}");
+    assert!(
+        held["counters"]["in_flight"].as_u64().expect("in flight") > 0,
+        "paused mid-way, with work held: {held}"
+    );
+    assert!(
+        held["counters"]["fetched"].as_u64().expect("fetched") < truth.nodes.len() as u64,
+        "{held}"
+    );
+    eprintln!(
+        "paused at {} of {} nodes fetched, {} keys held in flight; the simulator's count stood at {stopped_at} requests for 4 s",
+        held["counters"]["fetched"],
+        truth.nodes.len(),
+        held["counters"]["in_flight"]
+    );
+
+    let resumed = client
+        .post(format!("{status_url}/resume"))
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(resumed.status(), 200);
+    let status = eventually("the crawl to end done", Duration::from_secs(300), || {
+        let (client, url) = (client.clone(), status_url.clone());
+        async move {
+            let status: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+            (status["state"] == "done").then_some(status)
+        }
+    })
+    .await;
+    assert_graph_is_exactly(&truth, &crawl_id).await;
+    assert_eq!(status["counters"]["fetched"], truth.nodes.len(), "{status}");
+    assert_eq!(status["counters"]["edges"], truth.edges.len(), "{status}");
+}

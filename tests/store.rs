@@ -671,3 +671,268 @@ async fn an_edge_published_by_both_its_ends_is_counted_once() {
     let counters = store.status(&id).await.unwrap().expect("status").counters;
     assert_eq!((counters.fetched, counters.edges), (2, 2));
 }
+
+/// A paused crawl's job is held, not run: its key stays pending (the crawl is not done when
+/// every other key finishes), nothing is counted, and on resume it is handed back whole and
+/// runs; its run takes it out of the held set, and then the crawl ends done.
+#[tokio::test]
+async fn a_paused_crawls_jobs_are_held_and_run_after_resume() {
+    let (store, id) = store_with_crawl(&["/works/OL1W", "/works/OL2W"], 100).await;
+    assert!(matches!(
+        store.begin(&id, "/works/OL1W", 0).await.unwrap(),
+        Begin::Run { .. }
+    ));
+    assert_eq!(store.pause(&id).await.unwrap(), store::Pause::Paused);
+    assert_eq!(store.pause(&id).await.unwrap(), store::Pause::Paused);
+    // A job running when the crawl paused still claims its children: they are held later.
+    let claimed = store
+        .claim(&id, "0|/works/OL1W", 100, &[child("/authors/OL1A", 1)])
+        .await
+        .unwrap();
+    assert_eq!(claimed, vec![true]);
+    store
+        .finish(
+            &id,
+            "/works/OL1W",
+            0,
+            &node("/works/OL1W", Label::Work, &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.begin(&id, "/works/OL2W", 0).await.unwrap(),
+        Begin::Held
+    );
+    assert_eq!(
+        store.begin(&id, "/authors/OL1A", 1).await.unwrap(),
+        Begin::Held
+    );
+    let paused = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(paused.state, CrawlState::Paused);
+    assert_eq!(paused.counters.in_flight, 2, "{paused:?}");
+    assert_eq!(paused.counters.duplicates, 0);
+    assert_eq!(store.held_count(&id).await.unwrap(), 2);
+
+    assert_eq!(store.resume(&id).await.unwrap(), store::Resume::Running);
+    let (cursor, mut held) = store.held_jobs(&id, 0, 100).await.unwrap();
+    assert_eq!(cursor, 0);
+    held.sort_by(|a, b| a.key.cmp(&b.key));
+    let keys: Vec<(&str, u32)> = held.iter().map(|j| (j.key.as_str(), j.depth)).collect();
+    assert_eq!(keys, vec![("/authors/OL1A", 1), ("/works/OL2W", 0)]);
+    for job in &held {
+        assert!(matches!(
+            store.begin_job(job).await.unwrap(),
+            Begin::Run { .. }
+        ));
+    }
+    assert_eq!(store.held_count(&id).await.unwrap(), 0);
+    store
+        .finish(
+            &id,
+            "/works/OL2W",
+            0,
+            &node("/works/OL2W", Label::Work, &[]),
+        )
+        .await
+        .unwrap();
+    store
+        .finish(
+            &id,
+            "/authors/OL1A",
+            1,
+            &node("/authors/OL1A", Label::Author, &[]),
+        )
+        .await
+        .unwrap();
+    let done = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(done.state, CrawlState::Done, "{done:?}");
+    assert_eq!(done.counters.fetched, 3);
+    assert!(matches!(
+        store.pause(&id).await.unwrap(),
+        store::Pause::Finished(CrawlState::Done)
+    ));
+}
+
+/// A crawl whose last pending key finished while it was paused is done on resume; a paused
+/// crawl cancelled skips its held jobs, and cannot be resumed.
+#[tokio::test]
+async fn resume_ends_an_empty_paused_crawl_and_cancel_skips_held_jobs() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    assert!(matches!(
+        store.begin(&id, "/works/OL1W", 0).await.unwrap(),
+        Begin::Run { .. }
+    ));
+    store.pause(&id).await.unwrap();
+    store
+        .finish(
+            &id,
+            "/works/OL1W",
+            0,
+            &node("/works/OL1W", Label::Work, &[]),
+        )
+        .await
+        .unwrap();
+    let paused = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(paused.state, CrawlState::Paused, "never done while paused");
+    assert_eq!(store.resume(&id).await.unwrap(), store::Resume::Done);
+
+    let (store, other) = store_with_crawl(&["/works/OL1W"], 100).await;
+    store.pause(&other).await.unwrap();
+    assert_eq!(
+        store.begin(&other, "/works/OL1W", 0).await.unwrap(),
+        Begin::Held
+    );
+    assert!(store.cancel(&other).await.unwrap());
+    let cancelled = store.status(&other).await.unwrap().expect("status");
+    assert_eq!(cancelled.state, CrawlState::Cancelled);
+    assert_eq!(cancelled.counters.in_flight, 0, "{cancelled:?}");
+    assert_eq!(cancelled.counters.skipped, 1, "{cancelled:?}");
+    assert_eq!(store.held_count(&other).await.unwrap(), 0);
+    assert_eq!(
+        store.resume(&other).await.unwrap(),
+        store::Resume::Cancelled
+    );
+}
+
+/// Purging refuses a crawl with work ahead, deletes a finished one's every key and takes it
+/// out of the index; an unknown crawl is unknown.
+#[tokio::test]
+async fn a_purge_deletes_only_a_finished_crawl() {
+    let prefix = unique("index");
+    let store = CrawlStore::connect(&stack_env("REDIS_URL"))
+        .await
+        .expect("redis reachable")
+        .with_index_prefix(&prefix);
+    let id = unique("crawl");
+    store
+        .create(&CrawlSpec {
+            crawl_id: id.clone(),
+            seeds: vec!["/works/OL1W".to_owned()],
+            max_depth: 1,
+            max_nodes: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.purge(&id).await.unwrap(),
+        store::Purge::Active(CrawlState::Running)
+    );
+    assert_eq!(store.active_count().await.unwrap(), 1);
+    store.cancel(&id).await.unwrap();
+    assert_eq!(
+        store.active_count().await.unwrap(),
+        0,
+        "a cancelled crawl is pruned"
+    );
+    assert_eq!(store.purge(&id).await.unwrap(), store::Purge::Purged);
+    assert_eq!(store.status(&id).await.unwrap(), None);
+    let mut redis = store.connection();
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("bookworm:crawl:{{{id}}}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let page = store
+        .list(
+            &store::ListQuery {
+                limit: 10,
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(page.crawls.is_empty(), "{page:?}");
+    assert_eq!(store.purge(&id).await.unwrap(), store::Purge::Unknown);
+}
+
+/// The running-crawls reservation admits exactly `limit` crawls with work ahead, and a
+/// place frees when one ends.
+#[tokio::test]
+async fn reservations_admit_at_most_the_limit_of_active_crawls() {
+    let store = CrawlStore::connect(&stack_env("REDIS_URL"))
+        .await
+        .expect("redis reachable")
+        .with_index_prefix(&unique("index"));
+    let mut admitted = Vec::new();
+    for _ in 0..3 {
+        let id = unique("crawl");
+        if store.reserve(&id, chrono::Utc::now(), 2).await.unwrap() {
+            store
+                .create(&CrawlSpec {
+                    crawl_id: id.clone(),
+                    seeds: vec!["/works/OL1W".to_owned()],
+                    max_depth: 1,
+                    max_nodes: 10,
+                })
+                .await
+                .unwrap();
+            admitted.push(id);
+        }
+    }
+    assert_eq!(admitted.len(), 2);
+    store.pause(&admitted[0]).await.unwrap();
+    assert_eq!(store.active_count().await.unwrap(), 2, "paused counts");
+    assert!(
+        !store
+            .reserve(&unique("crawl"), chrono::Utc::now(), 2)
+            .await
+            .unwrap()
+    );
+    store.cancel(&admitted[0]).await.unwrap();
+    assert!(
+        store
+            .reserve(&unique("crawl"), chrono::Utc::now(), 2)
+            .await
+            .unwrap()
+    );
+}
+
+/// A crawl whose stored state is corrupt (its meta a key of another type) is left out of a
+/// listing and of the running count; the other crawls are still listed.
+#[tokio::test]
+async fn a_corrupt_crawl_does_not_break_the_listing() {
+    let store = CrawlStore::connect(&stack_env("REDIS_URL"))
+        .await
+        .expect("redis reachable")
+        .with_index_prefix(&unique("index"));
+    let (good, bad) = (unique("crawl"), unique("crawl"));
+    for id in [&good, &bad] {
+        store
+            .create(&CrawlSpec {
+                crawl_id: id.clone(),
+                seeds: vec!["/works/OL1W".to_owned()],
+                max_depth: 1,
+                max_nodes: 10,
+            })
+            .await
+            .unwrap();
+    }
+    let mut redis = store.connection();
+    let meta = format!("bookworm:crawl:{{{bad}}}:meta");
+    redis::pipe()
+        .del(&meta)
+        .set(&meta, "not a hash")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let page = store
+        .list(
+            &store::ListQuery {
+                limit: 10,
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .expect("the listing survives a corrupt crawl");
+    let ids: Vec<&str> = page.crawls.iter().map(|c| c.crawl_id.as_str()).collect();
+    assert_eq!(ids, vec![good.as_str()]);
+    assert_eq!(store.active_count().await.unwrap(), 1);
+    redis::cmd("DEL")
+        .arg(&meta)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+}

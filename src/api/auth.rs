@@ -349,7 +349,25 @@ pub async fn authorize(State(auth): State<Auth>, request: Request, next: Next) -
             StatusCode::FORBIDDEN,
             "this token may only read; creating or cancelling crawls needs a write token",
         ),
-        Some(_) => next.run(request).await,
+        Some(_) => {
+            let caller = bearer(&request).map(CallerId::of_token);
+            let mut request = request;
+            if let Some(caller) = caller {
+                request.extensions_mut().insert(caller);
+            }
+            next.run(request).await
+        }
+    }
+}
+
+/// Who a token is, for per-token quotas shared through Redis: the SHA-1 of the token in
+/// hex, so the token itself is never stored, logged or sent anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerId(pub String);
+
+impl CallerId {
+    fn of_token(token: &[u8]) -> Self {
+        Self(format!("token:{}", sha1_smol::Sha1::from(token).digest()))
     }
 }
 

@@ -12,8 +12,13 @@
 
 pub mod auth;
 pub mod http;
+mod lifecycle;
 pub mod openapi;
+mod quota;
+mod seeds;
 pub mod service;
+
+pub use seeds::seed_key;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +43,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::api::auth::Auth;
 use crate::api::http::ServerLimits;
 use crate::config::CrawlArgs;
+use crate::config::QuotaArgs;
 use crate::crawl::client::block;
 use crate::crawl::store::{CrawlSpec, CrawlState, CrawlStore, StoreError};
 use crate::message::{CrawlJob, VERSION};
@@ -47,12 +53,13 @@ use crate::process::metrics::ApiMetrics;
 /// The most seeds one crawl may start from.
 pub const MAX_SEEDS: usize = 100;
 /// The deepest crawl the API accepts: at Open Library's fan-out, depth 6 already reaches
-/// most of the catalogue.
+/// most of the catalogue (an operator may set a lower ceiling, `API_MAX_DEPTH_LIMIT`).
 pub const MAX_DEPTH_LIMIT: u32 = 10;
+/// The largest node budget the API accepts (an operator may set a lower ceiling,
+/// `API_MAX_NODES_LIMIT`).
+pub const MAX_NODES_LIMIT: usize = 10_000_000;
 /// Request bodies above this are refused before parsing (a hundred seeds fit easily).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Free-text seeds are 3 to 200 characters: Open Library's search refuses fewer than 3.
-const TEXT_SEED_CHARS: std::ops::RangeInclusive<usize> = 3..=200;
 /// What a client reads when Redis fails; the error itself goes to the log.
 const STORE_UNAVAILABLE: &str = "crawl store unavailable";
 
@@ -83,6 +90,7 @@ pub struct ApiState {
     egress_prefix: String,
     metrics: ApiMetrics,
     publish_timeout: Duration,
+    quotas: quota::Quotas,
 }
 
 impl ApiState {
@@ -107,7 +115,15 @@ impl ApiState {
             metrics,
             // A client waits for its 201; half a minute is the most it should wait for Kafka.
             publish_timeout: Duration::from_secs(30),
+            quotas: quota::Quotas::default(),
         }
+    }
+
+    /// The same state with the operator's ceilings on crawls (`API_MAX_*`,
+    /// `API_CRAWLS_PER_MINUTE`) instead of none beyond the API's own.
+    pub fn with_quotas(mut self, quotas: &QuotaArgs) -> Self {
+        self.quotas = quota::Quotas::from_args(quotas);
+        self
     }
 }
 
@@ -127,47 +143,60 @@ struct Problem {
     message: String,
     seed: Option<String>,
     cause: Option<String>,
+    /// The operator's ceiling that refused the request (`API_MAX_RUNNING_CRAWLS`…), as the
+    /// body's `limit`.
+    limit: Option<&'static str>,
+    /// Seconds until a rate-limited client may try again (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl Problem {
-    fn bad_request(message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::BAD_REQUEST,
+            status,
             message: message.into(),
             seed: None,
             cause: None,
+            limit: None,
+            retry_after: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// A ceiling of the operator's refused the request: the body names it in `limit`.
+    fn over_limit(status: StatusCode, limit: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            limit: Some(limit),
+            ..Self::new(status, message)
         }
     }
 
     fn bad_seed(seed: &Value, message: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
             seed: Some(match seed {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             }),
-            cause: None,
+            ..Self::bad_request(message)
         }
     }
 
     fn not_found(crawl_id: &str) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            message: format!("no crawl with id {crawl_id}"),
-            seed: None,
-            cause: None,
-        }
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!("no crawl with id {crawl_id}"),
+        )
     }
 
     /// A dependency failed: the client reads `message` (a few words, no internals), the log
     /// reads `cause`.
     fn unavailable(message: &str, cause: impl std::fmt::Display) -> Self {
         Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.to_owned(),
-            seed: None,
             cause: Some(cause.to_string()),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
         }
     }
 }
@@ -188,80 +217,20 @@ impl IntoResponse for Problem {
         if let Some(seed) = self.seed {
             body["seed"] = Value::String(seed);
         }
+        if let Some(limit) = self.limit {
+            body["limit"] = Value::String(limit.to_owned());
+        }
         if let Some(id) = request_id {
             body["request_id"] = Value::String(id);
         }
-        (self.status, axum::Json(body)).into_response()
-    }
-}
-
-/// Turns a seed from a request into the key its job crawls, or says why it is not one.
-///
-/// Accepted: a key (`/works/OL1W`, `/authors/OL1A`, `/books/OL1M`), a bare id (`OL1W`), an
-/// Open Library URL of one on the configured origin (`https://openlibrary.org/works/OL1W/Title`,
-/// with or without `.json`), or free text of 3 to 200 characters, which becomes
-/// `search:<text>`. Anything that looks like a URL must be on the origin.
-pub fn seed_key(seed: &str, origin: &Url) -> Result<String, String> {
-    let trimmed = seed.trim();
-    if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
-        let url = Url::parse(trimmed).map_err(|e| format!("not a valid URL: {e}"))?;
-        let other_port = url
-            .port()
-            .is_some_and(|p| Some(p) != origin.port_or_known_default());
-        if url.host_str() != origin.host_str() || other_port {
-            return Err(format!(
-                "URL is not on {}",
-                origin.origin().ascii_serialization()
-            ));
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
-        return entity_key(url.path())
-            .ok_or_else(|| "URL names no work, author or edition".to_owned());
+        response
     }
-    if trimmed.starts_with('/') {
-        return entity_key(trimmed).ok_or_else(|| "not a work, author or edition key".to_owned());
-    }
-    if let Some(key) = bare_id_key(trimmed) {
-        return Ok(key);
-    }
-    let chars = trimmed.chars().count();
-    if !TEXT_SEED_CHARS.contains(&chars) {
-        return Err(format!(
-            "free text must be {} to {} characters",
-            TEXT_SEED_CHARS.start(),
-            TEXT_SEED_CHARS.end()
-        ));
-    }
-    if trimmed.chars().any(char::is_control) {
-        return Err("free text must not contain control characters".to_owned());
-    }
-    Ok(format!("search:{trimmed}"))
-}
-
-/// `/works/OL1W/Some_Title.json` → `/works/OL1W`.
-fn entity_key(path: &str) -> Option<String> {
-    let mut parts = path.trim_start_matches('/').split('/');
-    let (kind, id) = (parts.next()?, parts.next()?);
-    let id = id.strip_suffix(".json").unwrap_or(id);
-    let suffix = match kind {
-        "works" => 'W',
-        "authors" => 'A',
-        "books" => 'M',
-        _ => return None,
-    };
-    let digits = id.strip_prefix("OL")?.strip_suffix(suffix)?;
-    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| format!("/{kind}/{id}"))
-}
-
-/// `OL1W` → `/works/OL1W`.
-fn bare_id_key(id: &str) -> Option<String> {
-    let kind = match id.chars().last()? {
-        'W' => "works",
-        'A' => "authors",
-        'M' => "books",
-        _ => return None,
-    };
-    entity_key(&format!("/{kind}/{id}"))
 }
 
 /// The JSON body of `POST /crawls`.
@@ -311,11 +280,14 @@ fn validate(body: &[u8], state: &ApiState) -> Result<CrawlSpec, Problem> {
         None | Some(Value::Null) => state.defaults.max_nodes,
         Some(value) => value
             .as_u64()
-            .filter(|n| (1..=10_000_000).contains(n))
+            .filter(|n| (1..=MAX_NODES_LIMIT as u64).contains(n))
             .ok_or_else(|| {
-                Problem::bad_request("max_nodes must be an integer from 1 to 10000000")
+                Problem::bad_request(format!(
+                    "max_nodes must be an integer from 1 to {MAX_NODES_LIMIT}"
+                ))
             })? as usize,
     };
+    state.quotas.check_limits(max_depth, max_nodes)?;
     Ok(CrawlSpec {
         crawl_id: uuid::Uuid::now_v7().to_string(),
         seeds: keys,
@@ -326,17 +298,23 @@ fn validate(body: &[u8], state: &ApiState) -> Result<CrawlSpec, Problem> {
 
 async fn create_crawl(
     State(state): State<Arc<ApiState>>,
+    caller: quota::Caller,
     body: Bytes,
 ) -> Result<Response, Problem> {
     let spec = validate(&body, &state)?;
-    state.store.create(&spec).await.map_err(|e| match e {
-        StoreError::NearlyFull(_) => Problem::unavailable(
-            "redis is nearly full: no new crawl until finished crawls expire or are deleted",
-            e,
-        ),
-        e => Problem::unavailable(STORE_UNAVAILABLE, e),
-    })?;
+    let admission = quota::admit(&state, &caller, &spec.crawl_id).await?;
+    if let Err(e) = state.store.create(&spec).await {
+        admission.refund(&state).await;
+        return Err(match e {
+            StoreError::NearlyFull(_) => Problem::unavailable(
+                "redis is nearly full: no new crawl until finished crawls expire or are deleted",
+                e,
+            ),
+            e => Problem::unavailable(STORE_UNAVAILABLE, e),
+        });
+    }
     if let Err(e) = enqueue_seeds(&state, &spec).await {
+        admission.refund(&state).await;
         // Never leave a status whose seeds are not in the frontier.
         if let Err(forget) = state.store.forget(&spec.crawl_id).await {
             tracing::error!(crawl_id = %spec.crawl_id, error = %forget, "could not remove the status of a crawl whose seeds failed to enqueue");
@@ -364,16 +342,24 @@ async fn create_crawl(
 
 async fn enqueue_seeds(state: &ApiState, spec: &CrawlSpec) -> Result<(), String> {
     let now = Utc::now();
-    let sends = spec.seeds.iter().map(|seed| {
-        let job = CrawlJob {
-            v: VERSION,
-            crawl_id: spec.crawl_id.clone(),
-            key: seed.clone(),
-            depth: 0,
-            seed: seed.clone(),
-            parent: None,
-            enqueued_at: now,
-        };
+    let jobs = spec.seeds.iter().map(|seed| CrawlJob {
+        v: VERSION,
+        crawl_id: spec.crawl_id.clone(),
+        key: seed.clone(),
+        depth: 0,
+        seed: seed.clone(),
+        parent: None,
+        enqueued_at: now,
+    });
+    publish_jobs(state, jobs).await
+}
+
+/// Publishes `jobs` to the frontier and waits for every acknowledgement (`acks=all`).
+async fn publish_jobs(
+    state: &ApiState,
+    jobs: impl IntoIterator<Item = CrawlJob>,
+) -> Result<(), String> {
+    let sends = jobs.into_iter().map(|job| {
         let producer = state.producer.clone();
         let topic = state.frontier_topic.clone();
         let timeout = state.publish_timeout;
@@ -431,12 +417,7 @@ async fn cancel_crawl(
 }
 
 async fn fallback() -> Problem {
-    Problem {
-        status: StatusCode::NOT_FOUND,
-        message: "no such route".to_owned(),
-        seed: None,
-        cause: None,
-    }
+    Problem::new(StatusCode::NOT_FOUND, "no such route")
 }
 
 /// A handler panicked: the client gets a 500 with the request id, the log gets the panic.
@@ -447,10 +428,8 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("a panic without a message");
     Problem {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message: "internal error".to_owned(),
-        seed: None,
         cause: Some(format!("handler panicked: {cause}")),
+        ..Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
     .into_response()
 }
@@ -500,8 +479,22 @@ pub fn router(state: ApiState, health: HealthState, auth: Auth) -> Router {
     let metrics = state.metrics.clone();
     let document = Arc::new(openapi::document(auth.is_required()));
     let api = Router::new()
-        .route("/crawls", axum::routing::post(create_crawl))
-        .route("/crawls/{id}", get(get_crawl).delete(cancel_crawl))
+        .route(
+            "/crawls",
+            axum::routing::post(create_crawl).get(lifecycle::list_crawls),
+        )
+        .route(
+            "/crawls/{id}",
+            get(get_crawl).delete(lifecycle::cancel_or_purge),
+        )
+        .route(
+            "/crawls/{id}/pause",
+            axum::routing::post(lifecycle::pause_crawl),
+        )
+        .route(
+            "/crawls/{id}/resume",
+            axum::routing::post(lifecycle::resume_crawl),
+        )
         .with_state(Arc::new(state))
         .route(
             "/openapi.json",
@@ -537,50 +530,4 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ApiError>
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ApiError::Bind { addr, source })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn origin() -> Url {
-        Url::parse("https://openlibrary.org").expect("valid origin")
-    }
-
-    #[test]
-    fn seeds_become_keys() {
-        let cases = [
-            ("/works/OL45804W", "/works/OL45804W"),
-            ("OL34184A", "/authors/OL34184A"),
-            (
-                "https://openlibrary.org/books/OL7353617M/Fantastic_Mr._Fox",
-                "/books/OL7353617M",
-            ),
-            (
-                "https://openlibrary.org/works/OL45804W.json",
-                "/works/OL45804W",
-            ),
-            ("the time war", "search:the time war"),
-        ];
-        for (seed, key) in cases {
-            assert_eq!(seed_key(seed, &origin()).as_deref(), Ok(key), "{seed}");
-        }
-    }
-
-    #[test]
-    fn bad_seeds_are_refused_with_a_reason() {
-        for seed in [
-            "https://example.com/works/OL1W",
-            "http://openlibrary.org:8080/works/OL1W",
-            "/subjects/love",
-            "/works/OLxW",
-            "ab",
-            &"x".repeat(201),
-        ] {
-            assert!(
-                seed_key(seed, &origin()).is_err(),
-                "{seed} should be refused"
-            );
-        }
-    }
 }

@@ -47,7 +47,8 @@ pub enum ServeError {
     #[error(transparent)]
     Api(#[from] ApiError),
     /// Who may call the API cannot be decided from the settings (a bad tokens file, or no
-    /// tokens on a public address): a usage error, exit 2. The message names the variable.
+    /// tokens on a public address), or the crawl defaults exceed the ceilings: a usage
+    /// error, exit 2. The message names the variable.
     #[error("{0}")]
     Auth(String),
 }
@@ -74,6 +75,25 @@ pub fn resolve_auth(args: &ApiArgs) -> Result<Auth, ServeError> {
             args.api_addr
         ))),
     }
+}
+
+/// The defaults a crawl gets when it asks for nothing must be within the operator's
+/// ceilings, or every such crawl would be refused: a usage error naming both variables.
+pub fn check_defaults(args: &ServeArgs) -> Result<(), ServeError> {
+    let quotas = &args.api.quotas;
+    if args.crawl.max_depth > quotas.api_max_depth_limit {
+        return Err(ServeError::Auth(format!(
+            "MAX_DEPTH {} is above API_MAX_DEPTH_LIMIT {}: lower MAX_DEPTH or raise the ceiling",
+            args.crawl.max_depth, quotas.api_max_depth_limit
+        )));
+    }
+    if args.crawl.max_nodes > quotas.api_max_nodes_limit {
+        return Err(ServeError::Auth(format!(
+            "MAX_NODES {} is above API_MAX_NODES_LIMIT {}: lower MAX_NODES or raise the ceiling",
+            args.crawl.max_nodes, quotas.api_max_nodes_limit
+        )));
+    }
+    Ok(())
 }
 
 /// The API server's bounds on its clients.
@@ -103,6 +123,7 @@ impl Server {
     /// Connects to Redis and Kafka and binds `API_ADDR`.
     pub async fn bind(args: &ServeArgs) -> Result<Self, ServeError> {
         let auth = resolve_auth(&args.api)?;
+        check_defaults(args)?;
         let registry = prometheus::Registry::new();
         let metrics = ApiMetrics::register(&registry)?;
         let redis_memory = metrics.redis_memory.clone();
@@ -113,7 +134,8 @@ impl Server {
                 source,
             })?
             // A crawl cancelled here keeps its working state as long as the workers' do.
-            .with_retention(args.crawl.crawl_retention);
+            .with_retention(args.crawl.crawl_retention)
+            .with_index_prefix(&args.api.crawl_index_prefix);
         let producer = kafka::producer(&args.kafka.brokers.kafka_brokers, SEED_PUBLISH_TIMEOUT)?;
         let readiness = Readiness::with_conditions(&[READINESS_REDIS]);
         let health = HealthState {
@@ -129,7 +151,8 @@ impl Server {
             args.api.origin.openlibrary_base_url.clone(),
             args.api.egress_state.egress_redis_prefix.clone(),
             metrics,
-        );
+        )
+        .with_quotas(&args.api.quotas);
         let listener = super::bind(args.api.api_addr).await?;
         match &auth {
             Auth::Open => tracing::warn!(

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bookworm::api::service::ServeError;
 use bookworm::config::ops::{
-    DlqCommand, MigrateArgs, NeighbourhoodArgs, SeedArgs, StatusArgs, SummaryArgs, TopicsCommand,
-    UnblockArgs,
+    CrawlsCommand, DlqCommand, MigrateArgs, NeighbourhoodArgs, SeedArgs, StatusArgs, SummaryArgs,
+    TopicsCommand, UnblockArgs,
 };
 use bookworm::config::{LogArgs, ServeArgs};
 use bookworm::ops::commands::{self, UsageError};
@@ -46,6 +46,9 @@ enum Command {
     Seed(SeedArgs),
     /// Show a crawl's status; with --watch, follow it until it is done or cancelled.
     Status(StatusArgs),
+    /// List, pause, resume and delete crawls through the HTTP API.
+    #[command(subcommand)]
+    Crawls(CrawlsCommand),
     /// Look at and replay the crawl dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -98,6 +101,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(args) => commands::bench(args).await,
         Command::Seed(args) => commands::seed(args).await,
         Command::Status(args) => commands::status(args).await,
+        Command::Crawls(CrawlsCommand::List(args)) => commands::crawls_list(args).await,
+        Command::Crawls(CrawlsCommand::Pause(args)) => {
+            commands::crawls_pause_or_resume(args, false).await
+        }
+        Command::Crawls(CrawlsCommand::Resume(args)) => {
+            commands::crawls_pause_or_resume(args, true).await
+        }
+        Command::Crawls(CrawlsCommand::Delete(args)) => commands::crawls_delete(args).await,
         Command::Dlq(DlqCommand::List(args)) => commands::dlq_list(args).await,
         Command::Dlq(DlqCommand::Replay(args)) => commands::dlq_replay(args).await,
         Command::Graph(args) => commands::graph(args).await,

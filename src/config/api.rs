@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::egress::{EgressStateArgs, OriginArgs};
-use super::parse::{parse_duration, parse_positive};
+use super::parse::{parse_duration, parse_positive, parse_positive_u32};
 use super::{CrawlArgs, KafkaArgs, RedisArgs};
 use clap::{Args, ValueEnum};
 
@@ -58,6 +58,15 @@ pub struct ApiArgs {
     #[arg(long, env = "API_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub api_shutdown_timeout: Duration,
 
+    /// Redis key of the crawl index (`GET /crawls`, the running-crawls count) and the
+    /// per-caller rate windows: API replicas that share it share their lists and quotas.
+    #[arg(long, env = "CRAWL_INDEX_PREFIX", default_value = "bookworm:crawls")]
+    pub crawl_index_prefix: String,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub quotas: QuotaArgs,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub origin: OriginArgs,
@@ -65,6 +74,48 @@ pub struct ApiArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub egress_state: EgressStateArgs,
+}
+
+/// The operator's ceilings on crawls; a request beyond one is refused with a 4xx whose
+/// `limit` names the variable.
+#[derive(Args, Debug, Clone)]
+pub struct QuotaArgs {
+    /// The deepest `max_depth` a crawl may ask for (at most 10, the API's own bound). 422
+    /// beyond it.
+    #[arg(long, env = "API_MAX_DEPTH_LIMIT", default_value = "10", value_parser = parse_depth_ceiling)]
+    pub api_max_depth_limit: u32,
+
+    /// The largest `max_nodes` a crawl may ask for (at most 10000000). 422 beyond it.
+    #[arg(long, env = "API_MAX_NODES_LIMIT", default_value = "10000000", value_parser = parse_nodes_ceiling)]
+    pub api_max_nodes_limit: usize,
+
+    /// Crawls with work ahead (running, paused or blocked) at once; a creation beyond it is
+    /// refused with 429. Unset: no ceiling.
+    #[arg(long, env = "API_MAX_RUNNING_CRAWLS", value_parser = parse_positive)]
+    pub api_max_running_crawls: Option<usize>,
+
+    /// Crawls one caller (its token, or its client IP without tokens) may create over any
+    /// 60 s, shared by every API replica through Redis; 429 with Retry-After beyond it.
+    /// Unset: no ceiling.
+    #[arg(long, env = "API_CRAWLS_PER_MINUTE", value_parser = parse_positive_u32)]
+    pub api_crawls_per_minute: Option<u32>,
+}
+
+/// A depth ceiling: 0 to 10.
+fn parse_depth_ceiling(text: &str) -> Result<u32, String> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|d| *d <= 10)
+        .ok_or_else(|| format!("{text:?} is not a depth from 0 to 10"))
+}
+
+/// A node-budget ceiling: 1 to 10000000.
+fn parse_nodes_ceiling(text: &str) -> Result<usize, String> {
+    let nodes = parse_positive(text)?;
+    if nodes > 10_000_000 {
+        return Err(format!("{text:?} is above 10000000"));
+    }
+    Ok(nodes)
 }
 
 /// Everything `bookworm serve` reads. Who may call the API is resolved from these at

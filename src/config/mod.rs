@@ -16,7 +16,7 @@ mod egress;
 pub mod ops;
 mod parse;
 
-pub use api::{ApiArgs, AuthSetting, ServeArgs};
+pub use api::{ApiArgs, AuthSetting, QuotaArgs, ServeArgs};
 pub use egress::{
     DEFAULT_USER_AGENT, EgressArgs, EgressSpec, EgressStateArgs, LimitScope,
     MAX_OPENLIBRARY_EGRESSES, OriginArgs, ProxyPool, is_openlibrary, parse_proxy_pool,

@@ -200,3 +200,72 @@ pub enum GraphFormat {
     /// `{nodes: [...], relationships: [...]}`.
     Json,
 }
+
+/// `bookworm crawls`: the crawl lifecycle, through the API.
+#[derive(Subcommand, Debug, Clone)]
+pub enum CrawlsCommand {
+    /// List crawls, newest first, one a line (`GET /crawls`).
+    List(CrawlsListArgs),
+    /// Pause a crawl: workers hold its jobs without fetching them until it is resumed.
+    Pause(CrawlIdArgs),
+    /// Resume a paused crawl where it stopped (safe to repeat).
+    Resume(CrawlIdArgs),
+    /// Delete a done or cancelled crawl's state at once, summary included; a running or
+    /// paused crawl is refused unless --force, which cancels it first.
+    Delete(CrawlsDeleteArgs),
+}
+
+/// A crawl state to filter a listing by.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFilter {
+    /// Jobs are pending.
+    Running,
+    /// Paused by an operator.
+    Paused,
+    /// Running, but Open Library refuses our User-Agent.
+    Blocked,
+    /// Finished.
+    Done,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// `bookworm crawls list`.
+#[derive(Args, Debug, Clone)]
+pub struct CrawlsListArgs {
+    /// Only crawls in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<StateFilter>,
+    /// Crawls per page (the API's default is 50, at most 500).
+    #[arg(long, value_parser = parse_positive)]
+    pub limit: Option<usize>,
+    /// Start after this cursor (the `more: --after …` line of the previous page).
+    #[arg(long)]
+    pub after: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub api: ApiUrl,
+}
+
+/// `bookworm crawls pause|resume`.
+#[derive(Args, Debug, Clone)]
+pub struct CrawlIdArgs {
+    /// The crawl's id.
+    pub crawl_id: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub api: ApiUrl,
+}
+
+/// `bookworm crawls delete`.
+#[derive(Args, Debug, Clone)]
+pub struct CrawlsDeleteArgs {
+    /// The crawl's id.
+    pub crawl_id: String,
+    /// Cancel a running or paused crawl first, then delete it.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub api: ApiUrl,
+}

@@ -13,6 +13,11 @@
 //!    instead of published (its publish timed out, `JOB_TIMEOUT` fired after its claim)
 //!    releases there the claims of step 3 whose jobs never began, so its children do not
 //!    wait forever for jobs nobody published.
+//!
+//! A paused crawl's job is held at step 1 ([`Begin::Held`]; why: `crawl::store::pause`).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +137,13 @@ pub struct CrawlHandler {
     topics: OutputTopics,
     metrics: WorkerMetrics,
     worker_name: String,
+    /// Deliveries whose job was held: `finished` records no outcome for them.
+    held: Mutex<HashSet<(String, i32, i64)>>,
+}
+
+/// Where a delivery is, as [`CrawlHandler`]'s held set names it.
+fn place(d: &Delivery) -> (String, i32, i64) {
+    (d.topic.clone(), d.partition, d.offset)
 }
 
 impl CrawlHandler {
@@ -161,6 +173,7 @@ impl CrawlHandler {
             topics,
             metrics,
             worker_name,
+            held: Mutex::new(HashSet::new()),
         }
     }
 
@@ -351,8 +364,10 @@ impl CrawlHandler {
         Ok(records)
     }
 
-    /// Runs `job`; `attempt` is the loop's try of this delivery (1 on the first).
-    async fn crawl(&self, job: CrawlJob, attempt: u32) -> Result<Vec<Record>, HandleError> {
+    /// Runs `job` of `delivery`; `attempt` is the loop's try of this delivery (1 on the
+    /// first).
+    async fn crawl(&self, delivery: &Delivery, job: CrawlJob) -> Result<Vec<Record>, HandleError> {
+        let attempt = delivery.attempt;
         let target =
             Target::parse(&job.key).map_err(|why| dead_letter(FailureReason::InvalidJob, why))?;
         if matches!(target, Target::Search(_)) && job.depth > 0 {
@@ -362,16 +377,18 @@ impl CrawlHandler {
                 "search below depth 0",
             ));
         }
-        let (max_depth, max_nodes) = match self
-            .store
-            .begin(&job.crawl_id, &job.key, job.depth)
-            .await
-            .map_err(store_error)?
-        {
+        let (max_depth, max_nodes) = match self.store.begin_job(&job).await.map_err(store_error)? {
             Begin::Run {
                 max_depth,
                 max_nodes,
             } => (max_depth, max_nodes),
+            Begin::Held => {
+                tracing::debug!(crawl_id = %job.crawl_id, key = %job.key, depth = job.depth, "job held: its crawl is paused");
+                if let Ok(mut held) = self.held.lock() {
+                    held.insert(place(delivery));
+                }
+                return Ok(Vec::new());
+            }
             skipped => {
                 tracing::debug!(crawl_id = %job.crawl_id, key = %job.key, depth = job.depth, ?skipped, "job skipped");
                 self.metrics.jobs_skipped.inc();
@@ -490,7 +507,7 @@ impl Handler for CrawlHandler {
             self.metrics.jobs_deferred.inc();
             return Ok(vec![self.deferral(delivery)]);
         };
-        self.crawl(job, delivery.attempt).await
+        self.crawl(delivery, job).await
     }
 
     /// A job's lane is its crawl: the loop shares the slots between crawls.
@@ -549,6 +566,14 @@ impl Handler for CrawlHandler {
             // A payload that is not a job was dead-lettered; there is no crawl to tell.
             return Ok(());
         };
+        let was_held = self
+            .held
+            .lock()
+            .map(|mut held| held.remove(&place(delivery)))
+            .unwrap_or(false);
+        if was_held && matches!(outcome, Outcome::Published(_)) {
+            return Ok(()); // the key stays pending until its held copy runs
+        }
         let finish = match outcome {
             Outcome::Published(records) if self.is_deferral(delivery, records) => return Ok(()),
             Outcome::Published(records) => self.finish_of(records),

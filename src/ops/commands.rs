@@ -4,17 +4,18 @@
 use anyhow::Context;
 
 use crate::config::ops::{
-    CreateTopicsArgs, DlqListArgs, DlqReplayArgs, DlqSelect, GraphFormat, MigrateArgs,
-    NeighbourhoodArgs, SeedArgs, StatusArgs, SummaryArgs, UnblockArgs,
+    CrawlIdArgs, CrawlsDeleteArgs, CrawlsListArgs, CreateTopicsArgs, DlqListArgs, DlqReplayArgs,
+    DlqSelect, GraphFormat, MigrateArgs, NeighbourhoodArgs, SeedArgs, StateFilter, StatusArgs,
+    SummaryArgs, UnblockArgs,
 };
 use crate::crawl::client::block;
-use crate::crawl::store::CrawlStore;
+use crate::crawl::store::{CrawlState, CrawlStore};
 use crate::graph::GraphStore;
 use crate::graph::migrate::{self, MigrateOptions};
 use crate::kafka::{TopicLayout, create_topics};
 use crate::message::FailureReason;
 use crate::ops::crawls::{self, ApiClient, WatchView};
-use crate::ops::{dlq, graph_dlq, neighbourhood, summary};
+use crate::ops::{dlq, graph_dlq, lifecycle, neighbourhood, summary};
 
 /// A command's input is wrong in a way its flags' parsers could not see: like a bad flag, it
 /// exits with code 2.
@@ -288,5 +289,42 @@ pub async fn unblock(args: UnblockArgs) -> anyhow::Result<()> {
         ),
         None => println!("no User-Agent block is in force under {prefix}"),
     }
+    Ok(())
+}
+
+/// `bookworm crawls list`: a page of crawls, one a line.
+pub async fn crawls_list(args: CrawlsListArgs) -> anyhow::Result<()> {
+    let client = ApiClient::with_token(args.api.url, args.api.token.as_deref())?;
+    let state = args.state.map(|s| match s {
+        StateFilter::Running => CrawlState::Running,
+        StateFilter::Paused => CrawlState::Paused,
+        StateFilter::Blocked => CrawlState::Blocked,
+        StateFilter::Done => CrawlState::Done,
+        StateFilter::Cancelled => CrawlState::Cancelled,
+    });
+    let page = client
+        .list(state, args.limit, args.after.as_deref())
+        .await?;
+    print!("{}", lifecycle::render_list(&page));
+    Ok(())
+}
+
+/// `bookworm crawls pause|resume`: the crawl's status afterwards.
+pub async fn crawls_pause_or_resume(args: CrawlIdArgs, resume: bool) -> anyhow::Result<()> {
+    let client = ApiClient::with_token(args.api.url, args.api.token.as_deref())?;
+    let status = if resume {
+        client.resume(&args.crawl_id).await?
+    } else {
+        client.pause(&args.crawl_id).await?
+    };
+    print!("{}", crawls::render_status(&status));
+    Ok(())
+}
+
+/// `bookworm crawls delete [--force]`.
+pub async fn crawls_delete(args: CrawlsDeleteArgs) -> anyhow::Result<()> {
+    let client = ApiClient::with_token(args.api.url, args.api.token.as_deref())?;
+    client.delete(&args.crawl_id, args.force).await?;
+    println!("deleted crawl {}", args.crawl_id);
     Ok(())
 }

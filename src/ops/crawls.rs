@@ -66,6 +66,10 @@ pub enum CrawlsError {
         /// The API's error text.
         error: String,
     },
+    /// The crawl is not in a state the request applies to (409): pausing a finished crawl,
+    /// deleting one with work ahead without `--force`.
+    #[error("{0}")]
+    Conflict(String),
     /// The base URL cannot be joined with a path.
     #[error("invalid API URL: {0}")]
     Url(#[from] url::ParseError),
@@ -80,8 +84,8 @@ fn rejected_message(error: &str, seed: Option<&str>) -> String {
 
 /// The API's error body.
 #[derive(Debug, Deserialize)]
-struct ErrorBody {
-    error: String,
+pub(super) struct ErrorBody {
+    pub(super) error: String,
     #[serde(default)]
     seed: Option<String>,
 }
@@ -89,8 +93,8 @@ struct ErrorBody {
 /// A client of one deployment's HTTP API.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
-    base: Url,
-    http: reqwest::Client,
+    pub(super) base: Url,
+    pub(super) http: reqwest::Client,
 }
 
 impl ApiClient {
@@ -167,11 +171,7 @@ impl ApiClient {
 
     /// The crawl's status.
     pub async fn status(&self, crawl_id: &str) -> Result<CrawlStatus, CrawlsError> {
-        let mut url = self.base.join("crawls/")?;
-        url.path_segments_mut()
-            .map_err(|()| url::ParseError::RelativeUrlWithCannotBeABaseBase)?
-            .pop_if_empty()
-            .push(crawl_id);
+        let url = self.crawl_url(crawl_id, None)?;
         let response = self.http.get(url).send().await?;
         match response.status() {
             StatusCode::OK => Ok(response.json().await?),
@@ -181,8 +181,29 @@ impl ApiClient {
     }
 }
 
+impl ApiClient {
+    /// `crawls/{id}` (and `/{action}`), the id escaped as one path segment.
+    pub(super) fn crawl_url(
+        &self,
+        crawl_id: &str,
+        action: Option<&str>,
+    ) -> Result<Url, CrawlsError> {
+        let mut url = self.base.join("crawls/")?;
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .map_err(|()| url::ParseError::RelativeUrlWithCannotBeABaseBase)?;
+            segments.pop_if_empty().push(crawl_id);
+            if let Some(action) = action {
+                segments.push(action);
+            }
+        }
+        Ok(url)
+    }
+}
+
 /// The error of an answer the call did not expect: a refused token, or anything else.
-async fn unexpected(status: StatusCode, response: reqwest::Response) -> CrawlsError {
+pub(super) async fn unexpected(status: StatusCode, response: reqwest::Response) -> CrawlsError {
     let body = response.text().await.unwrap_or_default();
     if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         let error = serde_json::from_str::<ErrorBody>(&body)

@@ -14,5 +14,6 @@ pub mod commands;
 pub mod crawls;
 pub mod dlq;
 pub mod graph_dlq;
+pub mod lifecycle;
 pub mod neighbourhood;
 pub mod summary;

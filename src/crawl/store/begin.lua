@@ -1,5 +1,6 @@
-local meta, claims, pending, counters, started = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[8]
-local key, depth = ARGV[2], tonumber(ARGV[3])
+local meta, claims, pending, counters, started, held =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[8], KEYS[10]
+local key, depth, job = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local state = redis.call('HGET', meta, 'state')
 if not state then return {'unknown'} end
 if state == 'cancelled' then
@@ -15,6 +16,7 @@ if not claim then
   redis.call('HINCRBY', counters, 'enqueued', 1)
   if state == 'done' then
     redis.call('HSET', meta, 'state', 'running')
+    state = 'running'
     keep_working()
   end
 else
@@ -27,6 +29,19 @@ else
     return {'duplicate'}
   end
 end
--- The key's job at this depth has begun: a failed parent no longer releases its claim.
+-- The key's job at this depth has begun: a failed parent no longer releases its claim. A
+-- held job counts as begun too: its job exists (in the held hash), and will run on resume.
 redis.call('HSET', started, key, depth)
+if state == 'paused' then
+  -- Held whole, as `depth|job`; a shorter path's job of the key replaces a deeper one.
+  redis.call('HSET', held, key, depth .. '|' .. job)
+  return {'held'}
+end
+-- This run covers a held job of the key at this depth or deeper (published again on
+-- resume): it is no longer held.
+local holding = redis.call('HGET', held, key)
+if holding then
+  local held_depth = tonumber(string.match(holding, '^(%d+)|'))
+  if not held_depth or held_depth >= depth then redis.call('HDEL', held, key) end
+end
 return {'run', redis.call('HGET', meta, 'max_depth'), redis.call('HGET', meta, 'max_nodes')}

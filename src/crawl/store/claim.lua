@@ -21,7 +21,9 @@ for i = 3, #ARGV, 2 do
   local key, depth = ARGV[i], tonumber(ARGV[i + 1])
   local claim = redis.call('HGET', claims, key)
   local enqueue = 0
-  if state ~= 'running' then
+  if state ~= 'running' and state ~= 'paused' then
+    -- A paused crawl still claims the children of jobs that were running when it paused:
+    -- their jobs are published and held, so resume loses none of them.
     enqueue = 0
   elseif not claim then
     if redis.call('HLEN', claims) < max_nodes then

@@ -1,12 +1,14 @@
 local meta, claims, pending, counters, nodes, edges, failures, started, offspring, sketch =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[11]
 local retention, exact_edges = tonumber(ARGV[1]), tonumber(ARGV[2])
 local key, depth, outcome, now = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
 -- A job of an unknown crawl, or a late one of a finished crawl whose working state has
 -- expired, leaves no trace: counting it again would count its node twice.
 local state = redis.call('HGET', meta, 'state')
 if not state then return 0 end
-if state ~= 'running' and redis.call('EXISTS', claims) == 0 then return 0 end
+if (state == 'done' or state == 'cancelled') and redis.call('EXISTS', claims) == 0 then
+  return 0
+end
 local claim = redis.call('HGET', claims, key)
 local claimed_depth = claim and tonumber(string.match(claim, '^(%d+)|'))
 if claim and not claimed_depth then
@@ -82,6 +84,7 @@ if redis.call('SCARD', pending) == 0 and state == 'running' then
   state = 'done'
 end
 -- Done or cancelled: the working state (including what this call wrote) expires after the
--- retention, counted from the crawl's last outcome.
-if state ~= 'running' then expire_working(retention) end
+-- retention, counted from the crawl's last outcome. A paused crawl is never done here (its
+-- held keys are pending); resume declares it done if nothing is.
+if state == 'done' or state == 'cancelled' then expire_working(retention) end
 return 1

@@ -19,7 +19,8 @@
 //!   Redis outage: retrying it cannot help.
 //! - Counters are idempotent: nodes, edges and failures are counted once per key (or edge)
 //!   however often a job is redelivered, so the final counters equal the graph's counts.
-//! - The crawl is `done` when nothing is pending.
+//! - The crawl is `done` when nothing is pending. A paused crawl's jobs are held, not run
+//!   ([`pause`]): their keys stay pending, so a paused crawl is never `done`.
 //! - State is bounded in time: once a crawl is done or cancelled, its working state (claims,
 //!   pending keys, the per-key sets) expires after a retention (`CRAWL_RETENTION`, counted
 //!   from its last outcome), while its summary (meta: state, seeds, limits, times; counters)
@@ -29,20 +30,24 @@
 //! workers. All keys of a crawl share a hash tag (`{crawl id}`) so the scripts also work on a
 //! Redis Cluster.
 
+mod index;
 mod memory;
+mod pause;
 mod status;
 
+pub use index::{CrawlPage, DEFAULT_INDEX_PREFIX, ListQuery, MAX_SCANNED, parse_cursor};
 pub use memory::{HIGH_WATER, MemoryReading, MemoryWatch};
+pub use pause::{Pause, Purge, Resume};
 pub use status::{Counters, CrawlSpec, CrawlState, CrawlStatus};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use redis::Script;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
 
-use crate::message::{FailureReason, Label};
+use crate::message::{CrawlJob, FailureReason, Label, VERSION};
 use crate::process::metrics::RedisMemoryMetrics;
 use tokio_util::sync::CancellationToken;
 
@@ -102,6 +107,9 @@ pub enum Begin {
     Cancelled,
     /// Drop it: no such crawl (expired, or never created through the API).
     UnknownCrawl,
+    /// The crawl is paused: the job is kept in Redis (its key stays pending) and published
+    /// again on resume; the delivery itself is complete, so its partition moves on.
+    Held,
 }
 
 /// How a job ended, once its outputs were acknowledged by Kafka.
@@ -142,6 +150,7 @@ struct CrawlKeys {
     failures: String,
     started: String,
     offspring: String,
+    held: String,
     edge_sketch: String,
 }
 
@@ -158,13 +167,14 @@ impl CrawlKeys {
             failures: format!("{base}:failures"),
             started: format!("{base}:started"),
             offspring: format!("{base}:offspring"),
+            held: format!("{base}:held"),
             edge_sketch: format!("{base}:edge-sketch"),
         }
     }
 
     /// Every key of the crawl, in the order the state-changing scripts take them
     /// (`lifecycle.lua`).
-    fn all(&self) -> [&str; 10] {
+    fn all(&self) -> [&str; 11] {
         [
             &self.meta,
             &self.claims,
@@ -175,6 +185,7 @@ impl CrawlKeys {
             &self.failures,
             &self.started,
             &self.offspring,
+            &self.held,
             &self.edge_sketch,
         ]
     }
@@ -247,6 +258,11 @@ pub struct CrawlStore {
     finish: Script,
     cancel: Script,
     requeue: Script,
+    pause: Script,
+    resume: Script,
+    /// The Redis key of the crawl index ([`index`]); the active crawls are under
+    /// `<index>:active`.
+    index: String,
     /// Seconds a done or cancelled crawl's working state is kept.
     retention_secs: u64,
     /// Distinct edges counted exactly before the count is estimated.
@@ -267,6 +283,9 @@ impl CrawlStore {
             finish: with_lifecycle(FINISH),
             cancel: with_lifecycle(CANCEL),
             requeue: with_lifecycle(REQUEUE),
+            pause: Script::new(pause::PAUSE),
+            resume: with_lifecycle(pause::RESUME),
+            index: DEFAULT_INDEX_PREFIX.to_owned(),
             retention_secs: DEFAULT_RETENTION.as_secs(),
             exact_edges: EXACT_EDGE_COUNT,
             memory: MemoryWatch::default(),
@@ -337,7 +356,8 @@ impl CrawlStore {
     pub async fn create(&self, spec: &CrawlSpec) -> Result<(), StoreError> {
         self.check_room()?;
         let keys = CrawlKeys::new(&spec.crawl_id);
-        let now = Utc::now().to_rfc3339();
+        let created = Utc::now();
+        let now = created.to_rfc3339();
         let seeds = serde_json::to_string(&spec.seeds).map_err(|e| StoreError::Corrupt {
             crawl_id: spec.crawl_id.clone(),
             detail: e.to_string(),
@@ -362,6 +382,7 @@ impl CrawlStore {
         }
         pipe.hincr(&keys.counters, "enqueued", spec.seeds.len())
             .ignore();
+        index::add(&mut pipe, &self.index, &spec.crawl_id, created);
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
@@ -371,12 +392,37 @@ impl CrawlStore {
     pub async fn forget(&self, crawl_id: &str) -> Result<(), StoreError> {
         let keys = CrawlKeys::new(crawl_id);
         let mut conn = self.conn.clone();
-        conn.del::<_, ()>(&keys.all()[..]).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&keys.all()[..]).ignore();
+        index::remove(&mut pipe, &self.index, crawl_id);
+        pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
 
-    /// Decides whether a received job should run.
+    /// Decides whether a received job should run, for a job known only by its key and depth
+    /// (a held job is kept as a job of that key and depth descending from itself). Workers
+    /// call [`CrawlStore::begin_job`], which keeps the whole job.
     pub async fn begin(&self, crawl_id: &str, key: &str, depth: u32) -> Result<Begin, StoreError> {
+        let job = CrawlJob {
+            v: VERSION,
+            crawl_id: crawl_id.to_owned(),
+            key: key.to_owned(),
+            depth,
+            seed: key.to_owned(),
+            parent: None,
+            enqueued_at: Utc::now(),
+        };
+        self.begin_job(&job).await
+    }
+
+    /// Decides whether a received job should run. While its crawl is paused the job is held
+    /// (kept in Redis, whole, to be published again on resume: [`Begin::Held`]).
+    pub async fn begin_job(&self, job: &CrawlJob) -> Result<Begin, StoreError> {
+        let (crawl_id, key, depth) = (job.crawl_id.as_str(), job.key.as_str(), job.depth);
+        let payload = serde_json::to_string(job).map_err(|e| StoreError::Corrupt {
+            crawl_id: crawl_id.to_owned(),
+            detail: e.to_string(),
+        })?;
         self.check_room()?;
         let keys = CrawlKeys::new(crawl_id);
         let mut conn = self.conn.clone();
@@ -388,6 +434,7 @@ impl CrawlStore {
             .arg(self.retention_secs)
             .arg(key)
             .arg(depth)
+            .arg(payload)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| StoreError::of_redis(crawl_id, e))?;
@@ -412,6 +459,7 @@ impl CrawlStore {
             Some("duplicate") => Ok(Begin::Duplicate),
             Some("cancelled") => Ok(Begin::Cancelled),
             Some("unknown") => Ok(Begin::UnknownCrawl),
+            Some("held") => Ok(Begin::Held),
             _ => Err(corrupt("unexpected reply from the begin script")),
         }
     }
@@ -552,7 +600,10 @@ impl CrawlStore {
             .await
             .map_err(|e| StoreError::of_redis(crawl_id, e))?;
         match reply.as_str() {
-            "requeued" => Ok(Requeue::Requeued),
+            "requeued" => {
+                self.reactivate(crawl_id).await?;
+                Ok(Requeue::Requeued)
+            }
             "pending" => Ok(Requeue::AlreadyPending),
             "cancelled" => Ok(Requeue::Cancelled),
             "unknown" => Ok(Requeue::UnknownCrawl),
@@ -598,63 +649,7 @@ impl CrawlStore {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| StoreError::of_redis(crawl_id, e))?;
-        if meta.is_empty() {
-            return Ok(None);
-        }
-        let corrupt = |detail: String| StoreError::Corrupt {
-            crawl_id: crawl_id.to_owned(),
-            detail,
-        };
-        let field = |name: &str| {
-            meta.get(name)
-                .ok_or_else(|| corrupt(format!("missing {name}")))
-        };
-        let time = |name: &str| -> Result<DateTime<Utc>, StoreError> {
-            DateTime::parse_from_rfc3339(field(name)?)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| corrupt(format!("{name}: {e}")))
-        };
-        let state = CrawlState::parse(field("state")?)
-            .ok_or_else(|| corrupt("unknown state".to_owned()))?;
-        let seeds: Vec<String> =
-            serde_json::from_str(field("seeds")?).map_err(|e| corrupt(format!("seeds: {e}")))?;
-        let mut status_counters = Counters {
-            in_flight,
-            ..Counters::default()
-        };
-        for (name, value) in counters {
-            match name.split_once(':') {
-                Some(("nodes", label)) => {
-                    status_counters.nodes.insert(label.to_owned(), value);
-                }
-                Some(("failed", reason)) => {
-                    status_counters.failed.insert(reason.to_owned(), value);
-                }
-                _ => match name.as_str() {
-                    "enqueued" => status_counters.enqueued = value,
-                    "fetched" => status_counters.fetched = value,
-                    "duplicates" => status_counters.duplicates = value,
-                    "skipped" => status_counters.skipped = value,
-                    "edges" => status_counters.edges = value,
-                    "edges_estimated" => status_counters.edges_estimated = value > 0,
-                    _ => {}
-                },
-            }
-        }
-        Ok(Some(CrawlStatus {
-            crawl_id: crawl_id.to_owned(),
-            state,
-            seeds,
-            max_depth: field("max_depth")?
-                .parse()
-                .map_err(|e| corrupt(format!("max_depth: {e}")))?,
-            max_nodes: field("max_nodes")?
-                .parse()
-                .map_err(|e| corrupt(format!("max_nodes: {e}")))?,
-            counters: status_counters,
-            created_at: time("created_at")?,
-            updated_at: time("updated_at")?,
-        }))
+        status::from_stored(crawl_id, &meta, counters, in_flight)
     }
 }
 

@@ -14,6 +14,8 @@ end
 redis.call('HSET', claims, key, depth .. '|replay')
 redis.call('SADD', pending, key)
 redis.call('HINCRBY', counters, 'enqueued', 1)
-redis.call('HSET', meta, 'state', 'running', 'updated_at', now)
+-- A paused crawl stays paused: the replayed job is held when it begins.
+if state ~= 'paused' then state = 'running' end
+redis.call('HSET', meta, 'state', state, 'updated_at', now)
 keep_working()
 return 'requeued'

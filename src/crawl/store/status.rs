@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 pub enum CrawlState {
     /// Jobs are pending.
     Running,
+    /// Paused by an operator: workers hold its jobs in Redis without fetching them
+    /// (`POST /crawls/{id}/resume` publishes them again).
+    Paused,
     /// Nothing is pending any more.
     Done,
     /// Cancelled by an operator; remaining jobs are dropped and counted as skipped.
@@ -26,20 +29,32 @@ impl CrawlState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
+            Self::Paused => "paused",
             Self::Done => "done",
             Self::Cancelled => "cancelled",
             Self::Blocked => "blocked",
         }
     }
 
-    /// Reads a stored state (`blocked` is never stored).
-    pub(super) fn parse(text: &str) -> Option<Self> {
+    /// Reads a state as the API spells it (`blocked` is never stored, but a client may
+    /// filter by it).
+    pub fn parse(text: &str) -> Option<Self> {
         match text {
             "running" => Some(Self::Running),
+            "paused" => Some(Self::Paused),
+            "blocked" => Some(Self::Blocked),
             "done" => Some(Self::Done),
             "cancelled" => Some(Self::Cancelled),
             _ => None,
         }
+    }
+}
+
+impl CrawlState {
+    /// Whether the crawl is over (done or cancelled): nothing of it runs any more, and only
+    /// its summary and, for a retention, its working state remain.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Done | Self::Cancelled)
     }
 }
 
@@ -61,7 +76,7 @@ pub struct CrawlSpec {
 pub struct CrawlStatus {
     /// The crawl's id.
     pub crawl_id: String,
-    /// `running`, `blocked`, `done` or `cancelled`.
+    /// `running`, `paused`, `blocked`, `done` or `cancelled`.
     pub state: CrawlState,
     /// Seed keys.
     pub seeds: Vec<String>,
@@ -102,4 +117,72 @@ pub struct Counters {
     pub edges_estimated: bool,
     /// Keys that ended in the DLQ, by reason.
     pub failed: BTreeMap<String, u64>,
+}
+
+/// Reads a crawl's status from its stored meta and counters hashes and its count of
+/// pending keys; `None` when the meta is gone (an unknown, expired or deleted crawl).
+pub(super) fn from_stored(
+    crawl_id: &str,
+    meta: &BTreeMap<String, String>,
+    counters: BTreeMap<String, u64>,
+    in_flight: u64,
+) -> Result<Option<CrawlStatus>, super::StoreError> {
+    if meta.is_empty() {
+        return Ok(None);
+    }
+    let corrupt = |detail: String| super::StoreError::Corrupt {
+        crawl_id: crawl_id.to_owned(),
+        detail,
+    };
+    let field = |name: &str| {
+        meta.get(name)
+            .ok_or_else(|| corrupt(format!("missing {name}")))
+    };
+    let time = |name: &str| -> Result<DateTime<Utc>, super::StoreError> {
+        DateTime::parse_from_rfc3339(field(name)?)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| corrupt(format!("{name}: {e}")))
+    };
+    let state = CrawlState::parse(field("state")?)
+        .filter(|s| *s != CrawlState::Blocked)
+        .ok_or_else(|| corrupt("unknown state".to_owned()))?;
+    let seeds: Vec<String> =
+        serde_json::from_str(field("seeds")?).map_err(|e| corrupt(format!("seeds: {e}")))?;
+    let mut status_counters = Counters {
+        in_flight,
+        ..Counters::default()
+    };
+    for (name, value) in counters {
+        match name.split_once(':') {
+            Some(("nodes", label)) => {
+                status_counters.nodes.insert(label.to_owned(), value);
+            }
+            Some(("failed", reason)) => {
+                status_counters.failed.insert(reason.to_owned(), value);
+            }
+            _ => match name.as_str() {
+                "enqueued" => status_counters.enqueued = value,
+                "fetched" => status_counters.fetched = value,
+                "duplicates" => status_counters.duplicates = value,
+                "skipped" => status_counters.skipped = value,
+                "edges" => status_counters.edges = value,
+                "edges_estimated" => status_counters.edges_estimated = value > 0,
+                _ => {}
+            },
+        }
+    }
+    Ok(Some(CrawlStatus {
+        crawl_id: crawl_id.to_owned(),
+        state,
+        seeds,
+        max_depth: field("max_depth")?
+            .parse()
+            .map_err(|e| corrupt(format!("max_depth: {e}")))?,
+        max_nodes: field("max_nodes")?
+            .parse()
+            .map_err(|e| corrupt(format!("max_nodes: {e}")))?,
+        counters: status_counters,
+        created_at: time("created_at")?,
+        updated_at: time("updated_at")?,
+    }))
 }
