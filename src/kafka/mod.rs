@@ -14,6 +14,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::config::{BrokerArgs, SecurityProtocol};
+
 /// Errors from Kafka set-up and administration.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -33,11 +35,64 @@ pub enum KafkaSetupError {
     },
 }
 
-/// The base configuration of every client of the cluster at `brokers`.
-fn base(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    config
+/// How to reach a Kafka cluster: the one place a client's connection settings (bootstrap
+/// servers, TLS, SASL) are made, so no client of any binary can be left on plaintext while
+/// the others use TLS. The services pass their [`BrokerArgs`]; a bare `str` is a plaintext
+/// cluster, for tests and benchmarks against the local stack.
+pub trait Cluster {
+    /// The base configuration of every client of this cluster.
+    fn client_config(&self) -> ClientConfig;
+}
+
+impl Cluster for BrokerArgs {
+    fn client_config(&self) -> ClientConfig {
+        let mut config = self.kafka_brokers.client_config();
+        let security = &self.security;
+        config.set(
+            "security.protocol",
+            security.kafka_security_protocol.librdkafka_name(),
+        );
+        if security.kafka_security_protocol != SecurityProtocol::Plaintext {
+            if let Some(ca) = &security.kafka_ca_file {
+                config.set("ssl.ca.location", ca.to_string_lossy());
+            }
+            // librdkafka checks the broker's name against its certificate by default
+            // (since 2.0); set it anyway, so no older default can turn the check off.
+            config.set("ssl.endpoint.identification.algorithm", "https");
+        }
+        if security.kafka_security_protocol == SecurityProtocol::SaslSsl {
+            config.set(
+                "sasl.mechanism",
+                security.kafka_sasl_mechanism.librdkafka_name(),
+            );
+            // clap requires both with sasl_ssl; librdkafka refuses to connect without them.
+            if let Some(user) = &security.kafka_sasl_username {
+                config.set("sasl.username", user);
+            }
+            if let Some(password) = &security.kafka_sasl_password {
+                config.set("sasl.password", password);
+            }
+        }
+        config
+    }
+}
+
+impl Cluster for str {
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self);
+        config
+    }
+}
+
+impl Cluster for String {
+    fn client_config(&self) -> ClientConfig {
+        self.as_str().client_config()
+    }
+}
+
+fn base(cluster: &(impl Cluster + ?Sized)) -> ClientConfig {
+    cluster.client_config()
 }
 
 /// A producer that loses nothing it acknowledged.
@@ -46,7 +101,7 @@ fn base(brokers: &str) -> ClientConfig {
 /// librdkafka; the publisher bounds the whole publish phase by the same value, so a record is
 /// never still queued after its job was abandoned.
 pub fn producer(
-    brokers: &str,
+    brokers: &(impl Cluster + ?Sized),
     publish_timeout: Duration,
 ) -> Result<FutureProducer, KafkaSetupError> {
     base(brokers)
@@ -70,7 +125,7 @@ pub fn producer(
 /// `session_timeout` is how soon the group notices a dead consumer; `max_poll_interval` how
 /// long a consumer may go without polling before the group evicts it.
 pub fn consumer_config(
-    brokers: &str,
+    brokers: &(impl Cluster + ?Sized),
     group_id: &str,
     session_timeout: Duration,
     max_poll_interval: Duration,
@@ -132,7 +187,7 @@ pub struct TopicLayout {
 /// Creates `topics`; topics that already exist are left as they are, so the
 /// command can run on every deploy. Returns the topics it created.
 pub async fn create_topics(
-    brokers: &str,
+    brokers: &(impl Cluster + ?Sized),
     topics: &[&str],
     layout: TopicLayout,
 ) -> Result<Vec<String>, KafkaSetupError> {
@@ -171,7 +226,10 @@ pub async fn create_topics(
 /// Deletes `topics` from the cluster at `brokers`; topics that do not exist are not an error.
 /// For tools that make short-lived topics (`bookworm bench`): a broker keeps open files for
 /// every partition it holds, so topics left behind add up.
-pub async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), KafkaSetupError> {
+pub async fn delete_topics(
+    brokers: &(impl Cluster + ?Sized),
+    topics: &[&str],
+) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> =
         base(brokers).create().map_err(KafkaSetupError::Client)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
