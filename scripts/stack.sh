@@ -180,6 +180,12 @@ ensure_packages() {
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null || pkgs+=(redis-server redis-tools)
   command -v squid >/dev/null || [[ -x /usr/sbin/squid ]] || pkgs+=(squid)
   command -v prometheus >/dev/null || pkgs+=(prometheus)
+  # openssl makes the TLS listeners' certificates; libssl-dev and pkg-config are the
+  # build's (rdkafka's TLS and SASL/SCRAM link OpenSSL), here because demo.sh and test.sh
+  # both bring the stack up before they build.
+  command -v openssl >/dev/null || pkgs+=(openssl)
+  [[ -f /usr/include/openssl/ssl.h ]] || pkgs+=(libssl-dev)
+  command -v pkg-config >/dev/null || pkgs+=(pkg-config)
   ((${#pkgs[@]})) || return 0
 
   say "installing Debian packages: ${pkgs[*]}"

@@ -22,6 +22,7 @@ pub enum SecurityProtocol {
     /// roots).
     Ssl,
     /// TLS and SASL authentication with `KAFKA_SASL_USERNAME` and `KAFKA_SASL_PASSWORD`.
+    #[value(name = "sasl_ssl")]
     SaslSsl,
 }
 
