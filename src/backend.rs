@@ -1,14 +1,57 @@
-//! The one constructor every Redis client goes through (the worker's crawl store, record
-//! cache and egress limiter, the API, the `bookworm` tools), so a `rediss://` URL and its CA
-//! file apply to all of them. Kafka's counterpart is [`crate::kafka::Cluster`], Neo4j's
-//! [`crate::graph::GraphStore::connect`].
+//! Where the backend connection settings become clients: every Redis client (the worker's
+//! crawl store, record cache and egress limiter, the API, the `bookworm` tools) goes through
+//! [`redis_client`], so a `rediss://` URL and its CA file apply to all of them; every Kafka
+//! client's TLS and SASL settings come from the [`Cluster`] implementation of `BrokerArgs`
+//! here. Neo4j's counterpart is [`crate::graph::GraphStore::connect`].
 
 use std::path::{Path, PathBuf};
 
 use redis::aio::ConnectionManager;
 use redis::{Client, ErrorKind, RedisError, TlsCertificates};
 
-use crate::config::RedisArgs;
+use rdkafka::ClientConfig;
+
+use crate::config::{BrokerArgs, RedisArgs, SecurityProtocol};
+use crate::kafka::{Cluster, KafkaCluster};
+
+impl Cluster for BrokerArgs {
+    fn client_config(&self) -> ClientConfig {
+        let mut config = self.kafka_brokers.client_config();
+        let security = &self.security;
+        config.set(
+            "security.protocol",
+            security.kafka_security_protocol.librdkafka_name(),
+        );
+        if security.kafka_security_protocol != SecurityProtocol::Plaintext {
+            if let Some(ca) = &security.kafka_ca_file {
+                config.set("ssl.ca.location", ca.to_string_lossy());
+            }
+            // librdkafka checks the broker's name against its certificate by default
+            // (since 2.0); set it anyway, so no older default can turn the check off.
+            config.set("ssl.endpoint.identification.algorithm", "https");
+        }
+        if security.kafka_security_protocol == SecurityProtocol::SaslSsl {
+            config.set(
+                "sasl.mechanism",
+                security.kafka_sasl_mechanism.librdkafka_name(),
+            );
+            // clap requires both with sasl_ssl; librdkafka refuses to connect without them.
+            if let Some(user) = &security.kafka_sasl_username {
+                config.set("sasl.username", user);
+            }
+            if let Some(password) = &security.kafka_sasl_password {
+                config.set("sasl.password", password);
+            }
+        }
+        config
+    }
+}
+
+impl From<&BrokerArgs> for KafkaCluster {
+    fn from(args: &BrokerArgs) -> Self {
+        KafkaCluster::new(args.client_config())
+    }
+}
 
 /// Where a Redis is and how to trust it. The services pass their [`RedisArgs`] (URL and
 /// `REDIS_CA_FILE`); a bare `str` is a URL without a CA file of its own, for tests and

@@ -172,7 +172,7 @@ pub enum ConsumerError {
 pub struct LoopSettings {
     /// The cluster: bootstrap servers and its TLS and SASL settings (a plaintext cluster
     /// from a `String` of bootstrap servers, for tests).
-    pub brokers: crate::config::BrokerArgs,
+    pub brokers: crate::kafka::KafkaCluster,
     /// Consumer group.
     pub group_id: String,
     /// Topics to subscribe to.

@@ -14,8 +14,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::{BrokerArgs, SecurityProtocol};
-
 /// Errors from Kafka set-up and administration.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -37,44 +35,12 @@ pub enum KafkaSetupError {
 
 /// How to reach a Kafka cluster: the one place a client's connection settings (bootstrap
 /// servers, TLS, SASL) are made, so no client of any binary can be left on plaintext while
-/// the others use TLS. The services pass their [`BrokerArgs`]; a bare `str` is a plaintext
-/// cluster, for tests and benchmarks against the local stack.
+/// the others use TLS. The services pass their `BrokerArgs` (whose implementation, with the
+/// TLS and SASL settings, is in [`crate::backend`]) or a [`KafkaCluster`] made from them; a
+/// bare `str` is a plaintext cluster, for tests and benchmarks against the local stack.
 pub trait Cluster {
     /// The base configuration of every client of this cluster.
     fn client_config(&self) -> ClientConfig;
-}
-
-impl Cluster for BrokerArgs {
-    fn client_config(&self) -> ClientConfig {
-        let mut config = self.kafka_brokers.client_config();
-        let security = &self.security;
-        config.set(
-            "security.protocol",
-            security.kafka_security_protocol.librdkafka_name(),
-        );
-        if security.kafka_security_protocol != SecurityProtocol::Plaintext {
-            if let Some(ca) = &security.kafka_ca_file {
-                config.set("ssl.ca.location", ca.to_string_lossy());
-            }
-            // librdkafka checks the broker's name against its certificate by default
-            // (since 2.0); set it anyway, so no older default can turn the check off.
-            config.set("ssl.endpoint.identification.algorithm", "https");
-        }
-        if security.kafka_security_protocol == SecurityProtocol::SaslSsl {
-            config.set(
-                "sasl.mechanism",
-                security.kafka_sasl_mechanism.librdkafka_name(),
-            );
-            // clap requires both with sasl_ssl; librdkafka refuses to connect without them.
-            if let Some(user) = &security.kafka_sasl_username {
-                config.set("sasl.username", user);
-            }
-            if let Some(password) = &security.kafka_sasl_password {
-                config.set("sasl.password", password);
-            }
-        }
-        config
-    }
 }
 
 impl Cluster for str {
@@ -88,6 +54,37 @@ impl Cluster for str {
 impl Cluster for String {
     fn client_config(&self) -> ClientConfig {
         self.as_str().client_config()
+    }
+}
+
+/// A cluster's base client configuration as a plain value, for settings structs that must
+/// not hold command-line structs (the consumer loop's): made from the services' `BrokerArgs`
+/// (`From<&BrokerArgs>`, in [`crate::backend`]) or, plaintext, from bootstrap servers.
+#[derive(Clone, Debug)]
+pub struct KafkaCluster(ClientConfig);
+
+impl KafkaCluster {
+    /// The cluster whose clients start from `config`.
+    pub fn new(config: ClientConfig) -> Self {
+        Self(config)
+    }
+}
+
+impl Cluster for KafkaCluster {
+    fn client_config(&self) -> ClientConfig {
+        self.0.clone()
+    }
+}
+
+impl From<&str> for KafkaCluster {
+    fn from(brokers: &str) -> Self {
+        Self(brokers.client_config())
+    }
+}
+
+impl From<String> for KafkaCluster {
+    fn from(brokers: String) -> Self {
+        Self::from(brokers.as_str())
     }
 }
 
