@@ -137,7 +137,7 @@ fn main() {
             let metrics = ConsumerMetrics::register(&registry, "bench").expect("metrics");
             let token = CancellationToken::new();
             let settings = LoopSettings {
-                brokers: brokers(),
+                brokers: brokers().into(),
                 group_id: group.clone(),
                 topics: vec![topic.clone()],
                 concurrency,

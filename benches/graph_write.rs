@@ -130,6 +130,7 @@ async fn main() {
         neo4j_password: env("NEO4J_PASSWORD", "bookworm-local"),
         neo4j_max_connections: 8,
         neo4j_query_timeout: Duration::from_secs(120),
+        neo4j_ca_file: None,
     };
     let works: usize = env("BENCH_WORKS", "50000").parse().expect("BENCH_WORKS");
     let sizes: Vec<usize> = env("BENCH_BATCH_SIZES", "100,1000,5000")

@@ -34,10 +34,11 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 IMAGE=${IMAGE:-relentless-bookworm:dev}
 PROFILE=${PROFILE:-release}
 SUITE=bookworm
-# What the binaries load (ldd: libc.so.6, libm.so.6, libgcc_s.so.1, libz.so.1) plus the CA
-# bundle for TLS to openlibrary.org. Their dependencies (debconf, openssl, libssl3,
-# gcc-12-base) are downloaded by apt and then removed file by file.
-BASE_PACKAGES=(libc6 libgcc-s1 zlib1g ca-certificates)
+# What the binaries load (ldd: libc.so.6, libm.so.6, libgcc_s.so.1, libz.so.1, and
+# libssl.so.3/libcrypto.so.3 for Kafka's TLS and SASL/SCRAM) plus the CA bundle for TLS to
+# openlibrary.org. Their dependencies (debconf, openssl, gcc-12-base) are downloaded by apt
+# and then removed file by file.
+BASE_PACKAGES=(libc6 libgcc-s1 zlib1g libssl3 ca-certificates)
 BASE_NAME=relentless-bookworm-base
 NONROOT_UID=65532
 

@@ -10,6 +10,13 @@
 #
 # svc: kafka neo4j redis squid-0 squid-1 squid-2 prometheus
 #
+# Kafka, Redis and Neo4j also listen with TLS, with certificates of a local CA the
+# script makes once (.stack/tls): Kafka SASL_SSL (SCRAM-SHA-512) on :9094, Redis
+# on :6380, Neo4j's Bolt on its own port (TLS optional: one connector). `up`
+# restarts a running service that an older version of this script started
+# without them. STACK_DIR (default .stack) and STACK_PORT_OFFSET (default 0,
+# added to every port) run a second, separate stack beside the first.
+#
 # Everything downloaded or written lives under $ROOT/.stack (git-ignored):
 #   lib/  jars (Kafka, Neo4j, the compiled Neo4j launcher)
 #   conf/ generated configs       data/<svc>  state, kept across restarts
@@ -19,7 +26,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SCRIPTS=$ROOT/scripts
-STACK=$ROOT/.stack
+STACK=${STACK_DIR:-$ROOT/.stack}
+OFFSET=${STACK_PORT_OFFSET:-0}
 LIB=$STACK/lib
 CONF=$STACK/conf
 DATA=$STACK/data
@@ -28,7 +36,15 @@ RUN=$STACK/run
 # Squid drops root for the "proxy" user, which may not be able to traverse the
 # checkout (a clone under /root, say): its writable state lives in a folder of
 # its own under /var/tmp, one per checkout, linked from .stack/logs.
-SQUID_STATE=/var/tmp/bookworm-squid-$(printf %s "$ROOT" | md5sum | cut -c1-8)
+SQUID_STATE=/var/tmp/bookworm-squid-$(printf %s "${STACK_DIR:-$ROOT}" | md5sum | cut -c1-8)
+TLS=$STACK/tls
+# The SASL/SCRAM user of Kafka's TLS listener.
+KAFKA_SCRAM_USER=${KAFKA_SCRAM_USER:-bookworm}
+KAFKA_SCRAM_PASSWORD=${KAFKA_SCRAM_PASSWORD:-bookworm-scram-local}
+# What a running service must have been started with: `up` restarts one whose
+# marker (.stack/run/<svc>.gen, written at launch) differs. Bump when a
+# service's listeners change.
+GENERATION=tls-1
 
 NEO4J_PASSWORD=${NEO4J_PASSWORD:-bookworm-local}
 JAVA_HOME=${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}
@@ -50,15 +66,26 @@ die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
 # --------------------------------------------------------------------------
 
 port_of() {
+  local base
   case $1 in
-    kafka) echo 9092 ;; neo4j) echo 7687 ;; redis) echo 6379 ;;
-    squid-0) echo 3128 ;; squid-1) echo 3129 ;; squid-2) echo 3130 ;;
-    prometheus) echo 9090 ;; *) die "unknown service: $1" ;;
+    kafka) base=9092 ;; neo4j) base=7687 ;; redis) base=6379 ;;
+    squid-0) base=3128 ;; squid-1) base=3129 ;; squid-2) base=3130 ;;
+    prometheus) base=9090 ;;
+    # the TLS listeners and Kafka's KRaft controller
+    kafka-controller) base=9093 ;; kafka-tls) base=9094 ;; redis-tls) base=6380 ;;
+    *) die "unknown service: $1" ;;
   esac
+  echo $((base + OFFSET))
 }
 
-# every port a service binds (kafka: broker + KRaft controller)
-ports_of() { if [[ $1 == kafka ]]; then echo 9092 9093; else port_of "$1"; fi; }
+# every port a service binds (kafka: broker, KRaft controller, SASL_SSL; redis: plain, TLS)
+ports_of() {
+  case $1 in
+    kafka) echo "$(port_of kafka) $(port_of kafka-controller) $(port_of kafka-tls)" ;;
+    redis) echo "$(port_of redis) $(port_of redis-tls)" ;;
+    *) port_of "$1" ;;
+  esac
+}
 
 # check_ports_free <svc>: die if a process we did not start holds one of its ports.
 check_ports_free() {
@@ -99,6 +126,14 @@ launch() {
   # process-group leader, so setsid(1) calls setsid() and execs without forking.
   ( cd "$DATA/$svc" && exec setsid nohup "$@" >>"$log" 2>&1 </dev/null ) &
   echo $! > "$RUN/$svc.pid"
+  echo "$GENERATION" > "$RUN/$svc.gen"
+}
+
+# stale <svc>: true if our running instance was started by an older version of
+# this script (before its TLS listeners): `up` restarts it.
+stale() {
+  case $1 in kafka | neo4j | redis) ;; *) return 1 ;; esac
+  [[ $(cat "$RUN/$1.gen" 2>/dev/null) != "$GENERATION" ]]
 }
 
 new_log() { tail -c +"$(( $(cat "$RUN/$1.logoff" 2>/dev/null || echo 0) + 1 ))" "$LOGS/$1.log" 2>/dev/null; }
@@ -145,6 +180,12 @@ ensure_packages() {
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null || pkgs+=(redis-server redis-tools)
   command -v squid >/dev/null || [[ -x /usr/sbin/squid ]] || pkgs+=(squid)
   command -v prometheus >/dev/null || pkgs+=(prometheus)
+  # openssl makes the TLS listeners' certificates; libssl-dev and pkg-config are the
+  # build's (rdkafka's TLS and SASL/SCRAM link OpenSSL), here because demo.sh and test.sh
+  # both bring the stack up before they build.
+  command -v openssl >/dev/null || pkgs+=(openssl)
+  [[ -f /usr/include/openssl/ssl.h ]] || pkgs+=(libssl-dev)
+  command -v pkg-config >/dev/null || pkgs+=(pkg-config)
   ((${#pkgs[@]})) || return 0
 
   say "installing Debian packages: ${pkgs[*]}"
@@ -194,10 +235,44 @@ ensure_neo4j_launcher() {
   "$JAVAC" -nowarn -d "$out" -cp "$LIB/neo4j/*" "$src" || die "javac failed for $src"
 }
 
+# ensure_certs: a CA and one server certificate (localhost, 127.0.0.1) for the
+# TLS listeners, made once with openssl and kept in .stack/tls; plus a second CA
+# that signed nothing here, for tests of a client that trusts the wrong CA.
+ensure_certs() {
+  [[ -s $TLS/server.pem && -s $TLS/wrong-ca.pem && -s $TLS/neo4j/public.crt ]] && return 0
+  command -v openssl >/dev/null || die "openssl is needed for the TLS listeners"
+  say "making the stack's CA and server certificate in $TLS"
+  rm -rf "$TLS.tmp"
+  mkdir -p "$TLS.tmp/neo4j/trusted" "$TLS.tmp/neo4j/revoked"
+  (
+    cd "$TLS.tmp"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=bookworm stack CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+      -keyout ca.key -out ca.pem
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=bookworm wrong CA" \
+      -addext basicConstraints=critical,CA:TRUE -keyout wrong-ca.key -out wrong-ca.pem
+    # PKCS#8 ("BEGIN PRIVATE KEY"): what Kafka's PEM keystore and Neo4j read.
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out server.key
+    openssl req -new -key server.key -subj "/CN=localhost" -out server.csr
+    printf '%s\n' basicConstraints=CA:FALSE keyUsage=digitalSignature,keyEncipherment \
+      extendedKeyUsage=serverAuth subjectAltName=DNS:localhost,IP:127.0.0.1 > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile server.ext -out server.pem
+    cat server.key server.pem > kafka.pem
+    cp server.key neo4j/private.key
+    cp server.pem neo4j/public.crt
+    cp ca.pem neo4j/trusted/ca.pem
+    chmod 644 ./*.pem ./*.key neo4j/*.key
+  ) >"$LOGS/tls.log" 2>&1 || { tail -n 20 "$LOGS/tls.log" >&2; die "openssl failed (log $LOGS/tls.log)"; }
+  rm -rf "$TLS"
+  mv "$TLS.tmp" "$TLS"
+}
+
 needs() {
   case $1 in
-    kafka) mvn_libs kafka ;;
-    neo4j) mvn_libs neo4j; ensure_neo4j_launcher ;;
+    kafka) mvn_libs kafka; ensure_certs ;;
+    neo4j) mvn_libs neo4j; ensure_neo4j_launcher; ensure_certs ;;
+    redis) ensure_certs ;;
   esac
 }
 
@@ -213,12 +288,19 @@ launch_kafka() {
 # single node running both roles (no ZooKeeper in Kafka 4)
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@127.0.0.1:9093
-listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093
-advertised.listeners=PLAINTEXT://127.0.0.1:9092
+controller.quorum.voters=1@127.0.0.1:$(port_of kafka-controller)
+listeners=PLAINTEXT://127.0.0.1:$(port_of kafka),CONTROLLER://127.0.0.1:$(port_of kafka-controller),SASL_SSL://127.0.0.1:$(port_of kafka-tls)
+advertised.listeners=PLAINTEXT://127.0.0.1:$(port_of kafka),SASL_SSL://127.0.0.1:$(port_of kafka-tls)
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+# the TLS listener: SASL/SCRAM-SHA-512 users (made after start, see
+# ready_kafka), the stack CA's certificate for 127.0.0.1 and localhost
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS/kafka.pem
+ssl.client.auth=none
 log.dirs=$data/log
 # topics are created explicitly by the code/tests, never by a typo
 auto.create.topics.enable=false
@@ -261,13 +343,19 @@ EOF
     -cp "$LIB/kafka/*" kafka.Kafka "$conf/server.properties"
 }
 
-# Ready = port open, the broker logged "Kafka Server started" in this run, and
-# a real metadata round trip (TopicCommand --list) succeeds.
+# Ready = ports open, the broker logged "Kafka Server started" in this run, a
+# real metadata round trip (TopicCommand --list) succeeds, and the SCRAM user of
+# the TLS listener exists (set through the plaintext listener; idempotent).
 ready_kafka() {
-  port_open 9092 || return 1
+  port_open "$(port_of kafka)" && port_open "$(port_of kafka-tls)" || return 1
   new_log kafka | grep -q 'Kafka Server started' || return 1
   timeout 60 "$JAVA" -Xmx256m -cp "$LIB/kafka/*" org.apache.kafka.tools.TopicCommand \
-    --bootstrap-server 127.0.0.1:9092 --list >/dev/null 2>&1
+    --bootstrap-server "127.0.0.1:$(port_of kafka)" --list >/dev/null 2>&1 || return 1
+  timeout 60 "$JAVA" -Xmx256m -Dlog4j2.configurationFile="$CONF/kafka/log4j2.properties" \
+    -cp "$LIB/kafka/*" kafka.admin.ConfigCommand \
+    --bootstrap-server "127.0.0.1:$(port_of kafka)" --alter --entity-type users \
+    --entity-name "$KAFKA_SCRAM_USER" \
+    --add-config "SCRAM-SHA-512=[iterations=4096,password=$KAFKA_SCRAM_PASSWORD]" >/dev/null 2>&1
 }
 
 # --------------------------------------------------------------------------
@@ -279,7 +367,7 @@ launch_neo4j() {
   # --add-opens/netty flag: what Neo4j's own start script passes on Java 17,
   # otherwise the page cache and netty fall back to slower paths with warnings.
   launch neo4j env NEO4J_PASSWORD="$NEO4J_PASSWORD" NEO4J_PAGECACHE=512m \
-    NEO4J_BOLT_HOST=127.0.0.1 NEO4J_BOLT_PORT=7687 \
+    NEO4J_BOLT_HOST=127.0.0.1 NEO4J_BOLT_PORT="$(port_of neo4j)" NEO4J_TLS_DIR="$TLS/neo4j" \
     "$JAVA" -Xms1g -Xmx2g -XX:+UseG1GC -XX:-OmitStackTraceInFastThrow \
     -Djdk.nio.maxCachedBufferSize=1024 -Dio.netty.tryReflectionSetAccessible=true \
     --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED \
@@ -290,7 +378,7 @@ launch_neo4j() {
 # Ready = the launcher said READY (printed only after the password is set) and
 # Bolt accepts connections.
 ready_neo4j() {
-  new_log neo4j | grep -q "NEO4J READY pid=$2" && port_open 7687
+  new_log neo4j | grep -q "NEO4J READY pid=$2" && port_open "$(port_of neo4j)"
 }
 
 # --------------------------------------------------------------------------
@@ -302,7 +390,13 @@ launch_redis() {
   cat > "$CONF/redis/redis.conf" <<EOF
 # generated by scripts/stack.sh
 bind 127.0.0.1
-port 6379
+port $(port_of redis)
+# TLS beside the plaintext port; clients are not asked for certificates
+tls-port $(port_of redis-tls)
+tls-cert-file $TLS/server.pem
+tls-key-file $TLS/server.key
+tls-ca-cert-file $TLS/ca.pem
+tls-auth-clients no
 # we background it ourselves and keep the pid file
 daemonize no
 supervised no
@@ -317,7 +411,10 @@ EOF
   launch redis redis-server "$CONF/redis/redis.conf"
 }
 
-ready_redis() { [[ $(timeout 2 redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null) == PONG ]]; }
+ready_redis() {
+  [[ $(timeout 2 redis-cli -h 127.0.0.1 -p "$(port_of redis)" ping 2>/dev/null) == PONG ]] &&
+    [[ $(timeout 2 redis-cli -h 127.0.0.1 -p "$(port_of redis-tls)" --tls --cacert "$TLS/ca.pem" ping 2>/dev/null) == PONG ]]
+}
 
 # --------------------------------------------------------------------------
 # squid-N (Debian package): three forward proxies, each with its own source IP
@@ -418,11 +515,11 @@ EOF
     --config.file="$CONF/prometheus/prometheus.yml" \
     --storage.tsdb.path="$DATA/prometheus" \
     --storage.tsdb.retention.time=7d \
-    --web.listen-address=127.0.0.1:9090 \
+    --web.listen-address="127.0.0.1:$(port_of prometheus)" \
     --web.enable-lifecycle
 }
 
-ready_prometheus() { curl -sf -o /dev/null --max-time 2 http://127.0.0.1:9090/-/ready; }
+ready_prometheus() { curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$(port_of prometheus)/-/ready"; }
 
 # --------------------------------------------------------------------------
 # start / stop / status
@@ -486,7 +583,12 @@ cmd_up() {
   # Check ports and fetch jars first, so neither a foreign process on one of
   # our ports nor a download failure leaves half a stack starting.
   for svc in "${SERVICES[@]}"; do
-    our_pid "$svc" >/dev/null && continue
+    if our_pid "$svc" >/dev/null; then
+      stale "$svc" || continue
+      needs "$svc"
+      say "$svc was started without its TLS listener: restarting it"
+      stop_svc "$svc"
+    fi
     check_ports_free "$svc"
     needs "$svc"
   done
@@ -531,12 +633,19 @@ cmd_status() {
 
 cmd_env() {
   cat <<EOF
-export KAFKA_BROKERS=127.0.0.1:9092
-export NEO4J_URI=bolt://127.0.0.1:7687
+export KAFKA_BROKERS=127.0.0.1:$(port_of kafka)
+export NEO4J_URI=bolt://127.0.0.1:$(port_of neo4j)
 export NEO4J_USER=neo4j
 export NEO4J_PASSWORD=$NEO4J_PASSWORD
-export REDIS_URL=redis://127.0.0.1:6379
-export PROXY_POOL=http://127.0.0.1:3128,http://127.0.0.1:3129,http://127.0.0.1:3130
+export REDIS_URL=redis://127.0.0.1:$(port_of redis)
+export PROXY_POOL=http://127.0.0.1:$(port_of squid-0),http://127.0.0.1:$(port_of squid-1),http://127.0.0.1:$(port_of squid-2)
+export STACK_CA_FILE=$TLS/ca.pem
+export STACK_WRONG_CA_FILE=$TLS/wrong-ca.pem
+export KAFKA_TLS_BOOTSTRAP=127.0.0.1:$(port_of kafka-tls)
+export KAFKA_SCRAM_USER=$KAFKA_SCRAM_USER
+export KAFKA_SCRAM_PASSWORD=$KAFKA_SCRAM_PASSWORD
+export REDIS_TLS_URL=rediss://127.0.0.1:$(port_of redis-tls)
+export NEO4J_TLS_URI=bolt+s://127.0.0.1:$(port_of neo4j)
 EOF
 }
 

@@ -25,12 +25,14 @@
 //! - [`graph`]: the graph pipeline (the graph writer): start-up, handler, rows, Cypher, batcher,
 //!   the Neo4j store and migrations. It never uses [`crawl`], nor [`crawl`] it.
 //! - [`api`]: the HTTP API, the third service.
+//! - [`backend`]: the one constructor of every Redis client (`rediss://` and its CA file).
 //! - [`ops`]: the operator commands of `bookworm`.
 //! - [`process`]: how a process starts and stops and what an operator sees of it.
 //! - [`sim`]: `bookworm sim`, the Open Library simulator for tests, benchmarks and demos.
 //! - [`bench`]: `bookworm bench`, the end-to-end capacity benchmark behind `docs/performance.md`.
 
 pub mod api;
+pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod consumer;

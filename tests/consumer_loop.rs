@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 /// A loop over `topic` in `group`, with short bounds so the scenarios play out in seconds.
 fn settings(group: &str, topic: &str, concurrency: usize, job_timeout: Duration) -> LoopSettings {
     LoopSettings {
-        brokers: stack_env("KAFKA_BROKERS"),
+        brokers: stack_env("KAFKA_BROKERS").into(),
         group_id: group.to_owned(),
         topics: vec![topic.to_owned()],
         concurrency,

@@ -264,9 +264,7 @@ mod with_kafka {
     async fn the_graph_writer_rides_out_a_neo4j_outage_without_losing_or_committing_rows() {
         let t = unique("graph-outage");
         let kafka = KafkaArgs {
-            brokers: bookworm::config::BrokerArgs {
-                kafka_brokers: stack_env("KAFKA_BROKERS"),
-            },
+            brokers: stack_env("KAFKA_BROKERS").into(),
             kafka_frontier_topic: format!("{t}.frontier"),
             kafka_results_topic: format!("{t}.results"),
             kafka_edges_topic: format!("{t}.edges"),
@@ -411,9 +409,7 @@ mod with_kafka {
     async fn rows_waiting_on_a_hung_neo4j_past_the_job_timeout_are_retried_not_dead_lettered() {
         let t = unique("graph-hung");
         let kafka = KafkaArgs {
-            brokers: bookworm::config::BrokerArgs {
-                kafka_brokers: stack_env("KAFKA_BROKERS"),
-            },
+            brokers: stack_env("KAFKA_BROKERS").into(),
             kafka_frontier_topic: format!("{t}.frontier"),
             kafka_results_topic: format!("{t}.results"),
             kafka_edges_topic: format!("{t}.edges"),

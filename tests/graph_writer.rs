@@ -29,9 +29,7 @@ use tokio_util::sync::CancellationToken;
 fn kafka_args() -> KafkaArgs {
     let t = unique("graph");
     KafkaArgs {
-        brokers: bookworm::config::BrokerArgs {
-            kafka_brokers: stack_env("KAFKA_BROKERS"),
-        },
+        brokers: stack_env("KAFKA_BROKERS").into(),
         kafka_frontier_topic: format!("{t}.frontier"),
         kafka_results_topic: format!("{t}.results"),
         kafka_edges_topic: format!("{t}.edges"),

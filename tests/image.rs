@@ -304,6 +304,7 @@ fn the_image_is_non_root_labelled_and_has_no_shell_or_package_manager() {
         "etc/ssl/certs/ca-certificates.crt",
         "etc/passwd",
         "usr/lib/x86_64-linux-gnu/libz.so.1",
+        "usr/lib/x86_64-linux-gnu/libssl.so.3",
     ] {
         assert!(paths.contains(needed), "{needed} missing: {paths:?}");
     }

@@ -129,3 +129,28 @@ fn only_the_service_start_ups_read_command_line_structs() {
     found.retain(|line| !line.contains("service.rs:"));
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
+
+/// Every backend client is made in one place, so a TLS or SASL setting applies to all of
+/// them: Kafka clients from `kafka::Cluster` (src/kafka/mod.rs), Redis clients from
+/// `backend::redis_client` (src/backend.rs), Neo4j's configuration in `GraphStore::connect`
+/// (src/graph/mod.rs). Unit tests (after `#[cfg(test)]`) may build their own.
+#[test]
+fn every_backend_client_is_made_in_one_place() {
+    let rules: [(&str, &str); 4] = [
+        ("ClientConfig::new", "kafka/mod.rs"),
+        ("Client::open", "backend.rs"),
+        ("Client::build_with_tls", "backend.rs"),
+        ("ConfigBuilder", "graph/mod.rs"),
+    ];
+    let mut found = Vec::new();
+    for file in sources(&src("")) {
+        let text = fs::read_to_string(&file).expect("readable source");
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (needle, home) in rules {
+            if code.contains(needle) && file != src(home) {
+                found.push(format!("{}: {needle} (only in src/{home})", file.display()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}

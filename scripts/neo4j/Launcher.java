@@ -10,7 +10,10 @@
  *
  * Usage: java -cp 'lib/neo4j/*:lib/neo4j-launcher' Launcher <home-dir>
  * Env:   NEO4J_PASSWORD (required), NEO4J_BOLT_HOST (127.0.0.1),
- *        NEO4J_BOLT_PORT (7687), NEO4J_PAGECACHE (512m)
+ *        NEO4J_BOLT_PORT (7687), NEO4J_PAGECACHE (512m),
+ *        NEO4J_TLS_DIR (unset: no TLS; else a folder with private.key, a PKCS#8
+ *        PEM key, and public.crt: Bolt then speaks TLS too, on the same port,
+ *        tls_level OPTIONAL, so plaintext clients keep working)
  *
  * Prints "NEO4J READY pid=<pid>" once Bolt is listening AND the neo4j user has
  * the configured password, so stack.sh never lets clients in before that.
@@ -25,6 +28,9 @@ import org.neo4j.configuration.GraphDatabaseSettings;
 import org.neo4j.configuration.connectors.BoltConnector;
 import org.neo4j.configuration.connectors.BoltConnectorInternalSettings;
 import org.neo4j.configuration.helpers.SocketAddress;
+import org.neo4j.configuration.ssl.ClientAuth;
+import org.neo4j.configuration.ssl.SslPolicyConfig;
+import org.neo4j.configuration.ssl.SslPolicyScope;
 import org.neo4j.dbms.api.DatabaseManagementService;
 import org.neo4j.dbms.api.DatabaseManagementServiceBuilder;
 import org.neo4j.io.ByteUnit;
@@ -46,7 +52,23 @@ public final class Launcher {
         int port = Integer.parseInt(env("NEO4J_BOLT_PORT", "7687"));
         long pageCache = parseSize(env("NEO4J_PAGECACHE", "512m"));
 
-        DatabaseManagementService dbms = new DatabaseManagementServiceBuilder(home)
+        String tlsDir = System.getenv("NEO4J_TLS_DIR");
+        DatabaseManagementServiceBuilder builder = new DatabaseManagementServiceBuilder(home);
+        if (tlsDir != null && !tlsDir.isEmpty()) {
+            // Embedded Neo4j has one Bolt connector: OPTIONAL lets the plaintext tests and
+            // the TLS ones share it (REQUIRED would refuse every plaintext client).
+            SslPolicyConfig bolt = SslPolicyConfig.forScope(SslPolicyScope.BOLT);
+            Path dir = Path.of(tlsDir).toAbsolutePath();
+            builder.setConfig(bolt.enabled, true)
+                    .setConfig(bolt.base_directory, dir)
+                    .setConfig(bolt.private_key, dir.resolve("private.key"))
+                    .setConfig(bolt.public_certificate, dir.resolve("public.crt"))
+                    .setConfig(bolt.trusted_dir, dir.resolve("trusted"))
+                    .setConfig(bolt.revoked_dir, dir.resolve("revoked"))
+                    .setConfig(bolt.client_auth, ClientAuth.NONE)
+                    .setConfig(BoltConnector.encryption_level, BoltConnector.EncryptionLevel.OPTIONAL);
+        }
+        DatabaseManagementService dbms = builder
                 .setConfig(GraphDatabaseSettings.auth_enabled, true)
                 .setConfig(GraphDatabaseSettings.pagecache_memory, pageCache)
                 .setConfig(BoltConnector.enabled, true)
@@ -76,7 +98,8 @@ public final class Launcher {
         // Make sure the default database is really available before "ready".
         dbms.database(GraphDatabaseSettings.DEFAULT_DATABASE_NAME).executeTransactionally("RETURN 1");
         System.out.println("NEO4J READY pid=" + ProcessHandle.current().pid()
-                + " bolt=" + host + ":" + port);
+                + " bolt=" + host + ":" + port
+                + " tls=" + (tlsDir != null && !tlsDir.isEmpty() ? "optional" : "off"));
         System.out.flush();
         stopped.await();
     }

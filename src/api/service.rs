@@ -127,7 +127,7 @@ impl Server {
         let registry = prometheus::Registry::new();
         let metrics = ApiMetrics::register(&registry)?;
         let redis_memory = metrics.redis_memory.clone();
-        let store = CrawlStore::connect(&args.redis.redis_url)
+        let store = CrawlStore::connect(&args.redis)
             .await
             .map_err(|source| ServeError::Redis {
                 url: args.redis.redis_url.redacted(),
@@ -136,7 +136,7 @@ impl Server {
             // A crawl cancelled here keeps its working state as long as the workers' do.
             .with_retention(args.crawl.crawl_retention)
             .with_index_prefix(&args.api.crawl_index_prefix);
-        let producer = kafka::producer(&args.kafka.brokers.kafka_brokers, SEED_PUBLISH_TIMEOUT)?;
+        let producer = kafka::producer(&args.kafka.brokers, SEED_PUBLISH_TIMEOUT)?;
         let readiness = Readiness::with_conditions(&[READINESS_REDIS]);
         let health = HealthState {
             registry,

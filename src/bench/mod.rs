@@ -382,9 +382,7 @@ pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, Benc
         };
         // Every point makes five topics; a full grid left behind would hold a broker's
         // file descriptors (three per partition) past a common limit of 20,000.
-        if let Err(e) =
-            crate::kafka::delete_topics(&args.brokers.kafka_brokers, &topics.names()).await
-        {
+        if let Err(e) = crate::kafka::delete_topics(&args.brokers, &topics.names()).await {
             tracing::warn!(index, error = %e, "cannot delete the point's topics");
         }
         if row.error.is_empty() {

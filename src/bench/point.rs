@@ -285,12 +285,11 @@ pub(super) async fn message_counts(
     args: &BenchArgs,
     topics: &Topics,
 ) -> Result<(i64, i64), BenchError> {
-    let brokers = args.brokers.kafka_brokers.clone();
+    let cluster = crate::kafka::Cluster::client_config(&args.brokers);
     let names = [topics.results.clone(), topics.edges.clone()];
     tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+        let consumer: BaseConsumer = cluster
             .create()
             .map_err(|e| BenchError::Kafka(e.to_string()))?;
         // Metadata and watermarks are single round trips to a local broker.

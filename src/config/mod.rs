@@ -7,6 +7,7 @@
 //! error (exit code 2) naming the variable, never a silent fallback to a default.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -15,6 +16,7 @@ mod api;
 mod egress;
 pub mod ops;
 mod parse;
+mod tls;
 
 pub use api::{ApiArgs, AuthSetting, QuotaArgs, ServeArgs};
 pub use egress::{
@@ -24,6 +26,7 @@ pub use egress::{
 pub use parse::{
     parse_duration, parse_origin, parse_positive, parse_positive_u32, parse_ratio, parse_user_agent,
 };
+pub use tls::{KafkaSecurityArgs, SaslMechanism, SecurityProtocol, parse_ca_file};
 
 /// Where the Kafka cluster is: every binary and tool that talks to Kafka flattens this one
 /// declaration.
@@ -32,6 +35,27 @@ pub struct BrokerArgs {
     /// Bootstrap servers, comma-separated.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub security: KafkaSecurityArgs,
+}
+
+/// A plaintext cluster at these bootstrap servers: for tests and benchmarks that build their
+/// settings without a command line.
+impl From<&str> for BrokerArgs {
+    fn from(brokers: &str) -> Self {
+        Self {
+            kafka_brokers: brokers.to_owned(),
+            security: KafkaSecurityArgs::default(),
+        }
+    }
+}
+
+impl From<String> for BrokerArgs {
+    fn from(brokers: String) -> Self {
+        Self::from(brokers.as_str())
+    }
 }
 
 /// Kafka connection and topic names, shared by every binary.
@@ -169,12 +193,17 @@ pub struct RedisArgs {
         hide_env_values = true
     )]
     pub redis_url: SecretUrl,
+
+    /// PEM file of the CA that signed Redis's certificate, for a `rediss://` URL (default:
+    /// the system's roots).
+    #[arg(long, env = "REDIS_CA_FILE", value_parser = parse_ca_file)]
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 /// Neo4j, the graph store.
 #[derive(Args, Clone)]
 pub struct Neo4jArgs {
-    /// Bolt URI of the graph store; its value is not shown by --help (a URI may carry
+    /// Bolt URI of the graph store (`bolt+s://` or `neo4j+s://` for TLS); its value is not shown by --help (a URI may carry
     /// userinfo), and it is redacted in `Debug`.
     #[arg(
         long,
@@ -206,6 +235,11 @@ pub struct Neo4jArgs {
     /// Bound on every call to Neo4j, so a half-open connection cannot hang the writer.
     #[arg(long, env = "NEO4J_QUERY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub neo4j_query_timeout: Duration,
+
+    /// PEM file of the CA that signed Neo4j's certificate, for a `bolt+s://` or
+    /// `neo4j+s://` URI (trusted in addition to the system's roots).
+    #[arg(long, env = "NEO4J_CA_FILE", value_parser = parse_ca_file)]
+    pub neo4j_ca_file: Option<PathBuf>,
 }
 
 /// Hand-written so the password (and any userinfo of the URI) can never reach a log line
@@ -218,6 +252,7 @@ impl std::fmt::Debug for Neo4jArgs {
             .field("neo4j_password", &"<redacted>")
             .field("neo4j_max_connections", &self.neo4j_max_connections)
             .field("neo4j_query_timeout", &self.neo4j_query_timeout)
+            .field("neo4j_ca_file", &self.neo4j_ca_file)
             .finish()
     }
 }

@@ -180,8 +180,9 @@ pub enum ConsumerError {
 /// command line; the services fill it from their settings ([`crate::process::boot`]).
 #[derive(Debug, Clone)]
 pub struct LoopSettings {
-    /// Bootstrap servers, comma-separated.
-    pub brokers: String,
+    /// The cluster: bootstrap servers and its TLS and SASL settings (a plaintext cluster
+    /// from a `String` of bootstrap servers, for tests).
+    pub brokers: crate::kafka::KafkaCluster,
     /// Consumer group.
     pub group_id: String,
     /// Topics to subscribe to.

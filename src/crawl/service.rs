@@ -55,14 +55,12 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> Result<(), Wo
         WorkerMetrics::register,
     )?;
 
-    let store = CrawlStore::connect(&args.redis.redis_url)
+    let store = CrawlStore::connect(&args.redis)
         .await?
         .with_retention(args.crawl.crawl_retention);
     // One connection for the client's shared state: the record cache, the User-Agent block
     // and, with cluster scope, the egress limits.
-    let shared =
-        redis::aio::ConnectionManager::new(redis::Client::open(args.redis.redis_url.as_str())?)
-            .await?;
+    let shared = crate::backend::redis_connection(&args.redis).await?;
     let limiter_redis = match args.egress.egress_limit_scope {
         LimitScope::Cluster => Some(shared.clone()),
         LimitScope::Local => None,

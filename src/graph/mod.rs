@@ -34,6 +34,10 @@ pub enum ConnectError {
     /// The URI, user or pool settings were refused by the driver.
     #[error("invalid Neo4j configuration: {0}")]
     Config(#[source] neo4rs::Error),
+    /// `NEO4J_CA_FILE` is set but `NEO4J_URI` does not ask for TLS: the operator meant TLS,
+    /// and a silent plaintext connection would hide that it is off.
+    #[error("NEO4J_CA_FILE is set but NEO4J_URI is not a bolt+s:// or neo4j+s:// URI")]
+    CaWithoutTls,
 }
 
 /// Why a call to Neo4j failed, sorted by what the caller does next.
@@ -117,14 +121,23 @@ pub struct GraphStore {
 impl GraphStore {
     /// Builds the store. Connections are opened lazily, so this succeeds while Neo4j is down;
     /// [`GraphStore::ping`] checks it is reachable.
+    /// This is the one place a Neo4j connection is configured: with `NEO4J_CA_FILE` its CA
+    /// is trusted (besides the system's roots) for a `bolt+s://` or `neo4j+s://` URI.
     pub async fn connect(args: &Neo4jArgs) -> Result<Self, ConnectError> {
-        let config = ConfigBuilder::default()
+        let mut builder = ConfigBuilder::default()
             .uri(&args.neo4j_uri)
             .user(&args.neo4j_user)
             .password(&args.neo4j_password)
-            .max_connections(args.neo4j_max_connections)
-            .build()
-            .map_err(ConnectError::Config)?;
+            .max_connections(args.neo4j_max_connections);
+        if let Some(ca) = &args.neo4j_ca_file {
+            let scheme = args.neo4j_uri.split("://").next().unwrap_or_default();
+            if !matches!(scheme, "bolt+s" | "neo4j+s") {
+                return Err(ConnectError::CaWithoutTls);
+            }
+            // neo4rs names it a client certificate, but reads it as an extra root CA.
+            builder = builder.with_client_certificate(ca);
+        }
+        let config = builder.build().map_err(ConnectError::Config)?;
         let graph = Graph::connect(config.clone())
             .await
             .map_err(ConnectError::Config)?;

@@ -33,11 +33,63 @@ pub enum KafkaSetupError {
     },
 }
 
-/// The base configuration of every client of the cluster at `brokers`.
-fn base(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    config
+/// How to reach a Kafka cluster: the one place a client's connection settings (bootstrap
+/// servers, TLS, SASL) are made, so no client of any binary can be left on plaintext while
+/// the others use TLS. The services pass their `BrokerArgs` (whose implementation, with the
+/// TLS and SASL settings, is in [`crate::backend`]) or a [`KafkaCluster`] made from them; a
+/// bare `str` is a plaintext cluster, for tests and benchmarks against the local stack.
+pub trait Cluster {
+    /// The base configuration of every client of this cluster.
+    fn client_config(&self) -> ClientConfig;
+}
+
+impl Cluster for str {
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self);
+        config
+    }
+}
+
+impl Cluster for String {
+    fn client_config(&self) -> ClientConfig {
+        self.as_str().client_config()
+    }
+}
+
+/// A cluster's base client configuration as a plain value, for settings structs that must
+/// not hold command-line structs (the consumer loop's): made from the services' `BrokerArgs`
+/// (`From<&BrokerArgs>`, in [`crate::backend`]) or, plaintext, from bootstrap servers.
+#[derive(Clone, Debug)]
+pub struct KafkaCluster(ClientConfig);
+
+impl KafkaCluster {
+    /// The cluster whose clients start from `config`.
+    pub fn new(config: ClientConfig) -> Self {
+        Self(config)
+    }
+}
+
+impl Cluster for KafkaCluster {
+    fn client_config(&self) -> ClientConfig {
+        self.0.clone()
+    }
+}
+
+impl From<&str> for KafkaCluster {
+    fn from(brokers: &str) -> Self {
+        Self(brokers.client_config())
+    }
+}
+
+impl From<String> for KafkaCluster {
+    fn from(brokers: String) -> Self {
+        Self::from(brokers.as_str())
+    }
+}
+
+fn base(cluster: &(impl Cluster + ?Sized)) -> ClientConfig {
+    cluster.client_config()
 }
 
 /// A producer that loses nothing it acknowledged.
@@ -46,7 +98,7 @@ fn base(brokers: &str) -> ClientConfig {
 /// librdkafka; the publisher bounds the whole publish phase by the same value, so a record is
 /// never still queued after its job was abandoned.
 pub fn producer(
-    brokers: &str,
+    brokers: &(impl Cluster + ?Sized),
     publish_timeout: Duration,
 ) -> Result<FutureProducer, KafkaSetupError> {
     base(brokers)
@@ -70,7 +122,7 @@ pub fn producer(
 /// `session_timeout` is how soon the group notices a dead consumer; `max_poll_interval` how
 /// long a consumer may go without polling before the group evicts it.
 pub fn consumer_config(
-    brokers: &str,
+    brokers: &(impl Cluster + ?Sized),
     group_id: &str,
     session_timeout: Duration,
     max_poll_interval: Duration,
@@ -132,7 +184,7 @@ pub struct TopicLayout {
 /// Creates `topics`; topics that already exist are left as they are, so the
 /// command can run on every deploy. Returns the topics it created.
 pub async fn create_topics(
-    brokers: &str,
+    brokers: &(impl Cluster + ?Sized),
     topics: &[&str],
     layout: TopicLayout,
 ) -> Result<Vec<String>, KafkaSetupError> {
@@ -171,7 +223,10 @@ pub async fn create_topics(
 /// Deletes `topics` from the cluster at `brokers`; topics that do not exist are not an error.
 /// For tools that make short-lived topics (`bookworm bench`): a broker keeps open files for
 /// every partition it holds, so topics left behind add up.
-pub async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), KafkaSetupError> {
+pub async fn delete_topics(
+    brokers: &(impl Cluster + ?Sized),
+    topics: &[&str],
+) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> =
         base(brokers).create().map_err(KafkaSetupError::Client)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

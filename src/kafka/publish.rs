@@ -97,7 +97,10 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher whose every batch is bounded by `timeout` (`PUBLISH_TIMEOUT`).
-    pub fn new(brokers: &str, timeout: Duration) -> Result<Self, KafkaSetupError> {
+    pub fn new(
+        brokers: &(impl kafka::Cluster + ?Sized),
+        timeout: Duration,
+    ) -> Result<Self, KafkaSetupError> {
         Ok(Self {
             producer: kafka::producer(brokers, timeout)?,
             timeout,

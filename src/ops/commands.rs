@@ -26,7 +26,7 @@ pub struct UsageError(pub String);
 /// `bookworm summary`: what a crawl left behind, once the graph has caught up (or `--wait`
 /// passed).
 pub async fn summary(args: SummaryArgs) -> anyhow::Result<()> {
-    let store = CrawlStore::connect(&args.redis.redis_url)
+    let store = CrawlStore::connect(&args.redis)
         .await
         .with_context(|| format!("connecting to Redis at {}", args.redis.redis_url))?;
     let graph = GraphStore::connect(&args.neo4j)
@@ -44,7 +44,7 @@ pub async fn summary(args: SummaryArgs) -> anyhow::Result<()> {
 pub async fn create_all_topics(args: CreateTopicsArgs) -> anyhow::Result<()> {
     let topics = args.kafka.all_topics();
     let created = create_topics(
-        &args.kafka.brokers.kafka_brokers,
+        &args.kafka.brokers,
         &topics,
         TopicLayout {
             partitions: args.partitions,
@@ -148,12 +148,8 @@ pub async fn dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
         None,
     )
     .await?;
-    let replayer = dlq::Replayer::new(
-        &select.kafka,
-        &args.redis.redis_url,
-        dlq::REPLAY_PUBLISH_TIMEOUT,
-    )
-    .await?;
+    let replayer =
+        dlq::Replayer::new(&select.kafka, &args.redis, dlq::REPLAY_PUBLISH_TIMEOUT).await?;
     let report = replayer.replay(&scan.records).await?;
     print_replay(
         "job(s)",
@@ -175,12 +171,9 @@ async fn graph_dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
         crawl_id: select.crawl_id.clone(),
     };
     let scan = graph_dlq::scan_graph(&select.kafka, &filter).await?;
-    let replayer = graph_dlq::GraphReplayer::new(
-        &select.kafka,
-        &args.redis.redis_url,
-        dlq::REPLAY_PUBLISH_TIMEOUT,
-    )
-    .await?;
+    let replayer =
+        graph_dlq::GraphReplayer::new(&select.kafka, &args.redis, dlq::REPLAY_PUBLISH_TIMEOUT)
+            .await?;
     let report = replayer.replay(&scan.records).await?;
     print_replay(
         "row(s)",
@@ -271,7 +264,7 @@ pub async fn bench(args: crate::bench::BenchArgs) -> anyhow::Result<()> {
 
 /// `bookworm unblock`: lifts the User-Agent block for every worker sharing the prefix.
 pub async fn unblock(args: UnblockArgs) -> anyhow::Result<()> {
-    let store = CrawlStore::connect(&args.redis.redis_url)
+    let store = CrawlStore::connect(&args.redis)
         .await
         .context("connecting to Redis")?;
     let mut redis = store.connection();

@@ -31,14 +31,14 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use crate::config::KafkaArgs;
+use crate::config::{KafkaArgs, RedisArgs};
 use crate::crawl::store::{CrawlStore, Requeue, StoreError};
-use crate::kafka::KafkaSetupError;
 use crate::kafka::publish::{PublishError, Publisher, Record};
+use crate::kafka::{self, KafkaSetupError};
 use crate::message::{self, CrawlJob, Failure, FailureReason, VERSION};
 
 /// Bound on metadata and watermark requests: a healthy broker answers in milliseconds.
@@ -194,8 +194,7 @@ pub(super) fn read_blocking(
     topic: &str,
     mut take: impl FnMut(i32, i64, Option<&[u8]>) -> bool,
 ) -> Result<u64, DlqError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers.kafka_brokers)
+    let consumer: BaseConsumer = kafka::Cluster::client_config(&kafka.brokers)
         // librdkafka wants a group id, but partitions are assigned, never subscribed, so the
         // group is never joined, and nothing is ever committed to it.
         .set("group.id", "bookworm-dlq-reader")
@@ -328,13 +327,14 @@ impl Replayer {
     /// A replayer for the DLQ topic of `kafka`, with the marks and crawl state in Redis.
     pub async fn new(
         kafka: &KafkaArgs,
-        redis_url: &str,
+        redis: &RedisArgs,
         publish_timeout: Duration,
     ) -> Result<Self, DlqError> {
-        let redis = ConnectionManager::new(redis::Client::open(redis_url)?).await?;
+        let target = redis;
+        let redis = crate::backend::redis_connection(target).await?;
         Ok(Self {
-            publisher: Publisher::new(&kafka.brokers.kafka_brokers, publish_timeout)?,
-            store: CrawlStore::connect(redis_url).await?,
+            publisher: Publisher::new(&kafka.brokers, publish_timeout)?,
+            store: CrawlStore::connect(target).await?,
             redis,
             frontier_topic: kafka.kafka_frontier_topic.clone(),
             marks_key: marks_key(&kafka.kafka_dlq_topic),

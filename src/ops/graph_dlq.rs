@@ -9,7 +9,7 @@ use redis::aio::ConnectionManager;
 use serde_json::Value;
 
 use super::dlq::*;
-use crate::config::KafkaArgs;
+use crate::config::{KafkaArgs, RedisArgs};
 use crate::kafka::publish::{Publisher, Record};
 use crate::message;
 
@@ -130,15 +130,16 @@ pub struct GraphReplayer {
 }
 
 impl GraphReplayer {
-    /// A replayer for the graph DLQ of `kafka`, with its marks in Redis at `redis_url`.
+    /// A replayer for the graph DLQ of `kafka`, with its marks in `redis`.
     pub async fn new(
         kafka: &KafkaArgs,
-        redis_url: &str,
+        redis: &RedisArgs,
         publish_timeout: Duration,
     ) -> Result<Self, DlqError> {
-        let redis = ConnectionManager::new(redis::Client::open(redis_url)?).await?;
+        let target = redis;
+        let redis = crate::backend::redis_connection(target).await?;
         Ok(Self {
-            publisher: Publisher::new(&kafka.brokers.kafka_brokers, publish_timeout)?,
+            publisher: Publisher::new(&kafka.brokers, publish_timeout)?,
             redis,
             results_topic: kafka.kafka_results_topic.clone(),
             edges_topic: kafka.kafka_edges_topic.clone(),

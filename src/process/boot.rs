@@ -77,7 +77,7 @@ pub fn loop_settings(
     job_timeout: Duration,
 ) -> LoopSettings {
     LoopSettings {
-        brokers: kafka.brokers.kafka_brokers.clone(),
+        brokers: (&kafka.brokers).into(),
         group_id,
         topics,
         concurrency,

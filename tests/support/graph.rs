@@ -22,6 +22,7 @@ pub fn neo4j_args() -> Neo4jArgs {
         neo4j_password: stack_env("NEO4J_PASSWORD"),
         neo4j_max_connections: 4,
         neo4j_query_timeout: Duration::from_secs(30),
+        neo4j_ca_file: None,
     }
 }
 

@@ -25,7 +25,15 @@ pub fn unique(prefix: &str) -> String {
 /// An environment variable set by `eval "$(scripts/stack.sh env)"`, or the stack's default.
 pub fn stack_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
+        let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/.stack/tls");
         match name {
+            "STACK_CA_FILE" => return format!("{tls}/ca.pem"),
+            "STACK_WRONG_CA_FILE" => return format!("{tls}/wrong-ca.pem"),
+            "KAFKA_TLS_BOOTSTRAP" => "127.0.0.1:9094",
+            "KAFKA_SCRAM_USER" => "bookworm",
+            "KAFKA_SCRAM_PASSWORD" => "bookworm-scram-local",
+            "REDIS_TLS_URL" => "rediss://127.0.0.1:6380",
+            "NEO4J_TLS_URI" => "bolt+s://127.0.0.1:7687",
             "KAFKA_BROKERS" => "127.0.0.1:9092",
             "NEO4J_URI" => "bolt://127.0.0.1:7687",
             "NEO4J_USER" => "neo4j",

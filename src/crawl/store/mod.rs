@@ -273,9 +273,11 @@ pub struct CrawlStore {
 
 impl CrawlStore {
     /// Connects to Redis. The connection manager reconnects by itself after Redis restarts.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client).await?;
+    /// `target` is the services' `RedisArgs` (URL and CA file) or, in tests, a bare URL.
+    pub async fn connect(
+        target: &(impl crate::backend::RedisTarget + ?Sized),
+    ) -> Result<Self, StoreError> {
+        let conn = crate::backend::redis_connection(target).await?;
         Ok(Self {
             conn,
             begin: with_lifecycle(BEGIN),
