@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the HTTP API: create, watch and cancel crawls.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage the Kafka topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -91,7 +91,9 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => Ok(bookworm::api::service::run(args, shutdown::on_signal()).await?),
+        Command::Serve(args) => {
+            Ok(bookworm::api::service::run(*args, shutdown::on_signal()).await?)
+        }
         Command::Topics(TopicsCommand::Create(args)) => commands::create_all_topics(args).await,
         Command::Summary(args) => commands::summary(args).await,
         Command::Sim(args) => bookworm::sim::serve(args, shutdown::on_signal())

@@ -23,12 +23,15 @@
 //! crawls within their shares nothing circulates.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::consumer::Delivery;
 use crate::crawl::store::CrawlStore;
+use crate::kafka::publish::Record;
 
 /// How long after its last delivered job a crawl with nothing running still counts as
 /// active: the time a crawl between two levels of its descent takes to publish the next.
@@ -160,6 +163,40 @@ impl CrawlShares {
             }
         });
     }
+}
+
+/// The job of `delivery` put back on the `frontier` as it came (same key, so the same
+/// partition; same payload).
+pub fn deferral(frontier: &str, delivery: &Delivery) -> Record {
+    Record {
+        topic: frontier.to_owned(),
+        key: String::from_utf8_lossy(delivery.key.as_deref().unwrap_or_default()).into_owned(),
+        payload: delivery.payload.clone().unwrap_or_default(),
+    }
+}
+
+/// Whether `records` are the deferral of `delivery`'s job: a job never publishes itself as
+/// its own child (a child is one level deeper), so this is unambiguous.
+pub fn is_deferral(frontier: &str, delivery: &Delivery, records: &[Record]) -> bool {
+    matches!(records, [record] if record.topic == frontier
+        && Some(&record.payload) == delivery.payload.as_ref())
+}
+
+/// The lane of a crawl job for the consumer loop (see [`crate::consumer::Handler::lane`]): a
+/// hash of its crawl id, read without decoding the rest of the job. Not a job: lane 0.
+pub fn lane_of(delivery: &Delivery) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct CrawlOf<'a> {
+        #[serde(borrow)]
+        crawl_id: std::borrow::Cow<'a, str>,
+    }
+    let crawl = delivery
+        .payload
+        .as_deref()
+        .and_then(|payload| serde_json::from_slice::<CrawlOf<'_>>(payload).ok());
+    crawl.map_or(0, |crawl| {
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(crawl.crawl_id.as_ref())
+    })
 }
 
 #[cfg(test)]

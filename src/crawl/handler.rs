@@ -23,12 +23,13 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{Delivery, HandleError, Handler, Outcome};
-use crate::crawl::client::{FetchError, OpenLibraryClient};
-use crate::crawl::fairness::CrawlShares;
+use crate::crawl::client::OpenLibraryClient;
+use crate::crawl::failure::{CrawlError, dead_letter, store_error};
+use crate::crawl::fairness::{self, CrawlShares};
 use crate::crawl::limits::CrawlLimits;
-use crate::crawl::parse::{self, ParseError, RecordAnswer};
+use crate::crawl::parse::{self, RecordAnswer};
 use crate::crawl::rules::{Expansion, Target, page_path};
-use crate::crawl::store::{self, Begin, Child, CrawlStore, Finish, StoreError};
+use crate::crawl::store::{self, Begin, Child, CrawlStore, Finish};
 use crate::kafka::publish::Record;
 use crate::message::{self, CrawlJob, Edge, Failure, FailureReason, Node, VERSION};
 use crate::process::metrics::WorkerMetrics;
@@ -55,78 +56,6 @@ pub struct OutputTopics {
 /// consumer loop's backoff between them, keep a key that is truncated every time from
 /// costing more than three fetches.
 const TRUNCATED_ANSWER_ATTEMPTS: u32 = 3;
-
-/// Why a job could not be crawled.
-#[derive(Debug, thiserror::Error)]
-enum CrawlError {
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    #[error(transparent)]
-    Parse(#[from] ParseError),
-    #[error("{0}")]
-    Gone(String),
-    #[error("more than {MAX_RECORD_REDIRECTS} redirect records from {0}")]
-    RedirectLoop(String),
-    #[error("{key} redirects to {location}, which is not a key of the same kind")]
-    BadRedirect { key: String, location: String },
-    #[error("{asked} answered a record whose key is {answered}")]
-    WrongRecord { asked: String, answered: String },
-}
-
-impl CrawlError {
-    /// Whether trying again later may succeed without anything else changing: the shared
-    /// rate limiter or robots.txt being unreachable, or Open Library refusing our User-Agent,
-    /// says nothing about the key.
-    fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            CrawlError::Fetch(
-                FetchError::Limiter(_)
-                    | FetchError::RobotsUnavailable { .. }
-                    | FetchError::UserAgentBlocked { .. }
-            )
-        )
-    }
-
-    /// Whether the answer was cut short (its JSON ends mid-value): a fault of the transfer,
-    /// not of the record, so fetching it again may succeed. Any other parse error is the
-    /// record's own and would fail the same way every time.
-    fn is_truncated_answer(&self) -> bool {
-        matches!(self, CrawlError::Parse(ParseError::Json { source, .. }) if source.is_eof())
-    }
-
-    fn reason(&self) -> FailureReason {
-        match self {
-            CrawlError::Fetch(e) => e.reason(),
-            CrawlError::Parse(e) => e.reason(),
-            CrawlError::WrongRecord { .. } => FailureReason::Parse,
-            CrawlError::Gone(_) => FailureReason::Http4xx,
-            CrawlError::RedirectLoop(_) | CrawlError::BadRedirect { .. } => {
-                FailureReason::InvalidJob
-            }
-        }
-    }
-}
-
-/// What the loop should do about a crawl-store error: wait for Redis to come back, unless
-/// the crawl's own state is corrupt. Corruption does not heal by waiting, and a job retried
-/// forever holds its partition's commits (and with them every other crawl's jobs there), so
-/// such a job is dead-lettered as `invalid_job`, with a detail that says the state is corrupt.
-fn store_error(error: StoreError) -> HandleError {
-    match error {
-        StoreError::Corrupt { .. } => dead_letter(FailureReason::InvalidJob, error.to_string()),
-        StoreError::Redis(_) | StoreError::NearlyFull(_) => {
-            HandleError::Retry(format!("crawl store: {error}"))
-        }
-    }
-}
-
-fn dead_letter(reason: FailureReason, detail: impl Into<String>) -> HandleError {
-    HandleError::DeadLetter {
-        reason: reason.as_str().to_owned(),
-        detail: detail.into(),
-    }
-}
 
 /// The worker's [`Handler`].
 pub struct CrawlHandler {
@@ -432,22 +361,6 @@ impl CrawlHandler {
     /// What the crawl store records for a job whose `records` Kafka acknowledged: its node
     /// and relationships, read back from the records themselves so nothing has to be carried
     /// from `handle` to `finished`.
-    /// The job of `delivery` put back on the frontier as it came (same key, same payload).
-    fn deferral(&self, delivery: &Delivery) -> Record {
-        Record {
-            topic: self.topics.frontier.clone(),
-            key: String::from_utf8_lossy(delivery.key.as_deref().unwrap_or_default()).into_owned(),
-            payload: delivery.payload.clone().unwrap_or_default(),
-        }
-    }
-
-    /// Whether `records` are the deferral of `delivery`'s job: a job never publishes itself
-    /// as its own child (a child is one level deeper), so this is unambiguous.
-    fn is_deferral(&self, delivery: &Delivery, records: &[Record]) -> bool {
-        matches!(records, [record] if record.topic == self.topics.frontier
-            && Some(&record.payload) == delivery.payload.as_ref())
-    }
-
     fn finish_of(&self, records: &[Record]) -> Finish {
         let mut node = None;
         let mut edges = Vec::new();
@@ -505,26 +418,14 @@ impl Handler for CrawlHandler {
             // The crawl holds its share of this worker while another crawl waits: the job
             // goes back to its partition's tail unchanged, and no crawl state is touched.
             self.metrics.jobs_deferred.inc();
-            return Ok(vec![self.deferral(delivery)]);
+            return Ok(vec![fairness::deferral(&self.topics.frontier, delivery)]);
         };
         self.crawl(delivery, job).await
     }
 
     /// A job's lane is its crawl: the loop shares the slots between crawls.
     fn lane(&self, delivery: &Delivery) -> u64 {
-        #[derive(serde::Deserialize)]
-        struct CrawlOf<'a> {
-            #[serde(borrow)]
-            crawl_id: std::borrow::Cow<'a, str>,
-        }
-        let crawl = delivery
-            .payload
-            .as_deref()
-            .and_then(|payload| serde_json::from_slice::<CrawlOf<'_>>(payload).ok());
-        crawl.map_or(0, |crawl| {
-            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-            BuildHasherDefault::<DefaultHasher>::default().hash_one(crawl.crawl_id.as_ref())
-        })
+        fairness::lane_of(delivery)
     }
 
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {
@@ -575,7 +476,11 @@ impl Handler for CrawlHandler {
             return Ok(()); // the key stays pending until its held copy runs
         }
         let finish = match outcome {
-            Outcome::Published(records) if self.is_deferral(delivery, records) => return Ok(()),
+            Outcome::Published(records)
+                if fairness::is_deferral(&self.topics.frontier, delivery, records) =>
+            {
+                return Ok(());
+            }
             Outcome::Published(records) => self.finish_of(records),
             Outcome::DeadLettered { reason } => {
                 self.metrics.jobs_failed.with_label_values(&[reason]).inc();
@@ -603,7 +508,9 @@ impl Handler for CrawlHandler {
 
 #[cfg(test)]
 mod tests {
-    use super::{CrawlError, ParseError, answering_key};
+    use super::answering_key;
+    use crate::crawl::failure::CrawlError;
+    use crate::crawl::parse::ParseError;
 
     fn url(path: &str) -> url::Url {
         url::Url::parse("http://ol.test")

@@ -1,6 +1,7 @@
 //! The crawl pipeline: what a worker does with one crawl job.
 
 pub mod client;
+mod failure;
 pub mod fairness;
 pub mod handler;
 pub mod limits;

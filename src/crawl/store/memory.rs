@@ -14,6 +14,9 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
+use super::{CrawlStore, MEMORY_INTERVAL, StoreError};
+use crate::process::metrics::RedisMemoryMetrics;
+
 /// The share of `maxmemory` above which new work is refused: room for the jobs already
 /// running to finish, and for the summaries of the crawls they finish.
 pub const HIGH_WATER: f64 = 0.9;
@@ -106,6 +109,37 @@ impl MemoryWatch {
                 }
             }
         });
+    }
+}
+
+impl CrawlStore {
+    /// How full Redis is, shared by every clone of this store: refresh it with
+    /// [`MemoryWatch::follow`] (the services do, and export it as a gauge).
+    pub fn memory(&self) -> &MemoryWatch {
+        &self.memory
+    }
+
+    /// Reads how full Redis is every [`MEMORY_INTERVAL`] until `shutdown`, for this store's
+    /// guard and for `gauges`. Each service that creates crawls or begins jobs starts it once.
+    pub fn watch_memory(&self, gauges: RedisMemoryMetrics, shutdown: CancellationToken) {
+        self.memory.clone().follow(
+            self.conn.clone(),
+            MEMORY_INTERVAL,
+            shutdown,
+            move |reading| {
+                gauges.used_bytes.set(reading.used as i64);
+                gauges.max_bytes.set(reading.max as i64);
+            },
+        );
+    }
+
+    /// Refuses work that adds state while Redis is nearly full.
+    pub(super) fn check_room(&self) -> Result<(), StoreError> {
+        let reading = self.memory.reading();
+        if reading.is_nearly_full() {
+            return Err(StoreError::NearlyFull(reading));
+        }
+        Ok(())
     }
 }
 

@@ -33,6 +33,7 @@
 mod index;
 mod memory;
 mod pause;
+mod read;
 mod status;
 
 pub use index::{CrawlPage, DEFAULT_INDEX_PREFIX, ListQuery, MAX_SCANNED, parse_cursor};
@@ -40,7 +41,6 @@ pub use memory::{HIGH_WATER, MemoryReading, MemoryWatch};
 pub use pause::{Pause, Purge, Resume};
 pub use status::{Counters, CrawlSpec, CrawlState, CrawlStatus};
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -48,8 +48,6 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::message::{CrawlJob, FailureReason, Label, VERSION};
-use crate::process::metrics::RedisMemoryMetrics;
-use tokio_util::sync::CancellationToken;
 
 /// Errors from the crawl store.
 #[derive(Debug, thiserror::Error)]
@@ -314,35 +312,6 @@ impl CrawlStore {
     /// How long a done or cancelled crawl's working state is kept.
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.retention_secs)
-    }
-
-    /// How full Redis is, shared by every clone of this store: refresh it with
-    /// [`MemoryWatch::follow`] (the services do, and export it as a gauge).
-    pub fn memory(&self) -> &MemoryWatch {
-        &self.memory
-    }
-
-    /// Reads how full Redis is every [`MEMORY_INTERVAL`] until `shutdown`, for this store's
-    /// guard and for `gauges`. Each service that creates crawls or begins jobs starts it once.
-    pub fn watch_memory(&self, gauges: RedisMemoryMetrics, shutdown: CancellationToken) {
-        self.memory.clone().follow(
-            self.conn.clone(),
-            MEMORY_INTERVAL,
-            shutdown,
-            move |reading| {
-                gauges.used_bytes.set(reading.used as i64);
-                gauges.max_bytes.set(reading.max as i64);
-            },
-        );
-    }
-
-    /// Refuses work that adds state while Redis is nearly full.
-    fn check_room(&self) -> Result<(), StoreError> {
-        let reading = self.memory.reading();
-        if reading.is_nearly_full() {
-            return Err(StoreError::NearlyFull(reading));
-        }
-        Ok(())
     }
 
     /// Whether Redis answers, for readiness checks.
@@ -616,42 +585,9 @@ impl CrawlStore {
         }
     }
 
-    /// For each of `crawl_ids`, whether it still has work to hand out: running (or blocked,
-    /// which resumes by itself) with keys pending. Unknown crawls are not live.
-    pub async fn live(&self, crawl_ids: &[String]) -> Result<Vec<bool>, StoreError> {
-        let mut pipe = redis::pipe();
-        for id in crawl_ids {
-            let keys = CrawlKeys::new(id);
-            pipe.hget(&keys.meta, "state").scard(&keys.pending);
-        }
-        let mut conn = self.conn.clone();
-        let replies: Vec<(Option<String>, u64)> = pipe.query_async(&mut conn).await?;
-        Ok(replies
-            .into_iter()
-            .map(|(state, pending)| {
-                matches!(state.as_deref(), Some("running" | "blocked")) && pending > 0
-            })
-            .collect())
-    }
-
     /// The connection, for state kept beside the crawls (the User-Agent block).
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
-    }
-
-    /// The crawl's status, or `None` if it is unknown.
-    pub async fn status(&self, crawl_id: &str) -> Result<Option<CrawlStatus>, StoreError> {
-        let keys = CrawlKeys::new(crawl_id);
-        let mut conn = self.conn.clone();
-        let (meta, counters, in_flight): (BTreeMap<String, String>, BTreeMap<String, u64>, u64) =
-            redis::pipe()
-                .hgetall(&keys.meta)
-                .hgetall(&keys.counters)
-                .scard(&keys.pending)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| StoreError::of_redis(crawl_id, e))?;
-        status::from_stored(crawl_id, &meta, counters, in_flight)
     }
 }
 

@@ -1,0 +1,41 @@
+//! Reading a crawl without changing it: its status for the API, and whether it still has
+//! work to hand out, for the workers' fair shares.
+
+use std::collections::BTreeMap;
+
+use super::{CrawlKeys, CrawlStatus, CrawlStore, StoreError, status};
+
+impl CrawlStore {
+    /// For each of `crawl_ids`, whether it still has work to hand out: running (or blocked,
+    /// which resumes by itself) with keys pending. Unknown crawls are not live.
+    pub async fn live(&self, crawl_ids: &[String]) -> Result<Vec<bool>, StoreError> {
+        let mut pipe = redis::pipe();
+        for id in crawl_ids {
+            let keys = CrawlKeys::new(id);
+            pipe.hget(&keys.meta, "state").scard(&keys.pending);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<(Option<String>, u64)> = pipe.query_async(&mut conn).await?;
+        Ok(replies
+            .into_iter()
+            .map(|(state, pending)| {
+                matches!(state.as_deref(), Some("running" | "blocked")) && pending > 0
+            })
+            .collect())
+    }
+
+    /// The crawl's status, or `None` if it is unknown.
+    pub async fn status(&self, crawl_id: &str) -> Result<Option<CrawlStatus>, StoreError> {
+        let keys = CrawlKeys::new(crawl_id);
+        let mut conn = self.conn.clone();
+        let (meta, counters, in_flight): (BTreeMap<String, String>, BTreeMap<String, u64>, u64) =
+            redis::pipe()
+                .hgetall(&keys.meta)
+                .hgetall(&keys.counters)
+                .scard(&keys.pending)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| StoreError::of_redis(crawl_id, e))?;
+        status::from_stored(crawl_id, &meta, counters, in_flight)
+    }
+}
