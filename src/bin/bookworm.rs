@@ -52,6 +52,9 @@ enum Command {
     Dlq(DlqCommand),
     /// Print the neighbourhood of a node of the graph as Graphviz DOT or JSON.
     Graph(NeighbourhoodArgs),
+    /// Load Open Library dump files into the graph: publish each record's node and
+    /// relationships as a crawl would, for the graph writers to write (resumable, shardable).
+    Import(bookworm::config::import::ImportArgs),
     /// Lift Open Library's User-Agent block: every worker sends again (within a second), and
     /// blocked crawls go on where they stopped. Run it once the cause is fixed.
     Unblock(UnblockArgs),
@@ -124,5 +127,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dlq(DlqCommand::Replay(args)) => commands::dlq_replay(args).await,
         Command::Graph(args) => commands::graph(args).await,
         Command::Unblock(args) => commands::unblock(args).await,
+        Command::Import(args) => {
+            let summary = bookworm::import::service::run(args, shutdown::on_signal()).await?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
     }
 }
