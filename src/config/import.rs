@@ -68,6 +68,10 @@ pub struct ImportArgs {
     /// `MAX_SUBJECTS_PER_NODE`.
     #[arg(long, env = "MAX_SUBJECTS_PER_NODE", default_value_t = defaults::MAX_SUBJECTS_PER_NODE)]
     pub max_subjects_per_node: usize,
+    /// Stop after this many lines past the checkpoint (a trial run; the checkpoint then
+    /// resumes the rest). Unlimited by default.
+    #[arg(long, env = "IMPORT_MAX_LINES")]
+    pub max_lines: Option<u64>,
     /// How often a progress line is printed to stderr when it is not a terminal (a terminal
     /// gets a progress bar).
     #[arg(long, env = "IMPORT_PROGRESS_INTERVAL", default_value = "10s", value_parser = parse_duration)]

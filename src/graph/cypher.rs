@@ -8,8 +8,7 @@
 //! The merge rules the contract asks for live here:
 //! - **revisions**: a node row carrying a `revision` (every record does; see
 //!   [`crate::crawl::parse::Entity::node_props`]) replaces the node's properties only when it
-//!   is at least as new as the node's (`SET n = props`, so a property the newer record dropped
-//!   goes too); an older one changes nothing but `crawls` and `updated_at`, whatever order the
+//!   is at least as new as the node's (a property the newer record dropped goes too); an older one changes nothing but `crawls` and `updated_at`, whatever order the
 //!   messages arrive in. A row without a revision (a subject, a message from before revisions)
 //!   sets its properties over the old ones (`+=` of a map that holds no empty values, see
 //!   [`super::rows`]) only on a node that has no revision either, so a later record fills what
@@ -58,7 +57,12 @@ fn crawls_union(var: &str) -> String {
 }
 
 /// Writes a batch of node records of one label; `$rows` is a list of
-/// `{key, crawls, props, revision?}` with one row per key (see [`super::statements`]).
+/// `{key, crawls, props, revision?}` with one row per key (see [`super::statements`]), and
+/// `$reserved` the writer's own property names ([`super::rows::RESERVED_PROPS`]), which a
+/// newer record never removes. A newer record's properties are set with `+=` after the ones
+/// it no longer has are removed one by one: `key` is never written, so a reader never sees a
+/// node without it (a `SET n = …` would drop and re-add it, and Neo4j's read-committed readers
+/// saw relationships whose ends had no key).
 pub fn merge_nodes(label: Label) -> String {
     format!(
         "UNWIND $rows AS row \
@@ -67,8 +71,9 @@ pub fn merge_nodes(label: Label) -> String {
          WITH n, row, seen, counted, \
               row.revision IS NOT NULL AND (had IS NULL OR row.revision >= had) AS newer, \
               row.revision IS NULL AND had IS NULL AS unversioned \
-         FOREACH (_ IN CASE WHEN unversioned THEN [1] ELSE [] END | SET n += row.props) \
-         FOREACH (_ IN CASE WHEN newer THEN [1] ELSE [] END | SET n = row.props) \
+         FOREACH (k IN CASE WHEN newer THEN [k IN keys(n) WHERE NOT k IN keys(row.props) \
+                  AND NOT k IN $reserved] ELSE [] END | REMOVE n[k]) \
+         FOREACH (_ IN CASE WHEN newer OR unversioned THEN [1] ELSE [] END | SET n += row.props) \
          SET n.stub = false, n.updated_at = datetime(), {crawls} \
          WITH n, row, newer WHERE newer \
          OPTIONAL MATCH (n)-[old]->(m) WHERE old.revision < row.revision \

@@ -361,9 +361,15 @@ pub fn statements(rows: &[&Row]) -> Vec<Query> {
     }
     let mut queries = Vec::new();
     // One statement per run of rows, all in the one transaction (see STATEMENT_BYTES).
-    let mut push = |text: String, rows: Vec<BoltType>| {
+    // Node statements also take the writer's own property names (see `cypher::merge_nodes`).
+    let mut push = |text: String, rows: Vec<BoltType>, reserved: bool| {
         for run in chunks(rows, text.len()) {
-            queries.push(neo4rs::query(&text).param("rows", BoltType::List(BoltList::from(run))));
+            let query = neo4rs::query(&text).param("rows", BoltType::List(BoltList::from(run)));
+            queries.push(if reserved {
+                query.param("reserved", rows::crawls_param(rows::RESERVED_PROPS))
+            } else {
+                query
+            });
         }
     };
     let map = |fields: Vec<(&str, BoltType)>| {
@@ -384,7 +390,7 @@ pub fn statements(rows: &[&Row]) -> Vec<Query> {
             .into_iter()
             .map(|w| rows::node_param(w.key, w.props, w.revision, w.crawls))
             .collect();
-        push(cypher::merge_nodes(label), rows);
+        push(cypher::merge_nodes(label), rows, true);
     }
     for (label, keys) in starts {
         let rows = keys
@@ -396,7 +402,7 @@ pub fn statements(rows: &[&Row]) -> Vec<Query> {
                 ])
             })
             .collect();
-        push(cypher::merge_endpoints(label), rows);
+        push(cypher::merge_endpoints(label), rows, false);
     }
     for ((to, from), keys) in ends {
         let rows = keys
@@ -417,7 +423,7 @@ pub fn statements(rows: &[&Row]) -> Vec<Query> {
                 ])
             })
             .collect();
-        push(cypher::merge_ends(to, from), rows);
+        push(cypher::merge_ends(to, from), rows, false);
     }
     for ((rel, from, to), pairs) in edges {
         let rows = pairs
@@ -432,7 +438,7 @@ pub fn statements(rows: &[&Row]) -> Vec<Query> {
                 map(fields)
             })
             .collect();
-        push(cypher::merge_edges(rel, from, to), rows);
+        push(cypher::merge_edges(rel, from, to), rows, false);
     }
     queries
 }

@@ -349,8 +349,7 @@ impl NodeRow {
     }
 }
 
-/// A node query's `row` parameter: `{key, crawls, props, revision}`, with `key` also inside
-/// `props` so that replacing a node's properties by `props` keeps it (`revision` is left out
+/// A node query's `row` parameter: `{key, crawls, props, revision}` (`revision` is left out
 /// when there is none, which Cypher reads as null).
 pub fn node_param<'a>(
     key: &str,
@@ -358,11 +357,10 @@ pub fn node_param<'a>(
     revision: Option<i64>,
     crawls: impl IntoIterator<Item = &'a str>,
 ) -> BoltType {
-    let mut map: BoltMap = props
+    let map: BoltMap = props
         .into_iter()
         .map(|(name, value)| (name.into(), value.into()))
         .collect();
-    map.put("key".into(), key.into());
     let mut row = BoltMap::with_capacity(4);
     row.put("key".into(), key.into());
     row.put("crawls".into(), crawls_param(crawls));

@@ -117,6 +117,8 @@ struct Reader {
     shard: Shard,
     batch_lines: usize,
     read: Arc<AtomicU64>,
+    /// Lines past the checkpoint still to read (`--max-lines`).
+    budget: AtomicU64,
 }
 
 impl Reader {
@@ -159,13 +161,20 @@ impl Reader {
                 break;
             }
             line_no += 1;
+            let resumed = line_no <= self.resume[index];
+            if !resumed {
+                if self.budget.load(Ordering::Relaxed) == 0 {
+                    break;
+                }
+                self.budget.fetch_sub(1, Ordering::Relaxed);
+            }
             while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                 line.pop();
             }
             batch.last_line = line_no;
             batch.counts.lines += 1;
             in_batch += 1;
-            if line_no <= self.resume[index] {
+            if resumed {
                 batch.counts.resumed += 1;
             } else if fnv1a64(shard_key(&line)) % self.shard.count != self.shard.index {
                 batch.counts.other_shard += 1;
@@ -328,6 +337,7 @@ pub async fn run(args: ImportArgs, shutdown: CancellationToken) -> anyhow::Resul
         shard: args.shard,
         batch_lines: args.batch_lines,
         read: read.clone(),
+        budget: AtomicU64::new(args.max_lines.unwrap_or(u64::MAX)),
     };
     let (tx, mut rx) = mpsc::channel(1);
     let reading = std::thread::spawn(move || reader.run(tx));
