@@ -89,9 +89,9 @@ async fn an_older_revision_after_a_newer_one_changes_nothing() {
         "c1",
         json!({"title": "Old", "subtitle": "x", "revision": 3, "last_modified": "2019"}),
     );
-    write_each(&store, &[new.clone()]).await;
+    write_each(&store, std::slice::from_ref(&new)).await;
     let after_new = keys.snapshot(&store).await;
-    write_each(&store, &[old.clone()]).await;
+    write_each(&store, std::slice::from_ref(&old)).await;
     let after_old = keys.snapshot(&store).await;
     // The same two in one batch, old last: the batch keeps the newest too.
     let batch = Keys::new();

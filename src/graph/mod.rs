@@ -308,6 +308,12 @@ impl<'a> NodeWrite<'a> {
 /// An edge's start and revision, as the end-node statement checks them.
 type Start<'a> = (&'a str, Option<i64>);
 
+/// One end node's write: the crawls of its edges and their starts.
+type EndWrite<'a> = (Crawls<'a>, BTreeSet<Start<'a>>);
+
+/// One relationship's write: its crawls and highest revision.
+type EdgeWrite<'a> = (Crawls<'a>, Option<i64>);
+
 /// Groups rows by statement shape: node records (one write per key, in first-arrival order,
 /// see [`NodeWrite::absorb`]), then the distinct start nodes of the relationships, then their
 /// distinct end nodes per start label (each with the starts and revisions of its edges, so an
@@ -319,10 +325,8 @@ pub fn statements(rows: &[&Row]) -> Vec<Query> {
     let mut nodes: BTreeMap<Label, Vec<NodeWrite>> = BTreeMap::new();
     let mut node_index: BTreeMap<(Label, &str), usize> = BTreeMap::new();
     let mut starts: BTreeMap<Label, BTreeMap<&str, Crawls>> = BTreeMap::new();
-    let mut ends: BTreeMap<(Label, Label), BTreeMap<&str, (Crawls, BTreeSet<Start>)>> =
-        BTreeMap::new();
-    let mut edges: BTreeMap<EdgeShape, BTreeMap<(&str, &str), (Crawls, Option<i64>)>> =
-        BTreeMap::new();
+    let mut ends: BTreeMap<(Label, Label), BTreeMap<&str, EndWrite>> = BTreeMap::new();
+    let mut edges: BTreeMap<EdgeShape, BTreeMap<(&str, &str), EdgeWrite>> = BTreeMap::new();
     for row in rows {
         match row {
             Row::Node(n) => {
