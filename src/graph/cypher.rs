@@ -7,9 +7,10 @@
 //!
 //! The merge rules the contract asks for live here:
 //! - **revisions**: a node row carrying a `revision` (every record does; see
-//!   [`crate::crawl::parse::Entity::node_props`]) replaces the node's properties only when it
-//!   is at least as new as the node's (a property the newer record dropped goes too); an older one changes nothing but `crawls` and `updated_at`, whatever order the
-//!   messages arrive in. A row without a revision (a subject, a message from before revisions)
+//!   `Entity::node_props` of the record parser) replaces the node's properties only when it
+//!   is at least as new as the node's (a property the newer record dropped goes too); an
+//!   older one changes nothing but `crawls` and `updated_at`, whatever order the messages
+//!   arrive in. A row without a revision (a subject, a message from before revisions)
 //!   sets its properties over the old ones (`+=` of a map that holds no empty values, see
 //!   [`super::rows`]) only on a node that has no revision either, so a later record fills what
 //!   a stub lacked and an empty value never erases a known one. Either way `stub = false`;
