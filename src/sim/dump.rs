@@ -74,15 +74,15 @@ pub struct DumpSummary {
     pub files: Vec<PathBuf>,
     /// Lines of the all-types file.
     pub records: u64,
-    /// Authors, works, editions, redirects, deletes.
+    /// Author records.
     pub authors: u64,
-    #[allow(missing_docs)]
+    /// Work records.
     pub works: u64,
-    #[allow(missing_docs)]
+    /// Edition records.
     pub editions: u64,
-    #[allow(missing_docs)]
+    /// Redirect records (all-types file only).
     pub redirects: u64,
-    #[allow(missing_docs)]
+    /// Delete records (all-types file only).
     pub deletes: u64,
 }
 
