@@ -45,6 +45,7 @@ fn edge(from: &str, to: &str, rel: Rel) -> Row {
         to: to.to_owned(),
         rel: rel.as_str().to_owned(),
         discovered_at: chrono::Utc::now(),
+        revision: None,
     };
     Row::Edge(EdgeRow::from_message(&message).expect("valid edge"))
 }

@@ -24,6 +24,8 @@
 //!   state, the polite Open Library client and the response parsers.
 //! - [`graph`]: the graph pipeline (the graph writer): start-up, handler, rows, Cypher, batcher,
 //!   the Neo4j store and migrations. It never uses [`crawl`], nor [`crawl`] it.
+//! - [`import`]: `bookworm import`, Open Library's dumps published as the same node and edge
+//!   messages a crawl publishes, through the worker's parser.
 //! - [`api`]: the HTTP API, the third service.
 //! - [`backend`]: the one constructor of every Redis client (`rediss://` and its CA file).
 //! - [`ops`]: the operator commands of `bookworm`.
@@ -38,6 +40,7 @@ pub mod config;
 pub mod consumer;
 pub mod crawl;
 pub mod graph;
+pub mod import;
 pub mod kafka;
 pub mod message;
 pub mod ops;

@@ -176,6 +176,12 @@ pub struct Edge {
     pub rel: String,
     /// When it was found.
     pub discovered_at: DateTime<Utc>,
+    /// The `revision` of the `from` record that names this relationship, when it came from
+    /// that record (absent for relationships read off list pages, and in messages written
+    /// before revisions): the graph writer ignores an edge older than its start node and
+    /// drops a node's older edges when its revision advances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// Why a job could not be crawled: the DLQ's `reason`.

@@ -118,6 +118,7 @@ async fn any_order_of_nodes_and_edges_gives_the_same_graph() {
             ("key".to_owned(), json!("/authors/OL2A")),
             ("stub".to_owned(), json!(true)),
             ("crawls".to_owned(), json!(["c1"])),
+            ("crawl_count".to_owned(), json!(1)),
         ]),
         "a node only an edge named is a stub carrying nothing but its key"
     );
@@ -226,6 +227,7 @@ async fn a_row_neo4j_refuses_is_rejected_while_its_batch_mates_are_written() {
             PropValue::List(vec![Scalar::Int(1), Scalar::Str("x".into())]),
         )]),
         crawl_id: "c1".to_owned(),
+        revision: None,
     });
     rows.insert(17, bad);
 

@@ -34,8 +34,9 @@ enum Command {
     Topics(TopicsCommand),
     /// Print what a crawl left behind: its counters and the graph it built.
     Summary(SummaryArgs),
-    /// Serve a simulated Open Library (tests, benchmarks, the offline demo).
-    Sim(bookworm::sim::SimArgs),
+    /// Serve a simulated Open Library (tests, benchmarks, the offline demo); `sim dump`
+    /// writes its catalogue as Open Library dump files instead.
+    Sim(SimCli),
     /// Apply the graph's schema migrations that are not applied yet (safe to run while graph
     /// writers start: one process applies, the others wait).
     Migrate(MigrateArgs),
@@ -54,9 +55,22 @@ enum Command {
     Dlq(DlqCommand),
     /// Print the neighbourhood of a node of the graph as Graphviz DOT or JSON.
     Graph(NeighbourhoodArgs),
+    /// Load Open Library dump files into the graph: publish each record's node and
+    /// relationships as a crawl would, for the graph writers to write (resumable, shardable).
+    Import(bookworm::config::import::ImportArgs),
     /// Lift Open Library's User-Agent block: every worker sends again (within a second), and
     /// blocked crawls go on where they stopped. Run it once the cause is fixed.
     Unblock(UnblockArgs),
+}
+
+/// `bookworm sim [dump]`: serve, unless a subcommand says otherwise.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct SimCli {
+    #[command(subcommand)]
+    command: Option<bookworm::sim::dump::SimCommand>,
+    #[command(flatten)]
+    args: bookworm::sim::SimArgs,
 }
 
 fn main() -> ExitCode {
@@ -96,7 +110,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Topics(TopicsCommand::Create(args)) => commands::create_all_topics(args).await,
         Command::Summary(args) => commands::summary(args).await,
-        Command::Sim(args) => bookworm::sim::serve(args, shutdown::on_signal())
+        Command::Sim(SimCli {
+            command: Some(bookworm::sim::dump::SimCommand::Dump(args)),
+            ..
+        }) => {
+            let summary = tokio::task::spawn_blocking(move || bookworm::sim::dump::run(&args))
+                .await
+                .context("the dump task")?
+                .context("writing the dump")?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
+        Command::Sim(SimCli { args, .. }) => bookworm::sim::serve(args, shutdown::on_signal())
             .await
             .context("running the simulator"),
         Command::Migrate(args) => commands::migrate(args).await,
@@ -115,5 +140,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dlq(DlqCommand::Replay(args)) => commands::dlq_replay(args).await,
         Command::Graph(args) => commands::graph(args).await,
         Command::Unblock(args) => commands::unblock(args).await,
+        Command::Import(args) => {
+            let summary = bookworm::import::service::run(args, shutdown::on_signal()).await?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
     }
 }

@@ -270,6 +270,7 @@ impl CrawlHandler {
                 to: link.to.clone(),
                 rel: link.rel.as_str().to_owned(),
                 discovered_at: now,
+                revision: expansion.edge_revision(link),
             };
             records.push(self.record(&self.topics.edges, &link.from, &edge)?);
         }

@@ -88,6 +88,12 @@ pub struct Entity {
     pub props: BTreeMap<String, Value>,
     /// The keys it names, for expansion.
     pub links: Links,
+    /// The record's `revision` (Open Library counts every edit of a key from 1): the graph
+    /// writer never lets a lower revision overwrite a higher one, whichever arrives last.
+    pub revision: Option<i64>,
+    /// The record's `last_modified` timestamp as Open Library writes it
+    /// (`2021-03-01T09:00:00.000000`), typed or plain.
+    pub last_modified: Option<String>,
     /// Values left out because they had the wrong shape, as `field` or `field[index]` (a
     /// `null` cover is `covers[2]`). A bad value costs itself, not the record: the handler
     /// logs these at debug so a source of bad data can be found.
@@ -121,6 +127,20 @@ impl Links {
 }
 
 impl Entity {
+    /// The node's properties: the graph table's, plus `revision` and `last_modified` (the
+    /// contract's graph model: a node from a record carries them, so the writer can keep the
+    /// newest). The worker and `bookworm import` both publish exactly this.
+    pub fn node_props(&self) -> BTreeMap<String, Value> {
+        let mut props = self.props.clone();
+        if let Some(revision) = self.revision {
+            props.insert("revision".to_owned(), Value::from(revision));
+        }
+        if let Some(modified) = &self.last_modified {
+            props.insert("last_modified".to_owned(), Value::from(modified.clone()));
+        }
+        props
+    }
+
     /// The relationships this record starts and the crawl follows, in the contract's
     /// direction (from this record): work → authors (`WRITTEN_BY`) and its first
     /// `max_subjects` subject keys (`ABOUT`); edition → works (`EDITION_OF`) and authors
@@ -246,6 +266,9 @@ pub fn parse_record(body: &[u8]) -> Result<RecordAnswer, ParseError> {
     let kind = envelope.kind.map(|k| k.key).unwrap_or_default();
     let mut fields = Fields::new(record);
     let mut p = Props::default();
+    // Every kind carries these; read first so a bad one is listed among `dropped`.
+    let revision = fields.integer("revision");
+    let last_modified = fields.text("last_modified");
     let (label, links) = match kind.as_str() {
         "/type/redirect" => {
             let location = envelope.location.ok_or_else(|| ParseError::Shape {
@@ -308,6 +331,8 @@ pub fn parse_record(body: &[u8]) -> Result<RecordAnswer, ParseError> {
         label,
         props: p.0,
         links,
+        revision,
+        last_modified,
         dropped: fields.dropped,
     }))
 }

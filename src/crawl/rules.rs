@@ -128,9 +128,23 @@ pub struct Expansion {
     pub links: Vec<Link>,
     /// Keys to crawl at the next depth, in Open Library's order, without duplicates.
     pub children: Vec<String>,
+    /// The revision of the record the node came from (`None` for subjects and searches).
+    pub revision: Option<i64>,
 }
 
 impl Expansion {
+    /// The revision an edge carries: the record's, when the record itself names the edge
+    /// (it starts at the node); `None` for edges read off a list page (an author's works, a
+    /// work's editions, a subject's works), which no revision of their start node vouches
+    /// for. The graph writer replaces a node's revisioned edges when its revision advances
+    /// (see `graph::cypher`).
+    pub fn edge_revision(&self, link: &Link) -> Option<i64> {
+        match &self.node {
+            Some((key, ..)) if *key == link.from => self.revision,
+            _ => None,
+        }
+    }
+
     fn push_child(&mut self, key: &str) {
         if !self.children.iter().any(|c| c == key) {
             self.children.push(key.to_owned());
@@ -152,7 +166,8 @@ impl Expansion {
     /// A work or edition record: the node and its outgoing relationships.
     pub fn of_entity(entity: &Entity, limits: &CrawlLimits) -> Self {
         let mut expansion = Expansion {
-            node: Some((entity.key.clone(), entity.label, entity.props.clone())),
+            node: Some((entity.key.clone(), entity.label, entity.node_props())),
+            revision: entity.revision,
             ..Expansion::default()
         };
         for (rel, to) in entity.outgoing(limits.max_subjects_per_node) {

@@ -88,6 +88,14 @@ impl WriteError {
     /// size fails the same way for ever.
     pub fn classify_code(code: &str, message: &str) -> Self {
         let text = format!("{code}: {message}");
+        // A stub deleted while another writer linked it, or a node or relationship another
+        // writer deleted under this one (see `cypher`'s revision rules): concurrency, not the
+        // data; the retried batch sees the other writer's result.
+        if message.contains("still has relationships")
+            || code == "Neo.ClientError.Statement.EntityNotFound"
+        {
+            return WriteError::Transient(text);
+        }
         if code.contains("MemoryLimit")
             || code.contains("OutOfMemory")
             || code.contains("TransactionTimedOut")
@@ -270,50 +278,138 @@ fn chunks(rows: Vec<BoltType>, overhead: usize) -> Vec<Vec<BoltType>> {
     runs
 }
 
-/// Groups rows by statement shape: node records (in arrival order, so a later record of a
-/// node is applied after an earlier one), then the distinct endpoints of the relationships,
-/// then the distinct relationships, each of the last two with the union of their crawls.
-/// Endpoints and relationships go in key order: two writers then lock shared nodes in the same
-/// order, which keeps deadlocks between them rare.
+/// One node's write within a batch: every row of the key reduced to the one that wins (see
+/// [`NodeWrite::absorb`]), with the crawls of all of them.
+struct NodeWrite<'a> {
+    key: &'a str,
+    revision: Option<i64>,
+    props: BTreeMap<&'a str, &'a rows::PropValue>,
+    crawls: Crawls<'a>,
+}
+
+impl<'a> NodeWrite<'a> {
+    fn new(row: &'a NodeRow) -> Self {
+        Self {
+            key: &row.key,
+            revision: row.revision,
+            props: row.props.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+            crawls: Crawls::from([row.crawl_id.as_str()]),
+        }
+    }
+
+    /// Folds a later row of the same key in, as writing the two one after the other would:
+    /// the higher revision wins (the later on a tie); a row without a revision loses to one
+    /// with; two rows without merge their properties, the later's values over the earlier's.
+    /// One row per key in a statement keeps Cypher from reading a node's revision before an
+    /// earlier row of the same statement changed it.
+    fn absorb(&mut self, row: &'a NodeRow) {
+        self.crawls.insert(&row.crawl_id);
+        match (self.revision, row.revision) {
+            (Some(kept), Some(new)) if new < kept => {}
+            (Some(_), None) => {}
+            (_, Some(_)) => {
+                self.revision = row.revision;
+                self.props = row.props.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            }
+            (None, None) => self
+                .props
+                .extend(row.props.iter().map(|(k, v)| (k.as_str(), v))),
+        }
+    }
+}
+
+/// An edge's start and revision, as the end-node statement checks them.
+type Start<'a> = (&'a str, Option<i64>);
+
+/// One end node's write: the crawls of its edges and their starts.
+type EndWrite<'a> = (Crawls<'a>, BTreeSet<Start<'a>>);
+
+/// One relationship's write: its crawls and highest revision.
+type EdgeWrite<'a> = (Crawls<'a>, Option<i64>);
+
+/// Groups rows by statement shape: node records (one write per key, in first-arrival order,
+/// see [`NodeWrite::absorb`]), then the distinct start nodes of the relationships, then their
+/// distinct end nodes per start label (each with the starts and revisions of its edges, so an
+/// end is only created for an edge that will be written), then the distinct relationships,
+/// each with the union of their crawls and their highest revision. Endpoints and
+/// relationships go in key order: two writers then lock shared nodes in the same order, which
+/// keeps deadlocks between them rare.
 pub fn statements(rows: &[&Row]) -> Vec<Query> {
-    let mut nodes: BTreeMap<Label, Vec<BoltType>> = BTreeMap::new();
-    let mut endpoints: BTreeMap<Label, BTreeMap<&str, Crawls>> = BTreeMap::new();
-    let mut edges: BTreeMap<EdgeShape, BTreeMap<(&str, &str), Crawls>> = BTreeMap::new();
+    let mut nodes: BTreeMap<Label, Vec<NodeWrite>> = BTreeMap::new();
+    let mut node_index: BTreeMap<(Label, &str), usize> = BTreeMap::new();
+    let mut starts: BTreeMap<Label, BTreeMap<&str, Crawls>> = BTreeMap::new();
+    let mut ends: BTreeMap<(Label, Label), BTreeMap<&str, EndWrite>> = BTreeMap::new();
+    let mut edges: BTreeMap<EdgeShape, BTreeMap<(&str, &str), EdgeWrite>> = BTreeMap::new();
     for row in rows {
         match row {
-            Row::Node(n) => nodes.entry(n.label).or_default().push(n.to_param()),
-            Row::Edge(e) => {
-                for (label, key) in [(e.from_label, &e.from), (e.to_label, &e.to)] {
-                    endpoints
-                        .entry(label)
-                        .or_default()
-                        .entry(key)
-                        .or_default()
-                        .insert(&e.crawl_id);
+            Row::Node(n) => {
+                let writes = nodes.entry(n.label).or_default();
+                match node_index.get(&(n.label, n.key.as_str())) {
+                    Some(&i) => writes[i].absorb(n),
+                    None => {
+                        node_index.insert((n.label, &n.key), writes.len());
+                        writes.push(NodeWrite::new(n));
+                    }
                 }
-                edges
+            }
+            Row::Edge(e) => {
+                starts
+                    .entry(e.from_label)
+                    .or_default()
+                    .entry(&e.from)
+                    .or_default()
+                    .insert(&e.crawl_id);
+                let end = ends
+                    .entry((e.to_label, e.from_label))
+                    .or_default()
+                    .entry(&e.to)
+                    .or_default();
+                end.0.insert(&e.crawl_id);
+                end.1.insert((&e.from, e.revision));
+                let edge = edges
                     .entry((e.rel, e.from_label, e.to_label))
                     .or_default()
                     .entry((&e.from, &e.to))
-                    .or_default()
-                    .insert(&e.crawl_id);
+                    .or_default();
+                edge.0.insert(&e.crawl_id);
+                edge.1 = edge.1.max(e.revision);
             }
         }
     }
     let mut queries = Vec::new();
     // One statement per run of rows, all in the one transaction (see STATEMENT_BYTES).
-    let mut push = |text: String, rows: Vec<BoltType>| {
+    // Node statements also take the writer's own property names (see `cypher::merge_nodes`).
+    let mut push = |text: String, rows: Vec<BoltType>, reserved: bool| {
         for run in chunks(rows, text.len()) {
-            queries.push(neo4rs::query(&text).param("rows", BoltType::List(BoltList::from(run))));
+            let query = neo4rs::query(&text).param("rows", BoltType::List(BoltList::from(run)));
+            queries.push(if reserved {
+                query.param("reserved", rows::crawls_param(rows::RESERVED_PROPS))
+            } else {
+                query
+            });
         }
     };
     let map = |fields: Vec<(&str, BoltType)>| {
-        BoltType::Map(fields.into_iter().map(|(k, v)| (k.into(), v)).collect())
+        BoltType::Map(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k.into(), v))
+                .collect::<neo4rs::BoltMap>(),
+        )
     };
-    for (label, rows) in nodes {
-        push(cypher::merge_nodes(label), rows);
+    let revision = |fields: &mut Vec<(&str, BoltType)>, revision: Option<i64>| {
+        if let Some(r) = revision {
+            fields.push(("revision", r.into()));
+        }
+    };
+    for (label, writes) in nodes {
+        let rows = writes
+            .into_iter()
+            .map(|w| rows::node_param(w.key, w.props, w.revision, w.crawls))
+            .collect();
+        push(cypher::merge_nodes(label), rows, true);
     }
-    for (label, keys) in endpoints {
+    for (label, keys) in starts {
         let rows = keys
             .into_iter()
             .map(|(key, crawls)| {
@@ -323,20 +419,43 @@ pub fn statements(rows: &[&Row]) -> Vec<Query> {
                 ])
             })
             .collect();
-        push(cypher::merge_endpoints(label), rows);
+        push(cypher::merge_endpoints(label), rows, false);
+    }
+    for ((to, from), keys) in ends {
+        let rows = keys
+            .into_iter()
+            .map(|(key, (crawls, froms))| {
+                let froms = froms
+                    .into_iter()
+                    .map(|(from, rev)| {
+                        let mut fields = vec![("key", from.into())];
+                        revision(&mut fields, rev);
+                        map(fields)
+                    })
+                    .collect::<Vec<_>>();
+                map(vec![
+                    ("key", key.into()),
+                    ("crawls", rows::crawls_param(crawls)),
+                    ("froms", BoltType::List(BoltList::from(froms))),
+                ])
+            })
+            .collect();
+        push(cypher::merge_ends(to, from), rows, false);
     }
     for ((rel, from, to), pairs) in edges {
         let rows = pairs
             .into_iter()
-            .map(|((a, b), crawls)| {
-                map(vec![
+            .map(|((a, b), (crawls, rev))| {
+                let mut fields = vec![
                     ("from", a.into()),
                     ("to", b.into()),
                     ("crawls", rows::crawls_param(crawls)),
-                ])
+                ];
+                revision(&mut fields, rev);
+                map(fields)
             })
             .collect();
-        push(cypher::merge_edges(rel, from, to), rows);
+        push(cypher::merge_edges(rel, from, to), rows, false);
     }
     queries
 }

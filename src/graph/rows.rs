@@ -21,7 +21,7 @@ pub const MAX_KEY_BYTES: usize = 2048;
 
 /// Properties the writer owns: a message cannot set them (a `key` in `props` would otherwise
 /// rename the node). They are dropped from `props` silently.
-pub const RESERVED_PROPS: [&str; 4] = ["key", "stub", "crawls", "updated_at"];
+pub const RESERVED_PROPS: [&str; 5] = ["key", "stub", "crawls", "crawl_count", "updated_at"];
 
 /// Why a message cannot become a row. Every variant means "dead-letter this message": no
 /// retry can fix it.
@@ -108,6 +108,9 @@ pub struct NodeRow {
     pub props: BTreeMap<String, PropValue>,
     /// The crawl that fetched it.
     pub crawl_id: String,
+    /// The record's `revision` (its integer `revision` property), which orders the writes
+    /// of one key: `None` for subjects and messages without one.
+    pub revision: Option<i64>,
 }
 
 /// A relationship from the edges topic, ready to write, with both endpoint labels resolved
@@ -126,6 +129,8 @@ pub struct EdgeRow {
     pub to: String,
     /// The crawl that found it.
     pub crawl_id: String,
+    /// The revision of the start node's record that names it (see [`crate::message::Edge`]).
+    pub revision: Option<i64>,
 }
 
 /// What the batch writer writes: a node or an edge.
@@ -270,11 +275,16 @@ impl NodeRow {
                 props.insert(name.clone(), value);
             }
         }
+        let revision = match props.get("revision") {
+            Some(PropValue::Scalar(Scalar::Int(r))) => Some(*r),
+            _ => None,
+        };
         Ok(Self {
             label,
             key: node.key.clone(),
             props,
             crawl_id: node.crawl_id.clone(),
+            revision,
         })
     }
 }
@@ -300,6 +310,7 @@ impl EdgeRow {
             to_label,
             to: edge.to.clone(),
             crawl_id: edge.crawl_id.clone(),
+            revision: edge.revision,
         })
     }
 }
@@ -327,19 +338,37 @@ impl From<&PropValue> for BoltType {
 }
 
 impl NodeRow {
-    /// The row as the node query's `row` parameter: `{key, crawls, props}`.
+    /// The row as the node query's `row` parameter (see [`node_param`]).
     pub fn to_param(&self) -> BoltType {
-        let props: BoltMap = self
-            .props
-            .iter()
-            .map(|(name, value)| (name.as_str().into(), value.into()))
-            .collect();
-        let mut row = BoltMap::with_capacity(3);
-        row.put("key".into(), self.key.as_str().into());
-        row.put("crawls".into(), crawls_param([self.crawl_id.as_str()]));
-        row.put("props".into(), BoltType::Map(props));
-        BoltType::Map(row)
+        node_param(
+            &self.key,
+            self.props.iter().map(|(k, v)| (k.as_str(), v)),
+            self.revision,
+            [self.crawl_id.as_str()],
+        )
     }
+}
+
+/// A node query's `row` parameter: `{key, crawls, props, revision}` (`revision` is left out
+/// when there is none, which Cypher reads as null).
+pub fn node_param<'a>(
+    key: &str,
+    props: impl IntoIterator<Item = (&'a str, &'a PropValue)>,
+    revision: Option<i64>,
+    crawls: impl IntoIterator<Item = &'a str>,
+) -> BoltType {
+    let map: BoltMap = props
+        .into_iter()
+        .map(|(name, value)| (name.into(), value.into()))
+        .collect();
+    let mut row = BoltMap::with_capacity(4);
+    row.put("key".into(), key.into());
+    row.put("crawls".into(), crawls_param(crawls));
+    row.put("props".into(), BoltType::Map(map));
+    if let Some(revision) = revision {
+        row.put("revision".into(), revision.into());
+    }
+    BoltType::Map(row)
 }
 
 /// A list of crawl ids as a parameter.
@@ -375,6 +404,7 @@ mod tests {
             to: to.to_owned(),
             rel: rel.to_owned(),
             discovered_at: Utc::now(),
+            revision: None,
         }
     }
 

@@ -13,6 +13,7 @@
 //! `POST /_sim/reset`. They are never limited, blocked nor counted.
 
 pub mod catalogue;
+pub mod dump;
 pub mod faults;
 pub mod limiter;
 mod open_library;
@@ -35,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use self::catalogue::{Catalogue, CatalogueSpec, Outcome, ReachEdge, Reachable};
+pub use self::catalogue::{Catalogue, CatalogueSpec, DumpRecord, Outcome, ReachEdge, Reachable};
 pub use self::faults::{Faults, Injected};
 use self::limiter::{Decision, Limiter, check_all};
 use self::open_library::open_library;

@@ -184,6 +184,7 @@ pub fn edge(keys: &Keys, rel: Rel, from: (Label, &str), to: (Label, &str), crawl
         to: keys.key(to.0, to.1),
         rel: rel.as_str().to_owned(),
         discovered_at: chrono::Utc::now(),
+        revision: None,
     };
     Row::Edge(EdgeRow::from_message(&message).expect("valid edge"))
 }

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Catalogue {
-    fn work_json(&self, w: &Work) -> Value {
+    pub(super) fn work_json(&self, w: &Work) -> Value {
         let mut v = json!({
             "key": w.key,
             "title": w.title,
@@ -30,7 +30,7 @@ impl Catalogue {
         v
     }
 
-    fn author_json(&self, a: &Author) -> Value {
+    pub(super) fn author_json(&self, a: &Author) -> Value {
         let mut v = json!({
             "key": a.key,
             "name": a.name,
@@ -50,7 +50,7 @@ impl Catalogue {
         v
     }
 
-    fn edition_json(&self, e: &Edition) -> Value {
+    pub(super) fn edition_json(&self, e: &Edition) -> Value {
         json!({
             "key": e.key,
             "title": e.title,
@@ -70,7 +70,7 @@ impl Catalogue {
         })
     }
 
-    fn stub_json(key: &str, entry: &Entry) -> Value {
+    pub(super) fn stub_json(key: &str, entry: &Entry) -> Value {
         match entry {
             Entry::Redirect(to) => json!({
                 "key": key, "location": to, "type": {"key": "/type/redirect"}, "revision": 2,

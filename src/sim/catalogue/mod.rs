@@ -19,8 +19,10 @@ use crate::crawl::parse::{
 use crate::message::{FailureReason, Label, Rel};
 
 mod answers;
+mod dump;
 mod reach;
 
+pub use dump::DumpRecord;
 pub use reach::{Outcome, ReachEdge, Reachable};
 
 /// How big a catalogue to generate, and from which seed. Same spec, same catalogue.

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Measures a dump import end to end on the local stack: `bookworm sim dump` of a synthetic
+# catalogue, `bookworm import` of its all-types file onto fresh topics, one graph writer, and
+# the time until the writer has written every row. Prints the figures; run it alone on the
+# machine (it is a measurement), after `cargo build --release`.
+#
+#   scripts/import-measure.sh [WORKS] [AUTHORS]      # default 33000 works, 10000 authors
+#   WRITERS=2 scripts/import-measure.sh              # graph writers sharing the topics
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(bash scripts/stack.sh env)"
+works=${1:-33000}
+authors=${2:-10000}
+bin=target/release
+run=measure-$(date +%s)
+dir=$(mktemp -d)
+writers=${WRITERS:-1}
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+export KAFKA_FRONTIER_TOPIC=$run.frontier KAFKA_RESULTS_TOPIC=$run.results \
+  KAFKA_EDGES_TOPIC=$run.edges KAFKA_DLQ_TOPIC=$run.dlq KAFKA_GRAPH_DLQ_TOPIC=$run.graph-dlq
+
+id_base=$(( 1000000000 + ($(date +%s) % 100000) * 10000000 ))
+start=$(date +%s.%N)
+"$bin/bookworm" sim dump --out "$dir" --works "$works" --authors "$authors" \
+  --subjects 400 --id-base "$id_base" > "$dir/dump.json"
+dumped=$(date +%s.%N)
+"$bin/bookworm" topics create --partitions 4 > /dev/null
+
+ports=()
+for i in $(seq "$writers"); do
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  ports+=("$port")
+  METRICS_ADDR=127.0.0.1:$port KAFKA_GROUP_ID=$run-graph "$bin/graph-writer" > "$dir/writer-$i.log" 2>&1 &
+  pids+=($!)
+done
+/usr/bin/time -f "%M" -o "$dir/import.rss" "$bin/bookworm" import \
+  "$dir"/ol_dump_2021-03-31.txt.gz --crawl-id "$run" --progress-interval 5s > "$dir/import.json"
+imported=$(date +%s.%N)
+nodes=$(python3 -c "import json;d=json.load(open('$dir/import.json'));print(d['nodes']+d['subjects'])")
+edges=$(python3 -c "import json;d=json.load(open('$dir/import.json'));print(d['edges'])")
+written() {
+  local total=0 n
+  for port in "${ports[@]}"; do
+    n=$(curl -s "127.0.0.1:$port/metrics" | awk -v n="relentless_graph_writer_$1_written_total" '$1==n {print int($2)}')
+    total=$((total + ${n:-0}))
+  done
+  echo "$total"
+}
+until [ "$(written results || echo 0)" -ge "$nodes" ] && [ "$(written edges || echo 0)" -ge "$edges" ]; do
+  sleep 1
+done
+done_at=$(date +%s.%N)
+writer_rss=$(for pid in "${pids[@]}"; do awk '/VmHWM/ {print $2}' "/proc/$pid/status"; done | sort -n | tail -1)
+python3 - "$start" "$dumped" "$imported" "$done_at" "$nodes" "$edges" "$writer_rss" "$dir" "$(cat "$dir/import.rss")" <<'EOF'
+import json, sys
+start, dumped, imported, done = map(float, sys.argv[1:5])
+nodes, edges, rss = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+d = json.load(open(sys.argv[8] + "/dump.json"))
+rows = nodes + edges
+print(f"dump:   {d['records']} records in {dumped - start:.1f} s ({d['records'] / (dumped - start):.0f} records/s)")
+print(f"import: published in {imported - dumped:.1f} s ({d['records'] / (imported - dumped):.0f} lines/s)")
+print(f"graph:  {nodes} nodes + {edges} relationships = {rows} rows in {done - dumped:.1f} s "
+      f"from the import's start: {rows / (done - dumped):.0f} rows/s into Neo4j")
+print(f"peak RSS: graph writer (largest) {rss / 1024:.0f} MiB, importer {int(sys.argv[9]) / 1024:.0f} MiB")
+EOF
