@@ -8,11 +8,12 @@
 #   scripts/stack.sh start <svc>   start one service and wait until ready
 #   scripts/stack.sh stop <svc>    stop one service (data kept)
 #
-# svc: kafka neo4j redis squid-0 squid-1 squid-2 prometheus
+# svc: kafka neo4j bolt-tls redis squid-0 squid-1 squid-2 prometheus
 #
 # Kafka, Redis and Neo4j also listen with TLS, with certificates of a local CA the
 # script makes once (.stack/tls): Kafka SASL_SSL (SCRAM-SHA-512) on :9094, Redis
-# on :6380, Neo4j's Bolt on its own port (TLS optional: one connector). `up`
+# on :6380, Neo4j's Bolt on its own port (TLS optional: one connector) and TLS only on
+# :7688 (bolt-tls, socat in front of it). `up`
 # restarts a running service that an older version of this script started
 # without them. STACK_DIR (default .stack) and STACK_PORT_OFFSET (default 0,
 # added to every port) run a second, separate stack beside the first.
@@ -53,7 +54,7 @@ JAVAC=$JAVA_HOME/bin/javac
 [[ -x $JAVA ]] || JAVA=java
 [[ -x $JAVAC ]] || JAVAC=javac
 
-SERVICES=(kafka neo4j redis squid-0 squid-1 squid-2 prometheus)
+SERVICES=(kafka neo4j bolt-tls redis squid-0 squid-1 squid-2 prometheus)
 # Startup deadlines (seconds). JVM services get more: first start creates stores.
 START_TIMEOUT=${STACK_START_TIMEOUT:-180}
 STOP_TIMEOUT=${STACK_STOP_TIMEOUT:-60}
@@ -73,6 +74,7 @@ port_of() {
     prometheus) base=9090 ;;
     # the TLS listeners and Kafka's KRaft controller
     kafka-controller) base=9093 ;; kafka-tls) base=9094 ;; redis-tls) base=6380 ;;
+    bolt-tls) base=7688 ;;
     *) die "unknown service: $1" ;;
   esac
   echo $((base + OFFSET))
@@ -184,6 +186,7 @@ ensure_packages() {
   # build's (rdkafka's TLS and SASL/SCRAM link OpenSSL), here because demo.sh and test.sh
   # both bring the stack up before they build.
   command -v openssl >/dev/null || pkgs+=(openssl)
+  command -v socat >/dev/null || pkgs+=(socat)
   [[ -f /usr/include/openssl/ssl.h ]] || pkgs+=(libssl-dev)
   command -v pkg-config >/dev/null || pkgs+=(pkg-config)
   ((${#pkgs[@]})) || return 0
@@ -272,7 +275,7 @@ needs() {
   case $1 in
     kafka) mvn_libs kafka; ensure_certs ;;
     neo4j) mvn_libs neo4j; ensure_neo4j_launcher; ensure_certs ;;
-    redis) ensure_certs ;;
+    redis | bolt-tls) ensure_certs ;;
   esac
 }
 
@@ -486,6 +489,21 @@ ready_squid() {
 }
 
 # --------------------------------------------------------------------------
+# bolt-tls: a TLS-only Bolt port in front of Neo4j (socat, Debian package). The
+# embedded Neo4j has one Bolt connector, with TLS optional because every other
+# suite speaks plaintext to it; this port refuses anything but TLS, as
+# production's Neo4j (server.bolt.tls_level=REQUIRED) does.
+# --------------------------------------------------------------------------
+
+launch_bolt-tls() {
+  launch bolt-tls socat \
+    "OPENSSL-LISTEN:$(port_of bolt-tls),bind=127.0.0.1,reuseaddr,fork,cert=$TLS/server.pem,key=$TLS/server.key,verify=0" \
+    "TCP:127.0.0.1:$(port_of neo4j)"
+}
+
+ready_bolt() { port_open "$(port_of bolt-tls)"; }
+
+# --------------------------------------------------------------------------
 # prometheus (Debian package)
 # --------------------------------------------------------------------------
 
@@ -646,6 +664,7 @@ export KAFKA_SCRAM_USER=$KAFKA_SCRAM_USER
 export KAFKA_SCRAM_PASSWORD=$KAFKA_SCRAM_PASSWORD
 export REDIS_TLS_URL=rediss://127.0.0.1:$(port_of redis-tls)
 export NEO4J_TLS_URI=bolt+s://127.0.0.1:$(port_of neo4j)
+export NEO4J_TLS_ONLY_URI=bolt+s://127.0.0.1:$(port_of bolt-tls)
 EOF
 }
 

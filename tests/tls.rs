@@ -328,3 +328,35 @@ async fn neo4j_tls_refuses_a_wrong_ca() {
         "a CA file needs bolt+s://"
     );
 }
+
+/// The stack's TLS-only Bolt port (`bolt-tls`, as production's Neo4j with
+/// `server.bolt.tls_level=REQUIRED`): a `bolt+s://` client that trusts the stack's CA reads
+/// the graph through it, a plaintext `bolt://` client is refused, and so is one that trusts
+/// another CA.
+#[tokio::test]
+async fn the_tls_only_bolt_port_refuses_plaintext_and_a_wrong_ca() {
+    let args = |uri: String, ca: Option<String>| Neo4jArgs {
+        neo4j_uri: uri,
+        neo4j_user: stack_env("NEO4J_USER"),
+        neo4j_password: stack_env("NEO4J_PASSWORD"),
+        neo4j_max_connections: 1,
+        neo4j_query_timeout: Duration::from_secs(10),
+        neo4j_ca_file: ca.map(Into::into),
+    };
+    let tls_only = stack_env("NEO4J_TLS_ONLY_URI");
+    let right = GraphStore::connect(&args(tls_only.clone(), Some(ca())))
+        .await
+        .expect("store");
+    right.ping().await.expect("bolt+s with the stack's CA");
+    let plaintext = tls_only.replace("bolt+s://", "bolt://");
+    let refused = match GraphStore::connect(&args(plaintext, None)).await {
+        Ok(store) => store.ping().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a plaintext Bolt client is refused by the TLS-only port");
+    let wrong = GraphStore::connect(&args(tls_only, Some(stack_env("STACK_WRONG_CA_FILE"))))
+        .await
+        .expect("store");
+    assert!(wrong.ping().await.is_err(), "bolt+s with the wrong CA");
+}
+

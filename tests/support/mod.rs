@@ -34,6 +34,7 @@ pub fn stack_env(name: &str) -> String {
             "KAFKA_SCRAM_PASSWORD" => "bookworm-scram-local",
             "REDIS_TLS_URL" => "rediss://127.0.0.1:6380",
             "NEO4J_TLS_URI" => "bolt+s://127.0.0.1:7687",
+            "NEO4J_TLS_ONLY_URI" => "bolt+s://127.0.0.1:7688",
             "KAFKA_BROKERS" => "127.0.0.1:9092",
             "NEO4J_URI" => "bolt://127.0.0.1:7687",
             "NEO4J_USER" => "neo4j",
