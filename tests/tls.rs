@@ -353,10 +353,12 @@ async fn the_tls_only_bolt_port_refuses_plaintext_and_a_wrong_ca() {
         Ok(store) => store.ping().await.is_err(),
         Err(_) => true,
     };
-    assert!(refused, "a plaintext Bolt client is refused by the TLS-only port");
+    assert!(
+        refused,
+        "a plaintext Bolt client is refused by the TLS-only port"
+    );
     let wrong = GraphStore::connect(&args(tls_only, Some(stack_env("STACK_WRONG_CA_FILE"))))
         .await
         .expect("store");
     assert!(wrong.ping().await.is_err(), "bolt+s with the wrong CA");
 }
-
