@@ -210,37 +210,9 @@ fn tokens_file(lines: &str) -> PathBuf {
 
 /// An API in this process, on loopback, with extra flags; returns its base URL and topic.
 async fn start_api_with(extra: &[&str]) -> (String, String, CancellationToken) {
-    use bookworm::api::service::Server;
-    use bookworm::config::ServeArgs;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Args {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-
     let topic = unique("api-frontier");
     create_topic(&topic, 1).await;
-    let brokers = stack_env("KAFKA_BROKERS");
-    let redis = stack_env("REDIS_URL");
-    let mut argv = vec![
-        "test",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--kafka-brokers",
-        &brokers,
-        "--kafka-frontier-topic",
-        &topic,
-        "--redis-url",
-        &redis,
-    ];
-    argv.extend_from_slice(extra);
-    let args = Args::try_parse_from(argv).expect("valid flags");
-    let server = Server::bind(&args.serve).await.expect("API starts");
-    let base = format!("http://{}", server.local_addr().expect("addr"));
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server.run(shutdown.clone()));
+    let (base, shutdown) = support::api_in_process(&topic, &stack_env("REDIS_URL"), extra).await;
     (base, topic, shutdown)
 }
 

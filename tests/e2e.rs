@@ -216,16 +216,8 @@ async fn a_crawl_to_depth_two_builds_exactly_the_reachable_graph() {
 /// and final status.
 async fn crawl_to_done(deployment: &Deployment, seeds: &[&str], depth: u32) -> (String, Value) {
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{}/crawls", deployment.api_url))
-        .json(&json!({"seeds": seeds, "max_depth": depth}))
-        .send()
-        .await
-        .expect("create crawl")
-        .json()
-        .await
-        .expect("json");
-    let crawl_id = created["crawl_id"].as_str().expect("crawl id").to_owned();
+    let body = json!({"seeds": seeds, "max_depth": depth});
+    let crawl_id = support::create_crawl(&client, &deployment.api_url, &body).await;
     let status = eventually("the crawl to end done", Duration::from_secs(300), || {
         let client = client.clone();
         let url = format!("{}/crawls/{crawl_id}", deployment.api_url);
@@ -305,16 +297,8 @@ async fn a_paused_crawl_sends_nothing_and_ends_exact_after_resume() {
     .await;
     let client = reqwest::Client::new();
     let api = &deployment.api_url;
-    let created: Value = client
-        .post(format!("{api}/crawls"))
-        .json(&json!({"seeds": [&seed_work, &search], "max_depth": 2}))
-        .send()
-        .await
-        .expect("create crawl")
-        .json()
-        .await
-        .expect("json");
-    let crawl_id = created["crawl_id"].as_str().expect("crawl id").to_owned();
+    let body = json!({"seeds": [&seed_work, &search], "max_depth": 2});
+    let crawl_id = support::create_crawl(&client, api, &body).await;
     let status_url = format!("{api}/crawls/{crawl_id}");
     // Mid-way: as soon as the first node is counted.
     eventually("the first node fetched", Duration::from_secs(60), || {

@@ -480,19 +480,8 @@ async fn a_crawl_through_the_containers_builds_exactly_the_reachable_graph() {
 
     let client = reqwest::Client::new();
     let (seed_work, search) = first_work_seeds(&sim_url, id_base).await;
-    let created: Value = client
-        .post(format!("{api_url}/crawls"))
-        .json(&json!({"seeds": [seed_work, search], "max_depth": 2}))
-        .send()
-        .await
-        .expect("create crawl")
-        .json()
-        .await
-        .expect("json");
-    let crawl_id = created["crawl_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("crawl id in {created}"))
-        .to_owned();
+    let body = json!({"seeds": [seed_work, search], "max_depth": 2});
+    let crawl_id = support::create_crawl(&client, &api_url, &body).await;
 
     let status = eventually("the crawl to end done", Duration::from_secs(300), || {
         let client = client.clone();

@@ -19,40 +19,12 @@ use tokio_util::sync::CancellationToken;
 /// An API in this process on loopback with its own frontier topic and crawl index, and
 /// `extra` flags; its base URL, topic and index prefix.
 async fn start_api(extra: &[&str]) -> (String, String, String, CancellationToken) {
-    use bookworm::api::service::Server;
-    use bookworm::config::ServeArgs;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Args {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-
     let topic = unique("life-frontier");
     create_topic(&topic, 1).await;
     let index = unique("life-index");
-    let brokers = stack_env("KAFKA_BROKERS");
-    let redis = stack_env("REDIS_URL");
-    let mut argv = vec![
-        "test",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--kafka-brokers",
-        &brokers,
-        "--kafka-frontier-topic",
-        &topic,
-        "--redis-url",
-        &redis,
-        "--crawl-index-prefix",
-        &index,
-    ];
-    argv.extend_from_slice(extra);
-    let args = Args::try_parse_from(argv).expect("valid flags");
-    let server = Server::bind(&args.serve).await.expect("API starts");
-    let base = format!("http://{}", server.local_addr().expect("addr"));
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server.run(shutdown.clone()));
+    let mut flags = vec!["--crawl-index-prefix", index.as_str()];
+    flags.extend_from_slice(extra);
+    let (base, shutdown) = support::api_in_process(&topic, &stack_env("REDIS_URL"), &flags).await;
     (base, topic, index, shutdown)
 }
 

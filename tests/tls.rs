@@ -176,16 +176,8 @@ async fn a_crawl_with_every_backend_on_tls_builds_exactly_the_reachable_graph() 
 
     let (seed_work, search) = first_work_seeds(&sim_url, id_base).await;
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{api_url}/crawls"))
-        .json(&json!({"seeds": [&seed_work, &search], "max_depth": 2}))
-        .send()
-        .await
-        .expect("create crawl")
-        .json()
-        .await
-        .expect("json");
-    let crawl_id = created["crawl_id"].as_str().expect("crawl id").to_owned();
+    let body = json!({"seeds": [&seed_work, &search], "max_depth": 2});
+    let crawl_id = support::create_crawl(&client, &api_url, &body).await;
     let status = eventually("the crawl to end done", Duration::from_secs(300), || {
         let client = client.clone();
         let url = format!("{api_url}/crawls/{crawl_id}");

@@ -321,18 +321,9 @@ impl Deployment {
     /// budget (the API's default when `None`).
     pub async fn create_crawl_of(&self, nth: u64, max_depth: u32, max_nodes: Option<u64>) -> Crawl {
         let seed = format!("/works/OL{}W", self.id_base + nth);
-        let created: Value = self
-            .client
-            .post(format!("{}/crawls", self.api_url))
-            .json(&json!({"seeds": [seed], "max_depth": max_depth, "max_nodes": max_nodes}))
-            .send()
-            .await
-            .expect("create crawl")
-            .json()
-            .await
-            .expect("json");
+        let body = json!({"seeds": [seed], "max_depth": max_depth, "max_nodes": max_nodes});
         Crawl {
-            id: created["crawl_id"].as_str().expect("crawl id").to_owned(),
+            id: super::create_crawl(&self.client, &self.api_url, &body).await,
             seed,
             max_depth,
             started: Instant::now(),

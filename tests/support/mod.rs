@@ -345,6 +345,22 @@ pub async fn start_api_on(
     frontier_topic: &str,
     redis_url: &str,
 ) -> (String, tokio_util::sync::CancellationToken) {
+    api_in_process(
+        frontier_topic,
+        redis_url,
+        &["--openlibrary-base-url", "https://openlibrary.org"],
+    )
+    .await
+}
+
+/// `bookworm serve` in this process on a random loopback port, enqueueing seeds on
+/// `frontier_topic`, on the Redis at `redis_url`, with `extra` flags; returns its base URL
+/// and the token that stops it.
+pub async fn api_in_process(
+    frontier_topic: &str,
+    redis_url: &str,
+    extra: &[&str],
+) -> (String, tokio_util::sync::CancellationToken) {
     use bookworm::api::service::Server;
     use bookworm::config::ServeArgs;
     use clap::Parser;
@@ -355,24 +371,46 @@ pub async fn start_api_on(
         serve: ServeArgs,
     }
 
-    let args = Args::parse_from([
+    let brokers = stack_env("KAFKA_BROKERS");
+    let mut argv = vec![
         "test",
         "--api-addr",
         "127.0.0.1:0",
         "--kafka-brokers",
-        &stack_env("KAFKA_BROKERS"),
+        &brokers,
         "--kafka-frontier-topic",
         frontier_topic,
         "--redis-url",
         redis_url,
-        "--openlibrary-base-url",
-        "https://openlibrary.org",
-    ]);
+    ];
+    argv.extend_from_slice(extra);
+    let args = Args::try_parse_from(argv).expect("valid flags");
     let server = Server::bind(&args.serve).await.expect("API starts");
     let base = format!("http://{}", server.local_addr().expect("addr"));
     let token = tokio_util::sync::CancellationToken::new();
     tokio::spawn(server.run(token.clone()));
     (base, token)
+}
+
+/// Creates a crawl through the API at `api_url` with the JSON `body`; its id.
+pub async fn create_crawl(
+    client: &reqwest::Client,
+    api_url: &str,
+    body: &serde_json::Value,
+) -> String {
+    let created: serde_json::Value = client
+        .post(format!("{api_url}/crawls"))
+        .json(body)
+        .send()
+        .await
+        .expect("create crawl")
+        .json()
+        .await
+        .expect("json");
+    created["crawl_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("crawl id in {created}"))
+        .to_owned()
 }
 
 /// Polls `url` until it answers 2xx.
