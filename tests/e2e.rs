@@ -165,27 +165,10 @@ async fn a_crawl_to_depth_two_builds_exactly_the_reachable_graph() {
     let deployment = deploy(&topics, id_base, 2).await;
 
     // The simulator's first work title makes a search seed that finds something.
-    let (seed_work, search) = first_work_seeds(&deployment.sim_url, id_base).await;
-
-    let (crawl_id, status) = crawl_to_done(&deployment, &[&seed_work, &search], 2).await;
-
-    let truth = reachable_truth(
-        &deployment.sim_url,
-        &[&seed_work, &format!("search:{search}")],
-        2,
-    )
-    .await;
-    assert!(
-        truth.nodes.len() > 20,
-        "the crawl should reach a real graph: {}",
-        truth.nodes.len()
-    );
-    assert_graph_is_exactly(&truth, &crawl_id).await;
-
+    let (_, status, truth) =
+        support::first_works_crawl_is_exact(&deployment.sim_url, &deployment.api_url, id_base)
+            .await;
     let counters = &status["counters"];
-    assert_eq!(counters["fetched"], truth.nodes.len(), "{status}");
-    assert_eq!(counters["edges"], truth.edges.len(), "{status}");
-    assert_eq!(counters["in_flight"], 0, "{status}");
     let mut by_label: BTreeMap<String, u64> = BTreeMap::new();
     for label in truth.nodes.values() {
         *by_label.entry(label.clone()).or_default() += 1;
@@ -215,19 +198,8 @@ async fn a_crawl_to_depth_two_builds_exactly_the_reachable_graph() {
 /// Starts a crawl of `seeds` to `depth` through the API and waits until it is `done`; its id
 /// and final status.
 async fn crawl_to_done(deployment: &Deployment, seeds: &[&str], depth: u32) -> (String, Value) {
-    let client = reqwest::Client::new();
     let body = json!({"seeds": seeds, "max_depth": depth});
-    let crawl_id = support::create_crawl(&client, &deployment.api_url, &body).await;
-    let status = eventually("the crawl to end done", Duration::from_secs(300), || {
-        let client = client.clone();
-        let url = format!("{}/crawls/{crawl_id}", deployment.api_url);
-        async move {
-            let status: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
-            (status["state"] == "done").then_some(status)
-        }
-    })
-    .await;
-    (crawl_id, status)
+    support::crawl_to_done(&reqwest::Client::new(), &deployment.api_url, &body).await
 }
 
 /// Requests the simulator has received so far.

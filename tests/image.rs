@@ -13,10 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{
-    TestTopics, assert_graph_is_exactly, eventually, first_work_seeds, free_port, fresh_id_base,
-    reachable_truth, stack_env, unique, wait_ok,
-};
+use support::{TestTopics, free_port, fresh_id_base, stack_env, unique, wait_ok};
 
 mod support;
 
@@ -478,30 +475,5 @@ async fn a_crawl_through_the_containers_builds_exactly_the_reachable_graph() {
         assert_eq!(read_only.trim(), "true", "{name}");
     }
 
-    let client = reqwest::Client::new();
-    let (seed_work, search) = first_work_seeds(&sim_url, id_base).await;
-    let body = json!({"seeds": [seed_work, search], "max_depth": 2});
-    let crawl_id = support::create_crawl(&client, &api_url, &body).await;
-
-    let status = eventually("the crawl to end done", Duration::from_secs(300), || {
-        let client = client.clone();
-        let url = format!("{api_url}/crawls/{crawl_id}");
-        async move {
-            let status: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
-            (status["state"] == "done").then_some(status)
-        }
-    })
-    .await;
-
-    let truth = reachable_truth(&sim_url, &[&seed_work, &format!("search:{search}")], 2).await;
-    assert!(
-        truth.nodes.len() > 20,
-        "a real graph: {}",
-        truth.nodes.len()
-    );
-    assert_graph_is_exactly(&truth, &crawl_id).await;
-    let counters = &status["counters"];
-    assert_eq!(counters["fetched"], truth.nodes.len(), "{status}");
-    assert_eq!(counters["edges"], truth.edges.len(), "{status}");
-    assert_eq!(counters["in_flight"], 0, "{status}");
+    support::first_works_crawl_is_exact(&sim_url, &api_url, id_base).await;
 }

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use bookworm::crawl::store::{Begin, CrawlSpec, CrawlStore, Finish, StoreError};
+use bookworm::crawl::store::{Begin, CrawlSpec, CrawlStore, Finish, MemoryWatch, StoreError};
 use redis::aio::ConnectionManager;
 
 use support::{Process, create_topic, eventually, free_port, unique};
@@ -47,20 +47,13 @@ async fn small_redis(max_bytes: u64) -> (String, Process, ConnectionManager) {
     (url, process, conn)
 }
 
-/// `used_memory` and `maxmemory` of `conn`'s Redis.
+/// `used_memory` and `maxmemory` of `conn`'s Redis, read the way the store reads them.
 async fn memory(conn: &mut ConnectionManager) -> (u64, u64) {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(conn)
+    let reading = MemoryWatch::default()
+        .refresh(conn)
         .await
-        .unwrap();
-    let field = |name: &str| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap()
-    };
-    (field("used_memory"), field("maxmemory"))
+        .expect("INFO memory");
+    (reading.used, reading.max)
 }
 
 /// Fills Redis with filler keys until it is above 92 % of its limit.

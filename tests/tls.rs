@@ -19,11 +19,7 @@ use bookworm::config::{BrokerArgs, KafkaSecurityArgs, Neo4jArgs, SecurityProtoco
 use bookworm::graph::GraphStore;
 use bookworm::kafka::Cluster;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use serde_json::{Value, json};
-use support::{
-    Process, TestTopics, assert_graph_is_exactly, eventually, first_work_seeds, free_port,
-    fresh_id_base, reachable_truth, stack_env, unique, wait_ok,
-};
+use support::{Process, TestTopics, free_port, fresh_id_base, stack_env, unique, wait_ok};
 
 /// The stack's CA file (`STACK_CA_FILE` from `scripts/stack.sh env`).
 fn ca() -> String {
@@ -174,29 +170,7 @@ async fn a_crawl_with_every_backend_on_tls_builds_exactly_the_reachable_graph() 
         wait_ok(url, Duration::from_secs(90)).await;
     }
 
-    let (seed_work, search) = first_work_seeds(&sim_url, id_base).await;
-    let client = reqwest::Client::new();
-    let body = json!({"seeds": [&seed_work, &search], "max_depth": 2});
-    let crawl_id = support::create_crawl(&client, &api_url, &body).await;
-    let status = eventually("the crawl to end done", Duration::from_secs(300), || {
-        let client = client.clone();
-        let url = format!("{api_url}/crawls/{crawl_id}");
-        async move {
-            let status: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
-            (status["state"] == "done").then_some(status)
-        }
-    })
-    .await;
-
-    let truth = reachable_truth(&sim_url, &[&seed_work, &format!("search:{search}")], 2).await;
-    assert!(
-        truth.nodes.len() > 20,
-        "a real graph: {}",
-        truth.nodes.len()
-    );
-    assert_graph_is_exactly(&truth, &crawl_id).await;
-    assert_eq!(status["counters"]["fetched"], truth.nodes.len(), "{status}");
-    assert_eq!(status["counters"]["edges"], truth.edges.len(), "{status}");
+    let (crawl_id, _, _) = support::first_works_crawl_is_exact(&sim_url, &api_url, id_base).await;
 
     let (code, text) = bookworm(&["summary", &crawl_id], &env);
     assert_eq!(code, Some(0), "summary over TLS: {text}");

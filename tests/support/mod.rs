@@ -413,6 +413,52 @@ pub async fn create_crawl(
         .to_owned()
 }
 
+/// Creates a crawl with `body` through the API at `api_url` and waits until it is `done`;
+/// its id and final status.
+pub async fn crawl_to_done(
+    client: &reqwest::Client,
+    api_url: &str,
+    body: &serde_json::Value,
+) -> (String, serde_json::Value) {
+    let crawl_id = create_crawl(client, api_url, body).await;
+    let url = format!("{api_url}/crawls/{crawl_id}");
+    let status = eventually("the crawl to end done", Duration::from_secs(300), || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let status: serde_json::Value =
+                client.get(&url).send().await.ok()?.json().await.ok()?;
+            (status["state"] == "done").then_some(status)
+        }
+    })
+    .await;
+    (crawl_id, status)
+}
+
+/// The standard end-to-end crawl: the simulator's first work and a search for its title, to
+/// depth 2, run to `done` through the API at `api_url`; asserts that the graph is exactly the
+/// simulator's truth and that the counters say so. Its id, status and truth.
+pub async fn first_works_crawl_is_exact(
+    sim_url: &str,
+    api_url: &str,
+    id_base: u64,
+) -> (String, serde_json::Value, Truth) {
+    let (seed_work, search) = first_work_seeds(sim_url, id_base).await;
+    let body = serde_json::json!({"seeds": [&seed_work, &search], "max_depth": 2});
+    let (crawl_id, status) = crawl_to_done(&reqwest::Client::new(), api_url, &body).await;
+    let truth = reachable_truth(sim_url, &[&seed_work, &format!("search:{search}")], 2).await;
+    assert!(
+        truth.nodes.len() > 20,
+        "the crawl should reach a real graph: {}",
+        truth.nodes.len()
+    );
+    assert_graph_is_exactly(&truth, &crawl_id).await;
+    let counters = &status["counters"];
+    assert_eq!(counters["fetched"], truth.nodes.len(), "{status}");
+    assert_eq!(counters["edges"], truth.edges.len(), "{status}");
+    assert_eq!(counters["in_flight"], 0, "{status}");
+    (crawl_id, status, truth)
+}
+
 /// Polls `url` until it answers 2xx.
 pub async fn wait_ok(url: &str, deadline: Duration) {
     let client = reqwest::Client::builder()
