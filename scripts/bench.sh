@@ -8,6 +8,14 @@
 #                                             through the three proxies (~7 minutes)
 #   scripts/bench.sh --grid full              all 162 points (several hours)
 #   scripts/bench.sh --workers 1,2 --limit 150 --proxies 3   any product of axes
+#   scripts/bench.sh scale                    the scale points: one crawl each of 10 k, 100 k
+#                                             and 1 M nodes (~1.5 hours), their per-node
+#                                             costs in docs/perf/scale.{md,csv}
+#   scripts/bench.sh scale --nodes 10000,100000   smaller points only
+#
+# The scale points run on a stack of their own (STACK_DIR=.stack/scale, ports +100), wiped
+# before the run and stopped after it, so its Redis, Neo4j and Kafka deltas are the crawls'
+# alone, whatever the test stack holds.
 #
 # Every run rewrites the report from its own points only; to keep the committed one, point a
 # partial run elsewhere: --out-dir /tmp/perf --report /tmp/perf/performance.md
@@ -22,6 +30,19 @@ cd "$ROOT"
 if [[ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf && -z "${BENCH_FONT:-}" ]]; then
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo=sudo
   $sudo apt-get install -y --no-install-recommends fonts-dejavu-core
+fi
+
+if [[ ${1:-} == scale ]]; then
+  shift
+  export STACK_DIR=$ROOT/.stack/scale STACK_PORT_OFFSET=100
+  bash scripts/stack.sh down
+  rm -rf "$STACK_DIR/data"
+  trap 'bash scripts/stack.sh down' EXIT
+  bash scripts/stack.sh up
+  eval "$(bash scripts/stack.sh env)"
+  cargo build --release --bins
+  target/release/bookworm bench-scale --stack-dir "$STACK_DIR" "$@"
+  exit
 fi
 
 bash scripts/stack.sh up

@@ -9,6 +9,9 @@ pub(super) struct PointContext<'a> {
     pub(super) log_dir: &'a Path,
     pub(super) pool: &'a [String],
     pub(super) index: usize,
+    /// Settings every service of the point gets on top of the grid's (the scale points'
+    /// `CRAWL_RETENTION`); empty for a grid point.
+    pub(super) env: &'a [(String, String)],
 }
 
 /// A child process, killed when dropped so a failing point leaves nothing running.
@@ -222,6 +225,7 @@ pub(super) fn deploy(
     let sim_url = format!("http://127.0.0.1:{sim_port}");
 
     let mut env = topics.env();
+    env.extend(ctx.env.iter().cloned());
     env.extend(
         [
             ("OPENLIBRARY_BASE_URL", sim_url.clone()),

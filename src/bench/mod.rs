@@ -23,6 +23,7 @@ mod plots;
 mod point;
 pub mod probe;
 pub mod report;
+pub mod scale;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -327,15 +328,7 @@ pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, Benc
     if points.is_empty() {
         return Err(BenchError::Args("the grid is empty".to_owned()));
     }
-    let pool: Vec<String> = args
-        .proxy_pool
-        .0
-        .iter()
-        .map(|spec| match spec {
-            crate::config::EgressSpec::Direct => "direct".to_owned(),
-            crate::config::EgressSpec::Proxy(url) => url.as_str().trim_end_matches('/').to_owned(),
-        })
-        .collect();
+    let pool = pool_names(&args.proxy_pool);
     if let Some(p) = points.iter().find(|p| p.proxies as usize > pool.len()) {
         return Err(BenchError::Args(format!(
             "a point needs {} proxies but PROXY_POOL has {}",
@@ -343,13 +336,7 @@ pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, Benc
             pool.len()
         )));
     }
-    let bin_dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-        .ok_or_else(|| BenchError::Spawn {
-            what: "bench".to_owned(),
-            detail: "cannot locate the running executable's directory".to_owned(),
-        })?;
+    let bin_dir = bin_dir()?;
     let log_dir = args
         .log_dir
         .clone()
@@ -368,6 +355,7 @@ pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, Benc
             log_dir: &log_dir,
             pool: &pool,
             index,
+            env: &[],
         };
         let base = unique("bench", index);
         let topics = Topics::named(&base);
@@ -401,6 +389,28 @@ pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, Benc
         report::write_all(&args, &rows, &command_line)?;
     }
     Ok(rows)
+}
+
+/// The proxies of `PROXY_POOL` as the workers are given them.
+fn pool_names(pool: &crate::config::ProxyPool) -> Vec<String> {
+    pool.0
+        .iter()
+        .map(|spec| match spec {
+            crate::config::EgressSpec::Direct => "direct".to_owned(),
+            crate::config::EgressSpec::Proxy(url) => url.as_str().trim_end_matches('/').to_owned(),
+        })
+        .collect()
+}
+
+/// The directory of the running `bookworm`, where the other binaries are.
+fn bin_dir() -> Result<PathBuf, BenchError> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .ok_or_else(|| BenchError::Spawn {
+            what: "bench".to_owned(),
+            detail: "cannot locate the running executable's directory".to_owned(),
+        })
 }
 
 fn failed_row(point: GridPoint, error: String) -> Row {

@@ -60,75 +60,23 @@ pub(super) async fn run_point(
     let started = Instant::now();
     let mut crawl_ids = Vec::new();
     for chunk in seed_keys.chunks(crate::api::MAX_SEEDS) {
-        let created: Value = http
-            .post(format!("{}/crawls", deployment.api_url))
-            .json(&json!({"seeds": chunk, "max_depth": args.depth}))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| http_error("creating a crawl", e))?
-            .json()
-            .await
-            .map_err(|e| http_error("creating a crawl", e))?;
-        let id = created["crawl_id"]
-            .as_str()
-            .ok_or_else(|| BenchError::Http {
-                what: "creating a crawl".to_owned(),
-                detail: format!("no crawl_id in {created}"),
-            })?;
-        crawl_ids.push(id.to_owned());
+        let body = json!({"seeds": chunk, "max_depth": args.depth});
+        crawl_ids.push(create_crawl(&http, &deployment.api_url, &body).await?);
     }
 
-    // Until every crawl is done.
-    let mut statuses: Vec<Option<Value>> = vec![None; crawl_ids.len()];
-    while statuses.iter().any(Option::is_none) {
-        deployment.check_alive()?;
+    let statuses = until_done(&http, &mut deployment, &crawl_ids, |d| {
         stack_peak = stack_peak.max_rss(stack.sample());
-        for (id, slot) in crawl_ids.iter().zip(statuses.iter_mut()) {
-            if slot.is_some() {
-                continue;
-            }
-            let status: Value = http
-                .get(format!("{}/crawls/{id}", deployment.api_url))
-                .send()
-                .await
-                .map_err(|e| http_error("crawl status", e))?
-                .json()
-                .await
-                .map_err(|e| http_error("crawl status", e))?;
-            match status["state"].as_str() {
-                Some("done") => *slot = Some(status),
-                Some("running") => {}
-                other => {
-                    return Err(BenchError::Http {
-                        what: "crawl status".to_owned(),
-                        detail: format!("unexpected state {other:?}"),
-                    });
-                }
-            }
-        }
-        if statuses.iter().any(Option::is_none) {
-            tokio::time::sleep(POLL).await;
-        }
-    }
+        d.check_alive()
+    })
+    .await?;
     let seconds_to_done = started.elapsed().as_secs_f64();
     let machine_at_done = probe::MachineTicks::read();
 
-    // Until the graph writer has written every message the workers published.
-    let writer_metrics = loop {
-        deployment.check_alive()?;
+    let writer_metrics = until_written(args, topics, &http, &mut deployment, |d| {
         stack_peak = stack_peak.max_rss(stack.sample());
-        let (results, edges) = message_counts(args, topics).await?;
-        let m = scrape(&http, &deployment.writer_url).await?;
-        let nodes_done = m.sum("relentless_graph_writer_results_written_total", &[])
-            + m.sum("relentless_graph_writer_results_failed_total", &[]);
-        let edges_done = m.sum("relentless_graph_writer_edges_written_total", &[])
-            + m.sum("relentless_graph_writer_edges_failed_total", &[]);
-        if nodes_done >= results as f64 && edges_done >= edges as f64 {
-            break m;
-        }
-        tokio::time::sleep(POLL).await;
-    };
+        d.check_alive()
+    })
+    .await?;
     let seconds_to_written = started.elapsed().as_secs_f64();
 
     let after: Vec<ProcSample> = our_pids
@@ -181,7 +129,6 @@ pub(super) async fn run_point(
     let counter = |name: &str| {
         statuses
             .iter()
-            .flatten()
             .map(|s| s["counters"][name].as_u64().unwrap_or_default())
             .sum::<u64>()
     };
@@ -225,6 +172,97 @@ pub(super) async fn run_point(
         kafka: stack_usage(stack_before.kafka, stack_after.kafka, stack_peak.kafka),
         neo4j: stack_usage(stack_before.neo4j, stack_after.neo4j, stack_peak.neo4j),
     })
+}
+
+/// Creates a crawl through the API and returns its id.
+pub(super) async fn create_crawl(
+    http: &reqwest::Client,
+    api_url: &str,
+    body: &Value,
+) -> Result<String, BenchError> {
+    let created: Value = http
+        .post(format!("{api_url}/crawls"))
+        .json(body)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| http_error("creating a crawl", e))?
+        .json()
+        .await
+        .map_err(|e| http_error("creating a crawl", e))?;
+    created["crawl_id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| BenchError::Http {
+            what: "creating a crawl".to_owned(),
+            detail: format!("no crawl_id in {created}"),
+        })
+}
+
+/// Polls the API until every crawl of `crawl_ids` is `done`, calling `tick` on every round;
+/// returns their final statuses. Any state but running or done fails the point.
+pub(super) async fn until_done(
+    http: &reqwest::Client,
+    deployment: &mut Deployment,
+    crawl_ids: &[String],
+    mut tick: impl FnMut(&mut Deployment) -> Result<(), BenchError>,
+) -> Result<Vec<Value>, BenchError> {
+    let mut statuses: Vec<Option<Value>> = vec![None; crawl_ids.len()];
+    while statuses.iter().any(Option::is_none) {
+        tick(deployment)?;
+        for (id, slot) in crawl_ids.iter().zip(statuses.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            let status: Value = http
+                .get(format!("{}/crawls/{id}", deployment.api_url))
+                .send()
+                .await
+                .map_err(|e| http_error("crawl status", e))?
+                .json()
+                .await
+                .map_err(|e| http_error("crawl status", e))?;
+            match status["state"].as_str() {
+                Some("done") => *slot = Some(status),
+                Some("running") => {}
+                other => {
+                    return Err(BenchError::Http {
+                        what: "crawl status".to_owned(),
+                        detail: format!("unexpected state {other:?}"),
+                    });
+                }
+            }
+        }
+        if statuses.iter().any(Option::is_none) {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    Ok(statuses.into_iter().flatten().collect())
+}
+
+/// Polls until the graph writer has written (or dead-lettered) every message the workers
+/// published to the results and edges topics, calling `tick` on every round (liveness checks,
+/// memory samples); returns the writer's metrics at that moment.
+pub(super) async fn until_written(
+    args: &BenchArgs,
+    topics: &Topics,
+    http: &reqwest::Client,
+    deployment: &mut Deployment,
+    mut tick: impl FnMut(&mut Deployment) -> Result<(), BenchError>,
+) -> Result<Metrics, BenchError> {
+    loop {
+        tick(deployment)?;
+        let (results, edges) = message_counts(args, topics).await?;
+        let m = scrape(http, &deployment.writer_url).await?;
+        let nodes_done = m.sum("relentless_graph_writer_results_written_total", &[])
+            + m.sum("relentless_graph_writer_results_failed_total", &[]);
+        let edges_done = m.sum("relentless_graph_writer_edges_written_total", &[])
+            + m.sum("relentless_graph_writer_edges_failed_total", &[]);
+        if nodes_done >= results as f64 && edges_done >= edges as f64 {
+            return Ok(m);
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// How the point's clients looked to the simulator (`/_sim/stats`): the busiest minute of any
@@ -342,16 +380,18 @@ impl StackSample {
     }
 }
 
+/// The pid `scripts/stack.sh` recorded for `service` in its run directory.
+pub(super) fn read_pid(dir: &Path, service: &str) -> Option<u32> {
+    std::fs::read_to_string(dir.join(format!("{service}.pid")))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
 impl StackPids {
     pub(super) fn read(dir: &Path) -> StackPids {
-        let pid = |name: &str| {
-            std::fs::read_to_string(dir.join(format!("{name}.pid")))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-        };
         let pids = StackPids {
-            kafka: pid("kafka"),
-            neo4j: pid("neo4j"),
+            kafka: read_pid(dir, "kafka"),
+            neo4j: read_pid(dir, "neo4j"),
         };
         if pids.kafka.is_none() || pids.neo4j.is_none() {
             tracing::warn!(dir = %dir.display(), "no Kafka or Neo4j pid: their columns stay empty");

@@ -43,6 +43,9 @@ enum Command {
     /// Benchmark the whole system end to end over a grid of settings and write the CSV,
     /// plots and docs/performance.md (needs the stack: `eval "$(scripts/stack.sh env)"`).
     Bench(bookworm::bench::BenchArgs),
+    /// Scale points: one crawl each of 10 k, 100 k and 1 M nodes, and what each component
+    /// pays per node (Redis, Neo4j, Kafka bytes; CPU; peak memory); writes docs/perf/scale.*.
+    BenchScale(bookworm::bench::scale::ScaleArgs),
     /// Start a crawl through the HTTP API; prints only the crawl id on stdout.
     Seed(SeedArgs),
     /// Show a crawl's status; with --watch, follow it until it is done or cancelled.
@@ -126,6 +129,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .context("running the simulator"),
         Command::Migrate(args) => commands::migrate(args).await,
         Command::Bench(args) => commands::bench(args).await,
+        Command::BenchScale(args) => commands::bench_scale(args).await,
         Command::Seed(args) => commands::seed(args).await,
         Command::Status(args) => commands::status(args).await,
         Command::Crawls(CrawlsCommand::List(args)) => commands::crawls_list(args).await,

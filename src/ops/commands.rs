@@ -247,18 +247,34 @@ fn undecodable_note(undecodable: u64) -> String {
     }
 }
 
-/// `bookworm bench`: the grid, its CSV, plots and report; fails if any point failed.
-pub async fn bench(args: crate::bench::BenchArgs) -> anyhow::Result<()> {
-    // The report quotes the command that produced it.
-    let command_line = std::iter::once("target/release/bookworm".to_owned())
+/// The command line a report quotes as the one that produced it.
+fn command_line() -> String {
+    std::iter::once("target/release/bookworm".to_owned())
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
-        .join(" ");
-    let rows = crate::bench::run(args, command_line)
+        .join(" ")
+}
+
+/// `bookworm bench`: the grid, its CSV, plots and report; fails if any point failed.
+pub async fn bench(args: crate::bench::BenchArgs) -> anyhow::Result<()> {
+    let rows = crate::bench::run(args, command_line())
         .await
         .context("running the benchmark")?;
     let failed = rows.iter().filter(|r| !r.error.is_empty()).count();
     anyhow::ensure!(failed == 0, "{failed} grid point(s) failed; see the report");
+    Ok(())
+}
+
+/// `bookworm bench-scale`: the scale points and their report; fails if any point failed.
+pub async fn bench_scale(args: crate::bench::scale::ScaleArgs) -> anyhow::Result<()> {
+    let rows = crate::bench::scale::run(args, command_line())
+        .await
+        .context("running the scale points")?;
+    let failed = rows.iter().filter(|r| !r.error.is_empty()).count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} scale point(s) failed; see docs/perf/scale.md"
+    );
     Ok(())
 }
 
