@@ -4,7 +4,7 @@
 //! rate limit and a catalogue bigger than the crawl, run by the grid's deployment (the real
 //! binaries as separate processes). It reads what each component paid: Redis `used_memory`
 //! before the crawl, at `done` and after the crawl's working state expired (`CRAWL_RETENTION`
-//! set short for the point), the growth of Neo4j's store files and transaction logs, the bytes
+//! set short for the point), the growth of Neo4j's store files (after a checkpoint), the bytes
 //! of the point's Kafka log segments, CPU seconds and peak resident memory of every process.
 //! Divided by the nodes fetched, the costs of a 10 k, a 100 k and a 1 M node crawl should be
 //! the same; [`write_report`] prints the ratios of the largest point to the smallest.
@@ -67,6 +67,9 @@ pub struct ScaleArgs {
     /// Redis, for `INFO memory` and the crawl's keys.
     #[command(flatten)]
     pub redis: crate::config::RedisArgs,
+    /// Neo4j, for a checkpoint before each reading of its store's size.
+    #[command(flatten)]
+    pub neo4j: crate::config::Neo4jArgs,
     /// The stack's directory (`STACK_DIR` of `scripts/stack.sh`): `run/<svc>.pid` for the
     /// services' `/proc`, `data/` for Kafka's and Neo4j's bytes on disk.
     #[arg(long, default_value = ".stack")]
@@ -140,10 +143,9 @@ pub struct ScaleRow {
     pub crawl_state_bytes: u64,
     /// What the crawl's remaining keys (its summary) hold, by `MEMORY USAGE`.
     pub summary_bytes: u64,
-    /// Growth of Neo4j's store files.
+    /// Growth of Neo4j's store files, each reading taken after a checkpoint (until one, new
+    /// records live in the page cache and the transaction log, whose files are preallocated).
     pub neo4j_store_bytes: i64,
-    /// Growth of Neo4j's transaction logs.
-    pub neo4j_txlog_bytes: i64,
     /// Bytes of the point's Kafka log segments (all five topics).
     pub kafka_log_bytes: u64,
     /// Per process: CPU seconds and peak RSS over the point.
@@ -166,12 +168,9 @@ impl ScaleRow {
     pub fn redis_left(&self) -> i64 {
         self.redis_after_retention as i64 - self.redis_before as i64
     }
-    /// Neo4j bytes (store plus transaction logs) per fetched node.
+    /// Neo4j store bytes per fetched node.
     pub fn neo4j_per_node(&self) -> f64 {
-        ratio(
-            (self.neo4j_store_bytes + self.neo4j_txlog_bytes) as f64,
-            self.fetched as f64,
-        )
+        ratio(self.neo4j_store_bytes as f64, self.fetched as f64)
     }
     /// Kafka log bytes per fetched node.
     pub fn kafka_per_node(&self) -> f64 {
@@ -319,8 +318,13 @@ async fn scale_point(
     let mut peaks = Peaks::start(&processes)?;
     let redis_before = memory.refresh(&mut redis).await.map_err(redis_error)?.used;
     let neo4j_data = args.stack_dir.join("data/neo4j/home/data");
-    let store_before = dir_bytes(&neo4j_data.join("databases/neo4j"));
-    let txlog_before = dir_bytes(&neo4j_data.join("transactions/neo4j"));
+    let graph = crate::graph::GraphStore::connect(&args.neo4j)
+        .await
+        .map_err(|e| BenchError::Http {
+            what: "neo4j".to_owned(),
+            detail: e.to_string(),
+        })?;
+    let store_before = store_bytes(&graph, &neo4j_data).await?;
 
     let seeds: Vec<String> = (1..=args.seeds as u64)
         .map(|i| format!("/works/OL{}W", id_base + i))
@@ -360,10 +364,7 @@ async fn scale_point(
         .iter()
         .map(|topic| kafka_topic_bytes(&args.stack_dir.join("data/kafka/log"), topic))
         .sum();
-    let neo4j_store_bytes =
-        dir_bytes(&neo4j_data.join("databases/neo4j")) as i64 - store_before as i64;
-    let neo4j_txlog_bytes =
-        dir_bytes(&neo4j_data.join("transactions/neo4j")) as i64 - txlog_before as i64;
+    let neo4j_store_bytes = store_bytes(&graph, &neo4j_data).await? as i64 - store_before as i64;
     let summary_bytes = until_expired(&mut redis, &crawl_id, args.retention)
         .await
         .map_err(redis_error)?;
@@ -384,7 +385,6 @@ async fn scale_point(
         crawl_state_bytes,
         summary_bytes,
         neo4j_store_bytes,
-        neo4j_txlog_bytes,
         kafka_log_bytes,
         usage,
     })
@@ -481,6 +481,18 @@ async fn until_expired(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Bytes of Neo4j's store files after a checkpoint has written every committed change to them.
+async fn store_bytes(graph: &crate::graph::GraphStore, data_dir: &Path) -> Result<u64, BenchError> {
+    graph
+        .fetch(neo4rs::query("CALL db.checkpoint()"))
+        .await
+        .map_err(|e| BenchError::Http {
+            what: "neo4j checkpoint".to_owned(),
+            detail: e.to_string(),
+        })?;
+    Ok(dir_bytes(&data_dir.join("databases/neo4j")))
 }
 
 /// Bytes of the files under `dir` (0 when it does not exist).

@@ -29,7 +29,7 @@ pub fn write_report(
 fn csv(rows: &[ScaleRow]) -> String {
     let mut out = String::from(
         "target_nodes,fetched,edges,jobs,seconds_to_done,seconds_to_written,redis_before,\
-         redis_at_done,redis_after_retention,crawl_state_bytes,summary_bytes,neo4j_store_bytes,neo4j_txlog_bytes,kafka_log_bytes",
+         redis_at_done,redis_after_retention,crawl_state_bytes,summary_bytes,neo4j_store_bytes,kafka_log_bytes",
     );
     for p in PROCESSES {
         let _ = write!(out, ",{p}_cpu_seconds,{p}_peak_rss_mib");
@@ -38,7 +38,7 @@ fn csv(rows: &[ScaleRow]) -> String {
     for r in rows {
         let _ = write!(
             out,
-            "{},{},{},{},{:.1},{:.1},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{:.1},{:.1},{},{},{},{},{},{},{}",
             r.target_nodes,
             r.fetched,
             r.edges,
@@ -51,7 +51,6 @@ fn csv(rows: &[ScaleRow]) -> String {
             r.crawl_state_bytes,
             r.summary_bytes,
             r.neo4j_store_bytes,
-            r.neo4j_txlog_bytes,
             r.kafka_log_bytes
         );
         for p in PROCESSES {
