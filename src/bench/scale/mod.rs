@@ -67,13 +67,17 @@ pub struct ScaleArgs {
     /// Redis, for `INFO memory` and the crawl's keys.
     #[command(flatten)]
     pub redis: crate::config::RedisArgs,
-    /// Neo4j, for a checkpoint before each reading of its store's size.
-    #[command(flatten)]
-    pub neo4j: crate::config::Neo4jArgs,
     /// The stack's directory (`STACK_DIR` of `scripts/stack.sh`): `run/<svc>.pid` for the
     /// services' `/proc`, `data/` for Kafka's and Neo4j's bytes on disk.
     #[arg(long, default_value = ".stack")]
     pub stack_dir: PathBuf,
+    /// The stack's `STACK_PORT_OFFSET`, for restarting its Neo4j.
+    #[arg(long, env = "STACK_PORT_OFFSET", default_value = "0")]
+    pub stack_port_offset: u16,
+    /// `scripts/stack.sh`, which stops Neo4j before each reading of its store (a clean
+    /// shutdown is the checkpoint Community Edition offers) and starts it again.
+    #[arg(long, default_value = "scripts/stack.sh")]
+    pub stack_script: PathBuf,
     /// Where `scale.csv` and `scale.md` are written.
     #[arg(long, default_value = "docs/perf")]
     pub out_dir: PathBuf,
@@ -297,6 +301,9 @@ async fn scale_point(
         latency: Duration::ZERO,
         limit: Limit::None,
     };
+    // Before the deployment: reading the store restarts Neo4j.
+    let neo4j_data = args.stack_dir.join("data/neo4j/home/data");
+    let store_before = store_bytes(args, &neo4j_data).await?;
     let id_base = fresh_id_base();
     let mut deployment = deploy(ctx, point, topics, base, id_base)?;
     wait_ready(&http, &mut deployment).await?;
@@ -317,14 +324,6 @@ async fn scale_point(
     }
     let mut peaks = Peaks::start(&processes)?;
     let redis_before = memory.refresh(&mut redis).await.map_err(redis_error)?.used;
-    let neo4j_data = args.stack_dir.join("data/neo4j/home/data");
-    let graph = crate::graph::GraphStore::connect(&args.neo4j)
-        .await
-        .map_err(|e| BenchError::Http {
-            what: "neo4j".to_owned(),
-            detail: e.to_string(),
-        })?;
-    let store_before = store_bytes(&graph, &neo4j_data).await?;
 
     let seeds: Vec<String> = (1..=args.seeds as u64)
         .map(|i| format!("/works/OL{}W", id_base + i))
@@ -364,7 +363,7 @@ async fn scale_point(
         .iter()
         .map(|topic| kafka_topic_bytes(&args.stack_dir.join("data/kafka/log"), topic))
         .sum();
-    let neo4j_store_bytes = store_bytes(&graph, &neo4j_data).await? as i64 - store_before as i64;
+    let neo4j_store_bytes = store_bytes(args, &neo4j_data).await? as i64 - store_before as i64;
     let summary_bytes = until_expired(&mut redis, &crawl_id, args.retention)
         .await
         .map_err(redis_error)?;
@@ -483,16 +482,34 @@ async fn until_expired(
     }
 }
 
-/// Bytes of Neo4j's store files after a checkpoint has written every committed change to them.
-async fn store_bytes(graph: &crate::graph::GraphStore, data_dir: &Path) -> Result<u64, BenchError> {
-    graph
-        .fetch(neo4rs::query("CALL db.checkpoint()"))
+/// Bytes of Neo4j's store files, read while Neo4j is stopped: until a checkpoint, new records
+/// live in the page cache and the (preallocated) transaction log, a clean shutdown is a
+/// checkpoint, and Community Edition has no procedure that asks for one.
+async fn store_bytes(args: &ScaleArgs, data_dir: &Path) -> Result<u64, BenchError> {
+    stack_neo4j(args, "stop").await?;
+    let bytes = dir_bytes(&data_dir.join("databases/neo4j"));
+    stack_neo4j(args, "start").await?;
+    Ok(bytes)
+}
+
+/// `scripts/stack.sh stop|start neo4j` on the point's stack.
+async fn stack_neo4j(args: &ScaleArgs, verb: &str) -> Result<(), BenchError> {
+    let failed = |detail: String| BenchError::Spawn {
+        what: format!("{} {verb} neo4j", args.stack_script.display()),
+        detail,
+    };
+    let output = Command::new("bash")
+        .arg(&args.stack_script)
+        .args([verb, "neo4j"])
+        .env("STACK_DIR", &args.stack_dir)
+        .env("STACK_PORT_OFFSET", args.stack_port_offset.to_string())
+        .output()
         .await
-        .map_err(|e| BenchError::Http {
-            what: "neo4j checkpoint".to_owned(),
-            detail: e.to_string(),
-        })?;
-    Ok(dir_bytes(&data_dir.join("databases/neo4j")))
+        .map_err(|e| failed(e.to_string()))?;
+    if !output.status.success() {
+        return Err(failed(String::from_utf8_lossy(&output.stderr).into_owned()));
+    }
+    Ok(())
 }
 
 /// Bytes of the files under `dir` (0 when it does not exist).
