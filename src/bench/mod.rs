@@ -188,18 +188,9 @@ pub struct BenchArgs {
     /// recorded as failed and the run goes on.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub point_timeout: Duration,
-    /// All proxies of the stack; a point with N proxies uses the first N.
-    /// Parsed as the worker parses it; the default is the local stack's three Squids.
-    #[arg(
-        long,
-        env = "PROXY_POOL",
-        default_value = "http://127.0.0.1:3128,http://127.0.0.1:3129,http://127.0.0.1:3130",
-        value_parser = crate::config::parse_proxy_pool
-    )]
-    pub proxy_pool: crate::config::ProxyPool,
-    /// Kafka, for the topics' message counts.
+    /// The proxies and Kafka every point uses.
     #[command(flatten)]
-    pub brokers: crate::config::BrokerArgs,
+    pub targets: BenchTargets,
     /// Where `scripts/stack.sh` keeps `kafka.pid` and `neo4j.pid`, to read their `/proc`.
     #[arg(long, default_value = ".stack/run")]
     pub stack_run_dir: PathBuf,
@@ -212,6 +203,23 @@ pub struct BenchArgs {
     /// Directory of the children's logs (default: a fresh one under the temp dir).
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+}
+
+/// What the grid and the scale points run against: the egress proxies and Kafka.
+#[derive(Args, Debug, Clone)]
+pub struct BenchTargets {
+    /// All proxies of the stack; a point with N proxies uses the first N (a scale point all
+    /// of them). Parsed as the worker parses it; the default is the local stack's three Squids.
+    #[arg(
+        long,
+        env = "PROXY_POOL",
+        default_value = "http://127.0.0.1:3128,http://127.0.0.1:3129,http://127.0.0.1:3130",
+        value_parser = crate::config::parse_proxy_pool
+    )]
+    pub proxy_pool: crate::config::ProxyPool,
+    /// Kafka, for the points' topics and their message counts.
+    #[command(flatten)]
+    pub brokers: crate::config::BrokerArgs,
 }
 
 /// Resource use of one process over a point.
@@ -328,7 +336,7 @@ pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, Benc
     if points.is_empty() {
         return Err(BenchError::Args("the grid is empty".to_owned()));
     }
-    let pool = pool_names(&args.proxy_pool);
+    let pool = pool_names(&args.targets.proxy_pool);
     if let Some(p) = points.iter().find(|p| p.proxies as usize > pool.len()) {
         return Err(BenchError::Args(format!(
             "a point needs {} proxies but PROXY_POOL has {}",
@@ -370,7 +378,7 @@ pub async fn run(args: BenchArgs, command_line: String) -> Result<Vec<Row>, Benc
         };
         // Every point makes five topics; a full grid left behind would hold a broker's
         // file descriptors (three per partition) past a common limit of 20,000.
-        if let Err(e) = crate::kafka::delete_topics(&args.brokers, &topics.names()).await {
+        if let Err(e) = crate::kafka::delete_topics(&args.targets.brokers, &topics.names()).await {
             tracing::warn!(index, error = %e, "cannot delete the point's topics");
         }
         if row.error.is_empty() {

@@ -323,7 +323,7 @@ pub(super) async fn message_counts(
     args: &BenchArgs,
     topics: &Topics,
 ) -> Result<(i64, i64), BenchError> {
-    let cluster = crate::kafka::Cluster::client_config(&args.brokers);
+    let cluster = crate::kafka::Cluster::client_config(&args.targets.brokers);
     let names = [topics.results.clone(), topics.edges.clone()];
     tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -53,17 +53,9 @@ pub struct ScaleArgs {
     /// Bound on one point, from start to the last reading.
     #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
     pub point_timeout: Duration,
-    /// The egress proxies, all of them used by every point.
-    #[arg(
-        long,
-        env = "PROXY_POOL",
-        default_value = "http://127.0.0.1:3128,http://127.0.0.1:3129,http://127.0.0.1:3130",
-        value_parser = crate::config::parse_proxy_pool
-    )]
-    pub proxy_pool: crate::config::ProxyPool,
-    /// Kafka, for the topics.
+    /// The proxies (all of them used by every point) and Kafka.
     #[command(flatten)]
-    pub brokers: crate::config::BrokerArgs,
+    pub targets: BenchTargets,
     /// Redis, for `INFO memory` and the crawl's keys.
     #[command(flatten)]
     pub redis: crate::config::RedisArgs,
@@ -113,8 +105,7 @@ impl ScaleArgs {
             .map_err(|e| BenchError::Args(e.to_string()))?;
         let mut args =
             BenchArgs::from_arg_matches(&matches).map_err(|e| BenchError::Args(e.to_string()))?;
-        args.proxy_pool = self.proxy_pool.clone();
-        args.brokers = self.brokers.clone();
+        args.targets = self.targets.clone();
         Ok(args)
     }
 }
@@ -214,7 +205,7 @@ pub async fn run(args: ScaleArgs, command_line: String) -> Result<Vec<ScaleRow>,
     if args.nodes.is_empty() {
         return Err(BenchError::Args("--nodes is empty".to_owned()));
     }
-    let pool = pool_names(&args.proxy_pool);
+    let pool = pool_names(&args.targets.proxy_pool);
     let bin_dir = bin_dir()?;
     let log_dir = args
         .log_dir
@@ -264,7 +255,7 @@ pub async fn run(args: ScaleArgs, command_line: String) -> Result<Vec<ScaleRow>,
                 ..ScaleRow::default()
             },
         };
-        if let Err(e) = crate::kafka::delete_topics(&args.brokers, &topics.names()).await {
+        if let Err(e) = crate::kafka::delete_topics(&args.targets.brokers, &topics.names()).await {
             tracing::warn!(index, error = %e, "cannot delete the point's topics");
         }
         tracing::info!(index, nodes, fetched = row.fetched, error = %row.error, "scale point over");
