@@ -6,8 +6,8 @@
 //! time alone) is measured, not asserted: `FAIRNESS_BIG_NODES=20000 cargo test --test
 //! fairness -- --nocapture` prints `FAIRNESS` lines (docs/performance.md quotes them). The
 //! test asserts what does not depend on the machine's speed: while the small crawl runs, the
-//! large one advances by about as many nodes as the small one fetches (its share), not by
-//! its backlog once per level of the small crawl.
+//! large one advances by a fraction of what the small one fetches (its one-slot share), not
+//! by its backlog once per level of the small crawl.
 
 mod support;
 
@@ -45,12 +45,11 @@ async fn small_crawl(deployment: &Deployment, nth: u64) -> (Crawl, Duration) {
     let crawl = deployment.create_crawl_of(nth, 10, Some(SMALL)).await;
     let start = Instant::now();
     let status = deployment.wait_done(&crawl).await;
-    // Its budget spent: every claimed key ended (a few in the DLQ: the catalogue's deletes).
-    assert_eq!(
-        status["counters"]["enqueued"].as_u64(),
-        Some(SMALL),
-        "{status}"
-    );
+    // Its budget spent (every claimed key ended, a few in the DLQ: the catalogue's deletes).
+    // `enqueued` also counts re-enqueues of a key reached later by a shorter path, so it can
+    // pass the budget by those.
+    let enqueued = status["counters"]["enqueued"].as_u64().unwrap_or(0);
+    assert!(enqueued >= SMALL, "{status}");
     (crawl, start.elapsed())
 }
 
@@ -105,10 +104,10 @@ async fn a_small_crawl_beside_a_large_one_gets_its_share() {
     );
     assert!(deferred > 0.0, "no job was deferred");
     // In order, the small crawl waits for the large one's backlog (here at least 4 × SMALL
-    // keys) once per level; with shares the large crawl advances by about the small one's
-    // size meanwhile.
+    // keys) once per level; with shares weighted by backlog the large crawl keeps about one
+    // slot of the eight meanwhile (equal shares would give it about the small one's size).
     assert!(
-        big_progress < 3 * SMALL,
+        big_progress < SMALL,
         "the large crawl fetched {big_progress} nodes while the small one fetched {SMALL}"
     );
     assert_eq!(big_status["state"], "running", "{big_status}");

@@ -117,12 +117,20 @@ pub trait Handler: Send + Sync + 'static {
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record;
     /// Which lane a message belongs to: the loop shares its slots fairly between lanes,
     /// starting, within a partition's backlog, the first message of the lane with the fewest
-    /// jobs running. The crawl's lanes are its crawls, so a small crawl's jobs are not held
+    /// jobs running per [`Handler::lane_weight`]. The crawl's lanes are its crawls, so a small crawl's jobs are not held
     /// behind a large crawl's backlog. Called once per message as it arrives; by default
     /// every message is in one lane (delivery order).
     fn lane(&self, delivery: &Delivery) -> u64 {
         let _ = delivery;
         0
+    }
+    /// How large a share of the slots `lane` deserves beside the others (any positive scale):
+    /// within a partition's backlog the loop starts the first message of the lane with the
+    /// fewest jobs running per weight. The crawl weighs a crawl by its remaining backlog,
+    /// shortest first; by default every lane weighs the same.
+    fn lane_weight(&self, lane: u64) -> f64 {
+        let _ = lane;
+        1.0
     }
     /// What a handler call that ran past `JOB_TIMEOUT` means for its message. By default the
     /// message is at fault (a fetch that never ends) and is dead-lettered as `timeout`; a

@@ -204,27 +204,31 @@ fn running_by_lane(slots: &HashMap<TopicPartition, Slot>) -> HashMap<u64, usize>
     lanes
 }
 
-/// Takes from `backlog` the first message of the lane with the fewest jobs running
-/// (`lanes`), so lanes share the slots whatever their share of the backlog: with one lane
-/// this is the front, in delivery order. Commits stay in order whatever is taken: the
-/// tracker holds every delivered offset from acceptance on.
+/// Takes from `backlog` the first message of the lane with the fewest jobs running per
+/// weight (`lanes`, `weight`), so lanes share the slots whatever their share of the backlog:
+/// with one lane this is the front, in delivery order. Commits stay in order whatever is
+/// taken: the tracker holds every delivered offset from acceptance on.
 pub(super) fn next_of_quietest_lane(
     backlog: &mut VecDeque<Waiting>,
     lanes: &HashMap<u64, usize>,
+    weight: impl Fn(u64) -> f64,
 ) -> Option<Waiting> {
     let front = backlog.front()?.lane;
-    let running = |lane: u64| lanes.get(&lane).copied().unwrap_or(0);
-    let mut best = (running(front), 0);
-    if best.0 > 0 {
+    let load = |lane: u64| {
+        let running = lanes.get(&lane).copied().unwrap_or(0) as f64;
+        running / weight(lane).max(f64::MIN_POSITIVE)
+    };
+    let mut best = (load(front), 0);
+    if best.0 > 0.0 {
         let mut seen = std::collections::HashSet::from([front]);
         for (i, waiting) in backlog.iter().enumerate().skip(1) {
             if !seen.insert(waiting.lane) {
                 continue;
             }
-            let count = running(waiting.lane);
-            if count < best.0 {
-                best = (count, i);
-                if count == 0 {
+            let load = load(waiting.lane);
+            if load < best.0 {
+                best = (load, i);
+                if load == 0.0 {
                     break;
                 }
             }
@@ -265,7 +269,9 @@ impl<H: Handler> Turn<'_, H> {
                 break;
             };
             let Some(Waiting { delivery, lane, .. }) =
-                next_of_quietest_lane(&mut slot.backlog, &lanes)
+                next_of_quietest_lane(&mut slot.backlog, &lanes, |lane| {
+                    self.env.handler.lane_weight(lane)
+                })
             else {
                 break;
             };

@@ -5,13 +5,20 @@
 //! large one's backlog in every partition: in-order consumption alone would make it wait
 //! for that backlog at every level of its breadth-first descent. Two things prevent it:
 //! - the consumer loop starts, within a partition's read-ahead, the first job of the crawl
-//!   with the fewest jobs running ([`crate::consumer::Handler::lane`]);
-//! - beyond the read-ahead, each crawl may hold at most its share of the worker's slots (the
-//!   slots divided among the crawls active here), and a job of a crawl at its share and
-//!   busier than every other active crawl is *deferred*: put back at the tail of its
-//!   partition unchanged (the same key, so the same partition), without touching the
-//!   crawl's state. The consumer then moves past the large crawl's backlog to the small
-//!   crawl's jobs, while the large crawl keeps its share running.
+//!   furthest below its share ([`crate::consumer::Handler::lane`] and
+//!   [`crate::consumer::Handler::lane_weight`]);
+//! - beyond the read-ahead, each crawl may hold at most its share of the worker's slots, and
+//!   a job of a crawl at its share while another crawl is below its own is *deferred*: put
+//!   back at the tail of its partition unchanged (the same key, so the same partition),
+//!   without touching the crawl's state. The consumer then moves past the large crawl's
+//!   backlog to the small crawl's jobs, while the large crawl keeps its share running.
+//!
+//! Shares are weighted by backlog, shortest remaining crawl first: a crawl's weight is
+//! `1 / (1 + keys pending)`, its share the slots in proportion to its weight, and never less
+//! than one slot, so no crawl starves. Equal shares would leave a small crawl beside a large
+//! one near half its speed alone, whatever the large one's size; weighted, the small crawl
+//! gets all but about one slot, and the large crawl, whose completion a few hundred jobs
+//! barely moves, takes the slots back as soon as the small one is done.
 //!
 //! A crawl is active while it has jobs running here, had a job delivered within
 //! [`ACTIVE_WINDOW`], or (once seen here) still has keys pending in the crawl store,
@@ -42,18 +49,34 @@ pub const LIVE_REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Activity {
+    /// The crawl's lane in the consumer loop ([`lane_of`]).
+    lane: u64,
     running: usize,
     last_seen: Instant,
-    /// The crawl store's word, as of the last refresh: keys still pending.
-    live: bool,
+    /// The crawl store's word, as of the last refresh: keys still pending (0 once the crawl
+    /// is no longer running).
+    backlog: u64,
 }
 
 impl Activity {
     fn is_active(&self, now: Instant) -> bool {
         self.running > 0
-            || self.live
+            || self.backlog > 0
             || now.saturating_duration_since(self.last_seen) < ACTIVE_WINDOW
     }
+
+    /// Shortest remaining crawl first: a crawl not yet looked up (just started) weighs most.
+    fn weight(&self) -> f64 {
+        1.0 / (1.0 + self.backlog as f64)
+    }
+}
+
+/// Each active crawl's share of `slots`, in proportion to its weight and at least one slot.
+fn shares<'a>(slots: usize, active: impl Iterator<Item = &'a Activity> + Clone) -> Vec<usize> {
+    let total: f64 = active.clone().map(Activity::weight).sum();
+    active
+        .map(|a| ((slots as f64 * a.weight() / total).floor() as usize).max(1))
+        .collect()
 }
 
 /// The crawls this worker runs jobs of, and how many each runs now.
@@ -99,26 +122,29 @@ impl CrawlShares {
     fn admit_at(&self, crawl_id: &str, now: Instant) -> Option<ShareSlot> {
         let mut crawls = self.crawls.lock().ok()?;
         crawls.retain(|id, a| a.is_active(now) || id == crawl_id);
-        let activity = crawls.entry(crawl_id.to_owned()).or_insert(Activity {
-            running: 0,
-            last_seen: now,
-            live: false,
-        });
-        activity.last_seen = now;
-        let running = activity.running;
-        let active = crawls.len();
-        let share = self.slots.div_ceil(active);
-        // Only the crawl running the most jobs yields: a crawl at its share beside one just
-        // as busy keeps its jobs in place (deferring them would send them behind the very
-        // backlog they compete with).
-        let busiest_other = crawls
-            .iter()
-            .filter(|(id, _)| id.as_str() != crawl_id)
-            .map(|(_, a)| a.running)
-            .max()
-            .unwrap_or(0);
-        if active > 1 && running >= share && running > busiest_other {
-            return None;
+        crawls
+            .entry(crawl_id.to_owned())
+            .or_insert_with(|| Activity {
+                lane: lane_of_crawl(crawl_id),
+                running: 0,
+                last_seen: now,
+                backlog: 0,
+            })
+            .last_seen = now;
+        if crawls.len() > 1 {
+            let (ids, activities): (Vec<&String>, Vec<&Activity>) = crawls.iter().unzip();
+            let shares = shares(self.slots, activities.iter().copied());
+            let mine = ids.iter().position(|id| id.as_str() == crawl_id)?;
+            // Yield only to a crawl with room under its share: with every other crawl at
+            // its share, a free slot would otherwise stay idle.
+            let others_have_room = activities
+                .iter()
+                .zip(&shares)
+                .enumerate()
+                .any(|(i, (a, share))| i != mine && a.running < *share);
+            if activities[mine].running >= shares[mine] && others_have_room {
+                return None;
+            }
         }
         if let Some(activity) = crawls.get_mut(crawl_id) {
             activity.running += 1;
@@ -127,6 +153,18 @@ impl CrawlShares {
             crawl_id: crawl_id.to_owned(),
             crawls: Arc::clone(&self.crawls),
         })
+    }
+
+    /// The weight of `lane`'s crawl among the crawls active here, for the consumer loop's
+    /// choice within a partition's read-ahead; an unknown lane weighs as a new crawl.
+    pub fn lane_weight(&self, lane: u64) -> f64 {
+        let Ok(crawls) = self.crawls.lock() else {
+            return 1.0;
+        };
+        crawls
+            .values()
+            .find(|a| a.lane == lane)
+            .map_or(1.0, Activity::weight)
     }
 }
 
@@ -150,13 +188,13 @@ impl CrawlShares {
                 if ids.is_empty() {
                     continue;
                 }
-                let Ok(live) = store.live(&ids).await else {
+                let Ok(backlogs) = store.backlogs(&ids).await else {
                     continue;
                 };
                 if let Ok(mut crawls) = crawls.lock() {
-                    for (id, live) in ids.iter().zip(live) {
+                    for (id, backlog) in ids.iter().zip(backlogs) {
                         if let Some(activity) = crawls.get_mut(id) {
-                            activity.live = live;
+                            activity.backlog = backlog;
                         }
                     }
                 }
@@ -194,9 +232,11 @@ pub fn lane_of(delivery: &Delivery) -> u64 {
         .payload
         .as_deref()
         .and_then(|payload| serde_json::from_slice::<CrawlOf<'_>>(payload).ok());
-    crawl.map_or(0, |crawl| {
-        BuildHasherDefault::<DefaultHasher>::default().hash_one(crawl.crawl_id.as_ref())
-    })
+    crawl.map_or(0, |crawl| lane_of_crawl(&crawl.crawl_id))
+}
+
+fn lane_of_crawl(crawl_id: &str) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(crawl_id)
 }
 
 #[cfg(test)]
@@ -233,5 +273,75 @@ mod tests {
         assert!(shares.admit_at("big", start).is_none());
         let later = start + ACTIVE_WINDOW + Duration::from_secs(1);
         assert!(shares.admit_at("big", later).is_some(), "alone again");
+    }
+
+    fn set_backlog(shares: &CrawlShares, crawl_id: &str, backlog: u64) {
+        let mut crawls = shares.crawls.lock().expect("lock");
+        crawls.get_mut(crawl_id).expect("seen").backlog = backlog;
+    }
+
+    /// Admits up to `free` jobs of `crawl_id` (the consumer dispatches only into free slots),
+    /// stopping at the first deferred; the slots taken.
+    fn fill(shares: &CrawlShares, crawl_id: &str, now: Instant, free: usize) -> Vec<ShareSlot> {
+        std::iter::from_fn(|| shares.admit_at(crawl_id, now))
+            .take(free)
+            .collect()
+    }
+
+    #[test]
+    fn the_smaller_backlog_gets_all_but_one_slot() {
+        let shares = CrawlShares::new(8);
+        let now = Instant::now();
+        let small = shares.admit_at("small", now).expect("slot");
+        let big = shares.admit_at("big", now).expect("slot");
+        set_backlog(&shares, "small", 50);
+        set_backlog(&shares, "big", 4_000);
+        drop((small, big));
+        let big_slots = fill(&shares, "big", now, 8);
+        // The small crawl has room under its share: the big one is held to one slot.
+        assert_eq!(big_slots.len(), 1);
+        let mut small_slots = fill(&shares, "small", now, 7);
+        assert_eq!(small_slots.len(), 7, "the small crawl takes the rest");
+        // A slot the small crawl frees is still the small crawl's.
+        small_slots.pop();
+        assert!(shares.admit_at("big", now).is_none());
+        assert!(
+            shares.lane_weight(lane_of_crawl("small")) > shares.lane_weight(lane_of_crawl("big"))
+        );
+    }
+
+    #[test]
+    fn equal_backlogs_share_equally() {
+        let shares = CrawlShares::new(8);
+        let now = Instant::now();
+        drop((shares.admit_at("a", now), shares.admit_at("b", now)));
+        set_backlog(&shares, "a", 1_000);
+        set_backlog(&shares, "b", 1_000);
+        let a = fill(&shares, "a", now, 8);
+        assert_eq!(a.len(), 4, "b has room under its share");
+        let b = fill(&shares, "b", now, 4);
+        assert_eq!(b.len(), 4);
+        drop(b);
+        // b, with keys pending, is below its share: a yields the slot to b's jobs behind it.
+        assert!(shares.admit_at("a", now).is_none());
+    }
+
+    #[test]
+    fn no_crawl_gets_less_than_one_slot() {
+        let active: Vec<Activity> = [0, 10, 100_000, 1_000_000]
+            .into_iter()
+            .map(|backlog| Activity {
+                lane: 0,
+                running: 0,
+                last_seen: Instant::now(),
+                backlog,
+            })
+            .collect();
+        let shares = shares(4, active.iter());
+        assert!(shares.iter().all(|&s| s >= 1), "{shares:?}");
+        assert!(
+            shares[0] >= shares[1] && shares[1] >= shares[2],
+            "{shares:?}"
+        );
     }
 }

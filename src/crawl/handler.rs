@@ -429,6 +429,11 @@ impl Handler for CrawlHandler {
         fairness::lane_of(delivery)
     }
 
+    /// Shortest remaining crawl first (see [`crate::crawl::fairness`]).
+    fn lane_weight(&self, lane: u64) -> f64 {
+        self.shares.lane_weight(lane)
+    }
+
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {
         let parsed: Option<CrawlJob> = message::decode(delivery.payload.as_deref()).ok();
         let (crawl_id, job, key) = match parsed {

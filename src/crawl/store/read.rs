@@ -1,14 +1,14 @@
-//! Reading a crawl without changing it: its status for the API, and whether it still has
-//! work to hand out, for the workers' fair shares.
+//! Reading a crawl without changing it: its status for the API, and how much work it still
+//! has to hand out, for the workers' fair shares.
 
 use std::collections::BTreeMap;
 
 use super::{CrawlKeys, CrawlStatus, CrawlStore, StoreError, status};
 
 impl CrawlStore {
-    /// For each of `crawl_ids`, whether it still has work to hand out: running (or blocked,
-    /// which resumes by itself) with keys pending. Unknown crawls are not live.
-    pub async fn live(&self, crawl_ids: &[String]) -> Result<Vec<bool>, StoreError> {
+    /// For each of `crawl_ids`, how many keys it still has to hand out: its keys pending while
+    /// running (or blocked, which resumes by itself), else 0. Unknown crawls have none.
+    pub async fn backlogs(&self, crawl_ids: &[String]) -> Result<Vec<u64>, StoreError> {
         let mut pipe = redis::pipe();
         for id in crawl_ids {
             let keys = CrawlKeys::new(id);
@@ -19,7 +19,11 @@ impl CrawlStore {
         Ok(replies
             .into_iter()
             .map(|(state, pending)| {
-                matches!(state.as_deref(), Some("running" | "blocked")) && pending > 0
+                if matches!(state.as_deref(), Some("running" | "blocked")) {
+                    pending
+                } else {
+                    0
+                }
             })
             .collect())
     }
