@@ -413,6 +413,93 @@ async fn dlq_replay_twice_enqueues_each_job_once() {
     );
 }
 
+/// Issue 18: a replay streams the DLQ batch by batch (here three batches' worth of distinct
+/// jobs, each published exactly once), and forgets the marks of records the DLQ's retention
+/// deleted, so the marks hash is as bounded as the DLQ.
+#[tokio::test]
+async fn dlq_replay_streams_batches_and_forgets_deleted_records() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{Offset, TopicPartitionList};
+    use redis::AsyncCommands;
+
+    const JOBS: usize = 1_100;
+    let topics = TestTopics::create("ops-dlq-stream", 3).await;
+    let crawl = unique("crawl-stream");
+    let store = CrawlStore::connect(&redis_url()).await.expect("redis");
+    store
+        .create(&CrawlSpec {
+            crawl_id: crawl.clone(),
+            seeds: vec!["/works/OL1W".to_owned()],
+            max_depth: 2,
+            max_nodes: 10_000,
+        })
+        .await
+        .expect("create");
+    let producer = bookworm::kafka::producer(&stack_env("KAFKA_BROKERS"), Duration::from_secs(30))
+        .expect("producer");
+    let payloads: Vec<(String, Vec<u8>)> = (0..JOBS)
+        .map(|i| {
+            let key = format!("/works/OL{}W", 100 + i);
+            let failure = failure(&crawl, &key, 1, FailureReason::Http5xx);
+            (key, serde_json::to_vec(&failure).expect("json"))
+        })
+        .collect();
+    let sends = payloads.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(&topics.dlq).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.expect("dead-lettered");
+    }
+    let mut env = topics.env();
+    env.push(("REDIS_URL".to_owned(), redis_url()));
+
+    let out = bookworm(&["dlq", "replay", "--crawl", &crawl], &env).await;
+    assert!(out.status.success(), "replay: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("replayed {JOBS} job(s) from {JOBS} matching")),
+        "{stdout}"
+    );
+    assert_eq!(message_count(&topics.frontier), JOBS as i64);
+    let marks_key = bookworm::ops::dlq::marks_key(&topics.dlq);
+    let mut redis = redis::Client::open(redis_url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let marks: u64 = redis.hlen(&marks_key).await.expect("hlen");
+    assert_eq!(marks, JOBS as u64, "one mark per record");
+
+    // Retention deletes every record: the next replay finds nothing and forgets every mark.
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stack_env("KAFKA_BROKERS"))
+        .create()
+        .expect("admin client");
+    let mut upto = TopicPartitionList::new();
+    for partition in 0..3 {
+        upto.add_partition_offset(&topics.dlq, partition, Offset::End)
+            .expect("partition");
+    }
+    admin
+        .delete_records(&upto, &AdminOptions::new())
+        .await
+        .expect("records deleted");
+    let out = bookworm(&["dlq", "replay", "--crawl", &crawl], &env).await;
+    assert!(out.status.success(), "replay: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("replayed 0 job(s) from 0 matching"),
+        "{}",
+        text(&out.stdout)
+    );
+    let marks: u64 = redis.hlen(&marks_key).await.expect("hlen");
+    assert_eq!(marks, 0, "the marks of deleted records are forgotten");
+    let _: () = redis.del(&marks_key).await.expect("del");
+}
+
 /// Issue 14, item 2: `dlq replay --graph` puts the graph DLQ's rows back on the results and
 /// edges topics they came from, with their keys, once per record; records that carry no
 /// message (an excerpt of a payload too large to quote, text that was never JSON) are left

@@ -15,6 +15,7 @@ use crate::graph::migrate::{self, MigrateOptions};
 use crate::kafka::{TopicLayout, create_topics};
 use crate::message::FailureReason;
 use crate::ops::crawls::{self, ApiClient, WatchView};
+use crate::ops::dlq_reader::StreamEnd;
 use crate::ops::{dlq, graph_dlq, lifecycle, neighbourhood, summary};
 
 /// A command's input is wrong in a way its flags' parsers could not see: like a bad flag, it
@@ -141,23 +142,12 @@ pub async fn dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
         return graph_dlq_replay(args).await;
     }
     let select = &args.select;
-    let scan = dlq::scan(
-        &select.kafka,
-        &select.kafka.kafka_dlq_topic,
-        &filter(select)?,
-        None,
-    )
-    .await?;
+    let filter = filter(select)?;
     let replayer =
         dlq::Replayer::new(&select.kafka, &args.redis, dlq::REPLAY_PUBLISH_TIMEOUT).await?;
-    let report = replayer.replay(&scan.records).await?;
-    print_replay(
-        "job(s)",
-        "DLQ",
-        &report,
-        scan.records.len(),
-        scan.undecodable,
-    );
+    let stream = dlq::stream(&select.kafka, &select.kafka.kafka_dlq_topic, &filter);
+    let (report, read) = replayer.replay(stream).await?;
+    print_replay("job(s)", "DLQ", &report, &read);
     Ok(())
 }
 
@@ -170,34 +160,23 @@ async fn graph_dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
         reason: select.reason.clone(),
         crawl_id: select.crawl_id.clone(),
     };
-    let scan = graph_dlq::scan_graph(&select.kafka, &filter).await?;
     let replayer =
         graph_dlq::GraphReplayer::new(&select.kafka, &args.redis, dlq::REPLAY_PUBLISH_TIMEOUT)
             .await?;
-    let report = replayer.replay(&scan.records).await?;
-    print_replay(
-        "row(s)",
-        "graph DLQ",
-        &report,
-        scan.records.len(),
-        scan.undecodable,
-    );
+    let stream = graph_dlq::stream_graph(&select.kafka, &filter);
+    let (report, read) = replayer.replay(stream).await?;
+    print_replay("row(s)", "graph DLQ", &report, &read);
     Ok(())
 }
 
 /// What a replay did, for the terminal: what it republished of how many matching records,
 /// and why the rest were not.
-fn print_replay(
-    what: &str,
-    dlq: &str,
-    report: &dlq::ReplayReport,
-    matching: usize,
-    undecodable: u64,
-) {
+fn print_replay(what: &str, dlq: &str, report: &dlq::ReplayReport, read: &StreamEnd) {
     println!(
-        "replayed {} {what} from {matching} matching {dlq} record(s){}",
+        "replayed {} {what} from {} matching {dlq} record(s){}",
         report.published,
-        undecodable_note(undecodable)
+        read.matching,
+        undecodable_note(read.undecodable)
     );
     for (why, count) in &report.not_replayed {
         println!("not replayed ({why:?}): {count}");

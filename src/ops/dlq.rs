@@ -1,10 +1,8 @@
 //! `bookworm dlq list|replay`: reading the crawl DLQ and putting its jobs back on the frontier
 //! (the graph DLQ's replay, `--graph`, is [`super::graph_dlq`]).
 //!
-//! Reading: the DLQ is read by a consumer that joins no group and commits nothing: it assigns
-//! every partition explicitly from its low watermark, reads up to the high watermark seen at
-//! the start and stops, so listing or replaying never moves anyone's offsets and always sees
-//! the whole retained DLQ.
+//! Reading: see [`super::dlq_reader`] (no group, no commits, the whole retained DLQ; a
+//! replay reads it batch by batch, never whole).
 //!
 //! Replay is idempotent. Each DLQ record, named by `(partition, offset)`, is remembered in a
 //! Redis hash per DLQ topic once its job was republished; a second replay skips what is
@@ -23,29 +21,26 @@
 //! leaves the key pending with no job; the next replay finds it pending and publishes it.
 //!
 //! The mark stores a fingerprint of the record (crawl, key, failure time), so a DLQ topic that
-//! was deleted and recreated (offsets restart at 0) is not mistaken for the old one.
+//! was deleted and recreated (offsets restart at 0) is not mistaken for the old one. Marks of
+//! records the DLQ's retention deleted are forgotten at the end of each replay. Several
+//! records of one job within a batch publish it once; two in different batches publish it
+//! twice, and the second copy is absorbed like a crash's (above).
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
+use super::dlq_reader::{Decoded, DlqStream, IDLE_TIMEOUT, StreamEnd, prune_marks, read_blocking};
 use crate::config::{KafkaArgs, RedisArgs};
 use crate::crawl::store::{CrawlStore, Requeue, StoreError};
+use crate::kafka::KafkaSetupError;
 use crate::kafka::publish::{PublishError, Publisher, Record};
-use crate::kafka::{self, KafkaSetupError};
 use crate::message::{self, CrawlJob, Failure, FailureReason, VERSION};
 
-/// Bound on metadata and watermark requests: a healthy broker answers in milliseconds.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the reader waits without any message or end-of-partition before it gives up: a
-/// broker that stops serving must not hang an operator's terminal.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records republished per batch: one acknowledgement wait and one Redis write per batch.
 pub(super) const REPLAY_BATCH: usize = 500;
 /// Bound on publishing one batch of replayed jobs (the worker's `PUBLISH_TIMEOUT` default).
@@ -182,90 +177,28 @@ fn scan_blocking(
                 false
             }
         },
-    )?;
+    )?
+    .records;
     result.records.sort_by_key(|r| (r.partition, r.offset));
     Ok(result)
 }
 
-/// Reads `topic` from its low to its high watermarks (as seen at the start), handing each
-/// record to `take` until it answers `true` (enough); returns how many records were read.
-pub(super) fn read_blocking(
-    kafka: &KafkaArgs,
-    topic: &str,
-    mut take: impl FnMut(i32, i64, Option<&[u8]>) -> bool,
-) -> Result<u64, DlqError> {
-    let consumer: BaseConsumer = kafka::Cluster::client_config(&kafka.brokers)
-        // librdkafka wants a group id, but partitions are assigned, never subscribed, so the
-        // group is never joined, and nothing is ever committed to it.
-        .set("group.id", "bookworm-dlq-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        // End-of-partition events tell the reader a partition is done even when its last
-        // offsets hold no message it can see (transaction markers).
-        .set("enable.partition.eof", "true")
-        .create()
-        .map_err(KafkaSetupError::Client)?;
-    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(DlqError::UnknownTopic(topic.to_owned()));
-    }
-    let mut assignment = TopicPartitionList::new();
-    let mut end: BTreeMap<i32, i64> = BTreeMap::new();
-    for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-        if high > low {
-            assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
-            end.insert(partition, high);
-        }
-    }
-    let mut read = 0;
-    if end.is_empty() {
-        return Ok(read);
-    }
-    consumer.assign(&assignment)?;
-    let mut last_progress = Instant::now();
-    while !end.is_empty() {
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(message)) => {
-                last_progress = Instant::now();
-                let (partition, offset) = (message.partition(), message.offset());
-                let Some(&high) = end.get(&partition) else {
-                    continue;
-                };
-                if offset >= high {
-                    end.remove(&partition);
-                    continue;
-                }
-                if offset + 1 >= high {
-                    end.remove(&partition);
-                }
-                read += 1;
-                if take(partition, offset, message.payload()) {
-                    break;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                last_progress = Instant::now();
-                end.remove(&partition);
-            }
-            Some(Err(e)) => return Err(DlqError::Kafka(e)),
-            None => {
-                if last_progress.elapsed() > IDLE_TIMEOUT {
-                    return Err(DlqError::Stalled {
-                        topic: topic.to_owned(),
-                        partitions: end.keys().copied().collect(),
-                    });
-                }
-            }
-        }
-    }
-    Ok(read)
+/// The records of the DLQ `topic` that `filter` passes, streamed for a replay.
+pub fn stream(kafka: &KafkaArgs, topic: &str, filter: &DlqFilter) -> DlqStream<DlqRecord> {
+    let filter = filter.clone();
+    DlqStream::start(
+        kafka,
+        topic,
+        move |partition, offset, payload| match message::decode::<Failure>(payload) {
+            Ok(failure) if filter.matches(&failure) => Decoded::Take(DlqRecord {
+                partition,
+                offset,
+                failure,
+            }),
+            Ok(_) => Decoded::Skip,
+            Err(_) => Decoded::Undecodable,
+        },
+    )
 }
 
 /// One line of `bookworm dlq list`: crawl, key, reason, attempts, detail (tab-separated, so
@@ -314,6 +247,13 @@ pub struct ReplayReport {
     pub not_replayed: BTreeMap<NotReplayed, u64>,
 }
 
+impl ReplayReport {
+    /// Counts a record left alone.
+    pub(super) fn skip(&mut self, why: NotReplayed) {
+        *self.not_replayed.entry(why).or_default() += 1;
+    }
+}
+
 /// Republishes dead-lettered jobs to the frontier, at most once per DLQ record.
 pub struct Replayer {
     publisher: Publisher,
@@ -341,88 +281,103 @@ impl Replayer {
         })
     }
 
-    /// Replays `records` (from [`scan`]); see the module doc for the order and guarantees.
-    pub async fn replay(&self, records: &[DlqRecord]) -> Result<ReplayReport, DlqError> {
+    /// Replays the records of `stream` batch by batch as they are read, then forgets the
+    /// marks of records the DLQ no longer holds; see the module doc for the order and
+    /// guarantees.
+    pub async fn replay(
+        &self,
+        mut stream: DlqStream<DlqRecord>,
+    ) -> Result<(ReplayReport, StreamEnd), DlqError> {
         let mut report = ReplayReport::default();
-        let mut published: HashSet<(String, String)> = HashSet::new();
-        for batch in records.chunks(REPLAY_BATCH) {
-            let mut to_publish = Vec::new();
-            let mut to_mark: Vec<(String, String)> = Vec::new();
-            let mut conn = self.redis.clone();
-            let fields: Vec<String> = batch.iter().map(mark_field).collect();
-            let marks: Vec<Option<String>> = if fields.is_empty() {
-                Vec::new()
-            } else {
-                redis::cmd("HMGET")
-                    .arg(&self.marks_key)
-                    .arg(&fields)
-                    .query_async(&mut conn)
-                    .await?
-            };
-            for ((record, field), mark) in batch.iter().zip(fields).zip(marks) {
-                let print = fingerprint(&record.failure);
-                if mark.as_deref() == Some(print.as_str()) {
-                    *report
-                        .not_replayed
-                        .entry(NotReplayed::AlreadyReplayed)
-                        .or_default() += 1;
-                    continue;
-                }
-                let Some(job) = record.job() else {
-                    *report.not_replayed.entry(NotReplayed::NotAJob).or_default() += 1;
-                    continue;
-                };
-                let id = (job.crawl_id.clone(), job.key.clone());
-                if !published.contains(&id) {
-                    match self
-                        .store
-                        .requeue(&job.crawl_id, &job.key, job.depth)
-                        .await?
-                    {
-                        Requeue::Requeued | Requeue::AlreadyPending => {}
-                        Requeue::Cancelled => {
-                            *report
-                                .not_replayed
-                                .entry(NotReplayed::Cancelled)
-                                .or_default() += 1;
-                            continue;
-                        }
-                        Requeue::UnknownCrawl => {
-                            *report
-                                .not_replayed
-                                .entry(NotReplayed::UnknownCrawl)
-                                .or_default() += 1;
-                            continue;
-                        }
-                    }
-                    let fresh = CrawlJob {
-                        v: VERSION,
-                        enqueued_at: Utc::now(),
-                        ..job
-                    };
-                    let payload = serde_json::to_vec(&fresh)
-                        .map_err(|e| DlqError::Reader(format!("serialising a job: {e}")))?;
-                    to_publish.push(Record {
-                        topic: self.frontier_topic.clone(),
-                        key: fresh.key.clone(),
-                        payload,
-                    });
-                    published.insert(id);
-                }
-                to_mark.push((field, print));
-            }
-            publish_then_mark(
-                &self.publisher,
-                &mut conn,
-                &self.marks_key,
-                &to_publish,
-                &to_mark,
-                &mut report,
-            )
-            .await?;
+        while let Some(batch) = stream.next_batch().await {
+            self.replay_batch(&batch, &mut report).await?;
         }
-        Ok(report)
+        let end = stream.end().await?;
+        let mut conn = self.redis.clone();
+        prune_marks(&mut conn, &self.marks_key, &end.read.low_watermarks).await?;
+        Ok((report, end))
     }
+
+    async fn replay_batch(
+        &self,
+        batch: &[DlqRecord],
+        report: &mut ReplayReport,
+    ) -> Result<(), DlqError> {
+        let mut published: HashSet<(String, String)> = HashSet::new();
+        let mut to_publish = Vec::new();
+        let mut to_mark: Vec<(String, String)> = Vec::new();
+        let mut conn = self.redis.clone();
+        let fields: Vec<String> = batch.iter().map(mark_field).collect();
+        let marks = marks_of(&mut conn, &self.marks_key, &fields).await?;
+        for ((record, field), mark) in batch.iter().zip(fields).zip(marks) {
+            let print = fingerprint(&record.failure);
+            if mark.as_deref() == Some(print.as_str()) {
+                report.skip(NotReplayed::AlreadyReplayed);
+                continue;
+            }
+            let Some(job) = record.job() else {
+                report.skip(NotReplayed::NotAJob);
+                continue;
+            };
+            let id = (job.crawl_id.clone(), job.key.clone());
+            if !published.contains(&id) {
+                match self
+                    .store
+                    .requeue(&job.crawl_id, &job.key, job.depth)
+                    .await?
+                {
+                    Requeue::Requeued | Requeue::AlreadyPending => {}
+                    Requeue::Cancelled => {
+                        report.skip(NotReplayed::Cancelled);
+                        continue;
+                    }
+                    Requeue::UnknownCrawl => {
+                        report.skip(NotReplayed::UnknownCrawl);
+                        continue;
+                    }
+                }
+                let fresh = CrawlJob {
+                    v: VERSION,
+                    enqueued_at: Utc::now(),
+                    ..job
+                };
+                let payload = serde_json::to_vec(&fresh)
+                    .map_err(|e| DlqError::Reader(format!("serialising a job: {e}")))?;
+                to_publish.push(Record {
+                    topic: self.frontier_topic.clone(),
+                    key: fresh.key.clone(),
+                    payload,
+                });
+                published.insert(id);
+            }
+            to_mark.push((field, print));
+        }
+        publish_then_mark(
+            &self.publisher,
+            &mut conn,
+            &self.marks_key,
+            &to_publish,
+            &to_mark,
+            report,
+        )
+        .await
+    }
+}
+
+/// The marks of `fields` in the hash `marks_key`, in order.
+pub(super) async fn marks_of(
+    conn: &mut ConnectionManager,
+    marks_key: &str,
+    fields: &[String],
+) -> Result<Vec<Option<String>>, DlqError> {
+    if fields.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(redis::cmd("HMGET")
+        .arg(marks_key)
+        .arg(fields)
+        .query_async(conn)
+        .await?)
 }
 
 /// Publishes a batch of replayed records, acknowledged, and only then marks their DLQ

@@ -1,7 +1,7 @@
 //! `bookworm dlq replay --graph`: putting the graph DLQ's rows (`relentless.graph.dlq`) back
 //! on the results and edges topics, read and remembered the way the crawl DLQ's replay does
-//! ([`super::dlq`]): no consumer group, and a Redis mark per record once it is republished,
-//! so a second replay publishes nothing.
+//! ([`super::dlq`]): no consumer group, streamed, and a Redis mark per record once it is
+//! republished, so a second replay publishes nothing.
 
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use redis::aio::ConnectionManager;
 use serde_json::Value;
 
 use super::dlq::*;
+use super::dlq_reader::{Decoded, DlqStream, StreamEnd, prune_marks};
 use crate::config::{KafkaArgs, RedisArgs};
 use crate::kafka::publish::{Publisher, Record};
 use crate::message;
@@ -79,42 +80,18 @@ impl GraphDlqFilter {
     }
 }
 
-/// What a read of the graph DLQ found.
-#[derive(Debug, Clone, Default)]
-pub struct GraphDlqScan {
-    /// Matching records in partition and offset order.
-    pub records: Vec<GraphDlqRecord>,
-    /// Records read (matching or not).
-    pub read: u64,
-    /// Records that are not graph DLQ records (reported, never replayed).
-    pub undecodable: u64,
-}
-
-/// Reads the whole graph DLQ of `kafka` and returns the records `filter` passes.
-pub async fn scan_graph(
-    kafka: &KafkaArgs,
-    filter: &GraphDlqFilter,
-) -> Result<GraphDlqScan, DlqError> {
-    let (kafka, filter) = (kafka.clone(), filter.clone());
-    tokio::task::spawn_blocking(move || {
-        let mut result = GraphDlqScan::default();
-        let topic = kafka.kafka_graph_dlq_topic.clone();
-        result.read = read_blocking(&kafka, &topic, |partition, offset, payload| {
-            match GraphDlqRecord::decode(partition, offset, payload) {
-                Some(record) if filter.matches(&record) => result.records.push(record),
-                Some(_) => {}
-                None => {
-                    tracing::warn!(partition, offset, "undecodable graph DLQ record");
-                    result.undecodable += 1;
-                }
-            }
-            false
-        })?;
-        result.records.sort_by_key(|r| (r.partition, r.offset));
-        Ok(result)
-    })
-    .await
-    .map_err(|e| DlqError::Reader(e.to_string()))?
+/// The records of the graph DLQ of `kafka` that `filter` passes, streamed for a replay.
+pub fn stream_graph(kafka: &KafkaArgs, filter: &GraphDlqFilter) -> DlqStream<GraphDlqRecord> {
+    let filter = filter.clone();
+    DlqStream::start(
+        kafka,
+        &kafka.kafka_graph_dlq_topic,
+        move |partition, offset, payload| match GraphDlqRecord::decode(partition, offset, payload) {
+            Some(record) if filter.matches(&record) => Decoded::Take(record),
+            Some(_) => Decoded::Skip,
+            None => Decoded::Undecodable,
+        },
+    )
 }
 
 /// Puts rows of the graph DLQ back on the results and edges topics they came from, at most
@@ -166,38 +143,31 @@ impl GraphReplayer {
         })
     }
 
-    /// Replays `records` (from [`scan_graph`]): each batch is published and acknowledged,
-    /// then marked.
-    pub async fn replay(&self, records: &[GraphDlqRecord]) -> Result<ReplayReport, DlqError> {
+    /// Replays the records of `stream` batch by batch as they are read (each batch published
+    /// and acknowledged, then marked), then forgets the marks of records the graph DLQ no
+    /// longer holds.
+    pub async fn replay(
+        &self,
+        mut stream: DlqStream<GraphDlqRecord>,
+    ) -> Result<(ReplayReport, StreamEnd), DlqError> {
         let mut report = ReplayReport::default();
-        for batch in records.chunks(REPLAY_BATCH) {
-            let mut conn = self.redis.clone();
+        let mut conn = self.redis.clone();
+        while let Some(batch) = stream.next_batch().await {
             let fields: Vec<String> = batch
                 .iter()
                 .map(|r| format!("{}:{}", r.partition, r.offset))
                 .collect();
-            let marks: Vec<Option<String>> = if fields.is_empty() {
-                Vec::new()
-            } else {
-                redis::cmd("HMGET")
-                    .arg(&self.marks_key)
-                    .arg(&fields)
-                    .query_async(&mut conn)
-                    .await?
-            };
+            let marks = marks_of(&mut conn, &self.marks_key, &fields).await?;
             let mut to_publish = Vec::new();
             let mut to_mark = Vec::new();
             for ((record, field), mark) in batch.iter().zip(fields).zip(marks) {
                 let print = format!("{}|{}", record.topic, record.failed_at);
                 if mark.as_deref() == Some(print.as_str()) {
-                    *report
-                        .not_replayed
-                        .entry(NotReplayed::AlreadyReplayed)
-                        .or_default() += 1;
+                    report.skip(NotReplayed::AlreadyReplayed);
                     continue;
                 }
                 let Some(message) = self.message(record) else {
-                    *report.not_replayed.entry(NotReplayed::NotAJob).or_default() += 1;
+                    report.skip(NotReplayed::NotAJob);
                     continue;
                 };
                 to_publish.push(message);
@@ -213,6 +183,8 @@ impl GraphReplayer {
             )
             .await?;
         }
-        Ok(report)
+        let end = stream.end().await?;
+        prune_marks(&mut conn, &self.marks_key, &end.read.low_watermarks).await?;
+        Ok((report, end))
     }
 }
