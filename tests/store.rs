@@ -145,6 +145,130 @@ async fn a_shorter_path_reclaims_a_key_and_the_deeper_job_is_dropped() {
     );
 }
 
+/// Issue 18: distinct nodes are counted by a mark on their claim (no second per-key hash):
+/// a key fetched, then reached by a shorter path and fetched again, counts once; a node
+/// reached through a redirect counts once whichever of its two jobs ends first; and the
+/// only per-node hash left holds the redirect targets alone.
+#[tokio::test]
+async fn a_node_counts_once_through_shorter_paths_and_redirects() {
+    let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
+    let run = |key: &'static str, depth: u32| {
+        let store = store.clone();
+        let id = id.clone();
+        async move {
+            assert!(
+                matches!(
+                    store.begin(&id, key, depth).await.unwrap(),
+                    Begin::Run { .. }
+                ),
+                "{key} at {depth} runs"
+            );
+        }
+    };
+    run("/works/OL1W", 0).await;
+    let children = [
+        child("/works/OL5W", 2),
+        child("/works/OL6W", 1),
+        child("/works/OL7W", 1),
+    ];
+    store
+        .claim(&id, "0|/works/OL1W", 100, &children)
+        .await
+        .unwrap();
+    store
+        .finish(
+            &id,
+            "/works/OL1W",
+            0,
+            &node("/works/OL1W", Label::Work, &[]),
+        )
+        .await
+        .unwrap();
+    // OL5W fetched at depth 2, then reached at depth 1 and fetched again.
+    run("/works/OL5W", 2).await;
+    store
+        .finish(
+            &id,
+            "/works/OL5W",
+            2,
+            &node("/works/OL5W", Label::Work, &[]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim(&id, "1|/works/OL6W", 100, &[child("/works/OL5W", 1)])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    run("/works/OL5W", 1).await;
+    store
+        .finish(
+            &id,
+            "/works/OL5W",
+            1,
+            &node("/works/OL5W", Label::Work, &[]),
+        )
+        .await
+        .unwrap();
+    // OL6W answers as OL7W (a redirect the body names), then OL7W's own job ends.
+    run("/works/OL6W", 1).await;
+    store
+        .finish(
+            &id,
+            "/works/OL6W",
+            1,
+            &node("/works/OL7W", Label::Work, &[]),
+        )
+        .await
+        .unwrap();
+    run("/works/OL7W", 1).await;
+    store
+        .finish(
+            &id,
+            "/works/OL7W",
+            1,
+            &node("/works/OL7W", Label::Work, &[]),
+        )
+        .await
+        .unwrap();
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(status.state, CrawlState::Done);
+    // OL1W, OL5W, OL7W.
+    assert_eq!(status.counters.fetched, 3, "{:?}", status.counters);
+    assert_eq!(status.counters.nodes.get("Work"), Some(&3));
+    let mut redis = support::egress::redis().await;
+    let nodes: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("bookworm:crawl:{{{id}}}:nodes"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        nodes,
+        vec!["/works/OL7W".to_owned()],
+        "only the redirect target"
+    );
+
+    // The other order: the redirect target's own job first, then the redirected one.
+    let (store, id) = store_with_crawl(&["/works/OL1W", "/works/OL2W"], 100).await;
+    for (key, answer) in [
+        ("/works/OL2W", "/works/OL2W"),
+        ("/works/OL1W", "/works/OL2W"),
+    ] {
+        assert!(matches!(
+            store.begin(&id, key, 0).await.unwrap(),
+            Begin::Run { .. }
+        ));
+        store
+            .finish(&id, key, 0, &node(answer, Label::Work, &[]))
+            .await
+            .unwrap();
+    }
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(status.counters.fetched, 1, "{:?}", status.counters);
+}
+
 /// Siblings reaching a pending key do not enqueue it again, but its own claimer does when it
 /// is redelivered (its first run may have died before publishing the child's job).
 #[tokio::test]

@@ -20,7 +20,7 @@ if not claim then
     keep_working()
   end
 else
-  local claimed_depth = tonumber(string.match(claim, '^(%d+)|'))
+  local claimed_depth = parse_claim(claim)
   if not claimed_depth then
     return redis.error_reply('CORRUPT claim of ' .. key .. ' is ' .. claim)
   end

@@ -1,11 +1,12 @@
 local meta, claims, pending, counters, offspring = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local max_nodes, claimer = tonumber(ARGV[1]), ARGV[2]
+local tag = claimer_tag(claimer)
 local state = redis.call('HGET', meta, 'state')
 -- Read everything that could be corrupt before writing anything, so a corrupt reply never
 -- leaves half a claim behind.
 for i = 3, #ARGV, 2 do
   local claim = redis.call('HGET', claims, ARGV[i])
-  if claim and not string.match(claim, '^%d+|') then
+  if claim and not parse_claim(claim) then
     return redis.error_reply('CORRUPT claim of ' .. ARGV[i] .. ' is ' .. claim)
   end
 end
@@ -20,6 +21,8 @@ local out = {}
 for i = 3, #ARGV, 2 do
   local key, depth = ARGV[i], tonumber(ARGV[i + 1])
   local claim = redis.call('HGET', claims, key)
+  local claimed_depth, claimed_by, counted
+  if claim then claimed_depth, claimed_by, counted = parse_claim(claim) end
   local enqueue = 0
   if state ~= 'running' and state ~= 'paused' then
     -- A paused crawl still claims the children of jobs that were running when it paused:
@@ -32,16 +35,15 @@ for i = 3, #ARGV, 2 do
       redis.call('HINCRBY', counters, 'skipped', 1)
     end
   else
-    local claimed_depth, claimed_by = string.match(claim, '^(%d+)|(.*)$')
-    if tonumber(claimed_depth) > depth then
+    if claimed_depth > depth then
       enqueue = 1
-    elseif tonumber(claimed_depth) == depth and claimed_by == claimer
+    elseif claimed_depth == depth and claimed_by == tag
         and redis.call('SISMEMBER', pending, key) == 1 then
       enqueue = 1
     end
   end
   if enqueue == 1 then
-    redis.call('HSET', claims, key, depth .. '|' .. claimer)
+    redis.call('HSET', claims, key, claim_value(depth, tag, counted))
     redis.call('SADD', pending, key)
     redis.call('HINCRBY', counters, 'enqueued', 1)
     if not owned[key] then owned[key] = true; order[#order + 1] = key end

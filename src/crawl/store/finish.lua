@@ -10,7 +10,7 @@ if (state == 'done' or state == 'cancelled') and redis.call('EXISTS', claims) ==
   return 0
 end
 local claim = redis.call('HGET', claims, key)
-local claimed_depth = claim and tonumber(string.match(claim, '^(%d+)|'))
+local claimed_depth = claim and parse_claim(claim)
 if claim and not claimed_depth then
   return redis.error_reply('CORRUPT claim of ' .. key .. ' is ' .. claim)
 end
@@ -27,7 +27,20 @@ local held = redis.call('HGET', offspring, claimer)
 redis.call('HDEL', offspring, claimer)
 if outcome == 'node' then
   local node_key, label = ARGV[7], ARGV[8]
-  if redis.call('HSETNX', nodes, node_key, label) == 1 then
+  -- A distinct node is counted once: its own key's claim carries the mark, a node reached
+  -- through a redirect is remembered in the nodes hash, and each path checks the other.
+  local count = false
+  local node_claim = redis.call('HGET', claims, node_key)
+  if node_key == key and node_claim then
+    local claim_depth, by, counted = parse_claim(node_claim)
+    if not counted then
+      redis.call('HSET', claims, key, claim_value(claim_depth, by, true))
+      count = redis.call('HEXISTS', nodes, key) == 0
+    end
+  elseif not counted_claim(claims, node_key) then
+    count = redis.call('HSETNX', nodes, node_key, label) == 1
+  end
+  if count then
     redis.call('HINCRBY', counters, 'nodes:' .. label, 1)
     redis.call('HINCRBY', counters, 'fetched', 1)
   end
@@ -61,18 +74,21 @@ elseif outcome == 'failed' then
   -- deeper job of the key is running, the claim goes back to that depth so that job's own
   -- finish clears it; otherwise the claim is withdrawn, and a job of the child that was
   -- published after all claims it anew when it begins.
+  local tag = claimer_tag(claimer)
   for child in string.gmatch(held or '', '[^\n]+') do
     local child_claim = redis.call('HGET', claims, child)
-    local child_depth, by = nil, nil
-    if child_claim then child_depth, by = string.match(child_claim, '^(%d+)|(.*)$') end
-    if by == claimer and redis.call('SISMEMBER', pending, child) == 1 then
+    local child_depth, by, counted = nil, nil, false
+    if child_claim then child_depth, by, counted = parse_claim(child_claim) end
+    if by == tag and redis.call('SISMEMBER', pending, child) == 1 then
       local began = tonumber(redis.call('HGET', started, child))
       if not began then
+        -- A withdrawn claim's mark moves to the nodes hash: the node stays counted.
+        if counted then redis.call('HSETNX', nodes, child, 'counted') end
         redis.call('HDEL', claims, child)
         redis.call('SREM', pending, child)
         redis.call('HINCRBY', counters, 'enqueued', -1)
-      elseif began > tonumber(child_depth) then
-        redis.call('HSET', claims, child, began .. '|released')
+      elseif began > child_depth then
+        redis.call('HSET', claims, child, claim_value(began, 'released', counted))
         redis.call('HINCRBY', counters, 'enqueued', -1)
       end
     end

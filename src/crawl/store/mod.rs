@@ -207,14 +207,24 @@ pub const EXACT_EDGE_COUNT: u64 = 10_000;
 /// order, the retention in seconds as the first argument).
 const LIFECYCLE: &str = include_str!("lifecycle.lua");
 
-/// A script with the lifecycle helpers in front of it.
-fn with_lifecycle(body: &str) -> Script {
-    Script::new(&format!("{LIFECYCLE}\n{body}"))
+/// How a claim's value is read and written, for every script that touches claims.
+const CLAIM_VALUE: &str = include_str!("claim_value.lua");
+
+/// A script with the claim helpers in front of it.
+fn with_claim_value(body: &str) -> Script {
+    Script::new(&format!("{CLAIM_VALUE}\n{body}"))
 }
 
-/// Claims are stored as `depth|claimer`: the claimer (the parent job) may re-enqueue its own
-/// pending children when it is redelivered, while siblings reaching the same pending key do
-/// not enqueue it again (that would fetch one key once per sibling).
+/// A script with the lifecycle and claim helpers in front of it.
+fn with_lifecycle(body: &str) -> Script {
+    Script::new(&format!("{LIFECYCLE}\n{CLAIM_VALUE}\n{body}"))
+}
+
+/// Claims are stored as `depth|tag` (`claim_value.lua`): the tag names the claimer (the
+/// parent job), which may re-enqueue its own pending children when it is redelivered, while
+/// siblings reaching the same pending key do not enqueue it again (that would fetch one key
+/// once per sibling). Once the key's node is counted the claim carries a mark, so distinct
+/// nodes are counted without a second per-key hash.
 const BEGIN: &str = include_str!("begin.lua");
 
 const CLAIM: &str = include_str!("claim.lua");
@@ -279,7 +289,7 @@ impl CrawlStore {
         Ok(Self {
             conn,
             begin: with_lifecycle(BEGIN),
-            claim: Script::new(CLAIM),
+            claim: with_claim_value(CLAIM),
             finish: with_lifecycle(FINISH),
             cancel: with_lifecycle(CANCEL),
             requeue: with_lifecycle(REQUEUE),

@@ -11,7 +11,7 @@ if reason then
     redis.call('HDEL', counters, 'failed:' .. reason)
   end
 end
-redis.call('HSET', claims, key, depth .. '|replay')
+redis.call('HSET', claims, key, claim_value(depth, 'replay', counted_claim(claims, key)))
 redis.call('SADD', pending, key)
 redis.call('HINCRBY', counters, 'enqueued', 1)
 -- A paused crawl stays paused: the replayed job is held when it begins.
