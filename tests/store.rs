@@ -269,6 +269,73 @@ async fn a_node_counts_once_through_shorter_paths_and_redirects() {
     assert_eq!(status.counters.fetched, 1, "{:?}", status.counters);
 }
 
+/// A claim written before claimer tags (`depth|depth|parent key`, a crawl running across the
+/// upgrade) keeps its claimer's rights: the redelivered claimer re-enqueues it, a sibling
+/// does not, and the claimer's dead-lettering releases it.
+#[tokio::test]
+async fn a_claim_from_before_tags_still_belongs_to_its_claimer() {
+    let (store, id) = store_with_crawl(&["/works/OL1W", "/works/OL2W"], 100).await;
+    let mut redis = support::egress::redis().await;
+    let claims = format!("bookworm:crawl:{{{id}}}:claims");
+    redis::pipe()
+        .hset(&claims, "/authors/OL1A", "1|0|/works/OL1W")
+        .sadd(format!("bookworm:crawl:{{{id}}}:pending"), "/authors/OL1A")
+        .hset(
+            format!("bookworm:crawl:{{{id}}}:offspring"),
+            "0|/works/OL1W",
+            "/authors/OL1A",
+        )
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let author = [child("/authors/OL1A", 1)];
+    assert_eq!(
+        store
+            .claim(&id, "0|/works/OL2W", 100, &author)
+            .await
+            .unwrap(),
+        vec![false],
+        "a sibling does not re-enqueue it"
+    );
+    assert_eq!(
+        store
+            .claim(&id, "0|/works/OL1W", 100, &author)
+            .await
+            .unwrap(),
+        vec![true],
+        "its claimer does"
+    );
+    // Written the old way again, then its claimer is dead-lettered before the child's job
+    // began: the claim is released.
+    redis::cmd("HSET")
+        .arg(&claims)
+        .arg("/authors/OL1A")
+        .arg("1|0|/works/OL1W")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.begin(&id, "/works/OL1W", 0).await.unwrap(),
+        Begin::Run { .. }
+    ));
+    store
+        .finish(
+            &id,
+            "/works/OL1W",
+            0,
+            &Finish::Failed(FailureReason::Http5xx),
+        )
+        .await
+        .unwrap();
+    let claim: Option<String> = redis::cmd("HGET")
+        .arg(&claims)
+        .arg("/authors/OL1A")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(claim, None, "released");
+}
+
 /// Siblings reaching a pending key do not enqueue it again, but its own claimer does when it
 /// is redelivered (its first run may have died before publishing the child's job).
 #[tokio::test]

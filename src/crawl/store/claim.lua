@@ -37,7 +37,7 @@ for i = 3, #ARGV, 2 do
   else
     if claimed_depth > depth then
       enqueue = 1
-    elseif claimed_depth == depth and claimed_by == tag
+    elseif claimed_depth == depth and (claimed_by == tag or claimed_by == claimer)
         and redis.call('SISMEMBER', pending, key) == 1 then
       enqueue = 1
     end

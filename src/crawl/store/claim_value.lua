@@ -8,7 +8,9 @@
 -- name (`depth|key`), so a claim costs about 10 bytes of value instead of a whole key. Two
 -- claimers of one key sharing a tag (about one pair in four billion) costs at most a
 -- duplicate job, which BEGIN's dedupe absorbs, or a released claim, which the child's
--- frontier record claims anew when it begins.
+-- frontier record claims anew when it begins. A claim written before tags (its `by` the whole
+-- claimer name) still matches its claimer, so a crawl running across an upgrade keeps its
+-- claimers' rights.
 local function claimer_tag(claimer)
   return string.sub(redis.sha1hex(claimer), 1, 8)
 end

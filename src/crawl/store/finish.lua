@@ -79,7 +79,7 @@ elseif outcome == 'failed' then
     local child_claim = redis.call('HGET', claims, child)
     local child_depth, by, counted = nil, nil, false
     if child_claim then child_depth, by, counted = parse_claim(child_claim) end
-    if by == tag and redis.call('SISMEMBER', pending, child) == 1 then
+    if (by == tag or by == claimer) and redis.call('SISMEMBER', pending, child) == 1 then
       local began = tonumber(redis.call('HGET', started, child))
       if not began then
         -- A withdrawn claim's mark moves to the nodes hash: the node stays counted.
