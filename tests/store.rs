@@ -152,7 +152,8 @@ async fn a_shorter_path_reclaims_a_key_and_the_deeper_job_is_dropped() {
 #[tokio::test]
 async fn a_node_counts_once_through_shorter_paths_and_redirects() {
     let (store, id) = store_with_crawl(&["/works/OL1W"], 100).await;
-    let run = |key: &'static str, depth: u32| {
+    // Runs the job of `key` at `depth` to its outcome: the node `answer`.
+    let fetch = |key: &'static str, depth: u32, answer: &'static str| {
         let store = store.clone();
         let id = id.clone();
         async move {
@@ -163,9 +164,12 @@ async fn a_node_counts_once_through_shorter_paths_and_redirects() {
                 ),
                 "{key} at {depth} runs"
             );
+            store
+                .finish(&id, key, depth, &node(answer, Label::Work, &[]))
+                .await
+                .unwrap();
         }
     };
-    run("/works/OL1W", 0).await;
     let children = [
         child("/works/OL5W", 2),
         child("/works/OL6W", 1),
@@ -175,26 +179,9 @@ async fn a_node_counts_once_through_shorter_paths_and_redirects() {
         .claim(&id, "0|/works/OL1W", 100, &children)
         .await
         .unwrap();
-    store
-        .finish(
-            &id,
-            "/works/OL1W",
-            0,
-            &node("/works/OL1W", Label::Work, &[]),
-        )
-        .await
-        .unwrap();
+    fetch("/works/OL1W", 0, "/works/OL1W").await;
     // OL5W fetched at depth 2, then reached at depth 1 and fetched again.
-    run("/works/OL5W", 2).await;
-    store
-        .finish(
-            &id,
-            "/works/OL5W",
-            2,
-            &node("/works/OL5W", Label::Work, &[]),
-        )
-        .await
-        .unwrap();
+    fetch("/works/OL5W", 2, "/works/OL5W").await;
     assert_eq!(
         store
             .claim(&id, "1|/works/OL6W", 100, &[child("/works/OL5W", 1)])
@@ -202,37 +189,10 @@ async fn a_node_counts_once_through_shorter_paths_and_redirects() {
             .unwrap(),
         vec![true]
     );
-    run("/works/OL5W", 1).await;
-    store
-        .finish(
-            &id,
-            "/works/OL5W",
-            1,
-            &node("/works/OL5W", Label::Work, &[]),
-        )
-        .await
-        .unwrap();
+    fetch("/works/OL5W", 1, "/works/OL5W").await;
     // OL6W answers as OL7W (a redirect the body names), then OL7W's own job ends.
-    run("/works/OL6W", 1).await;
-    store
-        .finish(
-            &id,
-            "/works/OL6W",
-            1,
-            &node("/works/OL7W", Label::Work, &[]),
-        )
-        .await
-        .unwrap();
-    run("/works/OL7W", 1).await;
-    store
-        .finish(
-            &id,
-            "/works/OL7W",
-            1,
-            &node("/works/OL7W", Label::Work, &[]),
-        )
-        .await
-        .unwrap();
+    fetch("/works/OL6W", 1, "/works/OL7W").await;
+    fetch("/works/OL7W", 1, "/works/OL7W").await;
     let status = store.status(&id).await.unwrap().expect("status");
     assert_eq!(status.state, CrawlState::Done);
     // OL1W, OL5W, OL7W.

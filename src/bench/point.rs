@@ -200,7 +200,8 @@ pub(super) async fn create_crawl(
 }
 
 /// Polls the API until every crawl of `crawl_ids` is `done`, calling `tick` on every round;
-/// returns their final statuses. Any state but running or done fails the point.
+/// returns their final statuses. Any state but running or done fails the point; a 503 (the
+/// crawl store did not answer in time) is asked again.
 pub(super) async fn until_done(
     http: &reqwest::Client,
     deployment: &mut Deployment,
@@ -214,11 +215,19 @@ pub(super) async fn until_done(
             if slot.is_some() {
                 continue;
             }
-            let status: Value = http
+            let response = http
                 .get(format!("{}/crawls/{id}", deployment.api_url))
                 .send()
                 .await
-                .map_err(|e| http_error("crawl status", e))?
+                .map_err(|e| http_error("crawl status", e))?;
+            if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                // The API's word for "the crawl store is slow or down, ask again" (a Redis
+                // timeout on a loaded machine), not the crawl's state: an hour-long point
+                // must not fail on one slow reply. The point's timeout still bounds it.
+                tracing::warn!(crawl_id = %id, "crawl status unavailable (503); polling again");
+                continue;
+            }
+            let status: Value = response
                 .json()
                 .await
                 .map_err(|e| http_error("crawl status", e))?;
