@@ -33,6 +33,7 @@ fn node(key: String, label: Label, props: serde_json::Value) -> Row {
         label,
         props: serde_json::from_value(props).expect("map"),
         fetched_at: chrono::Utc::now(),
+        gone: None,
     };
     Row::Node(NodeRow::from_message(&message).expect("valid node"))
 }

@@ -70,6 +70,12 @@ pub struct CrawlJob {
     pub parent: Option<String>,
     /// When the job was published.
     pub enqueued_at: DateTime<Utc>,
+    /// The revision the change feed named for this key (`bookworm follow`'s freshness jobs):
+    /// a cached copy older than this is not good enough, the record is fetched again, and a
+    /// record that turned into a delete or a redirect is written to the graph as [`Gone`].
+    /// Absent on every crawl job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_revision: Option<i64>,
 }
 
 /// Graph node labels: a fixed list, never taken from message text.
@@ -157,6 +163,25 @@ pub struct Node {
     pub props: BTreeMap<String, serde_json::Value>,
     /// When it was fetched.
     pub fetched_at: DateTime<Utc>,
+    /// Set when the record is no longer an entity: Open Library now answers `/type/delete` or
+    /// `/type/redirect` for `key`, at the revision in `props` (`revision`). The graph writer
+    /// removes what the record's older revisions wrote (see `graph::cypher`) instead of
+    /// merging `props`. Absent on every ordinary node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone: Option<Gone>,
+}
+
+/// How a record stopped being an entity: the `gone` of a [`Node`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Gone {
+    /// The record is `/type/delete`.
+    Deleted,
+    /// The record is `/type/redirect` to `to` (a merge: the target holds the entity now).
+    Redirected {
+        /// The redirect's `location`.
+        to: String,
+    },
 }
 
 /// A relationship, on the edges topic (keyed by `from`).

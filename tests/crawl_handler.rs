@@ -123,6 +123,7 @@ fn delivery(crawl_id: &str, key: &str, depth: u32) -> Delivery {
         seed: key.to_owned(),
         parent: None,
         enqueued_at: Utc::now(),
+        min_revision: None,
     };
     Delivery {
         topic: "frontier".to_owned(),

@@ -204,6 +204,7 @@ fn failure(crawl: &str, key: &str, depth: u32, reason: FailureReason) -> Failure
         seed: "/works/OL1W".to_owned(),
         parent: (depth > 0).then(|| "/works/OL1W".to_owned()),
         enqueued_at: Utc::now(),
+        min_revision: None,
     };
     Failure {
         v: VERSION,

@@ -350,6 +350,7 @@ async fn enqueue_seeds(state: &ApiState, spec: &CrawlSpec) -> Result<(), String>
         seed: seed.clone(),
         parent: None,
         enqueued_at: now,
+        min_revision: None,
     });
     publish_jobs(state, jobs).await
 }

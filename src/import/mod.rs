@@ -236,6 +236,7 @@ impl ImportTarget {
             label: entity.label,
             props: entity.node_props(),
             fetched_at: now,
+            gone: None,
         };
         out.records.push(record(&self.results, &node.key, &node));
         out.nodes += 1;
@@ -256,6 +257,7 @@ impl ImportTarget {
                         .map(|n| [("name".to_owned(), Value::from(n.trim()))].into())
                         .unwrap_or_default(),
                     fetched_at: now,
+                    gone: None,
                 };
                 out.records.push(record(&self.results, to, &subject));
                 out.subjects += 1;

@@ -171,6 +171,7 @@ pub fn node(keys: &Keys, label: Label, id: &str, crawl: &str, props: Value) -> R
         label,
         props: serde_json::from_value(props).expect("props map"),
         fetched_at: chrono::Utc::now(),
+        gone: None,
     };
     Row::Node(NodeRow::from_message(&message).expect("valid node"))
 }

@@ -392,6 +392,7 @@ impl CrawlStore {
             seed: key.to_owned(),
             parent: None,
             enqueued_at: Utc::now(),
+            min_revision: None,
         };
         self.begin_job(&job).await
     }
