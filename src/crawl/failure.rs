@@ -80,3 +80,35 @@ pub(crate) fn dead_letter(reason: FailureReason, detail: impl Into<String>) -> H
         detail: detail.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CrawlError;
+    use crate::crawl::parse::ParseError;
+
+    fn json_error(body: &str) -> CrawlError {
+        let source = serde_json::from_str::<serde_json::Value>(body).expect_err("invalid JSON");
+        CrawlError::Parse(ParseError::Json {
+            what: "record",
+            source,
+        })
+    }
+
+    /// An answer cut mid-body (the simulator's malformed JSON, a dropped transfer) is
+    /// fetched again; the chaos suite saw each such answer cost a job and its whole subtree.
+    #[test]
+    fn a_truncated_answer_is_worth_another_try() {
+        assert!(json_error(r#"{"key": "/works/OL1W", "title": "Trunc"#).is_truncated_answer());
+    }
+
+    /// JSON that is complete but wrong fails the same way every time: dead-lettered at once.
+    #[test]
+    fn a_complete_but_invalid_answer_is_not_retried() {
+        assert!(!json_error(r#"{"key": 1,}"#).is_truncated_answer());
+        let shape = CrawlError::Parse(ParseError::Shape {
+            what: "record",
+            detail: "unknown type".to_owned(),
+        });
+        assert!(!shape.is_truncated_answer());
+    }
+}

@@ -15,6 +15,21 @@
 //!    wait forever for jobs nobody published.
 //!
 //! A paused crawl's job is held at step 1 ([`Begin::Held`]; why: `crawl::store::pause`).
+//!
+//! A freshness job (`min_revision` set, published by `bookworm follow` for a key the change
+//! feed says changed) differs in two ways, because it is the one job that knows the record
+//! changed: its first fetch is not answered by a cached copy older than `min_revision`, and a
+//! record that turned into a delete or a redirect is news for the graph, not a failure. So a
+//! delete is published as a node with `gone: Deleted` (its revision and `last_modified`) and
+//! the job ends normally without a live node (`Finish::NoNode`), and each redirect of a chain
+//! as a node with `gone: Redirected` next to the target's node and edges. An ordinary crawl
+//! job knows nothing of the sort: for it a delete is still a dead letter (`http_4xx`, as the
+//! crawl rules record deletes), a redirect is still followed silently, and the cache answers
+//! as before, so crawl counts and replays stay exactly what they were. A 404 is a dead letter
+//! for both (nothing says what the key was). A freshness job at its crawl's depth limit (depth
+//! 0 by default) reads no list page (an author's `works.json`, a work's `editions.json`): it
+//! refreshes the record and the relationships the record itself names, exactly what an import
+//! of the newer dump line would give.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -28,10 +43,10 @@ use crate::crawl::failure::{CrawlError, dead_letter, store_error};
 use crate::crawl::fairness::{self, CrawlShares};
 use crate::crawl::limits::CrawlLimits;
 use crate::crawl::parse::{self, RecordAnswer};
-use crate::crawl::rules::{Expansion, Target, page_path};
+use crate::crawl::rules::{Expansion, GoneRecord, Target, answering_key, page_path};
 use crate::crawl::store::{self, Begin, Child, CrawlStore, Finish};
 use crate::kafka::publish::Record;
-use crate::message::{self, CrawlJob, Edge, Failure, FailureReason, Node, VERSION};
+use crate::message::{self, CrawlJob, Edge, Failure, FailureReason, Gone, Node, VERSION};
 use crate::process::metrics::WorkerMetrics;
 
 /// Hops of Open Library's own redirect records (`/type/redirect`) followed before giving up.
@@ -107,8 +122,14 @@ impl CrawlHandler {
     }
 
     /// Fetches a target and expands it. Open Library's redirect records are followed, and
-    /// the target is crawled in place of the source.
-    async fn expand(&self, target: &Target) -> Result<Expansion, CrawlError> {
+    /// the target is crawled in place of the source. `min_revision` is a freshness job's (see
+    /// the module doc); it concerns records only.
+    async fn expand(
+        &self,
+        target: &Target,
+        min_revision: Option<i64>,
+        read_lists: bool,
+    ) -> Result<Expansion, CrawlError> {
         match target {
             Target::Search(_) => {
                 let fetched = self
@@ -132,7 +153,7 @@ impl CrawlHandler {
                 Ok(Expansion::of_subject(key, &page, &self.limits))
             }
             Target::Work(key) | Target::Author(key) | Target::Edition(key) => {
-                self.expand_record(key).await
+                self.expand_record(key, min_revision, read_lists).await
             }
         }
     }
@@ -146,11 +167,37 @@ impl CrawlHandler {
     /// asked for and fails the job as `parse`: publishing it under its own key would mark the
     /// asked key done without its node, and under the asked key would file another record's
     /// data there. So the crawl store counts a node exactly when the graph gets one.
-    async fn expand_record(&self, first_key: &str) -> Result<Expansion, CrawlError> {
+    ///
+    /// A freshness job (`min_revision`) fetches the key asked for at that revision at least
+    /// (only that fetch: a redirect's target is fetched like any record), and collects the
+    /// gone records it meets (each redirect, a delete) into [`Expansion::gone`]; a gone
+    /// record's body must name the key that answered, for the same reason as an entity's.
+    async fn expand_record(
+        &self,
+        first_key: &str,
+        min_revision: Option<i64>,
+        read_lists: bool,
+    ) -> Result<Expansion, CrawlError> {
         let mut key = first_key.to_owned();
-        for _ in 0..=MAX_RECORD_REDIRECTS {
-            let fetched = self.client.get(&format!("{key}.json")).await?;
+        let mut gone = Vec::new();
+        for hop in 0..=MAX_RECORD_REDIRECTS {
+            let wanted = min_revision.filter(|_| hop == 0);
+            let fetched = self
+                .client
+                .get_at_least(&format!("{key}.json"), wanted)
+                .await?;
             let answering = answering_key(&key, &fetched.final_url)?;
+            let mut met = |body_key: &str, what: Gone| {
+                if body_key != answering {
+                    return Err(CrawlError::WrongRecord {
+                        asked: answering.clone(),
+                        answered: body_key.to_owned(),
+                    });
+                }
+                // A record key of a work, author or edition always names a label.
+                gone.extend(GoneRecord::of(&answering, what, &fetched.body));
+                Ok(())
+            };
             match parse::parse_record(&fetched.body)? {
                 RecordAnswer::Entity(entity) => {
                     if entity.key != answering {
@@ -163,14 +210,15 @@ impl CrawlHandler {
                         tracing::debug!(key = %entity.key, dropped = ?entity.dropped, "record values of the wrong shape left out");
                     }
                     let mut expansion = Expansion::of_entity(&entity, &self.limits);
+                    expansion.gone = gone;
                     match Target::parse(&entity.key) {
-                        Ok(Target::Author(_)) => {
+                        Ok(Target::Author(_)) if read_lists => {
                             let page = self
                                 .page(&entity.key, "works", self.limits.max_works_per_author)
                                 .await?;
                             expansion.add_author_works(&entity.key, &page, &self.limits);
                         }
-                        Ok(Target::Work(_)) if self.limits.crawl_editions => {
+                        Ok(Target::Work(_)) if read_lists && self.limits.crawl_editions => {
                             let page = self
                                 .page(&entity.key, "editions", self.limits.max_editions_per_work)
                                 .await?;
@@ -180,7 +228,10 @@ impl CrawlHandler {
                     }
                     return Ok(expansion);
                 }
-                RecordAnswer::Redirect { location, .. } => {
+                RecordAnswer::Redirect {
+                    key: body_key,
+                    location,
+                } => {
                     let same_kind = matches!(
                         (Target::parse(&key), Target::parse(&location)),
                         (Ok(from), Ok(to)) if std::mem::discriminant(&from) == std::mem::discriminant(&to)
@@ -188,7 +239,22 @@ impl CrawlHandler {
                     if !same_kind {
                         return Err(CrawlError::BadRedirect { key, location });
                     }
+                    if min_revision.is_some() {
+                        met(
+                            &body_key,
+                            Gone::Redirected {
+                                to: location.clone(),
+                            },
+                        )?;
+                    }
                     key = location;
+                }
+                RecordAnswer::Deleted { key } if min_revision.is_some() => {
+                    met(&key, Gone::Deleted)?;
+                    return Ok(Expansion {
+                        gone,
+                        ..Expansion::default()
+                    });
                 }
                 RecordAnswer::Deleted { key } => {
                     return Err(CrawlError::Gone(format!("{key}: deleted")));
@@ -259,8 +325,21 @@ impl CrawlHandler {
                 label: *label,
                 props: props.clone(),
                 fetched_at: now,
+                gone: None,
             };
             records.push(self.record(&self.topics.results, key, &node)?);
+        }
+        for gone in &expansion.gone {
+            let node = Node {
+                v: VERSION,
+                crawl_id: job.crawl_id.clone(),
+                key: gone.key.clone(),
+                label: gone.label,
+                props: gone.props.clone(),
+                fetched_at: now,
+                gone: Some(gone.gone.clone()),
+            };
+            records.push(self.record(&self.topics.results, &gone.key, &node)?);
         }
         for link in &expansion.links {
             let edge = Edge {
@@ -288,6 +367,7 @@ impl CrawlHandler {
                 seed: job.seed.clone(),
                 parent: Some(parent.clone()),
                 enqueued_at: now,
+                min_revision: None,
             };
             records.push(self.record(&self.topics.frontier, child, &next)?);
         }
@@ -325,7 +405,11 @@ impl CrawlHandler {
                 return Ok(Vec::new());
             }
         };
-        let expansion = match self.expand(&target).await {
+        // A freshness job that may not go deeper refreshes the record and what the record
+        // names, as a dump line would: the lists (an author's works, a work's editions) are
+        // other records' edges, read again when those records change.
+        let read_lists = job.min_revision.is_none() || job.depth < max_depth;
+        let expansion = match self.expand(&target, job.min_revision, read_lists).await {
             Ok(expansion) => expansion,
             Err(e) if e.is_transient() => return Err(HandleError::Retry(e.to_string())),
             Err(e) if e.is_truncated_answer() && attempt < TRUNCATED_ANSWER_ATTEMPTS => {
@@ -361,13 +445,19 @@ impl CrawlHandler {
 
     /// What the crawl store records for a job whose `records` Kafka acknowledged: its node
     /// and relationships, read back from the records themselves so nothing has to be carried
-    /// from `handle` to `finished`.
+    /// from `handle` to `finished`. A gone node (a freshness job's delete or redirect) is not
+    /// the job's node: a job with only gone nodes finishes as [`Finish::NoNode`], which clears
+    /// its key like a search's, so its crawl still reaches `done`.
     fn finish_of(&self, records: &[Record]) -> Finish {
         let mut node = None;
         let mut edges = Vec::new();
         for record in records {
             if record.topic == self.topics.results {
-                node = message::decode::<Node>(Some(&record.payload)).ok();
+                if let Ok(live) = message::decode::<Node>(Some(&record.payload))
+                    && live.gone.is_none()
+                {
+                    node = Some(live);
+                }
             } else if record.topic == self.topics.edges
                 && let Ok(edge) = message::decode::<Edge>(Some(&record.payload))
             {
@@ -382,31 +472,6 @@ impl CrawlHandler {
             },
             None => Finish::NoNode,
         }
-    }
-}
-
-/// The record key a URL that answered `asked` names (`/works/OL1W.json` → `/works/OL1W`).
-/// An HTTP redirect to another key of the same kind puts that key in place of the one asked
-/// for, like a redirect record; one to anything else is a bad redirect.
-fn answering_key(asked: &str, final_url: &url::Url) -> Result<String, CrawlError> {
-    let path = final_url.path();
-    let Some(answering) = path.strip_suffix(".json") else {
-        return Err(CrawlError::BadRedirect {
-            key: asked.to_owned(),
-            location: path.to_owned(),
-        });
-    };
-    if answering == asked {
-        return Ok(answering.to_owned());
-    }
-    match (Target::parse(asked), Target::parse(answering)) {
-        (Ok(from), Ok(to)) if std::mem::discriminant(&from) == std::mem::discriminant(&to) => {
-            Ok(answering.to_owned())
-        }
-        _ => Err(CrawlError::BadRedirect {
-            key: asked.to_owned(),
-            location: answering.to_owned(),
-        }),
     }
 }
 
@@ -509,71 +574,5 @@ impl Handler for CrawlHandler {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::answering_key;
-    use crate::crawl::failure::CrawlError;
-    use crate::crawl::parse::ParseError;
-
-    fn url(path: &str) -> url::Url {
-        url::Url::parse("http://ol.test")
-            .and_then(|base| base.join(path))
-            .expect("a URL")
-    }
-
-    /// The record that answers is the one its URL names: the key asked for, or the target of
-    /// an HTTP redirect to a key of the same kind (crawled in place of the source).
-    #[test]
-    fn the_answering_url_names_the_record() {
-        assert_eq!(
-            answering_key("/works/OL1W", &url("/works/OL1W.json")).ok(),
-            Some("/works/OL1W".to_owned())
-        );
-        assert_eq!(
-            answering_key("/works/OL1W", &url("/works/OL2W.json")).ok(),
-            Some("/works/OL2W".to_owned())
-        );
-    }
-
-    /// An HTTP redirect to another kind of key, or off the record paths, is a bad redirect
-    /// (`invalid_job`), like a redirect record of another kind.
-    #[test]
-    fn an_http_redirect_to_another_kind_is_a_bad_redirect() {
-        for path in ["/authors/OL1A.json", "/works/OL2W", "/search.json"] {
-            let error = answering_key("/works/OL1W", &url(path)).expect_err(path);
-            assert!(
-                matches!(error, CrawlError::BadRedirect { .. }),
-                "{path}: {error}"
-            );
-        }
-    }
-
-    fn json_error(body: &str) -> CrawlError {
-        let source = serde_json::from_str::<serde_json::Value>(body).expect_err("invalid JSON");
-        CrawlError::Parse(ParseError::Json {
-            what: "record",
-            source,
-        })
-    }
-
-    /// An answer cut mid-body (the simulator's malformed JSON, a dropped transfer) is
-    /// fetched again; the chaos suite saw each such answer cost a job and its whole subtree.
-    #[test]
-    fn a_truncated_answer_is_worth_another_try() {
-        assert!(json_error(r#"{"key": "/works/OL1W", "title": "Trunc"#).is_truncated_answer());
-    }
-
-    /// JSON that is complete but wrong fails the same way every time: dead-lettered at once.
-    #[test]
-    fn a_complete_but_invalid_answer_is_not_retried() {
-        assert!(!json_error(r#"{"key": 1,}"#).is_truncated_answer());
-        let shape = CrawlError::Parse(ParseError::Shape {
-            what: "record",
-            detail: "unknown type".to_owned(),
-        });
-        assert!(!shape.is_truncated_answer());
     }
 }

@@ -6,15 +6,18 @@
 //! subjects (`ABOUT`), and with `CRAWL_EDITIONS` its editions (`EDITION_OF`); author → its
 //! works (`WRITTEN_BY`); subject → its works (`ABOUT`); edition → its works and authors;
 //! free text → the works its search finds, at depth 0 only (robots.txt disallows
-//! `/search`, so search is a user-initiated lookup, never an expansion step).
+//! `/search`, so search is a user-initiated lookup, never an expansion step). A freshness job
+//! (`CrawlJob::min_revision`) also reports the records it met that are gone
+//! ([`GoneRecord`]): a delete, or each redirect of a chain.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::crawl::failure::CrawlError;
 use crate::crawl::limits::CrawlLimits;
 use crate::crawl::parse::{Entity, Page, SearchResults, SubjectPage, subject_key};
-use crate::message::{Label, Rel};
+use crate::message::{Gone, Label, Rel};
 
 /// The most entries Open Library returns in one page of a paged list.
 pub const MAX_PAGE_LIMIT: usize = 1000;
@@ -92,6 +95,31 @@ impl Target {
     }
 }
 
+/// The record key a URL that answered `asked` names (`/works/OL1W.json` → `/works/OL1W`).
+/// An HTTP redirect to another key of the same kind puts that key in place of the one asked
+/// for, like a redirect record; one to anything else is a bad redirect.
+pub(crate) fn answering_key(asked: &str, final_url: &url::Url) -> Result<String, CrawlError> {
+    let path = final_url.path();
+    let Some(answering) = path.strip_suffix(".json") else {
+        return Err(CrawlError::BadRedirect {
+            key: asked.to_owned(),
+            location: path.to_owned(),
+        });
+    };
+    if answering == asked {
+        return Ok(answering.to_owned());
+    }
+    match (Target::parse(asked), Target::parse(answering)) {
+        (Ok(from), Ok(to)) if std::mem::discriminant(&from) == std::mem::discriminant(&to) => {
+            Ok(answering.to_owned())
+        }
+        _ => Err(CrawlError::BadRedirect {
+            key: asked.to_owned(),
+            location: answering.to_owned(),
+        }),
+    }
+}
+
 /// The path of one page of a paged list (`/authors/{id}/works.json`,
 /// `/works/{id}/editions.json`).
 pub fn page_path(key: &str, list: &str, limit: usize, offset: usize) -> String {
@@ -130,6 +158,52 @@ pub struct Expansion {
     pub children: Vec<String>,
     /// The revision of the record the node came from (`None` for subjects and searches).
     pub revision: Option<i64>,
+    /// Records met on the way that are gone (a freshness job's only; see [`GoneRecord`]), in
+    /// the order they were met: each redirect of a chain, or the delete that ended it.
+    pub gone: Vec<GoneRecord>,
+}
+
+/// A record that answered `/type/delete` or `/type/redirect` to a freshness job: published as
+/// a node message with `gone`, so the graph writer removes what its older revisions wrote.
+/// Its properties are the ones that order it against them: `revision` and `last_modified`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoneRecord {
+    /// The key that is gone (the one that answered, after HTTP redirects).
+    pub key: String,
+    /// Its label, from the key.
+    pub label: Label,
+    /// Deleted, or redirected to another key of its kind.
+    pub gone: Gone,
+    /// `revision` and `last_modified` of the delete or redirect record, when it has them.
+    pub props: BTreeMap<String, Value>,
+}
+
+impl GoneRecord {
+    /// The gone record of `key` from the body that answered it: its `revision` (an integer)
+    /// and `last_modified` (plain or typed text), read here because the record parser keeps
+    /// neither for a delete or a redirect. `None` when the key names no label.
+    pub fn of(key: &str, gone: Gone, body: &[u8]) -> Option<Self> {
+        let label = Label::of_key(key)?;
+        let record: Value = serde_json::from_slice(body).unwrap_or_default();
+        let mut props = BTreeMap::new();
+        if let Some(revision) = record.get("revision").and_then(Value::as_i64) {
+            props.insert("revision".to_owned(), Value::from(revision));
+        }
+        let modified = record.get("last_modified");
+        if let Some(text) = modified.and_then(Value::as_str).or_else(|| {
+            modified
+                .and_then(|m| m.get("value"))
+                .and_then(Value::as_str)
+        }) {
+            props.insert("last_modified".to_owned(), Value::from(text));
+        }
+        Some(Self {
+            key: key.to_owned(),
+            label,
+            gone,
+            props,
+        })
+    }
 }
 
 impl Expansion {
@@ -216,6 +290,39 @@ impl Expansion {
 mod tests {
     use super::*;
 
+    fn url(path: &str) -> url::Url {
+        url::Url::parse("http://ol.test")
+            .and_then(|base| base.join(path))
+            .expect("a URL")
+    }
+
+    /// The record that answers is the one its URL names: the key asked for, or the target of
+    /// an HTTP redirect to a key of the same kind (crawled in place of the source).
+    #[test]
+    fn the_answering_url_names_the_record() {
+        assert_eq!(
+            answering_key("/works/OL1W", &url("/works/OL1W.json")).ok(),
+            Some("/works/OL1W".to_owned())
+        );
+        assert_eq!(
+            answering_key("/works/OL1W", &url("/works/OL2W.json")).ok(),
+            Some("/works/OL2W".to_owned())
+        );
+    }
+
+    /// An HTTP redirect to another kind of key, or off the record paths, is a bad redirect
+    /// (`invalid_job`), like a redirect record of another kind.
+    #[test]
+    fn an_http_redirect_to_another_kind_is_a_bad_redirect() {
+        for path in ["/authors/OL1A.json", "/works/OL2W", "/search.json"] {
+            let error = answering_key("/works/OL1W", &url(path)).expect_err(path);
+            assert!(
+                matches!(error, CrawlError::BadRedirect { .. }),
+                "{path}: {error}"
+            );
+        }
+    }
+
     #[test]
     fn keys_name_their_targets() {
         assert_eq!(
@@ -248,6 +355,32 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad} should be invalid");
         }
+    }
+
+    /// A delete or redirect record's revision and timestamp (typed or plain) are what its
+    /// gone message carries; nothing else of the body.
+    #[test]
+    fn a_gone_record_carries_the_revision_and_timestamp_of_its_body() {
+        let body = br#"{"key": "/works/OL1W", "type": {"key": "/type/delete"}, "revision": 9,
+            "last_modified": {"type": "/type/datetime", "value": "2024-05-01T10:00:00.000000"},
+            "title": "ignored"}"#;
+        let gone = GoneRecord::of("/works/OL1W", Gone::Deleted, body).expect("a work key");
+        assert_eq!(gone.label, Label::Work);
+        assert_eq!(
+            serde_json::to_value(&gone.props).expect("props"),
+            serde_json::json!({"revision": 9, "last_modified": "2024-05-01T10:00:00.000000"})
+        );
+        let plain = br#"{"revision": 2, "last_modified": "2020-01-01T00:00:00"}"#;
+        let gone = GoneRecord::of(
+            "/authors/OL1A",
+            Gone::Redirected {
+                to: "/authors/OL2A".to_owned(),
+            },
+            plain,
+        )
+        .expect("an author key");
+        assert_eq!(gone.props["last_modified"], "2020-01-01T00:00:00");
+        assert!(GoneRecord::of("search:foxes", Gone::Deleted, plain).is_none());
     }
 
     #[test]

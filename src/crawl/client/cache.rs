@@ -13,6 +13,11 @@
 //! never mix with openlibrary.org's. Only answers that are well-formed JSON are kept: a body
 //! cut short in transit is fetched again, not served again. A cache that cannot be read or written is skipped, never an error: it
 //! saves requests, it does not decide outcomes.
+//!
+//! A freshness job (`CrawlJob::min_revision`, from `bookworm follow`) knows the record changed
+//! after it was cached: a copy whose `revision` ([`CachedRecord::revision`]) is below the one
+//! the change feed named is not used, the record is fetched again, and the fresh answer takes
+//! the entry's place ([`RecordCache::forget`] when the fresh answer is not one to keep).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -59,6 +64,17 @@ end
 return total
 "#;
 
+/// Drops the entry in KEYS[1] and its bytes from the total, like the store script does
+/// before storing. KEYS: entry, index, sizes, total (as [`STORE_SCRIPT`]).
+const FORGET_SCRIPT: &str = r#"
+local bytes = tonumber(redis.call('HGET', KEYS[3], KEYS[1]) or '0')
+redis.call('HDEL', KEYS[3], KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+redis.call('DEL', KEYS[1])
+if bytes > 0 then redis.call('DECRBY', KEYS[4], bytes) end
+return bytes
+"#;
+
 /// A cached answer: the body and the URL that gave it.
 #[derive(Debug, Clone)]
 pub struct CachedRecord {
@@ -68,6 +84,21 @@ pub struct CachedRecord {
     pub body: Bytes,
 }
 
+impl CachedRecord {
+    /// The `revision` the cached record carries (`None` for a body without an integer one, a
+    /// list page or a subject): what a freshness job compares with the revision it needs.
+    pub fn revision(&self) -> Option<i64> {
+        #[derive(serde::Deserialize)]
+        struct Revision {
+            revision: Option<serde_json::Value>,
+        }
+        serde_json::from_slice::<Revision>(&self.body)
+            .ok()
+            .and_then(|r| r.revision)
+            .and_then(|v| v.as_i64())
+    }
+}
+
 /// The record cache of one origin.
 pub struct RecordCache {
     redis: ConnectionManager,
@@ -75,6 +106,7 @@ pub struct RecordCache {
     refetch_after: Duration,
     max_bytes: usize,
     script: redis::Script,
+    forget: redis::Script,
 }
 
 impl RecordCache {
@@ -96,6 +128,7 @@ impl RecordCache {
             refetch_after,
             max_bytes,
             script: redis::Script::new(STORE_SCRIPT),
+            forget: redis::Script::new(FORGET_SCRIPT),
         }
     }
 
@@ -160,6 +193,21 @@ impl RecordCache {
             .await
             .map(Some)
     }
+
+    /// Drops the entry of `path`, if any: a freshness job fetched it again and the answer is
+    /// not one to keep (a 404, a body that is not JSON), so the older copy must not be served
+    /// to the next crawl either.
+    pub async fn forget(&self, path: &str) -> Result<(), redis::RedisError> {
+        let mut redis = self.redis.clone();
+        self.forget
+            .key(self.entry_key(path))
+            .key(format!("{}#index", self.prefix))
+            .key(format!("{}#sizes", self.prefix))
+            .key(format!("{}#bytes", self.prefix))
+            .invoke_async::<i64>(&mut redis)
+            .await
+            .map(drop)
+    }
 }
 
 fn now_millis() -> u64 {
@@ -167,4 +215,30 @@ fn now_millis() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(body: &str) -> CachedRecord {
+        CachedRecord {
+            url: Url::parse("http://ol.test/works/OL1W.json").unwrap(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_cached_record_names_its_revision_when_it_has_an_integer_one() {
+        assert_eq!(
+            record(r#"{"key": "/works/OL1W", "revision": 4}"#).revision(),
+            Some(4)
+        );
+        assert_eq!(
+            record(r#"{"key": "/works/OL1W", "revision": "4"}"#).revision(),
+            None
+        );
+        assert_eq!(record(r#"{"key": "/works/OL1W"}"#).revision(), None);
+        assert_eq!(record(r#"[1, 2]"#).revision(), None);
+    }
 }

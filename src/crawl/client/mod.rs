@@ -9,7 +9,9 @@
 //! retries may take. Every final failure names its DLQ reason ([`FetchError::reason`]).
 //!
 //! Two pieces of shared state stand in front of the network: the record cache ([`cache`]):
-//! a path fetched by any crawl within `REFETCH_AFTER` is answered from Redis; and the
+//! a path fetched by any crawl within `REFETCH_AFTER` is answered from Redis (unless a
+//! freshness job needs a newer revision than the copy's: [`OpenLibraryClient::get_at_least`]);
+//! and the
 //! User-Agent block ([`block`]): after a 403 nothing is sent by any worker until an operator
 //! lifts it.
 
@@ -172,8 +174,24 @@ impl OpenLibraryClient {
     /// politely: origin and robots checked per hop, redirects followed up to
     /// [`MAX_REDIRECTS`], retries within the budget. A 2xx or 404 is `Ok`.
     pub async fn get(&self, path_and_query: &str) -> Result<Fetched, FetchError> {
-        self.timed(path_and_query, self.inner.settings.respect_robots)
-            .await
+        self.get_at_least(path_and_query, None).await
+    }
+
+    /// [`OpenLibraryClient::get`] for a record that must be at `min_revision` or newer (a
+    /// freshness job's: the change feed named that revision): a cached copy below it, or
+    /// without a revision, is not used; the record is fetched and the answer replaces the
+    /// cached copy. With `None`, exactly [`OpenLibraryClient::get`].
+    pub async fn get_at_least(
+        &self,
+        path_and_query: &str,
+        min_revision: Option<i64>,
+    ) -> Result<Fetched, FetchError> {
+        self.timed(
+            path_and_query,
+            self.inner.settings.respect_robots,
+            min_revision,
+        )
+        .await
     }
 
     /// Fetches a user's own lookup, a free-text seed's one search at depth 0, like
@@ -181,13 +199,20 @@ impl OpenLibraryClient {
     /// the crawler discovers by itself, and the crawl rules never expand through search
     /// (the contract's "Crawl rules"). Every other politeness rule applies.
     pub async fn lookup(&self, path_and_query: &str) -> Result<Fetched, FetchError> {
-        self.timed(path_and_query, false).await
+        self.timed(path_and_query, false, None).await
     }
 
-    async fn timed(&self, path_and_query: &str, obey_robots: bool) -> Result<Fetched, FetchError> {
-        if let Some(hit) = self.cached(path_and_query, obey_robots).await {
-            return Ok(hit);
-        }
+    async fn timed(
+        &self,
+        path_and_query: &str,
+        obey_robots: bool,
+        min_revision: Option<i64>,
+    ) -> Result<Fetched, FetchError> {
+        let stale = match self.cached(path_and_query, obey_robots, min_revision).await {
+            Cached::Hit(hit) => return Ok(hit),
+            Cached::Stale => true,
+            Cached::Miss => false,
+        };
         let started = Instant::now();
         let result = self.get_inner(path_and_query, obey_robots).await;
         self.inner
@@ -195,34 +220,45 @@ impl OpenLibraryClient {
             .fetch_latency
             .observe(started.elapsed().as_secs_f64());
         if let Ok(fetched) = &result {
-            self.remember(path_and_query, fetched).await;
+            self.remember(path_and_query, fetched, stale).await;
         }
         result
     }
 
     /// The record cache's answer for `path`, if it has a fresh one that robots.txt still
-    /// allows (a disallowed path is left to the network path, which refuses it with reason).
-    async fn cached(&self, path: &str, obey_robots: bool) -> Option<Fetched> {
-        let cache = self.inner.cache.as_ref()?;
+    /// allows (a disallowed path is left to the network path, which refuses it with reason)
+    /// and that is at `min_revision` or newer. A copy below `min_revision` is [`Cached::Stale`]
+    /// (counted a miss: the network is asked).
+    async fn cached(&self, path: &str, obey_robots: bool, min_revision: Option<i64>) -> Cached {
+        let Some(cache) = self.inner.cache.as_ref() else {
+            return Cached::Miss;
+        };
         let lookups = &self.inner.metrics.record_cache_lookups;
         let record = match cache.get(path).await {
             Ok(Some(record)) => record,
             Ok(None) => {
                 lookups.with_label_values(&["miss"]).inc();
-                return None;
+                return Cached::Miss;
             }
             Err(error) => {
                 tracing::debug!(%error, path, "record cache unreadable; fetching");
                 lookups.with_label_values(&["error"]).inc();
-                return None;
+                return Cached::Miss;
             }
         };
+        if let Some(wanted) = min_revision
+            && record.revision().is_none_or(|cached| cached < wanted)
+        {
+            tracing::debug!(path, wanted, cached = ?record.revision(), "cached record older than the job needs; fetching");
+            lookups.with_label_values(&["miss"]).inc();
+            return Cached::Stale;
+        }
         if obey_robots && self.check_robots(&record.url).await.is_err() {
             lookups.with_label_values(&["miss"]).inc();
-            return None;
+            return Cached::Miss;
         }
         lookups.with_label_values(&["hit"]).inc();
-        Some(Fetched {
+        Cached::Hit(Fetched {
             status: 200,
             body: record.body,
             final_url: record.url,
@@ -232,24 +268,33 @@ impl OpenLibraryClient {
     }
 
     /// Keeps a 200 answer in the record cache (a 404 or a failure is asked again next time).
-    async fn remember(&self, path: &str, fetched: &Fetched) {
+    /// When the fetch replaced a `stale` copy and its answer is not kept, the copy is dropped:
+    /// the next crawl must not be served what the freshness job knew to be old.
+    async fn remember(&self, path: &str, fetched: &Fetched, stale: bool) {
         let Some(cache) = &self.inner.cache else {
             return;
         };
-        if fetched.status != 200 {
-            return;
-        }
-        let record = CachedRecord {
-            url: fetched.final_url.clone(),
-            body: fetched.body.clone(),
+        let stored = if fetched.status == 200 {
+            let record = CachedRecord {
+                url: fetched.final_url.clone(),
+                body: fetched.body.clone(),
+            };
+            cache.put(path, &record).await
+        } else {
+            Ok(None)
         };
-        match cache.put(path, &record).await {
-            Ok(None) => {}
+        match stored {
             Ok(Some(bytes)) => self
                 .inner
                 .metrics
                 .record_cache_bytes
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            Ok(None) if stale => {
+                if let Err(error) = cache.forget(path).await {
+                    tracing::debug!(%error, path, "record cache unwritable");
+                }
+            }
+            Ok(None) => {}
             Err(error) => tracing::debug!(%error, path, "record cache unwritable"),
         }
     }
@@ -531,6 +576,17 @@ impl OpenLibraryClient {
             retry += 1;
         }
     }
+}
+
+/// What the record cache holds for a path, as a fetch sees it.
+enum Cached {
+    /// A copy fresh enough to answer with.
+    Hit(Fetched),
+    /// A copy within `REFETCH_AFTER` but older than the job's `min_revision`: fetch, and let
+    /// the answer replace it.
+    Stale,
+    /// Nothing usable (absent, expired, unreadable, disallowed, or no cache).
+    Miss,
 }
 
 /// Whether `url` has the same scheme, host and port as `origin`.
