@@ -81,6 +81,13 @@ fn node_json(
            "props": props, "fetched_at": "2026-01-01T00:00:00Z"})
 }
 
+/// A gone node message (`gone` as `kind`) for the work W1 of `keys`.
+fn gone_json(keys: &Keys, label: bookworm::message::Label, gone: Value, props: Value) -> Value {
+    let mut node = node_json(keys, label, "1", "c1", props);
+    node["gone"] = gone;
+    node
+}
+
 fn edge_json(
     keys: &Keys,
     from: (bookworm::message::Label, &str),
@@ -115,6 +122,12 @@ async fn messages_that_cannot_become_rows_are_dead_lettered_with_their_reason() 
         (delivery(edges, edge_json(&keys, (Work, "1"), (Work, "2"), "EDITION_OF").to_string().as_bytes()), "invalid_edge"),
         (delivery(edges, edge_json(&keys, (Work, "1"), (Author, "1"), "WRITTEN_BY").to_string().replace("/authors/", "/people/").as_bytes()), "invalid_key"),
         (delivery("elsewhere", b"{}"), "unknown_topic"),
+        // Gone messages (a freshness job's delete or merge) the tombstone rules cannot use.
+        (delivery(results, gone_json(&keys, Work, json!({"kind": "deleted"}), json!({})).to_string().as_bytes()), "invalid_gone"),
+        (delivery(results, gone_json(&keys, Work, json!({"kind": "redirected", "to": keys.key(Author, "1")}), json!({"revision": 3})).to_string().as_bytes()), "invalid_gone"),
+        (delivery(results, gone_json(&keys, Work, json!({"kind": "redirected", "to": "/works/"}), json!({"revision": 3})).to_string().as_bytes()), "invalid_gone"),
+        (delivery(results, gone_json(&keys, Work, json!({"kind": "deleted"}), json!({"revision": 3})).to_string().replace("/works/", "/people/").as_bytes()), "invalid_key"),
+        (delivery(results, gone_json(&keys, Work, json!({"kind": "vanished"}), json!({"revision": 3})).to_string().as_bytes()), "parse"),
     ];
     for (delivery, expected) in cases {
         assert_eq!(
@@ -123,12 +136,21 @@ async fn messages_that_cannot_become_rows_are_dead_lettered_with_their_reason() 
             "{delivery:?}"
         );
     }
-    assert_eq!(metrics.results_received.get(), 4);
+    assert_eq!(metrics.results_received.get(), 9);
     assert_eq!(metrics.edges_received.get(), 3);
+    let store = store().await;
     assert!(
-        keys.snapshot(&*store().await).await.nodes.is_empty(),
+        keys.snapshot(&store).await.nodes.is_empty(),
         "nothing was written"
     );
+    let tombstones = store
+        .fetch(
+            neo4rs::query("MATCH (t:Tombstone) WHERE t.key CONTAINS $tag RETURN t.key AS key")
+                .param("tag", keys.tag.as_str()),
+        )
+        .await
+        .unwrap();
+    assert!(tombstones.is_empty(), "no tombstone was written");
 }
 
 /// The dead letter names where the message came from, why it failed, and carries the raw

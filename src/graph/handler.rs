@@ -3,7 +3,9 @@
 //!
 //! - a message that cannot become a row (malformed JSON, unknown label, a relationship type
 //!   outside the fixed list, an edge joining labels it may not, properties that are not
-//!   scalars or lists) is dead-lettered at once, before it can fail a shared transaction;
+//!   scalars or lists, a gone message without an integer revision or redirecting to a key of
+//!   another kind: `invalid_gone`) is dead-lettered at once, before it can fail a shared
+//!   transaction;
 //! - a row Neo4j refuses on its own is dead-lettered; its batch-mates are written;
 //! - a row not written because Neo4j is down or busy is [`HandleError::Retry`]: the loop keeps
 //!   the offset and redelivers with backoff, so nothing is committed past unwritten rows. That
@@ -19,7 +21,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::consumer::{Delivery, HandleError, Handler, Outcome};
-use crate::graph::{Batcher, EdgeRow, NodeRow, Row, RowFailure};
+use crate::graph::{Batcher, EdgeRow, Row, RowFailure};
 use crate::kafka::publish::Record;
 use crate::message::{self, Edge, Node};
 use crate::process::metrics::GraphWriterMetrics;
@@ -77,9 +79,7 @@ impl GraphWriterHandler {
             }
             let node: Node =
                 message::decode(payload).map_err(|e| dead(REASON_PARSE, e.to_string()))?;
-            NodeRow::from_message(&node)
-                .map(Row::Node)
-                .map_err(|e| dead(e.reason(), e.to_string()))
+            Row::of_node(&node).map_err(|e| dead(e.reason(), e.to_string()))
         } else if delivery.topic == self.edges_topic {
             if first_try {
                 self.metrics.edges_received.inc();

@@ -29,11 +29,18 @@ pub struct Migration {
 
 /// Every migration, in order. A unit test checks this list against the `migrations/` folder,
 /// so a new file cannot be forgotten here.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "constraints",
-    cypher: include_str!("../../migrations/0001_constraints.cypher"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "constraints",
+        cypher: include_str!("../../migrations/0001_constraints.cypher"),
+    },
+    Migration {
+        version: 2,
+        name: "tombstones",
+        cypher: include_str!("../../migrations/0002_tombstones.cypher"),
+    },
+];
 
 /// The lock node's name.
 const LOCK_NAME: &str = "migrations";

@@ -2,8 +2,11 @@
 //! them in transactions, and the batcher that groups concurrent messages into those
 //! transactions.
 //!
-//! - [`rows`]: a node or edge message checked and reduced to what the graph stores;
-//! - [`cypher`]: one `UNWIND $rows … MERGE` statement per label and relationship type;
+//! - [`rows`]: a node or edge message checked and reduced to what the graph stores
+//!   ([`tombstone`]: a node message of a record that is gone);
+//! - [`cypher`]: one `UNWIND $rows … MERGE` statement per label and relationship type, and the
+//!   revision and tombstone rules they enforce;
+//! - [`plan`]: a batch's rows grouped into those statements, in the order the rules need;
 //! - [`GraphStore`] (here): the driver's pool, every call bounded by a timeout, and errors
 //!   sorted by what the caller should do (split the batch, retry, wait for Neo4j);
 //! - [`batcher`]: rows from many concurrent messages in, one transaction per batch out, and
@@ -13,20 +16,21 @@ pub mod batcher;
 pub mod cypher;
 pub mod handler;
 pub mod migrate;
+pub mod plan;
 pub mod rows;
 pub mod service;
+pub mod tombstone;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use neo4rs::{BoltList, BoltType, ConfigBuilder, Graph, Query};
+use neo4rs::{ConfigBuilder, Graph, Query};
 
 pub use batcher::{Batcher, BatcherConfig, RowFailure};
-pub use rows::{EdgeRow, NodeRow, Row, RowError};
+pub use plan::{STATEMENT_BYTES, statements};
+pub use rows::{EdgeRow, GoneRow, NodeRow, Row, RowError};
 
 use crate::config::Neo4jArgs;
-use crate::message::{Label, Rel};
 
 /// Errors from setting up the store: the configuration itself is wrong, retrying cannot help.
 #[derive(Debug, thiserror::Error)]
@@ -224,247 +228,13 @@ impl GraphStore {
         self.fetch(neo4rs::query("RETURN 1 AS one")).await.map(drop)
     }
 
-    /// Writes `rows` in one transaction: node records first (so an edge in the same batch
-    /// finds its endpoints complete), then relationships, one statement per label or type.
+    /// Writes `rows` in one transaction: tombstones and node records first (so an edge in the
+    /// same batch finds its endpoints complete and its start's tombstone), then relationships,
+    /// one statement per label or type (see [`plan`]).
     pub async fn write(&self, rows: &[&Row]) -> Result<(), WriteError> {
         self.run_in_transaction(statements(rows)).await
     }
 }
-
-/// Bytes of rows per statement. The driver neither sets `TCP_NODELAY` nor sends a request
-/// larger than its 8 KiB write buffer in one piece: such a request leaves in several writes,
-/// and Nagle's algorithm holds the last one until the server's delayed ACK, 40 ms later (a
-/// 1,000-row statement took ~300 ms this way). Splitting a batch's rows into statements of
-/// under 7 KiB each, all in the one transaction, keeps every request in a single write at the
-/// cost of one loopback round trip per statement. A single row over the budget still goes
-/// alone and pays the 40 ms.
-pub const STATEMENT_BYTES: usize = 7 * 1024;
-
-/// Roughly how many bytes a value takes on the wire (PackStream): enough to keep a statement
-/// under [`STATEMENT_BYTES`].
-fn wire_size(value: &BoltType) -> usize {
-    match value {
-        BoltType::String(s) => s.value.len() + 3,
-        BoltType::List(list) => 3 + list.value.iter().map(wire_size).sum::<usize>(),
-        BoltType::Map(map) => {
-            3 + map
-                .value
-                .iter()
-                .map(|(k, v)| k.value.len() + 3 + wire_size(v))
-                .sum::<usize>()
-        }
-        _ => 9,
-    }
-}
-
-/// Splits a statement's rows into runs of at most [`STATEMENT_BYTES`] (with `overhead` for
-/// the statement's text), in order; a row bigger than the budget gets a run of its own.
-fn chunks(rows: Vec<BoltType>, overhead: usize) -> Vec<Vec<BoltType>> {
-    let mut runs = Vec::new();
-    let mut run = Vec::new();
-    let mut bytes = overhead;
-    for row in rows {
-        let size = wire_size(&row);
-        if !run.is_empty() && bytes + size > STATEMENT_BYTES {
-            runs.push(std::mem::take(&mut run));
-            bytes = overhead;
-        }
-        bytes += size;
-        run.push(row);
-    }
-    if !run.is_empty() {
-        runs.push(run);
-    }
-    runs
-}
-
-/// One node's write within a batch: every row of the key reduced to the one that wins (see
-/// [`NodeWrite::absorb`]), with the crawls of all of them.
-struct NodeWrite<'a> {
-    key: &'a str,
-    revision: Option<i64>,
-    props: BTreeMap<&'a str, &'a rows::PropValue>,
-    crawls: Crawls<'a>,
-}
-
-impl<'a> NodeWrite<'a> {
-    fn new(row: &'a NodeRow) -> Self {
-        Self {
-            key: &row.key,
-            revision: row.revision,
-            props: row.props.iter().map(|(k, v)| (k.as_str(), v)).collect(),
-            crawls: Crawls::from([row.crawl_id.as_str()]),
-        }
-    }
-
-    /// Folds a later row of the same key in, as writing the two one after the other would:
-    /// the higher revision wins (the later on a tie); a row without a revision loses to one
-    /// with; two rows without merge their properties, the later's values over the earlier's.
-    /// One row per key in a statement keeps Cypher from reading a node's revision before an
-    /// earlier row of the same statement changed it.
-    fn absorb(&mut self, row: &'a NodeRow) {
-        self.crawls.insert(&row.crawl_id);
-        match (self.revision, row.revision) {
-            (Some(kept), Some(new)) if new < kept => {}
-            (Some(_), None) => {}
-            (_, Some(_)) => {
-                self.revision = row.revision;
-                self.props = row.props.iter().map(|(k, v)| (k.as_str(), v)).collect();
-            }
-            (None, None) => self
-                .props
-                .extend(row.props.iter().map(|(k, v)| (k.as_str(), v))),
-        }
-    }
-}
-
-/// An edge's start and revision, as the end-node statement checks them.
-type Start<'a> = (&'a str, Option<i64>);
-
-/// One end node's write: the crawls of its edges and their starts.
-type EndWrite<'a> = (Crawls<'a>, BTreeSet<Start<'a>>);
-
-/// One relationship's write: its crawls and highest revision.
-type EdgeWrite<'a> = (Crawls<'a>, Option<i64>);
-
-/// Groups rows by statement shape: node records (one write per key, in first-arrival order,
-/// see [`NodeWrite::absorb`]), then the distinct start nodes of the relationships, then their
-/// distinct end nodes per start label (each with the starts and revisions of its edges, so an
-/// end is only created for an edge that will be written), then the distinct relationships,
-/// each with the union of their crawls and their highest revision. Endpoints and
-/// relationships go in key order: two writers then lock shared nodes in the same order, which
-/// keeps deadlocks between them rare.
-pub fn statements(rows: &[&Row]) -> Vec<Query> {
-    let mut nodes: BTreeMap<Label, Vec<NodeWrite>> = BTreeMap::new();
-    let mut node_index: BTreeMap<(Label, &str), usize> = BTreeMap::new();
-    let mut starts: BTreeMap<Label, BTreeMap<&str, Crawls>> = BTreeMap::new();
-    let mut ends: BTreeMap<(Label, Label), BTreeMap<&str, EndWrite>> = BTreeMap::new();
-    let mut edges: BTreeMap<EdgeShape, BTreeMap<(&str, &str), EdgeWrite>> = BTreeMap::new();
-    for row in rows {
-        match row {
-            Row::Node(n) => {
-                let writes = nodes.entry(n.label).or_default();
-                match node_index.get(&(n.label, n.key.as_str())) {
-                    Some(&i) => writes[i].absorb(n),
-                    None => {
-                        node_index.insert((n.label, &n.key), writes.len());
-                        writes.push(NodeWrite::new(n));
-                    }
-                }
-            }
-            Row::Edge(e) => {
-                starts
-                    .entry(e.from_label)
-                    .or_default()
-                    .entry(&e.from)
-                    .or_default()
-                    .insert(&e.crawl_id);
-                let end = ends
-                    .entry((e.to_label, e.from_label))
-                    .or_default()
-                    .entry(&e.to)
-                    .or_default();
-                end.0.insert(&e.crawl_id);
-                end.1.insert((&e.from, e.revision));
-                let edge = edges
-                    .entry((e.rel, e.from_label, e.to_label))
-                    .or_default()
-                    .entry((&e.from, &e.to))
-                    .or_default();
-                edge.0.insert(&e.crawl_id);
-                edge.1 = edge.1.max(e.revision);
-            }
-        }
-    }
-    let mut queries = Vec::new();
-    // One statement per run of rows, all in the one transaction (see STATEMENT_BYTES).
-    // Node statements also take the writer's own property names (see `cypher::merge_nodes`).
-    let mut push = |text: String, rows: Vec<BoltType>, reserved: bool| {
-        for run in chunks(rows, text.len()) {
-            let query = neo4rs::query(&text).param("rows", BoltType::List(BoltList::from(run)));
-            queries.push(if reserved {
-                query.param("reserved", rows::crawls_param(rows::RESERVED_PROPS))
-            } else {
-                query
-            });
-        }
-    };
-    let map = |fields: Vec<(&str, BoltType)>| {
-        BoltType::Map(
-            fields
-                .into_iter()
-                .map(|(k, v)| (k.into(), v))
-                .collect::<neo4rs::BoltMap>(),
-        )
-    };
-    let revision = |fields: &mut Vec<(&str, BoltType)>, revision: Option<i64>| {
-        if let Some(r) = revision {
-            fields.push(("revision", r.into()));
-        }
-    };
-    for (label, writes) in nodes {
-        let rows = writes
-            .into_iter()
-            .map(|w| rows::node_param(w.key, w.props, w.revision, w.crawls))
-            .collect();
-        push(cypher::merge_nodes(label), rows, true);
-    }
-    for (label, keys) in starts {
-        let rows = keys
-            .into_iter()
-            .map(|(key, crawls)| {
-                map(vec![
-                    ("key", key.into()),
-                    ("crawls", rows::crawls_param(crawls)),
-                ])
-            })
-            .collect();
-        push(cypher::merge_endpoints(label), rows, false);
-    }
-    for ((to, from), keys) in ends {
-        let rows = keys
-            .into_iter()
-            .map(|(key, (crawls, froms))| {
-                let froms = froms
-                    .into_iter()
-                    .map(|(from, rev)| {
-                        let mut fields = vec![("key", from.into())];
-                        revision(&mut fields, rev);
-                        map(fields)
-                    })
-                    .collect::<Vec<_>>();
-                map(vec![
-                    ("key", key.into()),
-                    ("crawls", rows::crawls_param(crawls)),
-                    ("froms", BoltType::List(BoltList::from(froms))),
-                ])
-            })
-            .collect();
-        push(cypher::merge_ends(to, from), rows, false);
-    }
-    for ((rel, from, to), pairs) in edges {
-        let rows = pairs
-            .into_iter()
-            .map(|((a, b), (crawls, rev))| {
-                let mut fields = vec![
-                    ("from", a.into()),
-                    ("to", b.into()),
-                    ("crawls", rows::crawls_param(crawls)),
-                ];
-                revision(&mut fields, rev);
-                map(fields)
-            })
-            .collect();
-        push(cypher::merge_edges(rel, from, to), rows, false);
-    }
-    queries
-}
-
-/// The crawl ids of one endpoint or relationship within a batch.
-type Crawls<'a> = BTreeSet<&'a str>;
-
-/// A relationship statement's shape: its type and the labels it joins.
-type EdgeShape = (Rel, Label, Label);
 
 #[cfg(test)]
 mod tests {
@@ -498,23 +268,5 @@ mod tests {
             WriteError::classify_code("Neo.ClientError.Statement.TypeError", "m"),
             WriteError::Rejected(_)
         ));
-    }
-
-    #[test]
-    fn a_statement_stays_under_the_byte_budget_and_keeps_row_order() {
-        let rows: Vec<BoltType> = (0..1000)
-            .map(|i| BoltType::from(format!("/works/OL{i:0>60}W")))
-            .collect();
-        let runs = chunks(rows.clone(), 400);
-        assert!(runs.len() > 1);
-        assert!(
-            runs.iter()
-                .all(|run| 400 + run.iter().map(wire_size).sum::<usize>() <= STATEMENT_BYTES)
-        );
-        assert_eq!(runs.concat(), rows);
-
-        let huge = BoltType::from("x".repeat(3 * STATEMENT_BYTES));
-        let runs = chunks(vec![rows[0].clone(), huge.clone(), rows[1].clone()], 0);
-        assert_eq!(runs.len(), 3, "a row over the budget goes alone");
     }
 }

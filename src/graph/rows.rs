@@ -5,13 +5,15 @@
 //! label must match the key's prefix, the relationship type must be one of the fixed list and
 //! join the endpoints it allows, properties must be scalars or lists of one scalar type.
 //! Empty values (null, `""`, `[]`) are dropped here, which is how "an empty value never erases
-//! a known one" holds: the writer only ever sets the properties a row carries.
+//! a known one" holds: the writer only ever sets the properties a row carries. A node message
+//! marked `gone` becomes a [`GoneRow`] instead (see [`super::tombstone`]).
 
 use std::collections::BTreeMap;
 
 use neo4rs::{BoltList, BoltMap, BoltType};
 use serde_json::Value;
 
+pub use super::tombstone::GoneRow;
 use crate::message::{Edge, Label, Node, Rel};
 
 /// Longest key accepted. Neo4j's range index refuses entries of roughly 8 KB and more, and
@@ -59,6 +61,15 @@ pub enum RowError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A gone message the tombstone rules cannot order or file: no integer `revision`, a
+    /// redirect to a key of another kind (or to itself), or a record row that says it is gone.
+    #[error("invalid gone message for {key:?}: {why}")]
+    InvalidGone {
+        /// The key as received (truncated to a readable length).
+        key: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 impl RowError {
@@ -70,6 +81,7 @@ impl RowError {
             RowError::UnknownRel(_) => "unknown_rel",
             RowError::InvalidEdge { .. } => "invalid_edge",
             RowError::InvalidProp { .. } => "invalid_props",
+            RowError::InvalidGone { .. } => "invalid_gone",
         }
     }
 }
@@ -133,19 +145,33 @@ pub struct EdgeRow {
     pub revision: Option<i64>,
 }
 
-/// What the batch writer writes: a node or an edge.
+/// What the batch writer writes: a node, a record that is gone, or an edge.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
     /// A node record.
     Node(NodeRow),
+    /// A record that turned into a delete or a redirect: its tombstone.
+    Gone(GoneRow),
     /// A relationship.
     Edge(EdgeRow),
 }
 
 impl Row {
-    /// Whether this is a node row (for the results/edges metrics).
+    /// Whether this row came from the results topic (for the results/edges metrics): a
+    /// record or a gone record.
     pub fn is_node(&self) -> bool {
-        matches!(self, Row::Node(_))
+        matches!(self, Row::Node(_) | Row::Gone(_))
+    }
+
+    /// The row a results message carries: a [`GoneRow`] when it is marked `gone`, else a
+    /// [`NodeRow`]. The one entry point for results messages, so a gone message is never
+    /// merged as a record.
+    pub fn of_node(node: &Node) -> Result<Self, RowError> {
+        if node.gone.is_some() {
+            GoneRow::from_message(node).map(Row::Gone)
+        } else {
+            NodeRow::from_message(node).map(Row::Node)
+        }
     }
 }
 
@@ -164,11 +190,11 @@ pub fn parse_rel(text: &str) -> Option<Rel> {
     Rel::ALL.into_iter().find(|rel| rel.as_str() == text)
 }
 
-fn truncated(key: &str) -> String {
+pub(super) fn truncated(key: &str) -> String {
     key.chars().take(120).collect()
 }
 
-fn check_key(key: &str) -> Result<Label, RowError> {
+pub(super) fn check_key(key: &str) -> Result<Label, RowError> {
     let invalid = |why| RowError::InvalidKey {
         key: truncated(key),
         why,
@@ -184,7 +210,7 @@ fn check_key(key: &str) -> Result<Label, RowError> {
     Ok(label)
 }
 
-fn check_crawl(crawl_id: &str) -> Result<(), RowError> {
+pub(super) fn check_crawl(crawl_id: &str) -> Result<(), RowError> {
     if crawl_id.is_empty() {
         Err(RowError::EmptyCrawlId)
     } else {
@@ -250,8 +276,15 @@ fn prop(name: &str, value: &Value) -> Result<Option<PropValue>, RowError> {
 }
 
 impl NodeRow {
-    /// Checks a node message and keeps what the graph stores.
+    /// Checks a node message and keeps what the graph stores. A message marked `gone` is
+    /// refused here: its row is a [`GoneRow`] ([`Row::of_node`] picks the right one).
     pub fn from_message(node: &Node) -> Result<Self, RowError> {
+        if node.gone.is_some() {
+            return Err(RowError::InvalidGone {
+                key: truncated(&node.key),
+                why: "a gone message is not a record",
+            });
+        }
         check_crawl(&node.crawl_id)?;
         let label = check_key(&node.key)?;
         if label != node.label {
@@ -393,6 +426,7 @@ mod tests {
             label,
             props: serde_json::from_value(props).unwrap(),
             fetched_at: Utc::now(),
+            gone: None,
         }
     }
 
