@@ -102,7 +102,7 @@ async fn the_same_seed_serves_the_same_catalogue() {
 async fn every_served_shape_parses_with_the_parser() {
     let (sim, stop) = start(SMALL).await;
     let http = client();
-    let catalogue = sim.state.catalogue();
+    let catalogue = sim.state.catalogue_snapshot();
 
     let (status, body) = get(&http, &sim, "/works/OL1W.json").await;
     assert_eq!(status, StatusCode::OK);
@@ -824,7 +824,7 @@ async fn the_truth_follows_redirects_and_records_deletes_and_searches() {
         "--no-limit",
     ])
     .await;
-    let catalogue = sim.state.catalogue();
+    let catalogue = sim.state.catalogue_snapshot();
     let redirects = catalogue.redirects();
     // The fourth redirect (OL84W) chains through the third (OL83W).
     assert_eq!(redirects["/works/OL84W"], "/works/OL83W");

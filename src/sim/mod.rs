@@ -8,11 +8,28 @@
 //! crawl must build ([`Catalogue::reachable`]). Pointing `OPENLIBRARY_BASE_URL` at it
 //! instead of openlibrary.org is the only change a worker needs.
 //!
-//! Endpoints besides Open Library's: `GET /_sim/stats`, `GET|POST /_sim/faults`,
-//! `GET|POST /_sim/blocked`, `GET /_sim/reachable?seed=…&depth=…`, `GET /_sim/catalogue`,
-//! `POST /_sim/reset`. They are never limited, blocked nor counted.
+//! The catalogue changes while it is served, as Open Library's does: a change generator
+//! ([`Catalogue::apply_changes`]) edits, adds, merges, deletes and covers records, raising
+//! their revisions, and logs each change in Open Library's change feed, served at
+//! `/recentchanges.json`, `/recentchanges/<kind>.json`, `/recentchanges/YYYY/MM/DD.json` and
+//! `/recentchanges/YYYY/MM/DD/<kind>.json` (also `YYYY` and `YYYY/MM`) with `limit`
+//! (default 100, clamped to 1,000), `offset` (clamped to 10,000) and `bot=true|false`,
+//! newest first, like every Open Library path (limited, blocked, faulted and counted). A
+//! `limit` or `offset` that is not a non-negative integer counts as absent, as Open Library
+//! reads it; a date that is not one answers 404.
+//!
+//! Endpoints besides Open Library's, never limited, blocked nor counted:
+//! - `GET /_sim/stats`, `POST /_sim/reset`: the counts, and forgetting them;
+//! - `GET|POST /_sim/faults`, `GET|POST /_sim/blocked`: the faults and the blocked agents;
+//! - `GET /_sim/reachable?seed=…&depth=…`: the truth of a crawl of the current catalogue;
+//! - `GET /_sim/catalogue`: the current catalogue's sizes, subjects, redirects and deletes;
+//! - `POST /_sim/changes` `{"edits", "adds", "merges", "deletes", "covers", "per_second"?,
+//!   "seed"?}`: applies changes at once (`{"applied", "entries"}`) or, with `per_second`, in
+//!   the background at that rate (202 `{"scheduled"}`); `GET /_sim/changes`: `{"applied",
+//!   "pending", "last_id"}` ([`changes`]).
 
 pub mod catalogue;
+pub mod changes;
 pub mod dump;
 pub mod faults;
 pub mod limiter;
@@ -21,7 +38,7 @@ pub mod stats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -36,7 +53,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use self::catalogue::{Catalogue, CatalogueSpec, DumpRecord, Outcome, ReachEdge, Reachable};
+pub use self::catalogue::{
+    Catalogue, CatalogueSpec, ChangeEntry, ChangeKind, ChangePlan, ChangedRecord, DumpRecord,
+    FeedPeriod, FeedQuery, Outcome, ReachEdge, Reachable,
+};
+pub use self::changes::ChangesStatus;
+use self::changes::Generator;
 pub use self::faults::{Faults, Injected};
 use self::limiter::{Decision, Limiter, check_all};
 use self::open_library::open_library;
@@ -104,6 +126,11 @@ pub struct SimArgs {
     /// run time through `POST /_sim/blocked`.
     #[arg(long, env = "SIM_BLOCKED_USER_AGENTS", value_delimiter = ',', value_parser = parse_agent_pattern)]
     pub blocked_user_agents: Vec<String>,
+    /// Changes per second applied by a continuous generator (a fixed mix of every kind:
+    /// edits, adds, covers, merges, deletes), so a demo's change feed keeps moving; `0` (the
+    /// default) runs none. Changes can always be made on request (`POST /_sim/changes`).
+    #[arg(long, env = "SIM_CHANGES_PER_SECOND", default_value = "0", value_parser = changes::parse_rate)]
+    pub changes_per_second: f64,
     /// Faults to inject from the start.
     #[command(flatten)]
     pub faults: Faults,
@@ -188,9 +215,13 @@ pub enum SimError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// The simulator's shared state: the catalogue, the limiters, the faults and the counts.
+/// The simulator's shared state: the catalogue (changing under its change generators), the
+/// limiters, the faults and the counts.
 pub struct SimState {
-    catalogue: Catalogue,
+    catalogue: RwLock<Catalogue>,
+    generator: Mutex<Generator>,
+    /// Stops the background change generators with the server.
+    stop: CancellationToken,
     faults: RwLock<Faults>,
     blocked: RwLock<BlockedAgents>,
     ip_limiter: Option<Mutex<Limiter>>,
@@ -200,11 +231,19 @@ pub struct SimState {
 }
 
 impl SimState {
-    /// Builds the state for `args` (generates the catalogue).
+    /// Builds the state for `args` (generates the catalogue). Background change generators
+    /// it starts run until they are done (a plan) or for ever (a continuous one).
     pub fn new(args: &SimArgs) -> SimState {
+        SimState::stopped_by(args, CancellationToken::new())
+    }
+
+    /// [`SimState::new`] whose background change generators stop when `stop` is cancelled.
+    pub fn stopped_by(args: &SimArgs, stop: CancellationToken) -> SimState {
         let limited = !args.no_limit;
         SimState {
-            catalogue: Catalogue::generate(&args.spec()),
+            catalogue: RwLock::new(Catalogue::generate(&args.spec())),
+            generator: Mutex::new(Generator::default()),
+            stop,
             faults: RwLock::new(args.faults.clone()),
             blocked: RwLock::new(BlockedAgents {
                 user_agents: args.blocked_user_agents.clone(),
@@ -225,9 +264,27 @@ impl SimState {
         }
     }
 
-    /// The catalogue being served.
-    pub fn catalogue(&self) -> &Catalogue {
-        &self.catalogue
+    /// The catalogue being served, read-locked: changes wait until the guard is dropped, so
+    /// hold it briefly (never across a request to this simulator that changes it); a test
+    /// that keeps it longer takes [`SimState::catalogue_snapshot`].
+    pub fn catalogue(&self) -> RwLockReadGuard<'_, Catalogue> {
+        self.catalogue
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A copy of the catalogue as it is now (with its change log): what a test compares a
+    /// graph against while the simulator goes on changing.
+    pub fn catalogue_snapshot(&self) -> Catalogue {
+        self.catalogue().clone()
+    }
+
+    /// The catalogue, write-locked, carrying on after a panic elsewhere: a change is applied
+    /// whole under one lock, so a panicking reader leaves nothing half-written.
+    fn catalogue_mut(&self) -> RwLockWriteGuard<'_, Catalogue> {
+        self.catalogue
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The faults in force.
@@ -262,10 +319,10 @@ impl SimState {
         lock(&self.stats).clone()
     }
 
-    /// Forgets counts, attempt numbers and limiter buckets. The faults and the blocked
-    /// User-Agents stay: they are settings, not state, and a test that resets the counts
-    /// between phases keeps the world it set up (`POST /_sim/blocked` with an empty list
-    /// lifts a block).
+    /// Forgets counts, attempt numbers and limiter buckets. The faults, the blocked
+    /// User-Agents and the catalogue with its changes stay: they are the world, not counts,
+    /// and a test that resets the counts between phases keeps the world it set up
+    /// (`POST /_sim/blocked` with an empty list lifts a block).
     pub fn reset(&self) {
         *lock(&self.stats) = Stats::default();
         lock(&self.attempts).clear();
@@ -278,7 +335,7 @@ impl SimState {
     /// under the faults in force counted as failed.
     pub fn reachable(&self, seeds: &[String], limits: &CrawlLimits) -> Reachable {
         let faults = self.faults();
-        self.catalogue
+        self.catalogue()
             .reachable(seeds, limits, &|key| faults.always_fails(key))
     }
 }
@@ -318,7 +375,10 @@ pub async fn spawn(args: SimArgs, shutdown: CancellationToken) -> Result<Running
             source,
         })?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(SimState::new(&args));
+    let state = Arc::new(SimState::stopped_by(&args, shutdown.child_token()));
+    if args.changes_per_second > 0.0 {
+        state.run_continuous(args.changes_per_second);
+    }
     let app = router(state.clone());
     let limits = sim_limits(&args);
     let task = tokio::spawn(crate::api::http::serve(listener, app, limits, shutdown));
@@ -357,6 +417,10 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/_sim/reachable", get(get_reachable))
         .route("/_sim/catalogue", get(get_catalogue))
         .route("/_sim/reset", post(post_reset))
+        .route(
+            "/_sim/changes",
+            get(changes::get_changes).post(changes::post_changes),
+        )
         .fallback(open_library)
         .with_state(state)
 }
@@ -419,6 +483,8 @@ async fn get_catalogue(State(state): State<Arc<SimState>>) -> Json<Value> {
         "subjects": c.subject_keys(),
         "redirects": c.redirects(),
         "deleted": c.deleted(),
+        "changes": c.changes().len(),
+        "last_change_id": c.last_change_id(),
     }))
 }
 

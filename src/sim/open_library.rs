@@ -1,6 +1,6 @@
-//! The simulated Open Library itself: its routes, answered from the catalogue in the real
-//! shapes, to clients that are not blocked, under nginx-like per-IP and per-User-Agent
-//! limits and the injected faults.
+//! The simulated Open Library itself: its routes (records, lists, subjects, search and the
+//! change feed), answered from the catalogue in the real shapes, to clients that are not
+//! blocked, under nginx-like per-IP and per-User-Agent limits and the injected faults.
 
 use super::*;
 
@@ -12,8 +12,41 @@ pub(super) enum Route {
     WorkEditions(String),
     Subject(String),
     Search,
+    /// `/recentchanges[/YYYY[/MM[/DD]]][/<kind>].json`.
+    Changes {
+        period: Option<FeedPeriod>,
+        kind: Option<String>,
+    },
     Robots,
     Unknown,
+}
+
+/// Reads the segments after `/recentchanges` of a feed path: leading numeric segments are
+/// the date (which must be a real one), then at most one kind. `None` answers 404.
+fn feed_route(rest: &[&str]) -> Option<Route> {
+    let dated = rest
+        .iter()
+        .take_while(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .count();
+    let period = match dated {
+        0 => None,
+        n => Some(FeedPeriod::parse(&rest[..n])?),
+    };
+    let kind = match &rest[dated..] {
+        [] => None,
+        [kind] if is_kind(kind) => Some((*kind).to_owned()),
+        _ => return None,
+    };
+    Some(Route::Changes { period, kind })
+}
+
+/// A change kind as it may appear in a path: lower-case letters, digits and `-`. A kind
+/// the catalogue never logs answers an empty list, as Open Library's does.
+fn is_kind(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl Route {
@@ -33,6 +66,7 @@ impl Route {
             ["authors", id, "works"] => Route::AuthorWorks(format!("/authors/{id}")),
             ["works", id, "editions"] => Route::WorkEditions(format!("/works/{id}")),
             ["subjects", name] if !name.is_empty() => Route::Subject(stem.to_owned()),
+            ["recentchanges", rest @ ..] => feed_route(rest).unwrap_or(Route::Unknown),
             _ => Route::Unknown,
         }
     }
@@ -47,6 +81,7 @@ impl Route {
             Route::WorkEditions(_) => "work_editions",
             Route::Subject(_) => "subject",
             Route::Search => "search",
+            Route::Changes { .. } => "recentchanges",
             Route::Robots => "robots",
             Route::Unknown => "other",
         }
@@ -60,12 +95,13 @@ impl Route {
             | Route::AuthorWorks(k)
             | Route::WorkEditions(k)
             | Route::Subject(k) => Some(k),
-            Route::Search | Route::Robots | Route::Unknown => None,
+            Route::Search | Route::Changes { .. } | Route::Robots | Route::Unknown => None,
         }
     }
 }
 
-/// Open Library's robots.txt, in the parts that matter to a crawler.
+/// Open Library's robots.txt, in the parts that matter to a crawler: `/search` and `/api`
+/// are disallowed, everything else (records, lists, subjects, `/recentchanges`) allowed.
 pub(super) const ROBOTS_TXT: &str = "User-agent: *\nDisallow: /search\nDisallow: /api\n\nSitemap: /static/sitemaps/sitemap_index.xml\n";
 
 pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -251,6 +287,11 @@ pub(super) async fn open_library(
                 StatusCode::OK,
                 &catalogue.search(&q, limit, number(&pairs, "offset", 0)),
             )
+        }
+        Route::Changes { period, kind } => {
+            let query = FeedQuery::new(period, kind, &pairs);
+            let entries = catalogue.recent_changes(&query);
+            json_response(StatusCode::OK, &json!(entries))
         }
         Route::Robots | Route::Unknown => not_found(&path),
     }

@@ -16,10 +16,10 @@ impl Catalogue {
             "subjects": w.subjects,
             "covers": w.covers,
             "type": {"key": "/type/work"},
-            "revision": 3,
-            "latest_revision": 3,
-            "created": {"type": "/type/datetime", "value": "2009-10-15T11:34:21.437031"},
-            "last_modified": {"type": "/type/datetime", "value": "2021-03-01T09:00:00.000000"},
+            "revision": w.stamp.revision,
+            "latest_revision": w.stamp.revision,
+            "created": datetime(&w.created),
+            "last_modified": datetime(&w.stamp.last_modified),
         });
         if let Some(s) = &w.subtitle {
             v["subtitle"] = json!(s);
@@ -37,9 +37,9 @@ impl Catalogue {
             "personal_name": a.name,
             "birth_date": a.birth_date,
             "type": {"key": "/type/author"},
-            "revision": 2,
-            "latest_revision": 2,
-            "last_modified": {"type": "/type/datetime", "value": "2020-09-27T03:49:53.803346"},
+            "revision": a.stamp.revision,
+            "latest_revision": a.stamp.revision,
+            "last_modified": datetime(&a.stamp.last_modified),
         });
         if let Some(d) = &a.death_date {
             v["death_date"] = json!(d);
@@ -64,23 +64,26 @@ impl Catalogue {
             "subjects": e.subjects,
             "languages": [{"key": "/languages/eng"}],
             "type": {"key": "/type/edition"},
-            "revision": 4,
-            "latest_revision": 4,
-            "last_modified": {"type": "/type/datetime", "value": "2017-10-08T21:20:07.665236"},
+            "revision": e.stamp.revision,
+            "latest_revision": e.stamp.revision,
+            "last_modified": datetime(&e.stamp.last_modified),
         })
     }
 
-    pub(super) fn stub_json(key: &str, entry: &Entry) -> Value {
-        match entry {
-            Entry::Redirect(to) => json!({
-                "key": key, "location": to, "type": {"key": "/type/redirect"}, "revision": 2,
-                "last_modified": {"type": "/type/datetime", "value": "2019-01-01T00:00:00.000000"},
+    /// A redirect or delete record, with its own revision and `last_modified`. `None` for a
+    /// live entry (rendered from its data instead).
+    pub(super) fn stub_json(key: &str, entry: &Entry) -> Option<Value> {
+        Some(match entry {
+            Entry::Redirect { location, stamp } => json!({
+                "key": key, "location": location, "type": {"key": "/type/redirect"},
+                "revision": stamp.revision, "last_modified": datetime(&stamp.last_modified),
             }),
-            _ => json!({
-                "key": key, "type": {"key": "/type/delete"}, "revision": 3,
-                "last_modified": {"type": "/type/datetime", "value": "2019-01-01T00:00:00.000000"},
+            Entry::Deleted(stamp) => json!({
+                "key": key, "type": {"key": "/type/delete"}, "revision": stamp.revision,
+                "last_modified": datetime(&stamp.last_modified),
             }),
-        }
+            Entry::Work(_) | Entry::Author(_) | Entry::Edition(_) => return None,
+        })
     }
 
     fn entry_json(&self, key: &str) -> Option<Value> {
@@ -88,7 +91,7 @@ impl Catalogue {
             Entry::Work(i) => self.work_json(&self.works[*i]),
             Entry::Author(i) => self.author_json(&self.authors[*i]),
             Entry::Edition(i) => self.edition_json(&self.editions[*i]),
-            other => Self::stub_json(key, other),
+            other => Self::stub_json(key, other)?,
         })
     }
 
@@ -192,9 +195,7 @@ impl Catalogue {
     /// title or an author's name. Key order, so the same query gives the same docs.
     pub fn search_matches(&self, q: &str) -> Vec<usize> {
         let words: Vec<String> = q.split_whitespace().map(str::to_lowercase).collect();
-        self.works
-            .iter()
-            .enumerate()
+        self.live_works()
             .filter(|(_, w)| {
                 let text = std::iter::once(w.title.clone())
                     .chain(w.authors.iter().map(|a| self.author_name(a)))
@@ -237,6 +238,11 @@ impl Catalogue {
             "offset": null,
         })
     }
+}
+
+/// Open Library's datetime value: `{"type": "/type/datetime", "value": …}`.
+fn datetime(value: &str) -> Value {
+    json!({"type": "/type/datetime", "value": value})
 }
 
 pub(super) fn paged(

@@ -35,34 +35,33 @@ impl DumpRecord {
 }
 
 impl Catalogue {
-    /// Every record of the catalogue as a dump holds it: authors, works, editions, then the
-    /// redirects and deletes (in key order). Each JSON is rendered when the iterator reaches
-    /// it, so a writer holds one record at a time.
+    /// Every record of the catalogue as a dump of its current state holds it: the live
+    /// authors, works and editions (added ones last), then the redirects and deletes in key
+    /// order (records merged away or deleted by changes among them), each at its current
+    /// revision. Each JSON is rendered when the iterator reaches it, so a writer holds one
+    /// record at a time.
     pub fn dump_records(&self) -> impl Iterator<Item = DumpRecord> + '_ {
         let authors = self
-            .authors
-            .iter()
-            .map(|a| DumpRecord::of("/type/author", &a.key, self.author_json(a)));
+            .live_authors()
+            .map(|(_, a)| DumpRecord::of("/type/author", &a.key, self.author_json(a)));
         let works = self
-            .works
-            .iter()
-            .map(|w| DumpRecord::of("/type/work", &w.key, self.work_json(w)));
+            .live_works()
+            .map(|(_, w)| DumpRecord::of("/type/work", &w.key, self.work_json(w)));
         let editions = self
-            .editions
-            .iter()
-            .map(|e| DumpRecord::of("/type/edition", &e.key, self.edition_json(e)));
+            .live_editions()
+            .map(|(_, e)| DumpRecord::of("/type/edition", &e.key, self.edition_json(e)));
         let mut stale: Vec<(&String, &Entry)> = self
             .records
             .iter()
-            .filter(|(_, e)| matches!(e, Entry::Redirect(_) | Entry::Deleted))
+            .filter(|(_, e)| matches!(e, Entry::Redirect { .. } | Entry::Deleted(_)))
             .collect();
         stale.sort_by(|a, b| a.0.cmp(b.0));
-        let stale = stale.into_iter().map(|(key, entry)| {
+        let stale = stale.into_iter().filter_map(|(key, entry)| {
             let kind = match entry {
-                Entry::Redirect(_) => "/type/redirect",
+                Entry::Redirect { .. } => "/type/redirect",
                 _ => "/type/delete",
             };
-            DumpRecord::of(kind, key, Self::stub_json(key, entry))
+            Some(DumpRecord::of(kind, key, Self::stub_json(key, entry)?))
         });
         authors.chain(works).chain(editions).chain(stale)
     }

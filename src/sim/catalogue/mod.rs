@@ -1,5 +1,7 @@
-//! The simulator's synthetic catalogue: generated once from a seed and sizes, rendered in
-//! Open Library's real JSON shapes, and able to say exactly what a crawl must find.
+//! The simulator's synthetic catalogue: generated from a seed and sizes, rendered in Open
+//! Library's real JSON shapes, changed over time by a deterministic change generator
+//! ([`Catalogue::apply_changes`], logged as Open Library's change feed), and able to say
+//! exactly what a crawl must find.
 //!
 //! The truth ([`Catalogue::reachable`]) is computed by crawling the catalogue's own rendered
 //! responses through the project's parser ([`crate::crawl::parse`]) under the contract's crawl
@@ -19,11 +21,23 @@ use crate::crawl::parse::{
 use crate::message::{FailureReason, Label, Rel};
 
 mod answers;
+mod changes;
 mod dump;
+mod feed;
 mod reach;
+mod words;
 
+pub use changes::{ChangeKind, ChangePlan};
 pub use dump::DumpRecord;
+pub use feed::{
+    ChangeAuthor, ChangeEntry, ChangedRecord, FEED_DEFAULT_LIMIT, FEED_MAX_LIMIT, FEED_MAX_OFFSET,
+    FeedPeriod, FeedQuery,
+};
 pub use reach::{Outcome, ReachEdge, Reachable};
+use words::{FIRST, LAST, PUBLISHERS, QUALIFIERS, TOPICS, isbn, pick, skewed};
+
+/// The `last_modified` format of Open Library's records and change feed (UTC, microseconds).
+pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6f";
 
 /// How big a catalogue to generate, and from which seed. Same spec, same catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -85,9 +99,46 @@ impl Text {
     }
 }
 
+/// A record's revision and when it was written: every record carries its own, and every
+/// change that touches a record raises its revision by one and stamps it with the change's
+/// time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    revision: i64,
+    last_modified: String,
+}
+
+impl Stamp {
+    fn new(revision: i64, last_modified: &str) -> Stamp {
+        Stamp {
+            revision,
+            last_modified: last_modified.to_owned(),
+        }
+    }
+
+    /// The stamp of the next revision, written at `at`.
+    fn bumped(&self, at: &str) -> Stamp {
+        Stamp::new(self.revision + 1, at)
+    }
+}
+
+/// The generated records' stamps: what the catalogue served before it could change.
+const WORK_STAMP: (i64, &str) = (3, "2021-03-01T09:00:00.000000");
+const WORK_CREATED: &str = "2009-10-15T11:34:21.437031";
+const AUTHOR_STAMP: (i64, &str) = (2, "2020-09-27T03:49:53.803346");
+const EDITION_STAMP: (i64, &str) = (4, "2017-10-08T21:20:07.665236");
+const REDIRECT_STAMP: (i64, &str) = (2, "2019-01-01T00:00:00.000000");
+const DELETE_STAMP: (i64, &str) = (3, "2019-01-01T00:00:00.000000");
+
+fn stamp((revision, at): (i64, &str)) -> Stamp {
+    Stamp::new(revision, at)
+}
+
 #[derive(Debug, Clone)]
 struct Work {
     key: String,
+    stamp: Stamp,
+    created: String,
     title: String,
     subtitle: Option<String>,
     first_publish_date: String,
@@ -101,6 +152,7 @@ struct Work {
 #[derive(Debug, Clone)]
 struct Author {
     key: String,
+    stamp: Stamp,
     name: String,
     birth_date: String,
     death_date: Option<String>,
@@ -112,6 +164,7 @@ struct Author {
 #[derive(Debug, Clone)]
 struct Edition {
     key: String,
+    stamp: Stamp,
     work: String,
     title: String,
     publish_date: String,
@@ -130,13 +183,31 @@ struct Subject {
     works: Vec<String>,
 }
 
+/// What a key answers now. A work, author or edition that became a redirect or a delete
+/// keeps its data in its vector (indices stay valid) but answers through this entry.
 #[derive(Debug, Clone)]
 enum Entry {
     Work(usize),
     Author(usize),
     Edition(usize),
-    Redirect(String),
-    Deleted,
+    Redirect { location: String, stamp: Stamp },
+    Deleted(Stamp),
+}
+
+impl Entry {
+    fn redirect(location: String, stamp: Stamp) -> Entry {
+        Entry::Redirect { location, stamp }
+    }
+}
+
+/// The next fresh numeric ids: above every id the catalogue has ever used (live, redirect,
+/// delete or missing), so an added record never takes an old key.
+#[derive(Debug, Clone, Default)]
+struct NextIds {
+    work: u64,
+    author: u64,
+    edition: u64,
+    cover: i64,
 }
 
 /// A deterministic synthetic Open Library.
@@ -149,141 +220,9 @@ pub struct Catalogue {
     subjects: Vec<Subject>,
     subject_index: HashMap<String, usize>,
     records: HashMap<String, Entry>,
-}
-
-const ADJECTIVES: &[&str] = &[
-    "Silent",
-    "Crimson",
-    "Hidden",
-    "Last",
-    "Golden",
-    "Broken",
-    "Distant",
-    "Secret",
-    "Burning",
-    "Winter",
-    "Lost",
-    "Iron",
-    "Quiet",
-    "Wandering",
-    "Glass",
-    "Midnight",
-    "Northern",
-    "Paper",
-];
-const NOUNS: &[&str] = &[
-    "River",
-    "Garden",
-    "Kingdom",
-    "Lighthouse",
-    "Orchard",
-    "Harbour",
-    "Clock",
-    "Library",
-    "Forest",
-    "Mountain",
-    "Voyage",
-    "Letter",
-    "Mirror",
-    "Station",
-    "Island",
-    "Bridge",
-    "Tower",
-];
-const PLACES: &[&str] = &[
-    "Avalon",
-    "the North",
-    "Samarkand",
-    "the Sea",
-    "Lisbon",
-    "the Valley",
-    "Prague",
-    "Dawn",
-];
-const FIRST: &[&str] = &[
-    "Ada", "Bruno", "Clara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kiri",
-    "Lars", "Mira", "Nadia", "Oscar", "Priya", "Quentin", "Rosa", "Sven", "Tala",
-];
-const LAST: &[&str] = &[
-    "Almeida",
-    "Brandt",
-    "Castellanos",
-    "Dahl",
-    "Eriksen",
-    "Fontaine",
-    "Gallo",
-    "Hale",
-    "Ivanova",
-    "Jensen",
-    "Kowalski",
-    "Lindqvist",
-    "Moreau",
-    "Novak",
-    "Okafor",
-    "Petrov",
-];
-const TOPICS: &[&str] = &[
-    "Fantasy",
-    "Science Fiction",
-    "Mystery",
-    "History",
-    "Poetry",
-    "Romance",
-    "Biography",
-    "Travel",
-    "Philosophy",
-    "Adventure",
-    "Horror",
-    "Humor",
-    "Cooking",
-    "Music",
-    "Art",
-    "Mathematics",
-    "Astronomy",
-    "Botany",
-    "Sea Stories",
-    "Time Travel",
-    "Dragons",
-    "Detectives",
-    "Architecture",
-    "Folklore",
-    "War",
-    "Friendship",
-    "Childhood",
-    "Trains",
-    "Cats",
-    "Islands",
-];
-const QUALIFIERS: &[&str] = &[
-    "Fiction",
-    "Juvenile Literature",
-    "History",
-    "Criticism",
-    "Anthologies",
-    "Drama",
-];
-const PUBLISHERS: &[&str] = &[
-    "Harper Trophy",
-    "Puffin",
-    "Penguin",
-    "Gollancz",
-    "Minotauro",
-];
-
-/// Picks an index in `0..n` skewed towards small indices, so a few authors and subjects
-/// carry many works (the long tail of a real catalogue).
-fn skewed(rng: &mut StdRng, n: usize) -> usize {
-    let u: f64 = rng.random();
-    ((u * u * n as f64) as usize).min(n.saturating_sub(1))
-}
-
-fn pick<'a>(rng: &mut StdRng, list: &[&'a str]) -> &'a str {
-    list[rng.random_range(0..list.len())]
-}
-
-fn isbn(n: usize, len: usize) -> String {
-    let digits = format!("{:013}", 9_780_000_000_000u64 + n as u64 * 7919);
-    digits[digits.len() - len..].to_owned()
+    next: NextIds,
+    /// The change feed, oldest first (ids increase by one from 1).
+    log: Vec<ChangeEntry>,
 }
 
 impl Catalogue {
@@ -299,6 +238,7 @@ impl Catalogue {
                 let born = 1800 + rng.random_range(0..200);
                 Author {
                     key,
+                    stamp: stamp(AUTHOR_STAMP),
                     name: format!("{} {}", pick(&mut rng, FIRST), pick(&mut rng, LAST)),
                     birth_date: born.to_string(),
                     death_date: rng
@@ -349,20 +289,7 @@ impl Catalogue {
         for w in 0..spec.works {
             let key = format!("/works/OL{}W", spec.id_base + w as u64 + 1);
             records.insert(key.clone(), Entry::Work(w));
-            let title = match rng.random_range(0..3) {
-                0 => format!(
-                    "The {} {}",
-                    pick(&mut rng, ADJECTIVES),
-                    pick(&mut rng, NOUNS)
-                ),
-                1 => format!("{} of {}", pick(&mut rng, NOUNS), pick(&mut rng, PLACES)),
-                _ => format!(
-                    "{} {} of {}",
-                    pick(&mut rng, ADJECTIVES),
-                    pick(&mut rng, NOUNS),
-                    pick(&mut rng, PLACES)
-                ),
-            };
+            let title = words::title(&mut rng);
             let n_authors = match rng.random_range(0..10) {
                 0..6 => 1,
                 6..9 => 2,
@@ -418,6 +345,7 @@ impl Catalogue {
                 records.insert(ekey.clone(), Entry::Edition(n));
                 editions.push(Edition {
                     key: ekey,
+                    stamp: stamp(EDITION_STAMP),
                     work: key.clone(),
                     title: title.clone(),
                     publish_date: (year + e as i32 * 7).to_string(),
@@ -432,6 +360,8 @@ impl Catalogue {
             }
             works.push(Work {
                 key,
+                stamp: stamp(WORK_STAMP),
+                created: WORK_CREATED.to_owned(),
                 title,
                 subtitle: rng.random_bool(0.2).then(|| "A Novel".to_owned()),
                 first_publish_date: year.to_string(),
@@ -455,6 +385,12 @@ impl Catalogue {
             });
         }
 
+        let next = NextIds {
+            work: spec.id_base + (spec.works + spec.redirects + spec.deletes) as u64 + 1,
+            author: spec.id_base + (spec.authors + spec.missing_authors) as u64 + 1,
+            edition: spec.id_base + editions.len() as u64 + 1,
+            cover: 1_000_000 + spec.works as i64 * 3,
+        };
         let mut catalogue = Catalogue {
             spec: spec.clone(),
             works,
@@ -463,6 +399,8 @@ impl Catalogue {
             subjects,
             subject_index,
             records,
+            next,
+            log: Vec::new(),
         };
         if !catalogue.works.is_empty() {
             catalogue.add_redirects(&mut rng);
@@ -514,7 +452,10 @@ impl Catalogue {
                 (self.works[live].key.clone(), live)
             };
             targets.push(live);
-            self.records.insert(key.clone(), Entry::Redirect(location));
+            self.records.insert(
+                key.clone(),
+                Entry::redirect(location, stamp(REDIRECT_STAMP)),
+            );
             self.list_beside(live, &key);
             // An edition of the merged work still names the old key, as real editions do.
             if i % 2 == 0
@@ -529,7 +470,8 @@ impl Catalogue {
         let base = self.works.len() + self.spec.redirects;
         for i in 0..self.spec.deletes {
             let key = format!("/works/OL{}W", self.spec.id_base + (base + i) as u64 + 1);
-            self.records.insert(key.clone(), Entry::Deleted);
+            self.records
+                .insert(key.clone(), Entry::Deleted(stamp(DELETE_STAMP)));
             let live = rng.random_range(0..self.works.len());
             self.list_beside(live, &key);
         }
@@ -553,17 +495,17 @@ impl Catalogue {
 
     /// Keys of all live works, in key order: handy seeds for tests.
     pub fn work_keys(&self) -> Vec<String> {
-        self.works.iter().map(|w| w.key.clone()).collect()
+        self.live_works().map(|(_, w)| w.key.clone()).collect()
     }
 
-    /// Keys of all live authors.
+    /// Keys of all live authors (merged-away ones answer a redirect instead).
     pub fn author_keys(&self) -> Vec<String> {
-        self.authors.iter().map(|a| a.key.clone()).collect()
+        self.live_authors().map(|(_, a)| a.key.clone()).collect()
     }
 
-    /// Keys of all editions.
+    /// Keys of all live editions (those of deleted works are deleted too).
     pub fn edition_keys(&self) -> Vec<String> {
-        self.editions.iter().map(|e| e.key.clone()).collect()
+        self.live_editions().map(|(_, e)| e.key.clone()).collect()
     }
 
     /// Keys of all subjects (`/subjects/<name>`).
@@ -578,7 +520,7 @@ impl Catalogue {
         self.records
             .iter()
             .filter_map(|(k, e)| match e {
-                Entry::Redirect(to) => Some((k.clone(), to.clone())),
+                Entry::Redirect { location, .. } => Some((k.clone(), location.clone())),
                 _ => None,
             })
             .collect()
@@ -588,8 +530,32 @@ impl Catalogue {
     pub fn deleted(&self) -> BTreeSet<String> {
         self.records
             .iter()
-            .filter(|(_, e)| matches!(e, Entry::Deleted))
+            .filter(|(_, e)| matches!(e, Entry::Deleted(_)))
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// The works whose key still answers the work (not deleted or merged away), in order.
+    fn live_works(&self) -> impl Iterator<Item = (usize, &Work)> + '_ {
+        self.works
+            .iter()
+            .enumerate()
+            .filter(|(i, w)| matches!(self.records.get(&w.key), Some(Entry::Work(j)) if j == i))
+    }
+
+    /// The authors whose key still answers the author.
+    fn live_authors(&self) -> impl Iterator<Item = (usize, &Author)> + '_ {
+        self.authors
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| matches!(self.records.get(&a.key), Some(Entry::Author(j)) if j == i))
+    }
+
+    /// The editions whose key still answers the edition.
+    fn live_editions(&self) -> impl Iterator<Item = (usize, &Edition)> + '_ {
+        self.editions
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| matches!(self.records.get(&e.key), Some(Entry::Edition(j)) if j == i))
     }
 }
