@@ -26,6 +26,8 @@
 //!   the Neo4j store and migrations. It never uses [`crawl`], nor [`crawl`] it.
 //! - [`import`]: `bookworm import`, Open Library's dumps published as the same node and edge
 //!   messages a crawl publishes, through the worker's parser.
+//! - [`follow`]: `bookworm follow`, the change-feed follower that keeps the graph fresh by
+//!   enqueueing what changed into freshness crawls.
 //! - [`api`]: the HTTP API, the third service.
 //! - [`backend`]: the one constructor of every Redis client (`rediss://` and its CA file).
 //! - [`ops`]: the operator commands of `bookworm`.
@@ -39,6 +41,7 @@ pub mod bench;
 pub mod config;
 pub mod consumer;
 pub mod crawl;
+pub mod follow;
 pub mod graph;
 pub mod import;
 pub mod kafka;

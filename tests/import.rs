@@ -5,19 +5,17 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bookworm::crawl::parse::{RecordAnswer, parse_record};
 use bookworm::sim::{Catalogue, SimArgs};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
-use support::{
-    Process, TestTopics, eventually, free_port, fresh_id_base, neo4j, stack_env, unique,
-};
+use support::dump_graph::{Graph, graph_of, truth_of};
+use support::{Process, TestTopics, eventually, free_port, fresh_id_base, stack_env, unique};
 
 const BOOKWORM: &str = env!("CARGO_BIN_EXE_bookworm");
 
@@ -134,119 +132,6 @@ fn count(summary: &Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in {summary}"))
 }
 
-/// What the graph holds of one crawl id: nodes (key → (label, properties without the writer's
-/// own), stubs, and relationships `from|REL|to` → how many.
-#[derive(Debug, PartialEq)]
-struct Graph {
-    nodes: BTreeMap<String, (String, BTreeMap<String, Value>)>,
-    stubs: BTreeSet<String>,
-    rels: BTreeMap<String, i64>,
-}
-
-async fn graph_of(crawl_id: &str) -> Graph {
-    let graph = neo4j().await;
-    let mut rows = graph
-        .execute(
-            neo4rs::query(
-                "MATCH (n) WHERE $crawl IN n.crawls \
-                 RETURN n.key AS key, labels(n)[0] AS label, coalesce(n.stub, false) AS stub, \
-                        n {.*, updated_at: null, crawls: null, crawl_count: null, stub: null, key: null} AS props",
-            )
-            .param("crawl", crawl_id),
-        )
-        .await
-        .expect("nodes");
-    let (mut nodes, mut stubs) = (BTreeMap::new(), BTreeSet::new());
-    while let Some(row) = rows.next().await.expect("row") {
-        let key: String = row.get("key").expect("key");
-        if row.get::<bool>("stub").expect("stub") {
-            stubs.insert(key);
-            continue;
-        }
-        let props: BTreeMap<String, Value> = row.get("props").expect("props");
-        let props = props.into_iter().filter(|(_, v)| !v.is_null()).collect();
-        nodes.insert(key, (row.get("label").expect("label"), props));
-    }
-    let mut rows = graph
-        .execute(
-            neo4rs::query(
-                "MATCH (a)-[r]->(b) WHERE $crawl IN r.crawls \
-                 RETURN a.key AS from, type(r) AS rel, b.key AS to, r.revision AS revision",
-            )
-            .param("crawl", crawl_id),
-        )
-        .await
-        .expect("relationships");
-    let mut rels = BTreeMap::new();
-    while let Some(row) = rows.next().await.expect("row") {
-        let ends = (row.get::<String>("from"), row.get::<String>("to"));
-        let (Ok(from), Ok(to)) = ends else {
-            panic!("a relationship without its ends' keys: {row:?}");
-        };
-        let rel: String = row.get("rel").expect("type");
-        *rels.entry(format!("{from}|{rel}|{to}")).or_insert(0) += 1;
-    }
-    Graph { nodes, stubs, rels }
-}
-
-/// The graph an import of `lines` must give: every record's node with the parser's
-/// properties, subjects named as the records spell them, the records' relationships, and stubs
-/// for what they name that has no record. Computed from the dump lines themselves through the
-/// worker's parser, as the simulator computes a crawl's truth.
-fn truth_of<'a>(lines: impl Iterator<Item = &'a str>) -> Graph {
-    let mut nodes = BTreeMap::new();
-    let mut rels = BTreeMap::new();
-    let mut subjects: BTreeMap<String, String> = BTreeMap::new();
-    for line in lines {
-        let json = line.splitn(5, '\t').nth(4).expect("five columns");
-        let Ok(RecordAnswer::Entity(entity)) = parse_record(json.as_bytes()) else {
-            continue;
-        };
-        for (rel, to) in entity.outgoing(10) {
-            rels.insert(format!("{}|{}|{}", entity.key, rel.as_str(), to), 1);
-            if to.starts_with("/subjects/") {
-                let name = entity
-                    .links
-                    .subjects
-                    .iter()
-                    .find(|s| bookworm::crawl::parse::subject_key(s).as_deref() == Some(&to))
-                    .expect("a subject's spelling");
-                subjects.entry(to).or_insert_with(|| name.trim().to_owned());
-            }
-        }
-        // As the writer stores them: empty values (`""`, `[]`) are not stored.
-        let props = entity
-            .node_props()
-            .into_iter()
-            .filter(|(_, v)| v.as_str() != Some("") && v.as_array().is_none_or(|a| !a.is_empty()))
-            .collect();
-        nodes.insert(
-            entity.key.clone(),
-            (entity.label.as_str().to_owned(), props),
-        );
-    }
-    for (key, name) in subjects {
-        nodes.insert(
-            key,
-            (
-                "Subject".to_owned(),
-                BTreeMap::from([("name".to_owned(), json!(name))]),
-            ),
-        );
-    }
-    let stubs = rels
-        .keys()
-        .flat_map(|r| {
-            let mut parts = r.split('|');
-            [parts.next(), parts.nth(1)]
-        })
-        .flatten()
-        .filter(|k| !nodes.contains_key(*k))
-        .map(str::to_owned)
-        .collect();
-    Graph { nodes, stubs, rels }
-}
-
 fn gunzip(path: &Path) -> String {
     use std::io::Read;
     let mut text = String::new();
@@ -256,18 +141,18 @@ fn gunzip(path: &Path) -> String {
     text
 }
 
-/// Waits until the graph of `crawl_id` has as many nodes and relationships as `truth`.
+/// Waits until the graph of `crawl_id` is `truth`, or the deadline passes; the graph as last
+/// read either way, for the caller's assertions to show any difference. (Waiting only for the
+/// counts read a graph whose last batch was still being written.)
 async fn caught_up(crawl_id: &str, truth: &Graph) -> Graph {
-    eventually(
-        "the graph to hold the import",
-        Duration::from_secs(120),
-        || async move {
-            let graph = graph_of(crawl_id).await;
-            (graph.nodes.len() >= truth.nodes.len() && graph.rels.len() >= truth.rels.len())
-                .then_some(graph)
-        },
-    )
-    .await
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let graph = graph_of(crawl_id).await;
+        if graph == *truth || std::time::Instant::now() > deadline {
+            return graph;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Import equals truth: the simulator's dump imported through Kafka and a graph writer is

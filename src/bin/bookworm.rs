@@ -61,6 +61,9 @@ enum Command {
     /// Load Open Library dump files into the graph: publish each record's node and
     /// relationships as a crawl would, for the graph writers to write (resumable, shardable).
     Import(bookworm::config::import::ImportArgs),
+    /// Follow Open Library's change feed (a long-running service): every changed record whose
+    /// revision is newer than the graph's is refreshed through a freshness crawl.
+    Follow(Box<bookworm::config::follow::FollowArgs>),
     /// Lift Open Library's User-Agent block: every worker sends again (within a second), and
     /// blocked crawls go on where they stopped. Run it once the cause is fixed.
     Unblock(UnblockArgs),
@@ -144,6 +147,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dlq(DlqCommand::Replay(args)) => commands::dlq_replay(args).await,
         Command::Graph(args) => commands::graph(args).await,
         Command::Unblock(args) => commands::unblock(args).await,
+        Command::Follow(args) => bookworm::follow::service::run(*args, shutdown::on_signal())
+            .await
+            .context("following the change feed"),
         Command::Import(args) => {
             let summary = bookworm::import::service::run(args, shutdown::on_signal()).await?;
             println!("{}", serde_json::to_string(&summary)?);

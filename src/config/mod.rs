@@ -14,6 +14,7 @@ use clap::{Args, ValueEnum};
 
 mod api;
 mod egress;
+pub mod follow;
 pub mod import;
 pub mod ops;
 mod parse;

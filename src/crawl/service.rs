@@ -130,7 +130,7 @@ pub async fn run(args: WorkerArgs, shutdown: CancellationToken) -> Result<(), Wo
 }
 
 /// The Open Library client's settings from `EgressArgs`.
-fn fetch_settings(args: &EgressArgs) -> FetchSettings {
+pub fn fetch_settings(args: &EgressArgs) -> FetchSettings {
     FetchSettings {
         origin: args.origin.openlibrary_base_url.clone(),
         respect_robots: args.respect_robots_txt,
@@ -149,7 +149,7 @@ fn fetch_settings(args: &EgressArgs) -> FetchSettings {
 }
 
 /// The egress pool's settings from `EgressArgs`.
-fn pool_settings(args: &EgressArgs) -> PoolSettings {
+pub fn pool_settings(args: &EgressArgs) -> PoolSettings {
     let origin = &args.origin.openlibrary_base_url;
     PoolSettings {
         egresses: args.proxy_pool.0.clone(),

@@ -421,3 +421,70 @@ impl ApiMetrics {
         })
     }
 }
+
+/// What `bookworm follow` counts: how far behind the change feed the graph is, and what the
+/// feed cost and brought.
+#[derive(Clone)]
+pub struct FollowMetrics {
+    /// Seconds from the newest change read to now: grows while the follower is behind (or
+    /// the feed is quiet), drops as it catches up.
+    pub cursor_lag_seconds: IntGauge,
+    /// Change entries read from the feed (each once).
+    pub changes_seen: IntCounter,
+    /// Keys enqueued into freshness crawls.
+    pub keys_enqueued: IntCounter,
+    /// Keys not enqueued, by reason: `not_newer` (the graph holds that revision or a newer
+    /// one), `other_record` (not a work, author or edition).
+    pub keys_skipped: IntCounterVec,
+    /// 1 while this replica holds the cursor's lease.
+    pub leader: IntGauge,
+    /// Rounds that failed (feed, Redis, Neo4j or Kafka), retried next round.
+    pub round_errors: IntCounter,
+    /// (Day, kind) reads that hit the feed's 11,000-entry cap: changes this follower could not
+    /// see; a crawl or the next dump has to bring them.
+    pub capped_reads: IntCounter,
+}
+
+impl FollowMetrics {
+    /// Registers the follower's metrics.
+    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        Ok(Self {
+            cursor_lag_seconds: gauge(
+                registry,
+                "relentless_follow_cursor_lag_seconds",
+                "Seconds from the newest change read to now.",
+            )?,
+            changes_seen: counter(
+                registry,
+                "relentless_follow_changes_seen_total",
+                "Change entries read from the feed.",
+            )?,
+            keys_enqueued: counter(
+                registry,
+                "relentless_follow_keys_enqueued_total",
+                "Changed keys enqueued into freshness crawls.",
+            )?,
+            keys_skipped: counter_vec(
+                registry,
+                "relentless_follow_keys_skipped_total",
+                "Changed keys not enqueued, by reason.",
+                &["reason"],
+            )?,
+            leader: gauge(
+                registry,
+                "relentless_follow_leader",
+                "1 while this replica holds the cursor's lease.",
+            )?,
+            round_errors: counter(
+                registry,
+                "relentless_follow_round_errors_total",
+                "Follower rounds that failed and were retried.",
+            )?,
+            capped_reads: counter(
+                registry,
+                "relentless_follow_capped_reads_total",
+                "Day and kind reads that hit the feed's entry cap.",
+            )?,
+        })
+    }
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod dump_graph;
 pub mod egress;
 pub mod graph;
 pub mod relay;
