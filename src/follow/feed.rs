@@ -9,6 +9,8 @@
 //! never skipped. A (day, kind) with more than 11,000 new entries cannot be read whole; that
 //! is reported, not hidden ([`DayKindRead::capped`]).
 
+use std::collections::HashSet;
+
 use chrono::{NaiveDate, NaiveDateTime};
 use serde::{Deserialize, Deserializer};
 
@@ -126,6 +128,9 @@ pub async fn read_since(
     after: u64,
 ) -> Result<DayKindRead, FeedError> {
     let mut read = DayKindRead::default();
+    // Ids already taken: a page shifted by new entries repeats some, and a capped read holds
+    // 11,000 entries, too many to search linearly for each.
+    let mut seen = HashSet::new();
     let mut offset = 0;
     loop {
         let path = page_path(day, kind, offset);
@@ -152,7 +157,7 @@ pub async fn read_since(
                 reached = true;
                 break;
             }
-            if !read.entries.iter().any(|e| e.id == entry.id) {
+            if seen.insert(entry.id) {
                 read.entries.push(entry);
             }
         }
