@@ -12,8 +12,12 @@
 #                                             and 1 M nodes (~1.5 hours), their per-node
 #                                             costs in docs/perf/scale.{md,csv}
 #   scripts/bench.sh scale --nodes 10000,100000   smaller points only
+#   scripts/bench.sh import [WORKS] [AUTHORS]  the dump import's scale point (default 1 M works,
+#                                             300 k authors, one edition each: ~1 hour),
+#                                             printed for docs/performance.md; WRITERS=N
+#                                             graph writers (default 2)
 #
-# The scale points run on a stack of their own (STACK_DIR=.stack/scale, ports +100), wiped
+# The scale and import points run on a stack of their own (STACK_DIR=.stack/scale, ports +100), wiped
 # before the run and stopped after it, so its Redis, Neo4j and Kafka deltas are the crawls'
 # alone, whatever the test stack holds.
 #
@@ -30,6 +34,19 @@ cd "$ROOT"
 if [[ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf && -z "${BENCH_FONT:-}" ]]; then
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo=sudo
   $sudo apt-get install -y --no-install-recommends fonts-dejavu-core
+fi
+
+if [[ ${1:-} == import ]]; then
+  shift
+  export STACK_DIR=$ROOT/.stack/scale STACK_PORT_OFFSET=100
+  bash scripts/stack.sh down
+  rm -rf "$STACK_DIR/data"
+  trap 'bash scripts/stack.sh down' EXIT
+  bash scripts/stack.sh up
+  cargo build --release --bins
+  WRITERS=${WRITERS:-2} EDITIONS_PER_WORK=${EDITIONS_PER_WORK:-1} \
+    bash scripts/import-measure.sh "${1:-1000000}" "${2:-300000}"
+  exit
 fi
 
 if [[ ${1:-} == scale ]]; then
