@@ -265,12 +265,13 @@ async fn a_claim_from_before_tags_still_belongs_to_its_claimer() {
         vec![true],
         "its claimer does"
     );
-    // Written the old way again, then its claimer is dead-lettered before the child's job
-    // began: the claim is released.
+    // Written the old way again (as adopting the legacy pending set leaves it: marked
+    // pending), then its claimer is dead-lettered before the child's job began: the claim is
+    // released.
     redis::cmd("HSET")
         .arg(&claims)
         .arg("/authors/OL1A")
-        .arg("1|0|/works/OL1W")
+        .arg("+1|0|/works/OL1W")
         .query_async::<()>(&mut redis)
         .await
         .unwrap();
@@ -785,6 +786,29 @@ async fn cancelled_crawls_expire_and_a_replay_keeps_the_state_while_it_runs() {
     );
 }
 
+/// A cancelled crawl's keys in flight are in flight until its working state expires, and
+/// none afterwards: the pending count is a summary field, but it is not read without the
+/// claims it counts (their late jobs, which would have settled them, are dropped unseen).
+#[tokio::test]
+async fn a_cancelled_crawl_has_nothing_in_flight_once_its_claims_expire() {
+    let (store, id) = store_with_crawl(&["/works/OL1W", "/works/OL2W"], 100).await;
+    let store = store.with_retention(Duration::from_secs(1));
+    assert!(store.cancel(&id).await.unwrap());
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(status.counters.in_flight, 2, "{status:?}");
+    eventually("the claims to expire", Duration::from_secs(10), || async {
+        let status = store.status(&id).await.unwrap().expect("the summary stays");
+        (status.counters.in_flight == 0).then_some(())
+    })
+    .await;
+    let status = store.status(&id).await.unwrap().expect("the summary stays");
+    assert_eq!(status.state, CrawlState::Cancelled);
+    assert_eq!(
+        store.backlogs(std::slice::from_ref(&id)).await.unwrap(),
+        vec![0]
+    );
+}
+
 /// Issue 18 (why `edges` still dedupes per relationship): one relationship is published by
 /// both of its ends, the work from its record and the author from its works page, and the
 /// graph holds it once. Counting each node's edges with its outcome would count it twice, so
@@ -1086,4 +1110,216 @@ async fn a_corrupt_crawl_does_not_break_the_listing() {
         .query_async::<()>(&mut redis)
         .await
         .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A crawl running across the upgrade to the pending mark (issue 18)
+
+/// Writes a running crawl `id` in the layout from before the pending mark: claims without
+/// it, a `pending` set of the keys in flight, and no pending counter. Its seed `/works/OL1W`
+/// has run (its node counted) and claimed `children` at depth 1, all in flight, under its
+/// whole claimer name (as claims from before tags read).
+async fn write_legacy_crawl(id: &str, children: &[String]) {
+    let mut redis = support::egress::redis().await;
+    let base = format!("bookworm:crawl:{{{id}}}");
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .hset_multiple(
+            format!("{base}:meta"),
+            &[
+                ("state", "running"),
+                ("seeds", r#"["/works/OL1W"]"#),
+                ("max_depth", "2"),
+                ("max_nodes", "1000"),
+                ("created_at", now.as_str()),
+                ("updated_at", now.as_str()),
+            ],
+        )
+        .ignore()
+        .hset(format!("{base}:claims"), "/works/OL1W", "0|seed*")
+        .ignore();
+    for key in children {
+        pipe.hset(format!("{base}:claims"), key, "1|0|/works/OL1W")
+            .ignore()
+            .sadd(format!("{base}:pending"), key)
+            .ignore();
+    }
+    pipe.hset_multiple(
+        format!("{base}:counters"),
+        &[
+            ("enqueued", 1 + children.len() as u64),
+            ("fetched", 1),
+            ("nodes:Work", 1),
+        ],
+    )
+    .ignore();
+    pipe.query_async::<()>(&mut redis).await.unwrap();
+}
+
+/// The legacy pending set's size, the pending counter, and the claims that carry the
+/// pending mark, read raw.
+async fn pending_layout(id: &str) -> (u64, Option<u64>, u64) {
+    let mut redis = support::egress::redis().await;
+    let base = format!("bookworm:crawl:{{{id}}}");
+    let (legacy, counter, claims): (u64, Option<u64>, Vec<String>) = redis::pipe()
+        .scard(format!("{base}:pending"))
+        .hget(format!("{base}:counters"), "pending")
+        .hvals(format!("{base}:claims"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let marked = claims.iter().filter(|c| c.starts_with('+')).count() as u64;
+    (legacy, counter, marked)
+}
+
+/// A crawl that was running when the pending set gave way to the pending mark reads the same
+/// throughout: its set counts as pending until its members are adopted (the key a script
+/// touches at once, the others a batch per script), nothing is counted twice however jobs
+/// are redelivered, the set disappears, and the crawl is done when its last key finishes.
+#[tokio::test]
+async fn a_crawl_running_across_the_upgrade_adopts_its_pending_set_and_ends_done() {
+    let store = CrawlStore::connect(&stack_env("REDIS_URL"))
+        .await
+        .expect("redis reachable");
+    let id = unique("legacy");
+    let children: Vec<String> = (0..250).map(|i| format!("/authors/OL{i}A")).collect();
+    write_legacy_crawl(&id, &children).await;
+
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(status.state, CrawlState::Running);
+    assert_eq!(status.counters.in_flight, 250, "{status:?}");
+    assert_eq!(
+        store.backlogs(std::slice::from_ref(&id)).await.unwrap(),
+        vec![250]
+    );
+
+    // The first job to begin adopts its own key and a batch of the others.
+    assert!(matches!(
+        store.begin(&id, &children[0], 1).await.unwrap(),
+        Begin::Run { .. }
+    ));
+    let (legacy, counter, marked) = pending_layout(&id).await;
+    assert!(legacy < 249, "a batch was adopted: {legacy} left");
+    assert_eq!(legacy + counter.unwrap_or(0), 250);
+    assert_eq!(counter, Some(marked));
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(status.counters.in_flight, 250, "{status:?}");
+
+    // It claims a grandchild and finishes, twice (redelivered).
+    assert_eq!(
+        store
+            .claim(&id, "1|/authors/OL0A", 1000, &[child("/works/OL9W", 2)])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    for _ in 0..2 {
+        store
+            .finish(
+                &id,
+                &children[0],
+                1,
+                &node(&children[0], Label::Author, &[]),
+            )
+            .await
+            .unwrap();
+    }
+    // The seed's job, redelivered, re-enqueues its own pending child (a legacy claim under
+    // its whole claimer name), without counting it pending twice.
+    assert_eq!(
+        store
+            .claim(&id, "0|/works/OL1W", 1000, &[child(&children[1], 1)])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    // One child is dead-lettered, the others are fetched (each outcome recorded twice).
+    for (i, key) in children.iter().enumerate().skip(1) {
+        assert!(matches!(
+            store.begin(&id, key, 1).await.unwrap(),
+            Begin::Run { .. }
+        ));
+        let outcome = if i == 2 {
+            Finish::Failed(FailureReason::Http5xx)
+        } else {
+            node(key, Label::Author, &[])
+        };
+        for _ in 0..2 {
+            store.finish(&id, key, 1, &outcome).await.unwrap();
+        }
+    }
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(status.state, CrawlState::Running, "{status:?}");
+    assert_eq!(status.counters.in_flight, 1, "the grandchild: {status:?}");
+    assert_eq!(pending_layout(&id).await, (0, Some(1), 1));
+
+    assert!(matches!(
+        store.begin(&id, "/works/OL9W", 2).await.unwrap(),
+        Begin::Run { .. }
+    ));
+    store
+        .finish(
+            &id,
+            "/works/OL9W",
+            2,
+            &node("/works/OL9W", Label::Work, &[]),
+        )
+        .await
+        .unwrap();
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(status.state, CrawlState::Done, "{status:?}");
+    assert_eq!(status.counters.in_flight, 0);
+    // The seed, 249 authors and the grandchild; the seed's 250 children, the grandchild and
+    // the re-enqueue.
+    assert_eq!(status.counters.fetched, 251);
+    assert_eq!(status.counters.nodes.get("Author"), Some(&249));
+    assert_eq!(status.counters.nodes.get("Work"), Some(&2));
+    assert_eq!(status.counters.failed.get("http_5xx"), Some(&1));
+    assert_eq!(status.counters.enqueued, 253);
+    assert_eq!(pending_layout(&id).await, (0, Some(0), 0));
+    let mut redis = support::egress::redis().await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(format!("bookworm:crawl:{{{id}}}:pending"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!exists, "the legacy set is gone");
+}
+
+/// A crawl from before the pending mark that is paused and cancelled skips each key in
+/// flight once: its held job at the cancel, the others when their (redelivered) jobs begin.
+#[tokio::test]
+async fn a_cancelled_crawl_from_before_the_upgrade_skips_each_key_once() {
+    let store = CrawlStore::connect(&stack_env("REDIS_URL"))
+        .await
+        .expect("redis reachable");
+    let id = unique("legacy");
+    let children: Vec<String> = (0..3).map(|i| format!("/authors/OL{i}A")).collect();
+    write_legacy_crawl(&id, &children).await;
+    assert_eq!(store.pause(&id).await.unwrap(), store::Pause::Paused);
+    assert_eq!(
+        store.begin(&id, &children[0], 1).await.unwrap(),
+        Begin::Held
+    );
+    assert!(store.cancel(&id).await.unwrap());
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(status.state, CrawlState::Cancelled);
+    assert_eq!(
+        (status.counters.skipped, status.counters.in_flight),
+        (1, 2),
+        "{status:?}"
+    );
+    for key in &children {
+        for _ in 0..2 {
+            assert_eq!(store.begin(&id, key, 1).await.unwrap(), Begin::Cancelled);
+        }
+    }
+    let status = store.status(&id).await.unwrap().expect("status");
+    assert_eq!(
+        (status.counters.skipped, status.counters.in_flight),
+        (3, 0),
+        "{status:?}"
+    );
+    assert_eq!(pending_layout(&id).await, (0, Some(0), 0));
 }

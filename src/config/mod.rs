@@ -358,7 +358,7 @@ pub struct CrawlArgs {
     #[arg(long, env = "MAX_EDITIONS_PER_WORK", default_value_t = defaults::MAX_EDITIONS_PER_WORK)]
     pub max_editions_per_work: usize,
 
-    /// How long a done or cancelled crawl's working state (claims, pending keys, per-key
+    /// How long a done or cancelled crawl's working state (claims, per-key hashes and
     /// sets) is kept in Redis; its summary (state, seeds, times, counters) stays. Without it
     /// Redis grows with every crawl ever run until it refuses writes.
     #[arg(long, env = "CRAWL_RETENTION", default_value = "7d", value_parser = parse_duration)]

@@ -1,33 +1,37 @@
-local meta, claims, pending, counters, started, held =
+local meta, claims, legacy, counters, started, held =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[8], KEYS[10]
 local key, depth, job = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local state = redis.call('HGET', meta, 'state')
 if not state then return {'unknown'} end
+local claim = redis.call('HGET', claims, key)
+local claimed_depth = claim and parse_claim(claim)
 if state == 'cancelled' then
-  if redis.call('SREM', pending, key) == 1 then redis.call('HINCRBY', counters, 'skipped', 1) end
+  -- A job of a cancelled crawl is skipped, once: a redelivery finds its key no longer
+  -- pending. A legacy member (claim_value.lua) counts as pending whatever its claim reads.
+  local skipped = redis.call('SREM', legacy, key) == 1
+  if claimed_depth and settle_claim(claims, counters, key) then skipped = true end
+  if skipped then redis.call('HINCRBY', counters, 'skipped', 1) end
+  drain_legacy(claims, legacy, counters)
   return {'cancelled'}
 end
-local claim = redis.call('HGET', claims, key)
+if claim and not claimed_depth then
+  return redis.error_reply('CORRUPT claim of ' .. key .. ' is ' .. claim)
+end
+adopt_legacy(claims, legacy, counters, key)
+drain_legacy(claims, legacy, counters)
 if not claim then
   -- A job nobody claimed (a replayed DLQ record, or the late job of a child whose failed
   -- parent released its claim): claim it for itself.
-  redis.call('HSET', claims, key, depth .. '|replay')
-  redis.call('SADD', pending, key)
+  set_claim(claims, counters, key, depth, 'replay', false, true)
   redis.call('HINCRBY', counters, 'enqueued', 1)
   if state == 'done' then
     redis.call('HSET', meta, 'state', 'running')
     state = 'running'
     keep_working()
   end
-else
-  local claimed_depth = parse_claim(claim)
-  if not claimed_depth then
-    return redis.error_reply('CORRUPT claim of ' .. key .. ' is ' .. claim)
-  end
-  if claimed_depth < depth or redis.call('SISMEMBER', pending, key) == 0 then
-    redis.call('HINCRBY', counters, 'duplicates', 1)
-    return {'duplicate'}
-  end
+elseif claimed_depth < depth or not pending_claim(claims, key) then
+  redis.call('HINCRBY', counters, 'duplicates', 1)
+  return {'duplicate'}
 end
 -- The key's job at this depth has begun: a failed parent no longer releases its claim. A
 -- held job counts as begun too: its job exists (in the held hash), and will run on resume.

@@ -1,4 +1,4 @@
-local meta, claims, pending, counters, offspring = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local meta, claims, legacy, counters, offspring = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local max_nodes, claimer = tonumber(ARGV[1]), ARGV[2]
 local tag = claimer_tag(claimer)
 local state = redis.call('HGET', meta, 'state')
@@ -10,6 +10,8 @@ for i = 3, #ARGV, 2 do
     return redis.error_reply('CORRUPT claim of ' .. ARGV[i] .. ' is ' .. claim)
   end
 end
+for i = 3, #ARGV, 2 do adopt_legacy(claims, legacy, counters, ARGV[i]) end
+drain_legacy(claims, legacy, counters)
 local held = redis.call('HGET', offspring, claimer)
 local owned, order = {}, {}
 if held then
@@ -21,8 +23,8 @@ local out = {}
 for i = 3, #ARGV, 2 do
   local key, depth = ARGV[i], tonumber(ARGV[i + 1])
   local claim = redis.call('HGET', claims, key)
-  local claimed_depth, claimed_by, counted
-  if claim then claimed_depth, claimed_by, counted = parse_claim(claim) end
+  local claimed_depth, claimed_by, counted, pending
+  if claim then claimed_depth, claimed_by, counted, pending = parse_claim(claim) end
   local enqueue = 0
   if state ~= 'running' and state ~= 'paused' then
     -- A paused crawl still claims the children of jobs that were running when it paused:
@@ -38,13 +40,12 @@ for i = 3, #ARGV, 2 do
     if claimed_depth > depth then
       enqueue = 1
     elseif claimed_depth == depth and (claimed_by == tag or claimed_by == claimer)
-        and redis.call('SISMEMBER', pending, key) == 1 then
+        and pending then
       enqueue = 1
     end
   end
   if enqueue == 1 then
-    redis.call('HSET', claims, key, claim_value(depth, tag, counted))
-    redis.call('SADD', pending, key)
+    set_claim(claims, counters, key, depth, tag, counted, true)
     redis.call('HINCRBY', counters, 'enqueued', 1)
     if not owned[key] then owned[key] = true; order[#order + 1] = key end
   end

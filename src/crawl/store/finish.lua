@@ -1,4 +1,4 @@
-local meta, claims, pending, counters, nodes, edges, failures, started, offspring, sketch =
+local meta, claims, legacy, counters, nodes, edges, failures, started, offspring, sketch =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[11]
 local retention, exact_edges = tonumber(ARGV[1]), tonumber(ARGV[2])
 local key, depth, outcome, now = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
@@ -14,10 +14,10 @@ local claimed_depth = claim and parse_claim(claim)
 if claim and not claimed_depth then
   return redis.error_reply('CORRUPT claim of ' .. key .. ' is ' .. claim)
 end
+adopt_legacy(claims, legacy, counters, key)
+drain_legacy(claims, legacy, counters)
 -- A shorter path may have re-claimed the key meanwhile: its own job clears it.
-if not claim or claimed_depth >= depth then
-  redis.call('SREM', pending, key)
-end
+if claim and claimed_depth >= depth then settle_claim(claims, counters, key) end
 if redis.call('HGET', started, key) == tostring(depth) then redis.call('HDEL', started, key) end
 -- The children this job claimed: once its outputs are acknowledged their jobs exist; once it
 -- is dead-lettered those whose job never began are released (below), so none waits forever
@@ -32,9 +32,9 @@ if outcome == 'node' then
   local count = false
   local node_claim = redis.call('HGET', claims, node_key)
   if node_key == key and node_claim then
-    local claim_depth, by, counted = parse_claim(node_claim)
+    local claim_depth, by, counted, pending = parse_claim(node_claim)
     if not counted then
-      redis.call('HSET', claims, key, claim_value(claim_depth, by, true))
+      redis.call('HSET', claims, key, claim_value(claim_depth, by, true, pending))
       count = redis.call('HEXISTS', nodes, key) == 0
     end
   elseif not counted_claim(claims, node_key) then
@@ -76,26 +76,27 @@ elseif outcome == 'failed' then
   -- published after all claims it anew when it begins.
   local tag = claimer_tag(claimer)
   for child in string.gmatch(held or '', '[^\n]+') do
+    adopt_legacy(claims, legacy, counters, child)
     local child_claim = redis.call('HGET', claims, child)
-    local child_depth, by, counted = nil, nil, false
-    if child_claim then child_depth, by, counted = parse_claim(child_claim) end
-    if (by == tag or by == claimer) and redis.call('SISMEMBER', pending, child) == 1 then
+    local child_depth, by, counted, pending = nil, nil, false, false
+    if child_claim then child_depth, by, counted, pending = parse_claim(child_claim) end
+    if (by == tag or by == claimer) and pending then
       local began = tonumber(redis.call('HGET', started, child))
       if not began then
         -- A withdrawn claim's mark moves to the nodes hash: the node stays counted.
         if counted then redis.call('HSETNX', nodes, child, 'counted') end
-        redis.call('HDEL', claims, child)
-        redis.call('SREM', pending, child)
+        drop_claim(claims, counters, child)
         redis.call('HINCRBY', counters, 'enqueued', -1)
       elseif began > child_depth then
-        redis.call('HSET', claims, child, claim_value(began, 'released', counted))
+        -- Still pending: the running job's finish settles it.
+        redis.call('HSET', claims, child, claim_value(began, 'released', counted, true))
         redis.call('HINCRBY', counters, 'enqueued', -1)
       end
     end
   end
 end
 redis.call('HSET', meta, 'updated_at', now)
-if redis.call('SCARD', pending) == 0 and state == 'running' then
+if pending_count(counters, legacy) == 0 and state == 'running' then
   redis.call('HSET', meta, 'state', 'done')
   state = 'done'
 end

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 
+use super::status::PendingSources;
 use super::{CrawlKeys, CrawlState, CrawlStatus, CrawlStore, StoreError, status};
 
 /// The index's Redis key when none is set (`CRAWL_INDEX_PREFIX`).
@@ -27,6 +28,10 @@ pub const MAX_SCANNED: usize = 2000;
 
 /// A listed crawl's status: gone (`None`), or corrupt on its own.
 type StatusOf = Result<Option<CrawlStatus>, StoreError>;
+
+/// Replies per crawl in the status pipeline: meta, counters, whether the claims exist, and
+/// the legacy pending set's size ([`status::PendingSources`]).
+const STATUS_READS: usize = 4;
 
 /// Entries read per round trip while listing.
 const BATCH: usize = 100;
@@ -190,23 +195,24 @@ impl CrawlStore {
             let keys = CrawlKeys::new(id);
             pipe.hgetall(&keys.meta)
                 .hgetall(&keys.counters)
-                .scard(&keys.pending);
+                .exists(&keys.claims)
+                .scard(&keys.legacy_pending);
         }
         let mut conn = self.conn.clone();
         let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
         let mut out = Vec::with_capacity(entries.len());
-        for ((id, _), triple) in entries.iter().zip(replies.chunks(3)) {
-            out.push(Self::status_of(id, triple));
+        for ((id, _), replies) in entries.iter().zip(replies.chunks(STATUS_READS)) {
+            out.push(Self::status_of(id, replies));
         }
         Ok(out)
     }
 
-    fn status_of(id: &str, triple: &[redis::Value]) -> StatusOf {
+    fn status_of(id: &str, replies: &[redis::Value]) -> StatusOf {
         let corrupt = |e: redis::ParsingError| StoreError::Corrupt {
             crawl_id: id.to_owned(),
             detail: e.to_string(),
         };
-        let [meta, counters, pending] = triple else {
+        let [meta, counters, claims, legacy] = replies else {
             return Err(StoreError::Corrupt {
                 crawl_id: id.to_owned(),
                 detail: "a short reply to the status pipeline".to_owned(),
@@ -215,8 +221,9 @@ impl CrawlStore {
         let meta: BTreeMap<String, String> = redis::from_redis_value_ref(meta).map_err(corrupt)?;
         let counters: BTreeMap<String, u64> =
             redis::from_redis_value_ref(counters).map_err(corrupt)?;
-        let pending: u64 = redis::from_redis_value_ref(pending).map_err(corrupt)?;
-        status::from_stored(id, &meta, counters, pending)
+        let claims: bool = redis::from_redis_value_ref(claims).map_err(corrupt)?;
+        let legacy: u64 = redis::from_redis_value_ref(legacy).map_err(corrupt)?;
+        status::from_stored(id, &meta, counters, PendingSources { claims, legacy })
     }
 
     /// The active crawls (not done or cancelled) with their creation score, pruning those

@@ -22,9 +22,17 @@
 //! - The crawl is `done` when nothing is pending. A paused crawl's jobs are held, not run
 //!   ([`pause`]): their keys stay pending, so a paused crawl is never `done`.
 //! - State is bounded in time: once a crawl is done or cancelled, its working state (claims,
-//!   pending keys, the per-key sets) expires after a retention (`CRAWL_RETENTION`, counted
-//!   from its last outcome), while its summary (meta: state, seeds, limits, times; counters)
-//!   stays readable. A replay that makes the crawl run again keeps its working state again.
+//!   the per-key sets) expires after a retention (`CRAWL_RETENTION`, counted from its last
+//!   outcome), while its summary (meta: state, seeds, limits, times; counters) stays
+//!   readable. A replay that makes the crawl run again keeps its working state again.
+//! - State is bounded in size while the crawl runs: it grows with the keys claimed (issue
+//!   18: at most 100 bytes each), not with the edges found nor with a second entry per key
+//!   in flight. Whether a key is pending is a mark in its claim, and the counters' `pending`
+//!   field counts the marked claims (`claim_value.lua`), so a key in flight costs a byte
+//!   more than a settled one, not a set member (~60 bytes) of its own. The counter outlives
+//!   the claims (counters are summary), so it is read as 0 once they have expired: a
+//!   cancelled crawl's late jobs never settle it. A crawl running across the upgrade keeps
+//!   its old set of pending keys until its scripts have adopted every member into the marks.
 //!
 //! Every operation is one Lua script, so a decision and its bookkeeping are atomic across all
 //! workers. All keys of a crawl share a hash tag (`{crawl id}`) so the scripts also work on a
@@ -141,7 +149,9 @@ pub struct Child {
 struct CrawlKeys {
     meta: String,
     claims: String,
-    pending: String,
+    /// The set of pending keys a crawl from before the pending mark keeps until its scripts
+    /// have adopted every member (`claim_value.lua`); no crawl created since has one.
+    legacy_pending: String,
     counters: String,
     nodes: String,
     edges: String,
@@ -158,7 +168,7 @@ impl CrawlKeys {
         Self {
             meta: format!("{base}:meta"),
             claims: format!("{base}:claims"),
-            pending: format!("{base}:pending"),
+            legacy_pending: format!("{base}:pending"),
             counters: format!("{base}:counters"),
             nodes: format!("{base}:nodes"),
             edges: format!("{base}:edges"),
@@ -176,7 +186,7 @@ impl CrawlKeys {
         [
             &self.meta,
             &self.claims,
-            &self.pending,
+            &self.legacy_pending,
             &self.counters,
             &self.nodes,
             &self.edges,
@@ -188,6 +198,12 @@ impl CrawlKeys {
         ]
     }
 }
+
+/// The counters' field that counts the pending claims (`claim_value.lua`).
+const PENDING: &str = "pending";
+
+/// A seed's claim: depth 0, claimed by the crawl itself, pending (`claim_value.lua`).
+const SEED_CLAIM: &str = "+0|seed";
 
 /// How often a service reads Redis's memory: a filling Redis is noticed well before its last
 /// 10 %, at no cost worth counting.
@@ -220,11 +236,11 @@ fn with_lifecycle(body: &str) -> Script {
     Script::new(&format!("{LIFECYCLE}\n{CLAIM_VALUE}\n{body}"))
 }
 
-/// Claims are stored as `depth|tag` (`claim_value.lua`): the tag names the claimer (the
-/// parent job), which may re-enqueue its own pending children when it is redelivered, while
-/// siblings reaching the same pending key do not enqueue it again (that would fetch one key
-/// once per sibling). Once the key's node is counted the claim carries a mark, so distinct
-/// nodes are counted without a second per-key hash.
+/// Claims are stored as `[+]depth|tag[*]` (`claim_value.lua`): the tag names the claimer
+/// (the parent job), which may re-enqueue its own pending children when it is redelivered,
+/// while siblings reaching the same pending key do not enqueue it again (that would fetch
+/// one key once per sibling). The `+` marks the key pending and the `*` its node counted, so
+/// neither needs a second per-key structure.
 const BEGIN: &str = include_str!("begin.lua");
 
 const CLAIM: &str = include_str!("claim.lua");
@@ -357,12 +373,15 @@ impl CrawlStore {
                 ],
             )
             .ignore();
-        for seed in &spec.seeds {
-            pipe.hset(&keys.claims, seed, "0|seed").ignore();
-            pipe.sadd(&keys.pending, seed).ignore();
+        // The pending counter counts claims, so a seed listed twice counts once.
+        let distinct: std::collections::BTreeSet<&str> =
+            spec.seeds.iter().map(String::as_str).collect();
+        for seed in &distinct {
+            pipe.hset(&keys.claims, *seed, SEED_CLAIM).ignore();
         }
         pipe.hincr(&keys.counters, "enqueued", spec.seeds.len())
             .ignore();
+        pipe.hincr(&keys.counters, PENDING, distinct.len()).ignore();
         index::add(&mut pipe, &self.index, &spec.crawl_id, created);
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await?;
@@ -468,7 +487,7 @@ impl CrawlStore {
         invocation
             .key(&keys.meta)
             .key(&keys.claims)
-            .key(&keys.pending)
+            .key(&keys.legacy_pending)
             .key(&keys.counters)
             .key(&keys.offspring)
             .arg(max_nodes)

@@ -3,24 +3,31 @@
 
 use std::collections::BTreeMap;
 
-use super::{CrawlKeys, CrawlStatus, CrawlStore, StoreError, status};
+use super::status::PendingSources;
+use super::{CrawlKeys, CrawlStatus, CrawlStore, PENDING, StoreError, status};
 
 impl CrawlStore {
     /// For each of `crawl_ids`, how many keys it still has to hand out: its keys pending while
-    /// running (or blocked, which resumes by itself), else 0. Unknown crawls have none.
+    /// running (or blocked, which resumes by itself), else 0. Unknown crawls have none. Four
+    /// O(1) reads a crawl (`claim_value.lua` says why the pending count has several sources),
+    /// so the fair shares stay cheap however large the crawls are.
     pub async fn backlogs(&self, crawl_ids: &[String]) -> Result<Vec<u64>, StoreError> {
         let mut pipe = redis::pipe();
         for id in crawl_ids {
             let keys = CrawlKeys::new(id);
-            pipe.hget(&keys.meta, "state").scard(&keys.pending);
+            pipe.hget(&keys.meta, "state")
+                .hget(&keys.counters, PENDING)
+                .exists(&keys.claims)
+                .scard(&keys.legacy_pending);
         }
         let mut conn = self.conn.clone();
-        let replies: Vec<(Option<String>, u64)> = pipe.query_async(&mut conn).await?;
+        let replies: Vec<(Option<String>, Option<u64>, bool, u64)> =
+            pipe.query_async(&mut conn).await?;
         Ok(replies
             .into_iter()
-            .map(|(state, pending)| {
+            .map(|(state, counter, claims, legacy)| {
                 if matches!(state.as_deref(), Some("running" | "blocked")) {
-                    pending
+                    PendingSources { claims, legacy }.in_flight(counter.unwrap_or(0))
                 } else {
                     0
                 }
@@ -32,14 +39,15 @@ impl CrawlStore {
     pub async fn status(&self, crawl_id: &str) -> Result<Option<CrawlStatus>, StoreError> {
         let keys = CrawlKeys::new(crawl_id);
         let mut conn = self.conn.clone();
-        let (meta, counters, in_flight): (BTreeMap<String, String>, BTreeMap<String, u64>, u64) =
-            redis::pipe()
-                .hgetall(&keys.meta)
-                .hgetall(&keys.counters)
-                .scard(&keys.pending)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| StoreError::of_redis(crawl_id, e))?;
-        status::from_stored(crawl_id, &meta, counters, in_flight)
+        type Reply = (BTreeMap<String, String>, BTreeMap<String, u64>, bool, u64);
+        let (meta, counters, claims, legacy): Reply = redis::pipe()
+            .hgetall(&keys.meta)
+            .hgetall(&keys.counters)
+            .exists(&keys.claims)
+            .scard(&keys.legacy_pending)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::of_redis(crawl_id, e))?;
+        status::from_stored(crawl_id, &meta, counters, PendingSources { claims, legacy })
     }
 }

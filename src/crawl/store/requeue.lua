@@ -1,9 +1,13 @@
-local meta, claims, pending, counters, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
+local meta, claims, legacy, counters, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
 local key, depth, now = ARGV[2], ARGV[3], ARGV[4]
 local state = redis.call('HGET', meta, 'state')
 if not state then return 'unknown' end
 if state == 'cancelled' then return 'cancelled' end
-if redis.call('SISMEMBER', pending, key) == 1 then return 'pending' end
+adopt_legacy(claims, legacy, counters, key)
+drain_legacy(claims, legacy, counters)
+if pending_claim(claims, key) or redis.call('SISMEMBER', legacy, key) == 1 then
+  return 'pending'
+end
 local reason = redis.call('HGET', failures, key)
 if reason then
   redis.call('HDEL', failures, key)
@@ -11,8 +15,7 @@ if reason then
     redis.call('HDEL', counters, 'failed:' .. reason)
   end
 end
-redis.call('HSET', claims, key, claim_value(depth, 'replay', counted_claim(claims, key)))
-redis.call('SADD', pending, key)
+set_claim(claims, counters, key, depth, 'replay', counted_claim(claims, key), true)
 redis.call('HINCRBY', counters, 'enqueued', 1)
 -- A paused crawl stays paused: the replayed job is held when it begins.
 if state ~= 'paused' then state = 'running' end

@@ -119,13 +119,35 @@ pub struct Counters {
     pub failed: BTreeMap<String, u64>,
 }
 
-/// Reads a crawl's status from its stored meta and counters hashes and its count of
-/// pending keys; `None` when the meta is gone (an unknown, expired or deleted crawl).
+/// What a crawl's count of pending keys is read from besides its counters' `pending` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PendingSources {
+    /// Whether the crawl's claims still exist: the counter is a summary field and outlives
+    /// them, but once they have expired nothing is in flight any more (a cancelled crawl's
+    /// late jobs never settle it).
+    pub(super) claims: bool,
+    /// Members of a legacy pending set not adopted into the counter yet (`claim_value.lua`).
+    pub(super) legacy: u64,
+}
+
+impl PendingSources {
+    /// The keys in flight, given the counters' `pending` field.
+    pub(super) fn in_flight(self, counter: u64) -> u64 {
+        if self.claims {
+            counter + self.legacy
+        } else {
+            self.legacy
+        }
+    }
+}
+
+/// Reads a crawl's status from its stored meta and counters hashes and the other sources of
+/// its pending count; `None` when the meta is gone (an unknown, expired or deleted crawl).
 pub(super) fn from_stored(
     crawl_id: &str,
     meta: &BTreeMap<String, String>,
     counters: BTreeMap<String, u64>,
-    in_flight: u64,
+    pending: PendingSources,
 ) -> Result<Option<CrawlStatus>, super::StoreError> {
     if meta.is_empty() {
         return Ok(None);
@@ -149,7 +171,7 @@ pub(super) fn from_stored(
     let seeds: Vec<String> =
         serde_json::from_str(field("seeds")?).map_err(|e| corrupt(format!("seeds: {e}")))?;
     let mut status_counters = Counters {
-        in_flight,
+        in_flight: pending.in_flight(counters.get(super::PENDING).copied().unwrap_or(0)),
         ..Counters::default()
     };
     for (name, value) in counters {
@@ -185,4 +207,25 @@ pub(super) fn from_stored(
         created_at: time("created_at")?,
         updated_at: time("updated_at")?,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counter is read only while the claims it counts exist; a legacy set's members
+    /// count either way, as they did before the mark.
+    #[test]
+    fn keys_in_flight_are_the_counter_with_its_claims_plus_a_legacy_set() {
+        let live = PendingSources {
+            claims: true,
+            legacy: 3,
+        };
+        assert_eq!(live.in_flight(4), 7);
+        let expired = PendingSources {
+            claims: false,
+            legacy: 0,
+        };
+        assert_eq!(expired.in_flight(4), 0);
+    }
 }
