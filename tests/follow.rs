@@ -7,12 +7,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bookworm::sim::{RunningSim, SimArgs};
 use serde_json::{Value, json};
-use support::dump_graph::{Graph, graph_of_crawls, truth_of};
+use support::dump_graph::{Graph, graph_of_crawls, gunzip, truth_of, wait_written, written};
 use support::{Process, TestTopics, eventually, free_port, fresh_id_base, unique};
 use tokio_util::sync::CancellationToken;
 
@@ -258,71 +258,21 @@ impl Follow {
                 return;
             }
             if Instant::now() > deadline {
-                let only_graph: Vec<_> = graph
-                    .nodes
-                    .keys()
-                    .filter(|k| !truth.nodes.contains_key(*k))
-                    .collect();
-                let only_truth: Vec<_> = truth
-                    .nodes
-                    .keys()
-                    .filter(|k| !graph.nodes.contains_key(*k))
-                    .collect();
-                let differ: Vec<_> = truth
-                    .nodes
-                    .iter()
-                    .filter(|(k, v)| graph.nodes.get(*k).is_some_and(|g| g != *v))
-                    .map(|(k, _)| k)
-                    .collect();
-                let rels_graph: Vec<_> = graph
-                    .rels
-                    .keys()
-                    .filter(|k| !truth.rels.contains_key(*k))
-                    .collect();
-                let rels_truth: Vec<_> = truth
-                    .rels
-                    .keys()
-                    .filter(|k| !graph.rels.contains_key(*k))
-                    .collect();
                 panic!(
-                    "{what}: the graph is not the truth after 240 s (id base {}):\n\
-                     nodes only in the graph {only_graph:?}\nnodes only in the truth {only_truth:?}\n\
-                     nodes that differ {differ:?}\nrelationships only in the graph {rels_graph:?}\n\
-                     relationships only in the truth {rels_truth:?}\nstubs graph {:?} truth {:?}",
-                    self.id_base, graph.stubs, truth.stubs
+                    "{what}: the graph is not the truth after 240 s (id base {}):\n{}",
+                    self.id_base,
+                    graph.difference(truth)
                 );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
-    /// The graph writer's `_written_total` counters (results, edges).
-    async fn written(&self) -> Option<(u64, u64)> {
-        let text = self
-            .client
-            .get(&self.writer_metrics)
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let read = |name: &str| {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().last())
-                .and_then(|v| v.parse::<f64>().ok())
-                .map(|v| v as u64)
-        };
-        Some((
-            read("relentless_graph_writer_results_written_total")?,
-            read("relentless_graph_writer_edges_written_total")?,
-        ))
-    }
-
     /// Imports the old dump again and waits until the writer has written every message of it.
     async fn reimport_old_dump(&self) {
-        let (results, edges) = self.written().await.expect("the writer's counters");
+        let (results, edges) = written(&self.writer_metrics)
+            .await
+            .expect("the writer's counters");
         let out = std::process::Command::new(BOOKWORM)
             .arg("import")
             .arg(&self.old_dump)
@@ -338,13 +288,10 @@ impl Follow {
         let summary: Value = serde_json::from_slice(&out.stdout).expect("import summary");
         let count = |field: &str| summary[field].as_u64().expect("a count");
         let (more_results, more_edges) = (count("nodes") + count("subjects"), count("edges"));
-        eventually(
-            "the writer to write the re-import",
-            Duration::from_secs(120),
-            || async {
-                let (r, e) = self.written().await?;
-                (r >= results + more_results && e >= edges + more_edges).then_some(())
-            },
+        wait_written(
+            &self.writer_metrics,
+            results + more_results,
+            edges + more_edges,
         )
         .await;
     }
@@ -354,15 +301,6 @@ impl Drop for Follow {
     fn drop(&mut self) {
         self.stop_sim.cancel();
     }
-}
-
-fn gunzip(path: &Path) -> String {
-    use std::io::Read;
-    let mut text = String::new();
-    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).expect("dump"))
-        .read_to_string(&mut text)
-        .expect("gunzip");
-    text
 }
 
 /// A mix of every kind of change, two a second, so the follower reads the feed while it moves.

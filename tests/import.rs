@@ -14,8 +14,8 @@ use bookworm::sim::{Catalogue, SimArgs};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
-use support::dump_graph::{Graph, graph_of, truth_of};
-use support::{Process, TestTopics, eventually, free_port, fresh_id_base, stack_env, unique};
+use support::dump_graph::{Graph, graph_of, gunzip, truth_of, wait_written};
+use support::{Process, TestTopics, free_port, fresh_id_base, stack_env, unique};
 
 const BOOKWORM: &str = env!("CARGO_BIN_EXE_bookworm");
 
@@ -89,56 +89,13 @@ fn graph_writer(topics: &TestTopics) -> (Process, String) {
         &[],
         &env,
     );
-    (process, format!("http://127.0.0.1:{port}"))
-}
-
-/// The graph writer's `_written_total` counters (results, edges).
-async fn written(metrics: &str) -> Option<(u64, u64)> {
-    let text = reqwest::get(format!("{metrics}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let read = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|v| v as u64)
-    };
-    Some((
-        read("relentless_graph_writer_results_written_total")?,
-        read("relentless_graph_writer_edges_written_total")?,
-    ))
-}
-
-/// Waits until the writer has written `results` node rows and `edges` edge rows.
-async fn wait_written(metrics: &str, results: u64, edges: u64) {
-    eventually(
-        "the graph writer to write the import",
-        Duration::from_secs(120),
-        || async move {
-            let (r, e) = written(metrics).await?;
-            (r >= results && e >= edges).then_some(())
-        },
-    )
-    .await;
+    (process, format!("http://127.0.0.1:{port}/metrics"))
 }
 
 fn count(summary: &Value, field: &str) -> u64 {
     summary[field]
         .as_u64()
         .unwrap_or_else(|| panic!("{field} in {summary}"))
-}
-
-fn gunzip(path: &Path) -> String {
-    use std::io::Read;
-    let mut text = String::new();
-    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).expect("dump"))
-        .read_to_string(&mut text)
-        .expect("gunzip");
-    text
 }
 
 /// Waits until the graph of `crawl_id` is `truth`, or the deadline passes; the graph as last

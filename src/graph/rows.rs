@@ -412,13 +412,14 @@ pub fn crawls_param<'a>(crawls: impl IntoIterator<Item = &'a str>) -> BoltType {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use chrono::Utc;
     use serde_json::json;
 
     use super::*;
 
-    fn node(key: &str, label: Label, props: Value) -> Node {
+    /// An ordinary node message of crawl `c1`, for the row tests here and in `tombstone`.
+    pub(crate) fn node(key: &str, label: Label, props: Value) -> Node {
         Node {
             v: 1,
             crawl_id: "c1".to_owned(),

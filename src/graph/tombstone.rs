@@ -111,7 +111,6 @@ impl GoneRow {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
     use serde_json::json;
 
     use super::*;
@@ -119,13 +118,8 @@ mod tests {
 
     fn gone(key: &str, label: Label, gone: Gone, props: Value) -> Node {
         Node {
-            v: 1,
-            crawl_id: "c1".to_owned(),
-            key: key.to_owned(),
-            label,
-            props: serde_json::from_value(props).unwrap(),
-            fetched_at: Utc::now(),
             gone: Some(gone),
+            ..crate::graph::rows::tests::node(key, label, props)
         }
     }
 

@@ -2,11 +2,54 @@
 //! one comparable shape: the import and follow tests check one against the other.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
 
 use bookworm::crawl::parse::{RecordAnswer, parse_record};
 use serde_json::{Value, json};
 
-use super::neo4j;
+use super::{eventually, neo4j};
+
+/// A dump file's text, gunzipped.
+pub fn gunzip(path: &Path) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).expect("dump"))
+        .read_to_string(&mut text)
+        .expect("gunzip");
+    text
+}
+
+/// A graph writer's `_written_total` counters (results, edges), read from its `/metrics`
+/// at `metrics_url`.
+pub async fn written(metrics_url: &str) -> Option<(u64, u64)> {
+    let text = reqwest::get(metrics_url).await.ok()?.text().await.ok()?;
+    let read = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    Some((
+        read("relentless_graph_writer_results_written_total")?,
+        read("relentless_graph_writer_edges_written_total")?,
+    ))
+}
+
+/// Waits until the writer at `metrics_url` has written `results` node rows and `edges` edge
+/// rows in all.
+pub async fn wait_written(metrics_url: &str, results: u64, edges: u64) {
+    eventually(
+        "the graph writer to write the import",
+        Duration::from_secs(120),
+        || async move {
+            let (r, e) = written(metrics_url).await?;
+            (r >= results && e >= edges).then_some(())
+        },
+    )
+    .await;
+}
 
 /// What the graph holds of one crawl id: nodes (key → (label, properties without the writer's
 /// own), stubs, and relationships `from|REL|to` → how many.
@@ -15,6 +58,33 @@ pub struct Graph {
     pub nodes: BTreeMap<String, (String, BTreeMap<String, Value>)>,
     pub stubs: BTreeSet<String>,
     pub rels: BTreeMap<String, i64>,
+}
+
+impl Graph {
+    /// What tells this graph from `truth`, for a failure message: keys on one side only,
+    /// nodes that differ, and the stubs of both.
+    pub fn difference(&self, truth: &Graph) -> String {
+        fn only_in<'a, V>(a: &'a BTreeMap<String, V>, b: &BTreeMap<String, V>) -> Vec<&'a String> {
+            a.keys().filter(|k| !b.contains_key(*k)).collect()
+        }
+        let differ: Vec<_> = truth
+            .nodes
+            .iter()
+            .filter(|(k, v)| self.nodes.get(*k).is_some_and(|g| g != *v))
+            .map(|(k, _)| k)
+            .collect();
+        format!(
+            "nodes only in the graph {:?}\nnodes only in the truth {:?}\nnodes that differ \
+             {differ:?}\nrelationships only in the graph {:?}\nrelationships only in the truth \
+             {:?}\nstubs graph {:?} truth {:?}",
+            only_in(&self.nodes, &truth.nodes),
+            only_in(&truth.nodes, &self.nodes),
+            only_in(&self.rels, &truth.rels),
+            only_in(&truth.rels, &self.rels),
+            self.stubs,
+            truth.stubs
+        )
+    }
 }
 
 pub async fn graph_of(crawl_id: &str) -> Graph {
