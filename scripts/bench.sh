@@ -36,21 +36,8 @@ if [[ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf && -z "${BENCH_FONT:-
   $sudo apt-get install -y --no-install-recommends fonts-dejavu-core
 fi
 
-if [[ ${1:-} == import ]]; then
-  shift
-  export STACK_DIR=$ROOT/.stack/scale STACK_PORT_OFFSET=100
-  bash scripts/stack.sh down
-  rm -rf "$STACK_DIR/data"
-  trap 'bash scripts/stack.sh down' EXIT
-  bash scripts/stack.sh up
-  cargo build --release --bins
-  WRITERS=${WRITERS:-2} EDITIONS_PER_WORK=${EDITIONS_PER_WORK:-1} \
-    bash scripts/import-measure.sh "${1:-1000000}" "${2:-300000}"
-  exit
-fi
-
-if [[ ${1:-} == scale ]]; then
-  shift
+# A stack of its own for a scale or import point, wiped first and stopped on exit.
+own_stack() {
   export STACK_DIR=$ROOT/.stack/scale STACK_PORT_OFFSET=100
   bash scripts/stack.sh down
   rm -rf "$STACK_DIR/data"
@@ -58,6 +45,19 @@ if [[ ${1:-} == scale ]]; then
   bash scripts/stack.sh up
   eval "$(bash scripts/stack.sh env)"
   cargo build --release --bins
+}
+
+if [[ ${1:-} == import ]]; then
+  shift
+  own_stack
+  WRITERS=${WRITERS:-2} EDITIONS_PER_WORK=${EDITIONS_PER_WORK:-1} \
+    bash scripts/import-measure.sh "${1:-1000000}" "${2:-300000}"
+  exit
+fi
+
+if [[ ${1:-} == scale ]]; then
+  shift
+  own_stack
   target/release/bookworm bench-scale --stack-dir "$STACK_DIR" "$@"
   exit
 fi

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use bookworm::sim::{RunningSim, SimArgs};
 use serde_json::{Value, json};
-use support::dump_graph::{Graph, graph_of_crawls, gunzip, truth_of, wait_written, written};
+use support::dump_graph::{
+    Graph, graph_of_crawls, gunzip, sim_dump, truth_of, wait_written, written,
+};
 use support::{Process, TestTopics, eventually, free_port, fresh_id_base, unique};
 use tokio_util::sync::CancellationToken;
 
@@ -63,20 +65,7 @@ impl Follow {
         .await
         .expect("the simulator starts");
 
-        let dump_dir = tempfile::tempdir().expect("temp dir");
-        let mut args = vec!["sim".to_owned(), "dump".to_owned(), "--out".to_owned()];
-        args.push(dump_dir.path().display().to_string());
-        args.extend(catalogue_flags(id_base));
-        let out = std::process::Command::new(BOOKWORM)
-            .args(&args)
-            .output()
-            .expect("sim dump runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let old_dump = dump_dir.path().join("ol_dump_2021-03-31.txt.gz");
+        let (dump_dir, old_dump, _) = sim_dump(&catalogue_flags(id_base));
 
         let mut base_env = topics.env();
         base_env.extend(

@@ -14,7 +14,7 @@ use bookworm::sim::{Catalogue, SimArgs};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
-use support::dump_graph::{Graph, graph_of, gunzip, truth_of, wait_written};
+use support::dump_graph::{Graph, graph_of, gunzip, sim_dump, truth_of, wait_written};
 use support::{Process, TestTopics, free_port, fresh_id_base, stack_env, unique};
 
 const BOOKWORM: &str = env!("CARGO_BIN_EXE_bookworm");
@@ -38,22 +38,8 @@ fn catalogue_flags(id_base: u64) -> Vec<String> {
 
 /// Runs `bookworm sim dump` into a fresh directory; the directory and the all-types file.
 fn dump(id_base: u64) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut args = vec!["sim".to_owned(), "dump".to_owned(), "--out".to_owned()];
-    args.push(dir.path().display().to_string());
-    args.extend(catalogue_flags(id_base));
-    let out = std::process::Command::new(BOOKWORM)
-        .args(&args)
-        .output()
-        .expect("sim dump runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary");
+    let (dir, all, summary) = sim_dump(&catalogue_flags(id_base));
     assert_eq!(summary["files"].as_array().map(Vec::len), Some(4));
-    let all = dir.path().join("ol_dump_2021-03-31.txt.gz");
     (dir, all)
 }
 

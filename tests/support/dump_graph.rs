@@ -10,6 +10,26 @@ use serde_json::{Value, json};
 
 use super::{eventually, neo4j};
 
+/// Runs `bookworm sim dump` of the catalogue `flags` describe into a fresh directory: the
+/// directory, its all-types file, and the command's JSON summary.
+pub fn sim_dump(flags: &[String]) -> (tempfile::TempDir, std::path::PathBuf, Value) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bookworm"))
+        .args(["sim", "dump", "--out"])
+        .arg(dir.path())
+        .args(flags)
+        .output()
+        .expect("sim dump runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary");
+    let all = dir.path().join("ol_dump_2021-03-31.txt.gz");
+    (dir, all, summary)
+}
+
 /// A dump file's text, gunzipped.
 pub fn gunzip(path: &Path) -> String {
     use std::io::Read;

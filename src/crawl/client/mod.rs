@@ -247,9 +247,15 @@ impl OpenLibraryClient {
             }
         };
         if let Some(wanted) = min_revision
-            && record.revision().is_none_or(|cached| cached < wanted)
+            && let cached = record.revision()
+            && cached.is_none_or(|cached| cached < wanted)
         {
-            tracing::debug!(path, wanted, cached = ?record.revision(), "cached record older than the job needs; fetching");
+            tracing::debug!(
+                path,
+                wanted,
+                ?cached,
+                "cached record older than the job needs; fetching"
+            );
             lookups.with_label_values(&["miss"]).inc();
             return Cached::Stale;
         }
