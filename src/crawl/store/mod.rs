@@ -39,10 +39,13 @@
 //! Redis Cluster.
 
 mod index;
+mod keys;
 mod memory;
 mod pause;
 mod read;
 mod status;
+
+use keys::{CrawlKeys, PENDING, SEED_CLAIM};
 
 pub use index::{CrawlPage, DEFAULT_INDEX_PREFIX, ListQuery, MAX_SCANNED, parse_cursor};
 pub use memory::{HIGH_WATER, MemoryReading, MemoryWatch};
@@ -144,66 +147,6 @@ pub struct Child {
     /// Its depth (parent's depth + 1).
     pub depth: u32,
 }
-
-/// The Redis keys of one crawl. The `{id}` hash tag keeps them in one cluster slot.
-struct CrawlKeys {
-    meta: String,
-    claims: String,
-    /// The set of pending keys a crawl from before the pending mark keeps until its scripts
-    /// have adopted every member (`claim_value.lua`); no crawl created since has one.
-    legacy_pending: String,
-    counters: String,
-    nodes: String,
-    edges: String,
-    failures: String,
-    started: String,
-    offspring: String,
-    held: String,
-    edge_sketch: String,
-}
-
-impl CrawlKeys {
-    fn new(crawl_id: &str) -> Self {
-        let base = format!("bookworm:crawl:{{{crawl_id}}}");
-        Self {
-            meta: format!("{base}:meta"),
-            claims: format!("{base}:claims"),
-            legacy_pending: format!("{base}:pending"),
-            counters: format!("{base}:counters"),
-            nodes: format!("{base}:nodes"),
-            edges: format!("{base}:edges"),
-            failures: format!("{base}:failures"),
-            started: format!("{base}:started"),
-            offspring: format!("{base}:offspring"),
-            held: format!("{base}:held"),
-            edge_sketch: format!("{base}:edge-sketch"),
-        }
-    }
-
-    /// Every key of the crawl, in the order the state-changing scripts take them
-    /// (`lifecycle.lua`).
-    fn all(&self) -> [&str; 11] {
-        [
-            &self.meta,
-            &self.claims,
-            &self.legacy_pending,
-            &self.counters,
-            &self.nodes,
-            &self.edges,
-            &self.failures,
-            &self.started,
-            &self.offspring,
-            &self.held,
-            &self.edge_sketch,
-        ]
-    }
-}
-
-/// The counters' field that counts the pending claims (`claim_value.lua`).
-const PENDING: &str = "pending";
-
-/// A seed's claim: depth 0, claimed by the crawl itself, pending (`claim_value.lua`).
-const SEED_CLAIM: &str = "+0|seed";
 
 /// How often a service reads Redis's memory: a filling Redis is noticed well before its last
 /// 10 %, at no cost worth counting.
