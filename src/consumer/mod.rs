@@ -41,6 +41,7 @@
 
 pub mod job;
 mod lag;
+mod lanes;
 mod offsets;
 mod partitions;
 mod rebalance;

@@ -9,7 +9,7 @@
 //! `PARTITION_CONCURRENCY` at half the slots the first two partitions with backlog took every
 //! slot until they were empty, and the others waited that long.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,10 +19,11 @@ use rdkafka::consumer::Consumer;
 use tokio::task::AbortHandle;
 use tracing::warn;
 
+use super::Handler;
 use super::job::{SlotRef, run_job};
+use super::lanes::{Backlog, Running, Waiting};
 use super::run::Turn;
 use super::tracker::{CommitTracker, Epoch, TopicPartition};
-use super::{Delivery, Handler};
 use crate::process::health::Readiness;
 use crate::process::metrics::ConsumerMetrics;
 
@@ -42,14 +43,6 @@ pub(super) fn partition_backlog(assigned: usize) -> usize {
     (BACKLOG / assigned.max(1)).clamp(1, PARTITION_BACKLOG)
 }
 
-/// A delivered message waiting for a slot, and since when (`oldest_waiting_seconds`).
-pub(super) struct Waiting {
-    pub(super) delivery: Delivery,
-    pub(super) since: Instant,
-    /// The handler's [`Handler::lane`] of the delivery.
-    pub(super) lane: u64,
-}
-
 /// The jobs of one assigned partition.
 pub(super) struct Slot {
     pub(super) epoch: Epoch,
@@ -57,7 +50,7 @@ pub(super) struct Slot {
     /// With when each started and its lane.
     pub(super) running: HashMap<i64, (AbortHandle, Instant, u64)>,
     /// Delivered messages waiting for a free slot, in offset order.
-    pub(super) backlog: VecDeque<Waiting>,
+    pub(super) backlog: Backlog,
     /// No new work starts: the partition is being revoked.
     pub(super) revoking: bool,
 }
@@ -142,7 +135,8 @@ pub(super) struct State {
     pub(super) slots: HashMap<TopicPartition, Slot>,
     /// The assigned partitions (the keys of `slots`) in the order they take turns.
     pub(super) rotation: Rotation,
-    pub(super) running: usize,
+    /// Jobs running, in all and per lane.
+    pub(super) running: Running,
     pub(super) paused: HashSet<TopicPartition>,
     /// Shutdown began: nothing new starts.
     pub(super) stopping: bool,
@@ -184,9 +178,9 @@ impl Shared {
             let state = &mut *state;
             if let Some(slot) = state.slots.get_mut(partition)
                 && slot.epoch == epoch
-                && slot.running.remove(&offset).is_some()
+                && let Some((.., lane)) = slot.running.remove(&offset)
             {
-                state.running -= 1;
+                state.running.end(lane);
                 state.tracker.completed(partition, epoch, offset);
             }
         }
@@ -195,52 +189,12 @@ impl Shared {
     }
 }
 
-/// Jobs running now, per lane.
-fn running_by_lane(slots: &HashMap<TopicPartition, Slot>) -> HashMap<u64, usize> {
-    let mut lanes: HashMap<u64, usize> = HashMap::new();
-    for (.., lane) in slots.values().flat_map(|slot| slot.running.values()) {
-        *lanes.entry(*lane).or_default() += 1;
-    }
-    lanes
-}
-
-/// Takes from `backlog` the first message of the lane with the fewest jobs running per
-/// weight (`lanes`, `weight`), so lanes share the slots whatever their share of the backlog:
-/// with one lane this is the front, in delivery order. Commits stay in order whatever is
-/// taken: the tracker holds every delivered offset from acceptance on.
-pub(super) fn next_of_quietest_lane(
-    backlog: &mut VecDeque<Waiting>,
-    lanes: &HashMap<u64, usize>,
-    weight: impl Fn(u64) -> f64,
-) -> Option<Waiting> {
-    let front = backlog.front()?.lane;
-    let load = |lane: u64| {
-        let running = lanes.get(&lane).copied().unwrap_or(0) as f64;
-        running / weight(lane).max(f64::MIN_POSITIVE)
-    };
-    let mut best = (load(front), 0);
-    if best.0 > 0.0 {
-        let mut seen = std::collections::HashSet::from([front]);
-        for (i, waiting) in backlog.iter().enumerate().skip(1) {
-            if !seen.insert(waiting.lane) {
-                continue;
-            }
-            let load = load(waiting.lane);
-            if load < best.0 {
-                best = (load, i);
-                if load == 0.0 {
-                    break;
-                }
-            }
-        }
-    }
-    backlog.remove(best.1)
-}
-
-/// Aborts every running job of a slot; returns how many there were.
-pub(super) fn abort_all(slot: &Slot) -> usize {
-    for (handle, ..) in slot.running.values() {
+/// Aborts every running job of a slot and takes them off `running`; returns how many there
+/// were.
+pub(super) fn abort_all(slot: &Slot, running: &mut Running) -> usize {
+    for (handle, _, lane) in slot.running.values() {
         handle.abort();
+        running.end(*lane);
     }
     slot.running.len()
 }
@@ -256,8 +210,7 @@ impl<H: Handler> Turn<'_, H> {
             return;
         }
         let per_partition = self.per_partition;
-        let mut lanes = running_by_lane(&state.slots);
-        while state.running < self.concurrency {
+        while state.running.total() < self.concurrency {
             let slots = &state.slots;
             let Some(partition) = state
                 .rotation
@@ -268,14 +221,12 @@ impl<H: Handler> Turn<'_, H> {
             let Some(slot) = state.slots.get_mut(&partition) else {
                 break;
             };
-            let Some(Waiting { delivery, lane, .. }) =
-                next_of_quietest_lane(&mut slot.backlog, &lanes, |lane| {
-                    self.env.handler.lane_weight(lane)
-                })
+            let Some(Waiting { delivery, lane, .. }) = slot
+                .backlog
+                .take_quietest(&state.running, |lane| self.env.handler.lane_weight(lane))
             else {
                 break;
             };
-            *lanes.entry(lane).or_default() += 1;
             let offset = delivery.offset;
             let slot_ref = SlotRef {
                 shared: Arc::clone(self.shared),
@@ -287,7 +238,7 @@ impl<H: Handler> Turn<'_, H> {
             let task = tokio::spawn(run_job(Arc::clone(self.env), delivery, slot_ref));
             slot.running
                 .insert(offset, (task.abort_handle(), Instant::now(), lane));
-            state.running += 1;
+            state.running.start(lane);
         }
         let high = partition_backlog(state.slots.len());
         let mut to_pause = TopicPartitionList::new();
@@ -300,7 +251,7 @@ impl<H: Handler> Turn<'_, H> {
                 to_resume.add_partition(&partition.topic, partition.partition);
             }
         }
-        self.env.metrics.in_flight.set(state.running as i64);
+        self.env.metrics.in_flight.set(state.running.total() as i64);
         if to_pause.count() > 0 {
             match self.consumer.pause(&to_pause) {
                 Ok(()) => state.paused.extend(list_partitions(&to_pause)),
@@ -329,6 +280,8 @@ pub(super) fn list_partitions(list: &TopicPartitionList) -> Vec<TopicPartition> 
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use proptest::prelude::*;
 
     use super::*;

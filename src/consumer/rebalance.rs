@@ -4,7 +4,7 @@
 //! complete is committed synchronously and the rest is forgotten; each assignment has an epoch,
 //! so completions from the old one are discarded.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::ASSIGNMENT;
+use super::lanes::Backlog;
 use super::offsets::{FINAL_COMMIT_TIMEOUT, revoke_commit_deadline};
 use super::partitions::{Shared, Slot, State, abort_all};
 use super::tracker::{Epoch, TopicPartition};
@@ -30,12 +31,11 @@ impl Shared {
                 Slot {
                     epoch,
                     running: HashMap::new(),
-                    backlog: VecDeque::new(),
+                    backlog: Backlog::default(),
                     revoking: false,
                 },
             ) {
-                let aborted = abort_all(&old);
-                state.running -= aborted;
+                abort_all(&old, &mut state.running);
             }
             state.paused.remove(&partition);
             state.rotation.insert(partition.clone());
@@ -109,13 +109,12 @@ impl Shared {
         let mut abandoned = 0;
         for partition in partitions {
             if let Some(slot) = state.slots.remove(partition) {
-                abandoned += abort_all(&slot);
+                abandoned += abort_all(&slot, &mut state.running);
             }
             state.tracker.revoke(partition);
             state.paused.remove(partition);
             state.rotation.remove(partition);
         }
-        state.running -= abandoned;
         self.readiness.set(ASSIGNMENT, !state.slots.is_empty());
         info!(
             partitions = ?partitions.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -11,8 +11,9 @@ use tracing::{debug, error, info, warn};
 
 use super::job::JobEnv;
 use super::lag::spawn_lag_thread;
+use super::lanes::{Running, Waiting};
 use super::offsets::FINAL_COMMIT_TIMEOUT;
-use super::partitions::{Rotation, Shared, State, Waiting, abort_all};
+use super::partitions::{Rotation, Shared, State, abort_all};
 use super::rebalance::{LoopConsumer, LoopContext};
 use super::tracker::{CommitTracker, Delivered, TopicPartition};
 use super::watermarks::{STATISTICS_INTERVAL, Watermarks};
@@ -34,7 +35,7 @@ impl<H: Handler> ConsumerLoop<H> {
                 tracker: CommitTracker::new(),
                 slots: HashMap::new(),
                 rotation: Rotation::default(),
-                running: 0,
+                running: Running::default(),
                 paused: HashSet::new(),
                 stopping: false,
                 committing: false,
@@ -148,7 +149,7 @@ impl<H: Handler> ConsumerLoop<H> {
         let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
         loop {
             self.telemetry.liveness.polled();
-            if shared.lock().running == 0 {
+            if shared.lock().running.total() == 0 {
                 break;
             }
             tokio::select! {
@@ -165,10 +166,10 @@ impl<H: Handler> ConsumerLoop<H> {
             let state = &mut *state;
             let mut abandoned = 0;
             for slot in state.slots.values_mut() {
-                abandoned += abort_all(slot);
+                abandoned += abort_all(slot, &mut state.running);
                 slot.running.clear();
             }
-            state.running = 0;
+            state.running.clear();
             abandoned
         };
         if abandoned > 0 {

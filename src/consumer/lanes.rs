@@ -1,0 +1,218 @@
+//! Lanes: how the loop shares its slots between the groups of messages a handler names
+//! ([`super::Handler::lane`]: a crawl, for the worker; one lane for the graph writer).
+//!
+//! Within a partition's backlog the loop starts the first message of the lane with the fewest
+//! jobs running per weight. Both counts it needs are kept up to date as messages arrive, start
+//! and end ([`Running`], [`Backlog`]), so choosing costs what the number of lanes costs, not
+//! the number of jobs running or waiting. They were once recounted on every start: at 4,000
+//! jobs in flight that took more than half of a graph writer's CPU, with a single lane.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use super::Delivery;
+
+/// A delivered message waiting for a slot, and since when (`oldest_waiting_seconds`).
+pub(super) struct Waiting {
+    pub(super) delivery: Delivery,
+    pub(super) since: Instant,
+    /// The handler's [`super::Handler::lane`] of the delivery.
+    pub(super) lane: u64,
+}
+
+/// Jobs running now over all partitions, in all and per lane. A lane with none running has no
+/// entry, so the map is bounded by the jobs in flight.
+#[derive(Debug, Default)]
+pub(super) struct Running {
+    total: usize,
+    by_lane: HashMap<u64, usize>,
+}
+
+impl Running {
+    /// Jobs running in all.
+    pub(super) fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Jobs of `lane` running.
+    pub(super) fn of(&self, lane: u64) -> usize {
+        self.by_lane.get(&lane).copied().unwrap_or(0)
+    }
+
+    /// A job of `lane` started.
+    pub(super) fn start(&mut self, lane: u64) {
+        self.total += 1;
+        *self.by_lane.entry(lane).or_default() += 1;
+    }
+
+    /// A job of `lane` ended (finished or aborted).
+    pub(super) fn end(&mut self, lane: u64) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(count) = self.by_lane.get_mut(&lane) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_lane.remove(&lane);
+            }
+        }
+    }
+
+    /// Every job is gone (shutdown).
+    pub(super) fn clear(&mut self) {
+        self.total = 0;
+        self.by_lane.clear();
+    }
+}
+
+/// A partition's messages waiting for a slot, in delivery order, and how many of each lane.
+#[derive(Default)]
+pub(super) struct Backlog {
+    queue: VecDeque<Waiting>,
+    lanes: HashMap<u64, usize>,
+}
+
+impl Backlog {
+    /// Queues a delivered message last.
+    pub(super) fn push_back(&mut self, waiting: Waiting) {
+        *self.lanes.entry(waiting.lane).or_default() += 1;
+        self.queue.push_back(waiting);
+    }
+
+    /// The message that has waited longest.
+    pub(super) fn front(&self) -> Option<&Waiting> {
+        self.queue.front()
+    }
+
+    /// Messages waiting.
+    pub(super) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether nothing waits.
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Drops every waiting message (revoke, shutdown): their offsets are not committed, so
+    /// they are delivered again.
+    pub(super) fn clear(&mut self) {
+        self.queue.clear();
+        self.lanes.clear();
+    }
+
+    /// Takes the first message of the lane with the fewest jobs running per `weight`, so lanes
+    /// share the slots whatever their share of the backlog; on a tie the front's lane wins,
+    /// then the lowest lane id. With one lane this is the front, in delivery order. Commits
+    /// stay in order whatever is taken: the tracker holds every delivered offset from
+    /// acceptance on.
+    pub(super) fn take_quietest(
+        &mut self,
+        running: &Running,
+        weight: impl Fn(u64) -> f64,
+    ) -> Option<Waiting> {
+        let front = self.queue.front()?.lane;
+        let load = |lane: u64| running.of(lane) as f64 / weight(lane).max(f64::MIN_POSITIVE);
+        let mut best = (load(front), front);
+        if best.0 > 0.0 && self.lanes.len() > 1 {
+            for &lane in self.lanes.keys() {
+                let candidate = (load(lane), lane);
+                let tie_won = candidate.0 == best.0 && best.1 != front && lane < best.1;
+                if candidate.0 < best.0 || tie_won {
+                    best = candidate;
+                }
+            }
+        }
+        let at = if best.1 == front {
+            0
+        } else {
+            self.queue.iter().position(|w| w.lane == best.1)?
+        };
+        let taken = self.queue.remove(at)?;
+        if let Some(count) = self.lanes.get_mut(&taken.lane) {
+            *count -= 1;
+            if *count == 0 {
+                self.lanes.remove(&taken.lane);
+            }
+        }
+        Some(taken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(offset: i64, lane: u64) -> Waiting {
+        Waiting {
+            delivery: Delivery {
+                topic: "t".to_owned(),
+                partition: 0,
+                offset,
+                key: None,
+                payload: None,
+                attempt: 1,
+            },
+            since: Instant::now(),
+            lane,
+        }
+    }
+
+    fn backlog(lanes: &[u64]) -> Backlog {
+        let mut backlog = Backlog::default();
+        for (offset, lane) in lanes.iter().enumerate() {
+            backlog.push_back(waiting(offset as i64, *lane));
+        }
+        backlog
+    }
+
+    /// The lane with the fewest running per weight goes first, wherever its first message
+    /// waits; with one lane, or a quiet front, the order is the delivery order.
+    #[test]
+    fn the_quietest_lane_goes_first_and_one_lane_keeps_delivery_order() {
+        let mut running = Running::default();
+        for _ in 0..3 {
+            running.start(1);
+        }
+        let mut queue = backlog(&[1, 1, 1, 2, 1, 2]);
+        let taken = queue
+            .take_quietest(&running, |_| 1.0)
+            .map(|w| w.delivery.offset);
+        assert_eq!(taken, Some(3), "lane 2 has nothing running");
+        running.start(2);
+        // Lane 2 now runs 1 against lane 1's 3, unless lane 1 weighs four times as much.
+        assert_eq!(
+            queue
+                .take_quietest(&running, |_| 1.0)
+                .map(|w| w.delivery.offset),
+            Some(5)
+        );
+        assert_eq!(
+            queue
+                .take_quietest(&running, |lane| if lane == 1 { 4.0 } else { 1.0 })
+                .map(|w| w.delivery.offset),
+            Some(0)
+        );
+        let mut one_lane = backlog(&[7, 7, 7]);
+        let order: Vec<i64> = std::iter::from_fn(|| one_lane.take_quietest(&running, |_| 1.0))
+            .map(|w| w.delivery.offset)
+            .collect();
+        assert_eq!(order, [0, 1, 2]);
+        assert!(one_lane.is_empty() && one_lane.lanes.is_empty());
+    }
+
+    /// The counts follow starts and ends and forget a lane with nothing running, so a stream
+    /// of short-lived lanes (crawls) leaves nothing behind.
+    #[test]
+    fn running_counts_forget_a_lane_that_ended() {
+        let mut running = Running::default();
+        running.start(1);
+        running.start(1);
+        running.start(2);
+        assert_eq!((running.total(), running.of(1), running.of(2)), (3, 2, 1));
+        running.end(1);
+        running.end(2);
+        assert_eq!((running.total(), running.of(1), running.of(2)), (1, 1, 0));
+        assert!(!running.by_lane.contains_key(&2));
+        running.clear();
+        assert_eq!((running.total(), running.of(1)), (0, 0));
+    }
+}
