@@ -77,6 +77,7 @@ fn graph_writer_help_lists_every_contract_variable() {
             "NEO4J_PASSWORD",
             "GRAPH_BATCH_SIZE",
             "GRAPH_BATCH_LINGER",
+            "GRAPH_TRANSACTIONS",
             "METRICS_ADDR",
             "LOG_FORMAT",
         ],

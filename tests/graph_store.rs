@@ -294,6 +294,80 @@ async fn concurrent_rows_are_grouped_into_batches_and_neo4j_is_reported_up() {
     assert!(readiness.failing().is_empty());
 }
 
+/// Four transactions at once (`GRAPH_TRANSACTIONS`), every one of them linking the same few
+/// subjects and authors while records of the works arrive beside the edges: the batches lock
+/// the shared nodes against each other, a deadlock is retried, and every row is written and
+/// answered once, with the graph the rows give.
+#[tokio::test]
+async fn concurrent_transactions_over_shared_nodes_write_every_row() {
+    let store = store().await;
+    let keys = Keys::new();
+    let metrics = GraphWriterMetrics::register(&prometheus::Registry::new()).unwrap();
+    let readiness = Readiness::with_conditions(&["neo4j"]);
+    let config = BatcherConfig {
+        transactions: 4,
+        ..BatcherConfig::new(40, Duration::from_millis(20))
+    };
+    let (batcher, _task) = Batcher::spawn(store.clone(), config, metrics.clone(), readiness);
+    let mut rows = Vec::new();
+    for i in 0..100 {
+        let work = i.to_string();
+        rows.push(node(
+            &keys,
+            Work,
+            &work,
+            "c1",
+            json!({"title": format!("W{i}")}),
+        ));
+        for subject in ["a", "b", "c"] {
+            rows.push(edge(
+                &keys,
+                Rel::ABOUT,
+                (Work, &work),
+                (Subject, subject),
+                "c1",
+            ));
+        }
+        let author = (i % 2).to_string();
+        rows.push(edge(
+            &keys,
+            Rel::WRITTEN_BY,
+            (Work, &work),
+            (Author, &author),
+            "c1",
+        ));
+    }
+    let outcomes = join_all(rows.into_iter().map(|row| batcher.write(row))).await;
+    let snapshot = keys.snapshot(&store).await;
+    keys.clean(&store).await;
+
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} rows failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(snapshot.rels.len(), 400);
+    assert_eq!(
+        snapshot.nodes.len(),
+        105,
+        "100 works, 3 subjects, 2 authors"
+    );
+    let titled = snapshot
+        .nodes
+        .iter()
+        .filter(|((label, _), props)| *label == Work && props["stub"] == json!(false))
+        .count();
+    assert_eq!(titled, 100, "every work's record won over its edges' stubs");
+    assert_eq!(metrics.edges_written.get(), 400);
+    assert_eq!(metrics.results_written.get(), 100);
+    assert!(
+        metrics.batch_rows.get_sample_count() >= 13,
+        "batches of at most 40 rows"
+    );
+}
+
 /// Three processes migrating at once: each migration is applied by exactly one of them and
 /// recorded once; the others find it done. The real migration leaves a uniqueness constraint
 /// on every label's key.

@@ -474,6 +474,12 @@ pub struct GraphArgs {
     /// pays so that a busy stream gets full batches.
     #[arg(long, env = "GRAPH_BATCH_LINGER", default_value = "100ms", value_parser = parse_duration)]
     pub graph_batch_linger: Duration,
+
+    /// Transactions one graph writer has in flight. A transaction mostly waits on Neo4j, so
+    /// one at a time leaves Neo4j's cores idle; a few keep it busy, and more than its cores
+    /// only add lock waits. Each takes a connection of `NEO4J_MAX_CONNECTIONS`.
+    #[arg(long, env = "GRAPH_TRANSACTIONS", default_value = "4", value_parser = parse_positive)]
+    pub graph_transactions: usize,
 }
 
 /// Everything the `graph-writer` binary reads.
@@ -492,8 +498,8 @@ pub struct GraphWriterArgs {
     pub metrics_addr: SocketAddr,
 
     /// Messages in flight. Rows wait in the batcher for their transaction, so this must
-    /// exceed the batch size for batches to fill: twice `GRAPH_BATCH_SIZE` keeps one batch
-    /// filling while the previous one is written.
+    /// exceed the batch size for batches to fill: `GRAPH_BATCH_SIZE` × (`GRAPH_TRANSACTIONS`
+    /// + 1) keeps one batch filling while the others are written.
     #[arg(long, env = "CONCURRENT_JOBS", value_parser = parse_positive)]
     pub concurrent_jobs: Option<usize>,
 

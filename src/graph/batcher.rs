@@ -6,6 +6,14 @@
 //! tells every waiting handler the fate of its own row through a oneshot channel. So an offset
 //! is committed only after the transaction holding its row committed.
 //!
+//! Up to `GRAPH_TRANSACTIONS` batches are written at once. A transaction spends most of its
+//! time waiting on Neo4j, so one at a time left Neo4j's cores idle: an import with four
+//! writers of one transaction each ran 1.4 times faster than with two. Concurrent
+//! transactions are safe for the graph because every write is a `MERGE` under the revision
+//! rules (see [`super::cypher`]), which make the result independent of the order batches
+//! commit in; two that lock the same nodes in opposite orders deadlock, Neo4j aborts one, and
+//! it is retried like any transient error.
+//!
 //! Failures are sorted, never swallowed:
 //! - a transient error (deadlock, leader switch) retries the batch a few times at once;
 //! - Neo4j out of reach (refused, lost, timed out) marks it down (`neo4j_up` 0, readiness
@@ -23,7 +31,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{GraphStore, Row, WriteError};
@@ -41,6 +49,8 @@ pub const READINESS_NEO4J: &str = "neo4j";
 pub struct BatcherConfig {
     /// Rows per transaction at most.
     pub batch_size: usize,
+    /// Transactions written at once.
+    pub transactions: usize,
     /// How long the first row of a batch waits for others.
     pub linger: Duration,
     /// Tries of one transaction against transient errors (deadlocks): enough to ride out a
@@ -57,10 +67,12 @@ pub struct BatcherConfig {
 
 impl BatcherConfig {
     /// Batches of at most `batch_size` rows, each waiting at most `linger` to fill
-    /// (`GRAPH_BATCH_SIZE`, `GRAPH_BATCH_LINGER`), with the retry settings' defaults.
+    /// (`GRAPH_BATCH_SIZE`, `GRAPH_BATCH_LINGER`), one transaction at a time, with the retry
+    /// settings' defaults.
     pub fn new(batch_size: usize, linger: Duration) -> Self {
         Self {
             batch_size,
+            transactions: 1,
             linger,
             transient_attempts: 4,
             retry_backoff: Duration::from_millis(50),
@@ -105,11 +117,13 @@ impl Batcher {
         // to hand in their row, which is the back-pressure the consumer loop feels.
         let (tx, rx) = mpsc::channel(config.batch_size.saturating_mul(2).max(1));
         let task = Task {
-            store,
-            config,
-            metrics,
-            readiness,
-            up: None,
+            writer: Arc::new(Writer {
+                store,
+                config,
+                metrics,
+                readiness,
+                up: std::sync::Mutex::new(None),
+            }),
         };
         (Self { tx }, tokio::spawn(task.run(rx)))
     }
@@ -133,36 +147,50 @@ impl Batcher {
     }
 }
 
+/// The collecting task: forms batches and hands each to a transaction of its own.
 struct Task {
+    writer: Arc<Writer>,
+}
+
+/// What every transaction of the batcher shares.
+struct Writer {
     store: Arc<GraphStore>,
     config: BatcherConfig,
     metrics: GraphWriterMetrics,
     readiness: Readiness,
     /// Whether Neo4j answered the last call (`None` until first checked).
-    up: Option<bool>,
+    up: std::sync::Mutex<Option<bool>>,
 }
 
 impl Task {
-    async fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
+    async fn run(self, mut rx: mpsc::Receiver<Pending>) {
+        let writer = self.writer;
+        let transactions = writer.config.transactions.max(1);
+        let permits = Arc::new(Semaphore::new(transactions));
         let mut next_probe = tokio::time::Instant::now();
         loop {
+            // A free transaction first, so a batch starts filling (and its linger runs) only
+            // when it can be written at once; meanwhile rows queue in the channel.
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                break;
+            };
             let first = tokio::select! {
                 pending = rx.recv() => pending,
-                _ = tokio::time::sleep_until(next_probe), if self.up != Some(true) => {
-                    if let Err(e) = self.store.ping().await {
-                        self.set_up(Err(&e));
+                _ = tokio::time::sleep_until(next_probe), if writer.up() != Some(true) => {
+                    if let Err(e) = writer.store.ping().await {
+                        writer.set_up(Err(&e));
                     } else {
-                        self.set_up(Ok(()));
+                        writer.set_up(Ok(()));
                     }
-                    next_probe = tokio::time::Instant::now() + self.config.probe_interval;
+                    next_probe = tokio::time::Instant::now() + writer.config.probe_interval;
                     continue;
                 }
             };
             let Some(first) = first else { break };
-            let mut batch = Vec::with_capacity(self.config.batch_size);
+            let mut batch = Vec::with_capacity(writer.config.batch_size);
             batch.push(first);
-            let deadline = tokio::time::Instant::now() + self.config.linger;
-            while batch.len() < self.config.batch_size {
+            let deadline = tokio::time::Instant::now() + writer.config.linger;
+            while batch.len() < writer.config.batch_size {
                 tokio::select! {
                     biased;
                     pending = rx.recv() => match pending {
@@ -172,15 +200,28 @@ impl Task {
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
-            self.write_batch(batch).await;
-            next_probe = tokio::time::Instant::now() + self.config.probe_interval;
+            let batch_writer = Arc::clone(&writer);
+            tokio::spawn(async move {
+                batch_writer.write_batch(batch).await;
+                drop(permit);
+            });
+            next_probe = tokio::time::Instant::now() + writer.config.probe_interval;
         }
+        // Every handle is gone: wait for the transactions still running.
+        let _ = permits.acquire_many(transactions as u32).await;
+    }
+}
+
+impl Writer {
+    fn up(&self) -> Option<bool> {
+        *self.up.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_up(&mut self, outcome: Result<(), &WriteError>) {
+    fn set_up(&self, outcome: Result<(), &WriteError>) {
         // Neo4j that answers with an error is still up.
         let up = !matches!(outcome, Err(WriteError::Unavailable(_)));
-        if self.up != Some(up) {
+        let mut was = self.up.lock().unwrap_or_else(|e| e.into_inner());
+        if *was != Some(up) {
             match outcome {
                 Err(e) if !up => {
                     tracing::warn!(error = %e, "Neo4j is out of reach; holding offsets")
@@ -188,13 +229,14 @@ impl Task {
                 _ => tracing::info!("Neo4j is reachable"),
             }
         }
-        self.up = Some(up);
+        *was = Some(up);
+        drop(was);
         self.metrics.neo4j_up.set(i64::from(up));
         self.readiness.set(READINESS_NEO4J, up);
     }
 
     /// Writes a batch, isolating rows Neo4j refuses, and answers every row.
-    async fn write_batch(&mut self, batch: Vec<Pending>) {
+    async fn write_batch(&self, batch: Vec<Pending>) {
         let rows: Vec<&Row> = batch.iter().map(|p| p.row.as_ref()).collect();
         let mut outcomes: Vec<Option<Result<(), RowFailure>>> = vec![None; rows.len()];
         // A stack of ranges still to write, starting with the whole batch.
@@ -248,7 +290,7 @@ impl Task {
     }
 
     /// One transaction for `rows`, retried against transient errors and one lost connection.
-    async fn write_with_retries(&mut self, rows: &[&Row]) -> Result<(), WriteError> {
+    async fn write_with_retries(&self, rows: &[&Row]) -> Result<(), WriteError> {
         let mut pause = self.config.retry_backoff;
         let mut unavailable_before = false;
         let mut attempt = 1;

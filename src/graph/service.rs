@@ -70,11 +70,11 @@ pub async fn run(
         &shutdown,
     )
     .await?;
-    // Rows wait in the batcher for their transaction: two batches in flight keep one
-    // filling while the other is written.
+    // Rows wait in the batcher for their transaction: one batch filling while the others
+    // are written.
     let concurrency = args
         .concurrent_jobs
-        .unwrap_or(args.graph.graph_batch_size * 2);
+        .unwrap_or(args.graph.graph_batch_size * (args.graph.graph_transactions + 1));
     // A row waits for the batch ahead of it, then its own, each bounded by the query
     // timeout; past three of them something is wrong beyond a slow Neo4j.
     let job_timeout = args.neo4j.neo4j_query_timeout * 3 + args.graph.graph_batch_linger;
@@ -119,7 +119,10 @@ pub async fn start_handler(
     .ok_or(StartError::Cancelled)?;
     let (batcher, task) = Batcher::spawn(
         store,
-        BatcherConfig::new(graph.graph_batch_size, graph.graph_batch_linger),
+        BatcherConfig {
+            transactions: graph.graph_transactions,
+            ..BatcherConfig::new(graph.graph_batch_size, graph.graph_batch_linger)
+        },
         metrics.clone(),
         readiness,
     );
