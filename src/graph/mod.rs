@@ -27,7 +27,7 @@ use std::time::Duration;
 use neo4rs::{ConfigBuilder, Graph, Query};
 
 pub use batcher::{Batcher, BatcherConfig, RowFailure};
-pub use plan::{STATEMENT_BYTES, statements};
+pub use plan::statements;
 pub use rows::{EdgeRow, GoneRow, NodeRow, Row, RowError};
 
 use crate::config::Neo4jArgs;

@@ -1,6 +1,10 @@
 //! A batch's rows grouped into the statements of its one transaction: one `UNWIND` statement
-//! per shape (see [`super::cypher`]), in the order the revision and tombstone rules need, each
-//! split into runs small enough to leave in one network write.
+//! per shape (see [`super::cypher`]), in the order the revision and tombstone rules need.
+//!
+//! A shape's rows go in one statement, however many: one round trip each. They were once
+//! split into statements under 7 KiB, because the driver's socket lacked `TCP_NODELAY` and a
+//! larger request waited 40 ms for a delayed ACK; the vendored driver (`vendor/neo4rs`) sets
+//! it, and whole statements made an import 1.25 times faster (see `docs/import.md`).
 //!
 //! Order within the transaction: tombstones, then the stripping of gone records' nodes, then
 //! node records, then relationships (start nodes, end nodes, relationships), so every row sees
@@ -14,53 +18,6 @@ use neo4rs::{BoltList, BoltType, Query};
 use super::cypher;
 use super::rows::{self, GoneRow, NodeRow, Row};
 use crate::message::{Label, Rel};
-
-/// Bytes of rows per statement. The driver neither sets `TCP_NODELAY` nor sends a request
-/// larger than its 8 KiB write buffer in one piece: such a request leaves in several writes,
-/// and Nagle's algorithm holds the last one until the server's delayed ACK, 40 ms later (a
-/// 1,000-row statement took ~300 ms this way). Splitting a batch's rows into statements of
-/// under 7 KiB each, all in the one transaction, keeps every request in a single write at the
-/// cost of one loopback round trip per statement. A single row over the budget still goes
-/// alone and pays the 40 ms.
-pub const STATEMENT_BYTES: usize = 7 * 1024;
-
-/// Roughly how many bytes a value takes on the wire (PackStream): enough to keep a statement
-/// under [`STATEMENT_BYTES`].
-fn wire_size(value: &BoltType) -> usize {
-    match value {
-        BoltType::String(s) => s.value.len() + 3,
-        BoltType::List(list) => 3 + list.value.iter().map(wire_size).sum::<usize>(),
-        BoltType::Map(map) => {
-            3 + map
-                .value
-                .iter()
-                .map(|(k, v)| k.value.len() + 3 + wire_size(v))
-                .sum::<usize>()
-        }
-        _ => 9,
-    }
-}
-
-/// Splits a statement's rows into runs of at most [`STATEMENT_BYTES`] (with `overhead` for
-/// the statement's text), in order; a row bigger than the budget gets a run of its own.
-fn chunks(rows: Vec<BoltType>, overhead: usize) -> Vec<Vec<BoltType>> {
-    let mut runs = Vec::new();
-    let mut run = Vec::new();
-    let mut bytes = overhead;
-    for row in rows {
-        let size = wire_size(&row);
-        if !run.is_empty() && bytes + size > STATEMENT_BYTES {
-            runs.push(std::mem::take(&mut run));
-            bytes = overhead;
-        }
-        bytes += size;
-        run.push(row);
-    }
-    if !run.is_empty() {
-        runs.push(run);
-    }
-    runs
-}
 
 /// One node's write within a batch: every row of the key reduced to the one that wins (see
 /// [`NodeWrite::absorb`]), with the crawls of all of them.
@@ -301,34 +258,34 @@ fn plan(rows: &[&Row]) -> Vec<Planned> {
     planned
 }
 
-/// One statement of a batch before it is split into runs: its text, its rows, and whether it
-/// takes the writer's own property names as `$reserved` (see `cypher::merge_nodes`).
+/// One statement of a batch: its text, its rows, and whether it takes the writer's own
+/// property names as `$reserved` (see `cypher::merge_nodes`).
 struct Planned {
     text: String,
     rows: Vec<BoltType>,
     reserved: bool,
 }
 
-/// The queries of a batch, in order (see [`plan`]): one per run of a statement's rows, all in
-/// the one transaction (see [`STATEMENT_BYTES`]).
+/// The queries of a batch, in order (see [`plan`]), all for the one transaction.
 pub fn statements(rows: &[&Row]) -> Vec<Query> {
-    let mut queries = Vec::new();
-    for Planned {
-        text,
-        rows,
-        reserved,
-    } in plan(rows)
-    {
-        for run in chunks(rows, text.len()) {
-            let query = neo4rs::query(&text).param("rows", BoltType::List(BoltList::from(run)));
-            queries.push(if reserved {
-                query.param("reserved", rows::crawls_param(rows::RESERVED_PROPS))
-            } else {
-                query
-            });
-        }
-    }
-    queries
+    plan(rows)
+        .into_iter()
+        .map(
+            |Planned {
+                 text,
+                 rows,
+                 reserved,
+             }| {
+                let query =
+                    neo4rs::query(&text).param("rows", BoltType::List(BoltList::from(rows)));
+                if reserved {
+                    query.param("reserved", rows::crawls_param(rows::RESERVED_PROPS))
+                } else {
+                    query
+                }
+            },
+        )
+        .collect()
 }
 
 /// The crawl ids of one endpoint or relationship within a batch.
@@ -387,23 +344,5 @@ mod tests {
         let tombstone_record = ["MERGE (t:Tombstone", "MERGE (n:Work"];
         assert_eq!(shapes(&[gone(5), record(6)]), tombstone_record);
         assert_eq!(shapes(&[record(6), gone(5)]), tombstone_record);
-    }
-
-    #[test]
-    fn a_statement_stays_under_the_byte_budget_and_keeps_row_order() {
-        let rows: Vec<BoltType> = (0..1000)
-            .map(|i| BoltType::from(format!("/works/OL{i:0>60}W")))
-            .collect();
-        let runs = chunks(rows.clone(), 400);
-        assert!(runs.len() > 1);
-        assert!(
-            runs.iter()
-                .all(|run| 400 + run.iter().map(wire_size).sum::<usize>() <= STATEMENT_BYTES)
-        );
-        assert_eq!(runs.concat(), rows);
-
-        let huge = BoltType::from("x".repeat(3 * STATEMENT_BYTES));
-        let runs = chunks(vec![rows[0].clone(), huge.clone(), rows[1].clone()], 0);
-        assert_eq!(runs.len(), 3, "a row over the budget goes alone");
     }
 }
