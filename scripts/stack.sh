@@ -16,7 +16,8 @@
 # :7688 (bolt-tls, socat in front of it). `up`
 # restarts a running service that an older version of this script started
 # without them. STACK_DIR (default .stack) and STACK_PORT_OFFSET (default 0,
-# added to every port) run a second, separate stack beside the first.
+# added to every port) run a second, separate stack beside the first; NEO4J_PAGECACHE
+# (default 512m) sizes Neo4j's page cache.
 #
 # Everything downloaded or written lives under $ROOT/.stack (git-ignored):
 #   lib/  jars (Kafka, Neo4j, the compiled Neo4j launcher)
@@ -369,7 +370,7 @@ launch_neo4j() {
   mkdir -p "$DATA/neo4j/home"
   # --add-opens/netty flag: what Neo4j's own start script passes on Java 17,
   # otherwise the page cache and netty fall back to slower paths with warnings.
-  launch neo4j env NEO4J_PASSWORD="$NEO4J_PASSWORD" NEO4J_PAGECACHE=512m \
+  launch neo4j env NEO4J_PASSWORD="$NEO4J_PASSWORD" NEO4J_PAGECACHE="${NEO4J_PAGECACHE:-512m}" \
     NEO4J_BOLT_HOST=127.0.0.1 NEO4J_BOLT_PORT="$(port_of neo4j)" NEO4J_TLS_DIR="$TLS/neo4j" \
     "$JAVA" -Xms1g -Xmx2g -XX:+UseG1GC -XX:-OmitStackTraceInFastThrow \
     -Djdk.nio.maxCachedBufferSize=1024 -Dio.netty.tryReflectionSetAccessible=true \
