@@ -56,16 +56,10 @@ fn catalogue(keys: &Keys) -> Vec<Row> {
 
 fn batcher(
     store: std::sync::Arc<bookworm::graph::GraphStore>,
-    batch_size: usize,
-    linger: Duration,
+    config: BatcherConfig,
 ) -> (Batcher, GraphWriterMetrics, Readiness) {
     let metrics = GraphWriterMetrics::register(&prometheus::Registry::new()).unwrap();
     let readiness = Readiness::with_conditions(&["neo4j"]);
-    let config = BatcherConfig {
-        batch_size,
-        linger,
-        ..BatcherConfig::new(batch_size, linger)
-    };
     let (batcher, _task) = Batcher::spawn(store, config, metrics.clone(), readiness.clone());
     (batcher, metrics, readiness)
 }
@@ -207,7 +201,10 @@ async fn writing_the_same_rows_twice_creates_no_duplicates() {
 async fn a_row_neo4j_refuses_is_rejected_while_its_batch_mates_are_written() {
     let store = store().await;
     let keys = Keys::new();
-    let (batcher, metrics, _) = batcher(store.clone(), 64, Duration::from_millis(500));
+    let (batcher, metrics, _) = batcher(
+        store.clone(),
+        BatcherConfig::new(64, Duration::from_millis(500)),
+    );
     let mut rows: Vec<Row> = (0..40)
         .map(|i| {
             node(
@@ -260,7 +257,10 @@ async fn a_row_neo4j_refuses_is_rejected_while_its_batch_mates_are_written() {
 async fn concurrent_rows_are_grouped_into_batches_and_neo4j_is_reported_up() {
     let store = store().await;
     let keys = Keys::new();
-    let (batcher, metrics, readiness) = batcher(store.clone(), 100, Duration::from_secs(2));
+    let (batcher, metrics, readiness) = batcher(
+        store.clone(),
+        BatcherConfig::new(100, Duration::from_secs(2)),
+    );
     let rows: Vec<Row> = (0..300)
         .map(|i| {
             edge(
@@ -302,13 +302,11 @@ async fn concurrent_rows_are_grouped_into_batches_and_neo4j_is_reported_up() {
 async fn concurrent_transactions_over_shared_nodes_write_every_row() {
     let store = store().await;
     let keys = Keys::new();
-    let metrics = GraphWriterMetrics::register(&prometheus::Registry::new()).unwrap();
-    let readiness = Readiness::with_conditions(&["neo4j"]);
     let config = BatcherConfig {
         transactions: 4,
         ..BatcherConfig::new(40, Duration::from_millis(20))
     };
-    let (batcher, _task) = Batcher::spawn(store.clone(), config, metrics.clone(), readiness);
+    let (batcher, metrics, _) = batcher(store.clone(), config);
     let mut rows = Vec::new();
     for i in 0..100 {
         let work = i.to_string();

@@ -20,35 +20,38 @@ pub(super) struct Waiting {
     pub(super) lane: u64,
 }
 
-/// Jobs running now over all partitions, in all and per lane. A lane with none running has no
-/// entry, so the map is bounded by the jobs in flight.
+/// How many items (jobs running, messages waiting) each lane has, in all and per lane. A lane
+/// at zero has no entry, so the map is bounded by the items counted.
 #[derive(Debug, Default)]
-pub(super) struct Running {
+pub(super) struct LaneCounts {
     total: usize,
     by_lane: HashMap<u64, usize>,
 }
 
-impl Running {
-    /// Jobs running in all.
+/// Jobs running now over all partitions.
+pub(super) type Running = LaneCounts;
+
+impl LaneCounts {
+    /// Items in all.
     pub(super) fn total(&self) -> usize {
         self.total
     }
 
-    /// Jobs of `lane` running.
+    /// Items of `lane`.
     pub(super) fn of(&self, lane: u64) -> usize {
         self.by_lane.get(&lane).copied().unwrap_or(0)
     }
 
-    /// A job of `lane` started.
-    pub(super) fn start(&mut self, lane: u64) {
+    /// One more item of `lane` (a job started, a message queued).
+    pub(super) fn add(&mut self, lane: u64) {
         self.total += 1;
         *self.by_lane.entry(lane).or_default() += 1;
     }
 
-    /// A job of `lane` ended (finished or aborted).
-    pub(super) fn end(&mut self, lane: u64) {
-        self.total = self.total.saturating_sub(1);
+    /// One item of `lane` less (a job finished or was aborted, a message was taken).
+    pub(super) fn remove(&mut self, lane: u64) {
         if let Some(count) = self.by_lane.get_mut(&lane) {
+            self.total -= 1;
             *count -= 1;
             if *count == 0 {
                 self.by_lane.remove(&lane);
@@ -56,7 +59,12 @@ impl Running {
         }
     }
 
-    /// Every job is gone (shutdown).
+    /// The lanes with at least one item.
+    fn lanes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_lane.keys().copied()
+    }
+
+    /// Nothing is counted any more (shutdown, revoke).
     pub(super) fn clear(&mut self) {
         self.total = 0;
         self.by_lane.clear();
@@ -67,13 +75,13 @@ impl Running {
 #[derive(Default)]
 pub(super) struct Backlog {
     queue: VecDeque<Waiting>,
-    lanes: HashMap<u64, usize>,
+    lanes: LaneCounts,
 }
 
 impl Backlog {
     /// Queues a delivered message last.
     pub(super) fn push_back(&mut self, waiting: Waiting) {
-        *self.lanes.entry(waiting.lane).or_default() += 1;
+        self.lanes.add(waiting.lane);
         self.queue.push_back(waiting);
     }
 
@@ -112,8 +120,8 @@ impl Backlog {
         let front = self.queue.front()?.lane;
         let load = |lane: u64| running.of(lane) as f64 / weight(lane).max(f64::MIN_POSITIVE);
         let mut best = (load(front), front);
-        if best.0 > 0.0 && self.lanes.len() > 1 {
-            for &lane in self.lanes.keys() {
+        if best.0 > 0.0 {
+            for lane in self.lanes.lanes() {
                 let candidate = (load(lane), lane);
                 let tie_won = candidate.0 == best.0 && best.1 != front && lane < best.1;
                 if candidate.0 < best.0 || tie_won {
@@ -127,12 +135,7 @@ impl Backlog {
             self.queue.iter().position(|w| w.lane == best.1)?
         };
         let taken = self.queue.remove(at)?;
-        if let Some(count) = self.lanes.get_mut(&taken.lane) {
-            *count -= 1;
-            if *count == 0 {
-                self.lanes.remove(&taken.lane);
-            }
-        }
+        self.lanes.remove(taken.lane);
         Some(taken)
     }
 }
@@ -170,14 +173,14 @@ mod tests {
     fn the_quietest_lane_goes_first_and_one_lane_keeps_delivery_order() {
         let mut running = Running::default();
         for _ in 0..3 {
-            running.start(1);
+            running.add(1);
         }
         let mut queue = backlog(&[1, 1, 1, 2, 1, 2]);
         let taken = queue
             .take_quietest(&running, |_| 1.0)
             .map(|w| w.delivery.offset);
         assert_eq!(taken, Some(3), "lane 2 has nothing running");
-        running.start(2);
+        running.add(2);
         // Lane 2 now runs 1 against lane 1's 3, unless lane 1 weighs four times as much.
         assert_eq!(
             queue
@@ -196,7 +199,7 @@ mod tests {
             .map(|w| w.delivery.offset)
             .collect();
         assert_eq!(order, [0, 1, 2]);
-        assert!(one_lane.is_empty() && one_lane.lanes.is_empty());
+        assert!(one_lane.is_empty() && one_lane.lanes.total() == 0);
     }
 
     /// The counts follow starts and ends and forget a lane with nothing running, so a stream
@@ -204,12 +207,12 @@ mod tests {
     #[test]
     fn running_counts_forget_a_lane_that_ended() {
         let mut running = Running::default();
-        running.start(1);
-        running.start(1);
-        running.start(2);
+        running.add(1);
+        running.add(1);
+        running.add(2);
         assert_eq!((running.total(), running.of(1), running.of(2)), (3, 2, 1));
-        running.end(1);
-        running.end(2);
+        running.remove(1);
+        running.remove(2);
         assert_eq!((running.total(), running.of(1), running.of(2)), (1, 1, 0));
         assert!(!running.by_lane.contains_key(&2));
         running.clear();

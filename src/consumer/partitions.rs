@@ -180,7 +180,7 @@ impl Shared {
                 && slot.epoch == epoch
                 && let Some((.., lane)) = slot.running.remove(&offset)
             {
-                state.running.end(lane);
+                state.running.remove(lane);
                 state.tracker.completed(partition, epoch, offset);
             }
         }
@@ -194,7 +194,7 @@ impl Shared {
 pub(super) fn abort_all(slot: &Slot, running: &mut Running) -> usize {
     for (handle, _, lane) in slot.running.values() {
         handle.abort();
-        running.end(*lane);
+        running.remove(*lane);
     }
     slot.running.len()
 }
@@ -238,7 +238,7 @@ impl<H: Handler> Turn<'_, H> {
             let task = tokio::spawn(run_job(Arc::clone(self.env), delivery, slot_ref));
             slot.running
                 .insert(offset, (task.abort_handle(), Instant::now(), lane));
-            state.running.start(lane);
+            state.running.add(lane);
         }
         let high = partition_backlog(state.slots.len());
         let mut to_pause = TopicPartitionList::new();
