@@ -113,8 +113,9 @@ impl Batcher {
         metrics: GraphWriterMetrics,
         readiness: Readiness,
     ) -> (Self, JoinHandle<()>) {
-        // Room for two batches: one filling while one is written; handlers beyond that wait
-        // to hand in their row, which is the back-pressure the consumer loop feels.
+        // Room for two batches of rows not yet in a transaction (queued while every
+        // transaction is busy); handlers beyond that wait to hand in their row, which is the
+        // back-pressure the consumer loop feels.
         let (tx, rx) = mpsc::channel(config.batch_size.saturating_mul(2).max(1));
         let task = Task {
             writer: Arc::new(Writer {
@@ -130,8 +131,9 @@ impl Batcher {
 
     /// Writes one row with the next batch and waits until its transaction committed.
     ///
-    /// The row is boxed before the future starts: a graph writer holds two batches of these
-    /// futures, and a row inline would sit in each of them twice (before and inside the send).
+    /// The row is boxed before the future starts: a graph writer holds several batches of
+    /// these futures (`GRAPH_TRANSACTIONS` + 1), and a row inline would sit in each of them
+    /// twice (before and inside the send).
     pub fn write(&self, row: Row) -> impl Future<Output = Result<(), RowFailure>> + Send + '_ {
         let row = Box::new(row);
         async move {
