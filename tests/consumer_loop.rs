@@ -1289,3 +1289,110 @@ async fn every_partition_with_backlog_commits_within_a_bounded_time() {
         .expect("loop task")
         .expect("loop returns Ok");
 }
+
+/// Jobs of two lanes, "big" and "small", on one partition: big is held to one job at a time
+/// while any small message is unfinished, as the worker holds a large crawl to its share.
+struct LaneHandler {
+    small_left: std::sync::atomic::AtomicUsize,
+    big_running: std::sync::atomic::AtomicUsize,
+    /// The most big jobs seen running at once, before and after the small ones were done.
+    big_peak: [std::sync::atomic::AtomicUsize; 2],
+}
+
+impl Handler for LaneHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<Vec<Record>, HandleError> {
+        if self.lane(delivery) == 1 {
+            let now = self.big_running.fetch_add(1, Ordering::SeqCst) + 1;
+            let phase = usize::from(self.small_left.load(Ordering::SeqCst) == 0);
+            self.big_peak[phase].fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.big_running.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.small_left.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(Vec::new())
+    }
+
+    fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {
+        Record {
+            topic: "unused".to_owned(),
+            key: delivery.offset.to_string(),
+            payload: format!("{reason}: {detail}").into_bytes(),
+        }
+    }
+
+    fn lane(&self, delivery: &Delivery) -> u64 {
+        u64::from(!payload(delivery).starts_with("big")) + 1
+    }
+
+    fn lane_limit(&self, lane: u64) -> usize {
+        if lane == 1 && self.small_left.load(Ordering::SeqCst) > 0 {
+            1
+        } else {
+            usize::MAX
+        }
+    }
+}
+
+/// Issue 18: a lane at its limit does not take the free slots. Its messages wait in the
+/// backlog (not started, not published again) while the other lane's messages behind them in
+/// the same partition start, and it takes every slot again once its limit lifts, without a new
+/// message to wake the loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_at_its_limit_leaves_the_free_slots_to_the_other_lanes() {
+    const BIG: usize = 40;
+    const SMALL: usize = 12;
+    let topic = unique("lanes");
+    let group = unique("lanes-group");
+    create_topic(&topic, 1).await;
+    let mut items: Vec<(usize, String)> = (0..BIG).map(|i| (0, format!("big-{i}"))).collect();
+    items.extend((0..SMALL).map(|i| (0, format!("small-{i}"))));
+    produce_raw(
+        &topic,
+        items.into_iter().map(|(_, p)| p.into_bytes()).collect(),
+    )
+    .await;
+    let handler = Arc::new(LaneHandler {
+        small_left: SMALL.into(),
+        big_running: 0.into(),
+        big_peak: [0.into(), 0.into()],
+    });
+    let (_, metrics) = metrics();
+    let token = CancellationToken::new();
+    let consumer_loop = ConsumerLoop::new(
+        settings(&group, &topic, 4, Duration::from_secs(30)),
+        Arc::clone(&handler),
+        LoopTelemetry {
+            metrics,
+            liveness: Liveness::new(Duration::from_secs(5), None),
+            readiness: Readiness::default(),
+        },
+    );
+    let task = tokio::spawn(consumer_loop.run(token.clone()));
+    eventually(
+        "every message is committed",
+        Duration::from_secs(60),
+        || {
+            let offsets = committed(&group, &topic, 1);
+            async move { (offsets == [(BIG + SMALL) as i64]).then_some(()) }
+        },
+    )
+    .await;
+    let [held, free] = &handler.big_peak;
+    assert_eq!(
+        held.load(Ordering::SeqCst),
+        1,
+        "the held lane ran more than its limit while the other lane had work"
+    );
+    assert!(
+        free.load(Ordering::SeqCst) > 1,
+        "the lane did not take the free slots once its limit lifted"
+    );
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("loop stops in time")
+        .expect("loop task")
+        .expect("loop returns Ok");
+}

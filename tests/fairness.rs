@@ -7,7 +7,9 @@
 //! fairness -- --nocapture` prints `FAIRNESS` lines (docs/performance.md quotes them). The
 //! test asserts what does not depend on the machine's speed: while the small crawl runs, the
 //! large one advances by a fraction of what the small one fetches (its one-slot share), not
-//! by its backlog once per level of the small crawl.
+//! by its backlog once per level of the small crawl; and the large crawl's jobs beyond its
+//! share wait in the worker's backlog instead of being published again (deferred), which once
+//! cost 1,100–1,600 frontier records per small crawl and most of its slowdown.
 
 mod support;
 
@@ -73,6 +75,9 @@ async fn a_small_crawl_beside_a_large_one_gets_its_share() {
     })
     .await;
 
+    // The first crawl of a new deployment also pays its warm-up (connections, the
+    // simulator's and Neo4j's first answers): timed, it made the ratio read below 1.
+    let _ = small_crawl(&deployment, 2).await;
     let (_, alone) = small_crawl(&deployment, 2).await;
 
     let big = deployment.create_crawl_of(1, 10, Some(big_nodes)).await;
@@ -102,7 +107,12 @@ async fn a_small_crawl_beside_a_large_one_gets_its_share() {
         beside.as_secs_f64(),
         beside.as_secs_f64() / alone.as_secs_f64(),
     );
-    assert!(deferred > 0.0, "no job was deferred");
+    // Deferral is only for a partition whose backlog is full (1,000 messages here): the
+    // large crawl's few thousand keys in flight fit, so its jobs wait instead.
+    assert!(
+        deferred < SMALL as f64,
+        "{deferred} jobs deferred: the large crawl's jobs were published again instead of held"
+    );
     // In order, the small crawl waits for the large one's backlog (here at least 4 × SMALL
     // keys) once per level; with shares weighted by backlog the large crawl keeps about one
     // slot of the eight meanwhile (equal shares would give it about the small one's size).

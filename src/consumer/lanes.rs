@@ -107,16 +107,23 @@ impl Backlog {
         self.lanes.clear();
     }
 
-    /// Takes the first message of the lane with the fewest jobs running per `weight`, so lanes
-    /// share the slots whatever their share of the backlog; on a tie the front's lane wins,
-    /// then the lowest lane id. With one lane this is the front, in delivery order. Commits
-    /// stay in order whatever is taken: the tracker holds every delivered offset from
-    /// acceptance on.
-    pub(super) fn take_quietest(
-        &mut self,
+    /// The lane whose first message should start next, if one may: the lane with the fewest
+    /// jobs running per `weight`, so lanes share the slots whatever their share of the backlog;
+    /// on a tie the front's lane wins, then the lowest lane id. With one lane this is the
+    /// front's, in delivery order.
+    ///
+    /// A lane with as many jobs running as its `limit` allows waits here, and so does the
+    /// partition, unless its backlog is `full`: then the lane starts anyway, so the handler can
+    /// move the message out of the way (the worker puts a crawl's job back at the partition's
+    /// tail) and what waits behind it is reached. Commits stay in order whatever starts: the
+    /// tracker holds every delivered offset from acceptance on.
+    pub(super) fn next_lane(
+        &self,
         running: &Running,
         weight: impl Fn(u64) -> f64,
-    ) -> Option<Waiting> {
+        limit: impl FnOnce(u64) -> usize,
+        full: bool,
+    ) -> Option<u64> {
         let front = self.queue.front()?.lane;
         let load = |lane: u64| running.of(lane) as f64 / weight(lane).max(f64::MIN_POSITIVE);
         let mut best = (load(front), front);
@@ -129,11 +136,13 @@ impl Backlog {
                 }
             }
         }
-        let at = if best.1 == front {
-            0
-        } else {
-            self.queue.iter().position(|w| w.lane == best.1)?
-        };
+        let lane = best.1;
+        (full || running.of(lane) < limit(lane)).then_some(lane)
+    }
+
+    /// Takes the first waiting message of `lane`.
+    pub(super) fn take_first(&mut self, lane: u64) -> Option<Waiting> {
+        let at = self.queue.iter().position(|w| w.lane == lane)?;
         let taken = self.queue.remove(at)?;
         self.lanes.remove(taken.lane);
         Some(taken)
@@ -167,6 +176,12 @@ mod tests {
         backlog
     }
 
+    /// Starts the next message as the dispatcher does: no lane has a limit here.
+    fn take(queue: &mut Backlog, running: &Running, weight: impl Fn(u64) -> f64) -> Option<i64> {
+        let lane = queue.next_lane(running, weight, |_| usize::MAX, false)?;
+        queue.take_first(lane).map(|w| w.delivery.offset)
+    }
+
     /// The lane with the fewest running per weight goes first, wherever its first message
     /// waits; with one lane, or a quiet front, the order is the delivery order.
     #[test]
@@ -176,30 +191,47 @@ mod tests {
             running.add(1);
         }
         let mut queue = backlog(&[1, 1, 1, 2, 1, 2]);
-        let taken = queue
-            .take_quietest(&running, |_| 1.0)
-            .map(|w| w.delivery.offset);
-        assert_eq!(taken, Some(3), "lane 2 has nothing running");
+        assert_eq!(
+            take(&mut queue, &running, |_| 1.0),
+            Some(3),
+            "lane 2 has nothing running"
+        );
         running.add(2);
         // Lane 2 now runs 1 against lane 1's 3, unless lane 1 weighs four times as much.
+        assert_eq!(take(&mut queue, &running, |_| 1.0), Some(5));
         assert_eq!(
-            queue
-                .take_quietest(&running, |_| 1.0)
-                .map(|w| w.delivery.offset),
-            Some(5)
-        );
-        assert_eq!(
-            queue
-                .take_quietest(&running, |lane| if lane == 1 { 4.0 } else { 1.0 })
-                .map(|w| w.delivery.offset),
+            take(&mut queue, &running, |lane| if lane == 1 {
+                4.0
+            } else {
+                1.0
+            }),
             Some(0)
         );
         let mut one_lane = backlog(&[7, 7, 7]);
-        let order: Vec<i64> = std::iter::from_fn(|| one_lane.take_quietest(&running, |_| 1.0))
-            .map(|w| w.delivery.offset)
-            .collect();
+        let order: Vec<i64> =
+            std::iter::from_fn(|| take(&mut one_lane, &running, |_| 1.0)).collect();
         assert_eq!(order, [0, 1, 2]);
         assert!(one_lane.is_empty() && one_lane.lanes.total() == 0);
+    }
+
+    /// A lane at its limit does not start, and holds its partition, until the limit rises
+    /// or the backlog is full; below its limit it starts as before.
+    #[test]
+    fn a_lane_at_its_limit_waits_unless_the_backlog_is_full() {
+        let mut running = Running::default();
+        running.add(1);
+        let queue = backlog(&[1, 1, 1]);
+        let limit = |lane: u64| if lane == 1 { 1 } else { usize::MAX };
+        assert_eq!(queue.next_lane(&running, |_| 1.0, limit, false), None);
+        assert_eq!(
+            queue.next_lane(&running, |_| 1.0, limit, true),
+            Some(1),
+            "a full backlog starts it anyway"
+        );
+        assert_eq!(queue.next_lane(&running, |_| 1.0, |_| 2, false), Some(1));
+        // Another lane's message behind it is quieter and starts.
+        let queue = backlog(&[1, 1, 2]);
+        assert_eq!(queue.next_lane(&running, |_| 1.0, limit, false), Some(2));
     }
 
     /// The counts follow starts and ends and forget a lane with nothing running, so a stream

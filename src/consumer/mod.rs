@@ -133,6 +133,16 @@ pub trait Handler: Send + Sync + 'static {
         let _ = lane;
         1.0
     }
+    /// The most jobs of `lane` that may run at once now. A lane at its limit waits in its
+    /// partitions' backlogs, and so does each such partition, while other lanes' messages
+    /// start: a slot the lane may not have stays free for a lane that may. Only a partition
+    /// whose backlog is full starts it anyway (see the loop's `Backlog::next_lane`), so that
+    /// no partition stays stuck behind one lane. The crawl limits a crawl to its share of
+    /// the worker while another crawl is below its own; by default there is no limit.
+    fn lane_limit(&self, lane: u64) -> usize {
+        let _ = lane;
+        usize::MAX
+    }
     /// What a handler call that ran past `JOB_TIMEOUT` means for its message. By default the
     /// message is at fault (a fetch that never ends) and is dead-lettered as `timeout`; a
     /// handler whose calls only wait for a dependency (the graph writer waiting on Neo4j)

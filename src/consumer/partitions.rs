@@ -210,20 +210,31 @@ impl<H: Handler> Turn<'_, H> {
             return;
         }
         let per_partition = self.per_partition;
+        let high = partition_backlog(state.slots.len());
+        let handler = &self.env.handler;
         while state.running.total() < self.concurrency {
-            let slots = &state.slots;
-            let Some(partition) = state
-                .rotation
-                .next_ready(|p| slots.get(p).is_some_and(|slot| slot.ready(per_partition)))
-            else {
+            let (slots, running, paused) = (&state.slots, &state.running, &state.paused);
+            let mut lane = None;
+            let Some(partition) = state.rotation.next_ready(|p| {
+                let Some(slot) = slots.get(p).filter(|slot| slot.ready(per_partition)) else {
+                    return false;
+                };
+                let full = paused.contains(p) || slot.backlog.len() >= high;
+                lane = slot.backlog.next_lane(
+                    running,
+                    |lane| handler.lane_weight(lane),
+                    |lane| handler.lane_limit(lane),
+                    full,
+                );
+                lane.is_some()
+            }) else {
                 break;
             };
             let Some(slot) = state.slots.get_mut(&partition) else {
                 break;
             };
-            let Some(Waiting { delivery, lane, .. }) = slot
-                .backlog
-                .take_quietest(&state.running, |lane| self.env.handler.lane_weight(lane))
+            let Some(Waiting { delivery, lane, .. }) =
+                lane.and_then(|lane| slot.backlog.take_first(lane))
             else {
                 break;
             };
@@ -240,7 +251,6 @@ impl<H: Handler> Turn<'_, H> {
                 .insert(offset, (task.abort_handle(), Instant::now(), lane));
             state.running.add(lane);
         }
-        let high = partition_backlog(state.slots.len());
         let mut to_pause = TopicPartitionList::new();
         let mut to_resume = TopicPartitionList::new();
         for (partition, slot) in &state.slots {

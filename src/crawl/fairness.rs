@@ -3,15 +3,22 @@
 //! Every crawl's jobs share the frontier's partitions (they are keyed by Open Library key,
 //! for locality), so a small crawl started beside a large one finds its jobs behind the
 //! large one's backlog in every partition: in-order consumption alone would make it wait
-//! for that backlog at every level of its breadth-first descent. Two things prevent it:
-//! - the consumer loop starts, within a partition's read-ahead, the first job of the crawl
+//! for that backlog at every level of its breadth-first descent. Three things prevent it:
+//! - the consumer loop starts, within a partition's backlog, the first job of the crawl
 //!   furthest below its share ([`crate::consumer::Handler::lane`] and
 //!   [`crate::consumer::Handler::lane_weight`]);
-//! - beyond the read-ahead, each crawl may hold at most its share of the worker's slots, and
-//!   a job of a crawl at its share while another crawl is below its own is *deferred*: put
-//!   back at the tail of its partition unchanged (the same key, so the same partition),
-//!   without touching the crawl's state. The consumer then moves past the large crawl's
-//!   backlog to the small crawl's jobs, while the large crawl keeps its share running.
+//! - a crawl holding its share while another crawl has room under its own starts no more
+//!   jobs: they wait in their partitions' backlogs ([`crate::consumer::Handler::lane_limit`]),
+//!   and the free slots stay for the other crawl's jobs as they arrive;
+//! - only where a partition's backlog is full of such jobs does the loop start one anyway,
+//!   and the job is then *deferred*: put back at the tail of its partition unchanged (the
+//!   same key, so the same partition), without touching the crawl's state, so the consumer
+//!   reaches what waits behind the full backlog.
+//!
+//! Deferral once was the only mechanism: every free slot took the large crawl's next job and
+//! published it again, about 1,100–1,600 records while a 200-node crawl ran, and that cost
+//! (CPU on a worker that shares its cores) was most of the small crawl's slowdown. Holding
+//! the jobs costs nothing: their offsets are simply not committed yet.
 //!
 //! Shares are weighted by backlog, shortest remaining crawl first: a crawl's weight is
 //! `1 / (1 + keys pending)`, its share the slots in proportion to its weight, and never less
@@ -23,11 +30,9 @@
 //! A crawl is active while it has jobs running here, had a job delivered within
 //! [`ACTIVE_WINDOW`], or (once seen here) still has keys pending in the crawl store,
 //! refreshed every [`LIVE_REFRESH`]: a small crawl whose next jobs sit behind the large
-//! crawl's backlog is still competing while the consumer works its way to them. Alone, a
-//! crawl's share is every slot, so nothing is deferred and a single crawl runs as before.
-//! Deferral costs one frontier record per deferred job, and only while crawls compete for
-//! this worker: a job is dispatched only into a free slot, so with every slot taken by
-//! crawls within their shares nothing circulates.
+//! crawl's backlog is still competing while the consumer works its way to them. A lookup that
+//! finds nothing pending ends it at once. Alone, a crawl's share is every slot, so nothing
+//! waits and a single crawl runs as before.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -56,13 +61,19 @@ struct Activity {
     /// The crawl store's word, as of the last refresh: keys still pending (0 once the crawl
     /// is no longer running).
     backlog: u64,
+    /// When the last refresh's lookup was sent.
+    refreshed: Option<Instant>,
 }
 
 impl Activity {
+    /// Running here, keys pending, or seen within the window, unless a lookup sent since it
+    /// was last seen found nothing pending: the crawl is over (or paused), and holding the
+    /// other crawls to their shares for the rest of the window would only idle their slots.
     fn is_active(&self, now: Instant) -> bool {
+        let over = self.backlog == 0 && self.refreshed.is_some_and(|at| at >= self.last_seen);
         self.running > 0
             || self.backlog > 0
-            || now.saturating_duration_since(self.last_seen) < ACTIVE_WINDOW
+            || (!over && now.saturating_duration_since(self.last_seen) < ACTIVE_WINDOW)
     }
 
     /// Shortest remaining crawl first: a crawl not yet looked up (just started) weighs most.
@@ -77,6 +88,32 @@ fn shares<'a>(slots: usize, active: impl Iterator<Item = &'a Activity> + Clone) 
     active
         .map(|a| ((slots as f64 * a.weight() / total).floor() as usize).max(1))
         .collect()
+}
+
+/// How many of `slots` the crawl of `lane` may hold among `crawls`: its share while another
+/// active crawl has room under its own share, else every slot (yield only to a crawl that can
+/// use the slot: with every other crawl at its share, a free slot would otherwise stay idle).
+fn limit<'a>(
+    slots: usize,
+    crawls: impl Iterator<Item = &'a Activity>,
+    lane: u64,
+    now: Instant,
+) -> usize {
+    let active: Vec<&Activity> = crawls.filter(|a| a.is_active(now)).collect();
+    let Some(mine) = active.iter().position(|a| a.lane == lane) else {
+        return usize::MAX;
+    };
+    let shares = shares(slots, active.iter().copied());
+    let others_have_room = active
+        .iter()
+        .zip(&shares)
+        .enumerate()
+        .any(|(i, (a, share))| i != mine && a.running < *share);
+    if others_have_room {
+        shares[mine]
+    } else {
+        usize::MAX
+    }
 }
 
 /// The crawls this worker runs jobs of, and how many each runs now.
@@ -129,22 +166,13 @@ impl CrawlShares {
                 running: 0,
                 last_seen: now,
                 backlog: 0,
+                refreshed: None,
             })
             .last_seen = now;
-        if crawls.len() > 1 {
-            let (ids, activities): (Vec<&String>, Vec<&Activity>) = crawls.iter().unzip();
-            let shares = shares(self.slots, activities.iter().copied());
-            let mine = ids.iter().position(|id| id.as_str() == crawl_id)?;
-            // Yield only to a crawl with room under its share: with every other crawl at
-            // its share, a free slot would otherwise stay idle.
-            let others_have_room = activities
-                .iter()
-                .zip(&shares)
-                .enumerate()
-                .any(|(i, (a, share))| i != mine && a.running < *share);
-            if activities[mine].running >= shares[mine] && others_have_room {
-                return None;
-            }
+        let mine = lane_of_crawl(crawl_id);
+        let running = crawls.get(crawl_id).map_or(0, |a| a.running);
+        if running >= limit(self.slots, crawls.values(), mine, now) {
+            return None;
         }
         if let Some(activity) = crawls.get_mut(crawl_id) {
             activity.running += 1;
@@ -153,6 +181,18 @@ impl CrawlShares {
             crawl_id: crawl_id.to_owned(),
             crawls: Arc::clone(&self.crawls),
         })
+    }
+
+    /// The most jobs of `lane`'s crawl that should run here now: its share while another
+    /// active crawl has room under its own, else no limit (a slot nobody else can use is
+    /// not kept idle). The consumer loop holds the crawl's further jobs in their partitions'
+    /// backlogs ([`crate::consumer::Handler::lane_limit`]); an unknown lane is a new crawl,
+    /// not held.
+    pub fn lane_limit(&self, lane: u64) -> usize {
+        let Ok(crawls) = self.crawls.lock() else {
+            return usize::MAX;
+        };
+        limit(self.slots, crawls.values(), lane, Instant::now())
     }
 
     /// The weight of `lane`'s crawl among the crawls active here, for the consumer loop's
@@ -188,6 +228,7 @@ impl CrawlShares {
                 if ids.is_empty() {
                     continue;
                 }
+                let sent = Instant::now();
                 let Ok(backlogs) = store.backlogs(&ids).await else {
                     continue;
                 };
@@ -195,6 +236,7 @@ impl CrawlShares {
                     for (id, backlog) in ids.iter().zip(backlogs) {
                         if let Some(activity) = crawls.get_mut(id) {
                             activity.backlog = backlog;
+                            activity.refreshed = Some(sent);
                         }
                     }
                 }
@@ -275,6 +317,44 @@ mod tests {
         assert!(shares.admit_at("big", later).is_some(), "alone again");
     }
 
+    #[test]
+    fn a_lookup_that_finds_nothing_pending_ends_a_crawl_at_once() {
+        let shares = CrawlShares::new(4);
+        let start = Instant::now();
+        drop(shares.admit_at("small", start).expect("admitted"));
+        let _big = shares.admit_at("big", start).expect("share");
+        assert_eq!(shares.lane_limit(lane_of_crawl("big")), 2, "small has room");
+        // A lookup sent before the small crawl's last job ended says nothing yet.
+        {
+            let mut crawls = shares.crawls.lock().expect("lock");
+            let small = crawls.get_mut("small").expect("seen");
+            small.refreshed = Some(start - Duration::from_millis(1));
+        }
+        assert_eq!(shares.lane_limit(lane_of_crawl("big")), 2);
+        {
+            let mut crawls = shares.crawls.lock().expect("lock");
+            let small = crawls.get_mut("small").expect("seen");
+            small.refreshed = Some(Instant::now());
+        }
+        assert_eq!(shares.lane_limit(lane_of_crawl("big")), usize::MAX, "alone");
+        assert!(shares.admit_at("big", start).is_some());
+    }
+
+    #[test]
+    fn the_loop_holds_a_crawl_at_its_share_and_an_unknown_lane_not_at_all() {
+        let shares = CrawlShares::new(8);
+        let now = Instant::now();
+        drop((shares.admit_at("small", now), shares.admit_at("big", now)));
+        set_backlog(&shares, "small", 50);
+        set_backlog(&shares, "big", 4_000);
+        assert_eq!(shares.lane_limit(lane_of_crawl("big")), 1);
+        assert_eq!(shares.lane_limit(lane_of_crawl("small")), 7);
+        assert_eq!(shares.lane_limit(lane_of_crawl("new")), usize::MAX);
+        // With the small crawl at its share, the big one may take what is left.
+        let _small = fill(&shares, "small", now, 7);
+        assert_eq!(shares.lane_limit(lane_of_crawl("big")), usize::MAX);
+    }
+
     fn set_backlog(shares: &CrawlShares, crawl_id: &str, backlog: u64) {
         let mut crawls = shares.crawls.lock().expect("lock");
         crawls.get_mut(crawl_id).expect("seen").backlog = backlog;
@@ -335,6 +415,7 @@ mod tests {
                 running: 0,
                 last_seen: Instant::now(),
                 backlog,
+                refreshed: None,
             })
             .collect();
         let shares = shares(4, active.iter());

@@ -499,6 +499,11 @@ impl Handler for CrawlHandler {
         self.shares.lane_weight(lane)
     }
 
+    /// A crawl at its share waits in the backlog while another crawl has room.
+    fn lane_limit(&self, lane: u64) -> usize {
+        self.shares.lane_limit(lane)
+    }
+
     fn dead_letter(&self, delivery: &Delivery, reason: &str, detail: &str) -> Record {
         let parsed: Option<CrawlJob> = message::decode(delivery.payload.as_deref()).ok();
         let (crawl_id, job, key) = match parsed {
