@@ -335,13 +335,21 @@ struct Running {
 
 impl Running {
     async fn stop(self) {
-        self.token.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("loop stops in time")
-            .expect("loop task")
-            .expect("loop returns Ok");
+        stop_loop(self.token, self.task).await;
     }
+}
+
+/// Shuts a loop down through its token and checks that it returns `Ok` in time.
+async fn stop_loop(
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), bookworm::consumer::ConsumerError>>,
+) {
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("loop stops in time")
+        .expect("loop task")
+        .expect("loop returns Ok");
 }
 
 fn start(group: &str, topic: &str, concurrency: usize, handler: Arc<TestHandler>) -> Running {
@@ -1282,12 +1290,7 @@ async fn every_partition_with_backlog_commits_within_a_bounded_time() {
         },
     )
     .await;
-    token.cancel();
-    tokio::time::timeout(Duration::from_secs(60), task)
-        .await
-        .expect("loop stops in time")
-        .expect("loop task")
-        .expect("loop returns Ok");
+    stop_loop(token, task).await;
 }
 
 /// Jobs of two lanes, "big" and "small", on one partition: big is held to one job at a time
@@ -1389,10 +1392,5 @@ async fn a_lane_at_its_limit_leaves_the_free_slots_to_the_other_lanes() {
         free.load(Ordering::SeqCst) > 1,
         "the lane did not take the free slots once its limit lifted"
     );
-    token.cancel();
-    tokio::time::timeout(Duration::from_secs(60), task)
-        .await
-        .expect("loop stops in time")
-        .expect("loop task")
-        .expect("loop returns Ok");
+    stop_loop(token, task).await;
 }

@@ -325,17 +325,9 @@ mod tests {
         let _big = shares.admit_at("big", start).expect("share");
         assert_eq!(shares.lane_limit(lane_of_crawl("big")), 2, "small has room");
         // A lookup sent before the small crawl's last job ended says nothing yet.
-        {
-            let mut crawls = shares.crawls.lock().expect("lock");
-            let small = crawls.get_mut("small").expect("seen");
-            small.refreshed = Some(start - Duration::from_millis(1));
-        }
+        set_refreshed(&shares, "small", start - Duration::from_millis(1));
         assert_eq!(shares.lane_limit(lane_of_crawl("big")), 2);
-        {
-            let mut crawls = shares.crawls.lock().expect("lock");
-            let small = crawls.get_mut("small").expect("seen");
-            small.refreshed = Some(Instant::now());
-        }
+        set_refreshed(&shares, "small", Instant::now());
         assert_eq!(shares.lane_limit(lane_of_crawl("big")), usize::MAX, "alone");
         assert!(shares.admit_at("big", start).is_some());
     }
@@ -353,6 +345,11 @@ mod tests {
         // With the small crawl at its share, the big one may take what is left.
         let _small = fill(&shares, "small", now, 7);
         assert_eq!(shares.lane_limit(lane_of_crawl("big")), usize::MAX);
+    }
+
+    fn set_refreshed(shares: &CrawlShares, crawl_id: &str, at: Instant) {
+        let mut crawls = shares.crawls.lock().expect("lock");
+        crawls.get_mut(crawl_id).expect("seen").refreshed = Some(at);
     }
 
     fn set_backlog(shares: &CrawlShares, crawl_id: &str, backlog: u64) {
