@@ -366,6 +366,92 @@ async fn concurrent_transactions_over_shared_nodes_write_every_row() {
     );
 }
 
+/// A batch whose transaction Neo4j ends under it (as it ends a deadlock's victim) is tried
+/// again at once and counted in `transaction_retries{reason="transient"}`, the figure that
+/// shows lock contention eating a writer's throughput; its row is written, not failed.
+#[tokio::test]
+async fn a_transaction_ended_by_neo4j_is_retried_and_counted() {
+    let store = store().await;
+    let graph = support::neo4j().await;
+    let keys = Keys::new();
+    let key = keys.key(Work, "held");
+    let (batcher, metrics, _) = batcher(
+        store.clone(),
+        BatcherConfig::new(1, Duration::from_millis(1)),
+    );
+
+    // Another client holds the node's lock, so the batch's transaction waits on it.
+    let mut holder = graph.start_txn().await.unwrap();
+    holder
+        .run(query("MERGE (n:Work {key: $key}) SET n.stub = true").param("key", key.clone()))
+        .await
+        .unwrap();
+    let write = tokio::spawn(async move {
+        batcher
+            .write(node(&keys, Work, "held", "c1", json!({"title": "Held"})))
+            .await
+    });
+    // Blocked by the holder, on a statement of the batcher (whose parameters name the key).
+    let blocked = support::eventually("the batch blocked on the held node", Duration::from_secs(30), || {
+        let (graph, key) = (graph.clone(), key.clone());
+        async move {
+            let mut rows = graph
+                .execute(
+                    query(
+                        "SHOW TRANSACTIONS YIELD transactionId, status, currentQuery, parameters \
+                         WHERE status STARTS WITH 'Blocked' AND currentQuery STARTS WITH 'UNWIND $rows' \
+                           AND any(row IN parameters.rows WHERE row.key = $key) \
+                         RETURN transactionId",
+                    )
+                    .param("key", key),
+                )
+                .await
+                .ok()?;
+            let row = rows.next().await.ok()??;
+            row.get::<String>("transactionId").ok()
+        }
+    })
+    .await;
+    let mut terminated = graph
+        .execute(query("TERMINATE TRANSACTION $id YIELD message").param("id", blocked.clone()))
+        .await
+        .unwrap();
+    let message: String = terminated
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .get("message")
+        .unwrap();
+    assert_eq!(message, "Transaction terminated.", "terminating {blocked}");
+    holder.rollback().await.unwrap();
+
+    assert_eq!(write.await.unwrap(), Ok(()));
+    let retries = |reason: &str| {
+        metrics
+            .transaction_retries
+            .with_label_values(&[reason])
+            .get()
+    };
+    assert_eq!(
+        (retries("transient"), retries("unavailable")),
+        (1, 0),
+        "retries (transient, unavailable)"
+    );
+    let mut rows = graph
+        .execute(
+            query("MATCH (n:Work {key: $key}) RETURN n.title AS title").param("key", key.clone()),
+        )
+        .await
+        .unwrap();
+    let title: String = rows.next().await.unwrap().unwrap().get("title").unwrap();
+    assert_eq!(title, "Held");
+    graph
+        .run(query("MATCH (n:Work {key: $key}) DETACH DELETE n").param("key", key))
+        .await
+        .unwrap();
+}
+
 /// Three processes migrating at once: each migration is applied by exactly one of them and
 /// recorded once; the others find it done. The real migration leaves a uniqueness constraint
 /// on every label's key.

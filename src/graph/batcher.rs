@@ -323,6 +323,14 @@ impl Writer {
                 return Err(error);
             }
             tracing::debug!(error = %error, attempt, rows = rows.len(), "retrying a batch");
+            let reason = match error {
+                WriteError::Unavailable(_) => "unavailable",
+                _ => "transient",
+            };
+            self.metrics
+                .transaction_retries
+                .with_label_values(&[reason])
+                .inc();
             let jitter = rand::random_range(0.5..1.5);
             tokio::time::sleep(pause.mul_f64(jitter)).await;
             pause = pause.saturating_mul(2);

@@ -330,6 +330,10 @@ pub struct GraphWriterMetrics {
     pub batch_rows: Histogram,
     /// Time of one batch transaction.
     pub neo4j_write_seconds: Histogram,
+    /// Transactions tried again, by why (`transient`: a deadlock or lock timeout with another
+    /// transaction; `unavailable`: a connection lost). Each one redoes a whole batch, so a
+    /// rate here that grows with the writers is lock contention eating the throughput.
+    pub transaction_retries: IntCounterVec,
     /// 1 while Neo4j answers, 0 while the writer waits for it.
     pub neo4j_up: IntGauge,
 }
@@ -381,6 +385,12 @@ impl GraphWriterMetrics {
                 "relentless_graph_writer_neo4j_write_seconds",
                 "Time of one batch transaction.",
                 latency_buckets(),
+            )?,
+            transaction_retries: counter_vec(
+                registry,
+                "relentless_graph_writer_transaction_retries_total",
+                "Batch transactions tried again, by reason (transient, unavailable).",
+                &["reason"],
             )?,
             neo4j_up: gauge(
                 registry,
