@@ -170,19 +170,6 @@ fn plan(rows: &[&Row]) -> Vec<Planned> {
             reserved,
         });
     };
-    let map = |fields: Vec<(&str, BoltType)>| {
-        BoltType::Map(
-            fields
-                .into_iter()
-                .map(|(k, v)| (k.into(), v))
-                .collect::<neo4rs::BoltMap>(),
-        )
-    };
-    let revision = |fields: &mut Vec<(&str, BoltType)>, revision: Option<i64>| {
-        if let Some(r) = revision {
-            fields.push(("revision", r.into()));
-        }
-    };
     let tombstones: Vec<BoltType> = gones
         .values()
         .flat_map(|keys| keys.values().map(|g| g.tombstone_param()))
@@ -208,13 +195,14 @@ fn plan(rows: &[&Row]) -> Vec<Planned> {
         let rows = keys
             .into_iter()
             .map(|(key, start)| {
-                let mut fields = vec![
-                    ("key", key.into()),
-                    ("crawls", rows::crawls_param(start.crawls)),
-                    ("unversioned", start.unversioned.into()),
-                ];
-                revision(&mut fields, start.revision);
-                map(fields)
+                bolt_map(
+                    [
+                        ("key", key.into()),
+                        ("crawls", rows::crawls_param(start.crawls)),
+                        ("unversioned", start.unversioned.into()),
+                    ],
+                    start.revision,
+                )
             })
             .collect();
         push(cypher::merge_endpoints(label), rows, false);
@@ -225,17 +213,16 @@ fn plan(rows: &[&Row]) -> Vec<Planned> {
             .map(|(key, (crawls, froms))| {
                 let froms = froms
                     .into_iter()
-                    .map(|(from, rev)| {
-                        let mut fields = vec![("key", from.into())];
-                        revision(&mut fields, rev);
-                        map(fields)
-                    })
+                    .map(|(from, rev)| bolt_map([("key", from.into())], rev))
                     .collect::<Vec<_>>();
-                map(vec![
-                    ("key", key.into()),
-                    ("crawls", rows::crawls_param(crawls)),
-                    ("froms", BoltType::List(BoltList::from(froms))),
-                ])
+                bolt_map(
+                    [
+                        ("key", key.into()),
+                        ("crawls", rows::crawls_param(crawls)),
+                        ("froms", BoltType::List(BoltList::from(froms))),
+                    ],
+                    None,
+                )
             })
             .collect();
         push(cypher::merge_ends(to, from), rows, false);
@@ -244,18 +231,33 @@ fn plan(rows: &[&Row]) -> Vec<Planned> {
         let rows = pairs
             .into_iter()
             .map(|((a, b), (crawls, rev))| {
-                let mut fields = vec![
-                    ("from", a.into()),
-                    ("to", b.into()),
-                    ("crawls", rows::crawls_param(crawls)),
-                ];
-                revision(&mut fields, rev);
-                map(fields)
+                bolt_map(
+                    [
+                        ("from", a.into()),
+                        ("to", b.into()),
+                        ("crawls", rows::crawls_param(crawls)),
+                    ],
+                    rev,
+                )
             })
             .collect();
         push(cypher::merge_edges(rel, from, to), rows, false);
     }
     planned
+}
+
+/// One row of a statement: `fields`, and `revision` when the row has one. Sized up front: a
+/// batch's statements carry thousands of these maps, and growing each from empty cost an
+/// extra allocation and a rehash per row.
+fn bolt_map<const N: usize>(fields: [(&str, BoltType); N], revision: Option<i64>) -> BoltType {
+    let mut map = neo4rs::BoltMap::with_capacity(N + usize::from(revision.is_some()));
+    for (name, value) in fields {
+        map.put(name.into(), value);
+    }
+    if let Some(revision) = revision {
+        map.put("revision".into(), revision.into());
+    }
+    BoltType::Map(map)
 }
 
 /// One statement of a batch: its text, its rows, and whether it takes the writer's own
