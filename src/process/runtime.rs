@@ -1,26 +1,32 @@
-//! The process a service runs in: its allocator and its tokio runtime.
+//! The process a service runs in: its allocator's settings and its tokio runtime.
 //!
-//! Every binary allocates through mimalloc. glibc's malloc was tried two ways and each cost
-//! something a user of the graph writer feels:
-//! - with its defaults, it gives each thread that allocates under contention an arena of its
-//!   own (up to eight per core) and keeps each arena at its high-water mark: an 11 MiB arena
-//!   for each tokio worker and librdkafka broker thread, one third of the writer's peak RSS
-//!   (`docs/performance.md`);
-//! - limited to one arena, every thread takes the same lock: during an import, 40 % of the
-//!   writer's CPU went to glibc's free lists and their consolidation (`perf`, `_int_malloc`,
-//!   `unlink_chunk`, `malloc_consolidate`), on the two cores Neo4j needs.
-//!
-//! mimalloc keeps a heap per thread, frees into the page an object came from (no global lock),
-//! and returns emptied pages to the system within milliseconds: the writer's CPU for the same
-//! import fell from 38–46 s to 24 s (`docs/import.md`).
+//! A container limit counts resident memory, not the bytes the program holds. glibc's malloc
+//! gives each thread that allocates under contention an arena of its own (up to eight per
+//! core) and keeps each arena at its high-water mark. Under load the graph writer's tokio
+//! workers and librdkafka's broker threads each grew an arena of about 11 MiB: one third of
+//! its peak RSS at `GRAPH_BATCH_SIZE` 5000 (62 MiB with the default, 48 MiB with one arena;
+//! `docs/performance.md`). Small allocations are still served from per-thread caches without
+//! taking the arena's lock.
 
-/// The allocator of every binary that links the library.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Starts the multi-threaded tokio runtime a service runs on.
+/// Limits malloc to one arena, then starts the multi-threaded tokio runtime. Call first in
+/// `main`: a thread keeps the arena it first allocated from, so the limit must be set before
+/// any thread exists.
 pub fn start() -> std::io::Result<tokio::runtime::Runtime> {
+    limit_malloc_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes a tuning parameter of glibc's allocator, and no other
+    // thread allocates yet. A refusal (return 0) leaves the default, which is still correct.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Other C libraries (musl) have one arena already, or no such setting.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
