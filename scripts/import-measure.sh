@@ -79,10 +79,16 @@ done
 done_at=$(date +%s.%N)
 store_after=$(store_bytes)
 writer_rss=$(for pid in "${pids[@]}"; do awk '/VmHWM/ {print $2}' "/proc/$pid/status"; done | sort -n | tail -1)
+# Batch transactions redone (deadlock victims and the like), all writers together.
+retries=0
+for port in "${ports[@]}"; do
+  n=$(curl -s "127.0.0.1:$port/metrics" | awk '$1 ~ /^relentless_graph_writer_transaction_retries_total/ {t += $2} END {print int(t)}')
+  retries=$((retries + ${n:-0}))
+done
 # CPU seconds (user + system) of the graph writers together, the last pid being the sampler.
 writer_cpu=$(for pid in "${pids[@]:0:$writers}"; do awk '{print $14 + $15}' "/proc/$pid/stat"; done |
   awk -v hz="$(getconf CLK_TCK)" '{t += $1} END {printf "%.1f", t / hz}')
-python3 - "$start" "$dumped" "$imported" "$done_at" "$nodes" "$edges" "$writer_rss" "$dir" "$(cat "$dir/import.rss")" "$store_before" "$store_after" "$writer_cpu" <<'EOF'
+python3 - "$start" "$dumped" "$imported" "$done_at" "$nodes" "$edges" "$writer_rss" "$dir" "$(cat "$dir/import.rss")" "$store_before" "$store_after" "$writer_cpu" "$retries" <<'EOF'
 import json, statistics, sys
 start, dumped, imported, done = map(float, sys.argv[1:5])
 nodes, edges, rss = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
@@ -93,7 +99,8 @@ print(f"import: published in {imported - dumped:.1f} s ({d['records'] / (importe
 print(f"graph:  {nodes} nodes + {edges} relationships = {rows} rows in {done - dumped:.1f} s "
       f"from the import's start: {rows / (done - dumped):.0f} rows/s into Neo4j")
 print(f"peak RSS: graph writer (largest) {rss / 1024:.0f} MiB, importer {int(sys.argv[9]) / 1024:.0f} MiB")
-print(f"graph writers' CPU: {sys.argv[12]} s together, {float(sys.argv[12]) * 1e6 / rows:.1f} µs per row")
+print(f"graph writers' CPU: {sys.argv[12]} s together, {float(sys.argv[12]) * 1e6 / rows:.1f} µs per row; "
+      f"{sys.argv[13]} batch transactions redone")
 try:
     samples = [tuple(map(float, line.split())) for line in open(sys.argv[8] + "/samples")]
 except FileNotFoundError:
